@@ -1,0 +1,59 @@
+//! The outside world of Tributary, behind four narrow traits.
+//!
+//! | trait | embedded (local runs, tests) | production |
+//! |---|---|---|
+//! | [`queue::Queue`] | [`queue::MemoryQueue`]: SQS semantics in process | SQS (fleet issue) |
+//! | [`object_store::ObjectStore`] | [`object_store::LocalStore`]: a folder | S3 (fleet issue) |
+//! | [`warehouse::Warehouse`] | `warehouse::SqliteWarehouse` (feature `embedded-warehouse`) | Redshift, PostgreSQL |
+//! | [`state::StateStore`] | [`state::FileStateStore`]: atomic files on local disk | shared durable store |
+//!
+//! Each trait has ONE test suite (`queue::suite`, `object_store::suite`, `state::suite`,
+//! `warehouse::suite`) written against the trait only; every implementation runs it.
+
+pub mod object_store;
+pub mod queue;
+pub mod state;
+pub mod warehouse;
+
+/// Errors of every backend, with the context needed to act on them.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("object {key:?} not found in {store}")]
+    NotFound { store: String, key: String },
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("queue {queue}: {detail}")]
+    Queue { queue: String, detail: String },
+    #[error("warehouse: {0}")]
+    Warehouse(String),
+    #[error("state store {path}: {detail}")]
+    State { path: String, detail: String },
+}
+
+impl BackendError {
+    pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        BackendError::Io { path: path.to_string(), source }
+    }
+
+    /// Whether retrying the same call may succeed. One place decides this for every backend.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BackendError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            BackendError::Queue { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;

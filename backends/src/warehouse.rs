@@ -1,0 +1,187 @@
+//! Warehouses: where finished Parquet is loaded, exactly once per [`LoadBatch`].
+//!
+//! Every implementation runs the same plan in ONE transaction:
+//! 1. if the batch id is in the load ledger, stop (already loaded);
+//! 2. create the target table if needed (columns from the Parquet schema, the partition columns,
+//!    and the lineage columns `_tributary_source_object`, `_tributary_source_offset`,
+//!    `_tributary_batch_id`);
+//! 3. copy the batch's rows into a staging table;
+//! 4. merge staging into the target by the merge keys, keeping for each key the row with the
+//!    earliest source position (so the table does not depend on how the source was sharded), or
+//!    append when the table has no merge keys;
+//! 5. insert the batch id into the ledger; commit.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use protocol::LoadBatch;
+
+use crate::Result;
+use crate::object_store::ObjectStore;
+
+pub const LEDGER_TABLE: &str = "_tributary_load_ledger";
+pub const SOURCE_OBJECT_COLUMN: &str = "_tributary_source_object";
+pub const SOURCE_OFFSET_COLUMN: &str = "_tributary_source_offset";
+pub const BATCH_COLUMN: &str = "_tributary_batch_id";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadOutcome {
+    Loaded { rows_staged: u64, rows_in_table: u64 },
+    AlreadyLoaded,
+}
+
+/// A query result with every value rendered as text (`None` for NULL).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl QueryResult {
+    /// Renders an aligned text table, as a SQL shell would.
+    pub fn to_table(&self) -> String {
+        let mut widths: Vec<usize> = self.columns.iter().map(|c| c.chars().count()).collect();
+        let cell = |v: &Option<String>| v.clone().unwrap_or_else(|| "NULL".into());
+        for r in &self.rows {
+            for (i, v) in r.iter().enumerate() {
+                widths[i] = widths[i].max(cell(v).chars().count());
+            }
+        }
+        let line = |vals: Vec<String>| {
+            vals.iter().enumerate().map(|(i, v)| format!("{v:<w$}", w = widths[i])).collect::<Vec<_>>().join(" | ")
+        };
+        let mut out = line(self.columns.clone());
+        out.push('\n');
+        out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+        for r in &self.rows {
+            out.push('\n');
+            out.push_str(&line(r.iter().map(cell).collect()));
+        }
+        out.push_str(&format!("\n({} row{})", self.rows.len(), if self.rows.len() == 1 { "" } else { "s" }));
+        out
+    }
+}
+
+#[async_trait]
+pub trait Warehouse: Send + Sync + std::fmt::Debug {
+    fn describe(&self) -> String;
+    /// Loads the batch's files (read from `files`) in one transaction; a batch already in the
+    /// ledger is skipped.
+    async fn load(&self, batch: &LoadBatch, files: Arc<dyn ObjectStore>) -> Result<LoadOutcome>;
+    async fn is_loaded(&self, batch_id: &str) -> Result<bool>;
+    async fn query(&self, sql: &str) -> Result<QueryResult>;
+}
+
+/// Quotes an SQL identifier (`"a""b"`), so table and column names from pipeline files are safe.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(feature = "embedded-warehouse")]
+mod sqlite;
+#[cfg(feature = "embedded-warehouse")]
+pub use sqlite::SqliteWarehouse;
+
+/// The shared test suite every [`Warehouse`] must pass. It writes its own Parquet files into
+/// `files`.
+pub mod suite {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+    use parquet::arrow::ArrowWriter;
+    use protocol::{LoadFile, OutputFile, SourcePosition};
+
+    async fn write_file(files: &dyn ObjectStore, key: &str, ids: &[&str], vals: &[i64]) -> OutputFile {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("val", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(ids.to_vec())) as ArrayRef,
+                Arc::new(Int64Array::from(vals.to_vec())) as ArrayRef,
+            ],
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let bytes = buf.len() as u64;
+        files.put(key, buf).await.unwrap();
+        OutputFile {
+            key: key.into(),
+            partition: vec![("day".into(), "2025-05-01".into())],
+            rows: ids.len() as u64,
+            bytes,
+        }
+    }
+
+    fn load_file(file: OutputFile, object: &str, offset: u64, index: u32) -> LoadFile {
+        LoadFile { file, shard_index: index, position: SourcePosition { object: object.into(), offset } }
+    }
+
+    fn batch(id: &str, table: &str, files: Vec<LoadFile>) -> LoadBatch {
+        LoadBatch {
+            batch_id: id.into(),
+            run_id: "r1".into(),
+            table: table.into(),
+            merge_keys: vec!["id".into()],
+            shards: files.iter().map(|f| format!("s{}", f.shard_index)).collect(),
+            files,
+        }
+    }
+
+    async fn table_rows(wh: &dyn Warehouse, table: &str) -> Vec<Vec<Option<String>>> {
+        wh.query(&format!("SELECT id, val, day FROM {} ORDER BY id", quote_ident(table))).await.unwrap().rows
+    }
+
+    fn row(id: &str, val: i64) -> Vec<Option<String>> {
+        vec![Some(id.into()), Some(val.to_string()), Some("2025-05-01".into())]
+    }
+
+    pub async fn run_all(wh: &dyn Warehouse, files: Arc<dyn ObjectStore>) {
+        // Two shards with an overlapping key "b": shard 0 (earlier in the source) must win,
+        // whichever batch is loaded first.
+        let f0 = write_file(&*files, "wh-suite/p0.parquet", &["a", "b"], &[1, 2]).await;
+        let f1 = write_file(&*files, "wh-suite/p1.parquet", &["b", "c"], &[20, 30]).await;
+        let later = batch("r1-t-b0001", "suite events", vec![load_file(f1.clone(), "raw/x", 500, 1)]);
+        let earlier = batch("r1-t-b0000", "suite events", vec![load_file(f0.clone(), "raw/x", 0, 0)]);
+
+        assert!(!wh.is_loaded("r1-t-b0001").await.unwrap());
+        let out = wh.load(&later, files.clone()).await.unwrap();
+        assert_eq!(out, LoadOutcome::Loaded { rows_staged: 2, rows_in_table: 2 });
+        assert!(wh.is_loaded("r1-t-b0001").await.unwrap());
+        let out = wh.load(&earlier, files.clone()).await.unwrap();
+        assert_eq!(out, LoadOutcome::Loaded { rows_staged: 2, rows_in_table: 3 });
+        let want = vec![row("a", 1), row("b", 2), row("c", 30)];
+        assert_eq!(table_rows(wh, "suite events").await, want);
+
+        // Exactly once: the same batch again changes nothing.
+        assert_eq!(wh.load(&later, files.clone()).await.unwrap(), LoadOutcome::AlreadyLoaded);
+        assert_eq!(wh.load(&earlier, files.clone()).await.unwrap(), LoadOutcome::AlreadyLoaded);
+        assert_eq!(table_rows(wh, "suite events").await, want);
+
+        // One batch holding both shards gives the same table.
+        let both = batch(
+            "r2-t-b0000",
+            "suite events 2",
+            vec![load_file(f1, "raw/x", 500, 1), load_file(f0, "raw/x", 0, 0)],
+        );
+        wh.load(&both, files.clone()).await.unwrap();
+        assert_eq!(table_rows(wh, "suite events 2").await, want);
+
+        // A batch whose file is missing fails as a whole and is not recorded.
+        let missing = OutputFile { key: "wh-suite/none.parquet".into(), partition: vec![], rows: 1, bytes: 1 };
+        let bad = batch("r1-t-b0009", "suite events", vec![load_file(missing, "raw/y", 0, 9)]);
+        let err = wh.load(&bad, files.clone()).await.unwrap_err().to_string();
+        assert!(err.contains("wh-suite/none.parquet"), "{err}");
+        assert!(!wh.is_loaded("r1-t-b0009").await.unwrap());
+        assert_eq!(table_rows(wh, "suite events").await, want);
+
+        // Bad SQL is an error naming the problem, not a panic.
+        assert!(wh.query("SELEC nonsense").await.is_err());
+    }
+}

@@ -1,0 +1,566 @@
+//! The contract between the Tributary coordinator and its workers.
+//!
+//! Everything that crosses a process boundary is defined here and nothing else: queue messages
+//! (tasks, results, commands), the shard descriptors a task carries, the [`ShardManifest`] a worker
+//! writes when a shard is done, and the [`LoadBatch`] the coordinator hands to the warehouse.
+//!
+//! * Queue bodies are JSON (debuggable with any SQS console) inside an [`Envelope`] that carries the
+//!   protocol version. A body of an unknown version, or one that does not decode, is a
+//!   [`ProtocolError`], never a panic: the consumer dead-letters it with that error as the reason.
+//! * Large, machine-only documents (a shard plan of a multi-year backfill) use bincode behind a
+//!   small header ([`encode_binary`] / [`decode_binary`]) that also carries the version.
+//!
+//! This crate has no I/O and no AWS dependency on purpose.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks. Bumped on any incompatible change of a message.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Magic bytes at the start of every bincode document.
+const BINARY_MAGIC: &[u8; 4] = b"TRB1";
+
+/// Why a message or document could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("message is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("message has no protocol version field \"v\"")]
+    MissingVersion,
+    #[error("unsupported protocol version {found} (this build speaks version {supported})")]
+    UnsupportedVersion { found: u64, supported: u32 },
+    #[error("message of protocol version {version} does not decode: {detail}")]
+    Invalid { version: u32, detail: String },
+    #[error("binary document is not a Tributary document (bad magic)")]
+    BadMagic,
+    #[error("binary document does not decode: {0}")]
+    BadBinary(String),
+}
+
+/// A queue message body: the version and one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    #[serde(flatten)]
+    pub message: Message,
+}
+
+/// The messages that travel on the queues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Message {
+    /// Coordinator → worker: process one shard.
+    Task(TaskMessage),
+    /// Worker → coordinator: a shard finished (or failed for good).
+    Result(ResultMessage),
+    /// Coordinator → fleet: an operational command.
+    Command(CommandMessage),
+}
+
+impl Message {
+    /// Encode as a JSON queue body with the current protocol version.
+    pub fn to_body(&self) -> String {
+        let env = Envelope { v: PROTOCOL_VERSION, message: self.clone() };
+        serde_json::to_string(&env).expect("protocol messages always serialise")
+    }
+
+    /// Decode a JSON queue body. Checks the version before looking at anything else, so that a
+    /// message from a newer coordinator gets a clear error rather than a confusing field error.
+    pub fn from_body(body: &str) -> Result<Message, ProtocolError> {
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            v: Option<serde_json::Value>,
+        }
+        let probe: VersionOnly =
+            serde_json::from_str(body).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        let v = probe.v.ok_or(ProtocolError::MissingVersion)?;
+        let found = v.as_u64().ok_or(ProtocolError::MissingVersion)?;
+        if found != u64::from(PROTOCOL_VERSION) {
+            return Err(ProtocolError::UnsupportedVersion { found, supported: PROTOCOL_VERSION });
+        }
+        let env: Envelope = serde_json::from_str(body).map_err(|e| ProtocolError::Invalid {
+            version: PROTOCOL_VERSION,
+            detail: e.to_string(),
+        })?;
+        Ok(env.message)
+    }
+}
+
+/// Where a task's pipeline definition comes from: the pipeline file's text travels with the task
+/// (pipeline files are small), plus the folder its relative paths (reference files, key files)
+/// resolve against on the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineSpec {
+    pub name: String,
+    pub toml: String,
+    pub base_dir: String,
+}
+
+/// Coordinator → worker: process one shard and write its outputs under the given prefixes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    pub task_id: String,
+    pub run_id: String,
+    pub pipeline: PipelineSpec,
+    pub shard: ShardDescriptor,
+    /// Object-store prefix under which the Parquet partitions go (`COLUMN=VALUE/` folders).
+    pub output_prefix: String,
+    /// Object-store prefix for quarantined rows.
+    pub quarantine_prefix: String,
+    /// Object-store key where the worker writes the [`ShardManifest`] (the last write of a task).
+    pub manifest_key: String,
+}
+
+/// Worker → coordinator: how a task ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultMessage {
+    pub task_id: String,
+    pub run_id: String,
+    pub shard_id: String,
+    pub outcome: TaskOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TaskOutcome {
+    /// Outputs and manifest are durable at `manifest_key`.
+    Succeeded { manifest_key: String, counts: Counts },
+    /// The shard cannot be processed (for example its source object is gone). Not retried.
+    Failed { error: String },
+}
+
+/// Operational commands broadcast by the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum CommandMessage {
+    /// Drop every task of this run that has not started.
+    CancelRun { run_id: String },
+}
+
+/// One object in the source, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub key: String,
+    pub size: u64,
+}
+
+/// A half-open byte range `[start, end)` of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// One input of a shard: a whole object, or a byte range of one.
+///
+/// A range's lines are the lines that *start* in `[start, end)`: a reader that does not start at
+/// byte 0 skips the partial line it lands in, and a reader reads past `end` to finish its last line.
+/// So adjacent ranges cover every line exactly once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInput {
+    pub object: ObjectRef,
+    pub range: Option<ByteRange>,
+}
+
+impl ShardInput {
+    pub fn start(&self) -> u64 {
+        self.range.map_or(0, |r| r.start)
+    }
+}
+
+/// A unit of work: one or more inputs, processed by one worker in one go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardDescriptor {
+    /// Stable within a run: `s00042`. Output object names derive from it, so a redone shard
+    /// overwrites its own files instead of adding new ones.
+    pub shard_id: String,
+    /// Position of the shard in the plan. Shards cover consecutive, disjoint stretches of the
+    /// source in (object key, offset) order, so this index orders rows across shards.
+    pub index: u32,
+    pub inputs: Vec<ShardInput>,
+}
+
+impl ShardDescriptor {
+    pub fn bytes(&self) -> u64 {
+        self.inputs
+            .iter()
+            .map(|i| i.range.map_or(i.object.size, |r| r.len()))
+            .sum()
+    }
+
+    /// Where the shard starts in the source: its first input's object and offset.
+    pub fn source_position(&self) -> SourcePosition {
+        let first = self.inputs.first();
+        SourcePosition {
+            object: first.map(|i| i.object.key.clone()).unwrap_or_default(),
+            offset: first.map_or(0, ShardInput::start),
+        }
+    }
+}
+
+/// A place in the source stream: object key, then byte offset. Ordered lexicographically, which is
+/// the order in which the planner lays out shards.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourcePosition {
+    pub object: String,
+    pub offset: u64,
+}
+
+/// Where each input line of a shard ended up. Every line is in exactly one bucket, so
+/// `lines_total == malformed + Σ rejected + Σ filtered + duplicates + rows_out`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub lines_total: u64,
+    /// Lines that are not a record at all (parse errors, missing required fields).
+    pub malformed: u64,
+    /// Records refused by a validating step, by the step's bucket name (e.g. `bad_ts`).
+    pub rejected: BTreeMap<String, u64>,
+    /// Records removed on purpose by a row filter, by bucket name (e.g. `unwanted`).
+    pub filtered: BTreeMap<String, u64>,
+    /// Records dropped because an earlier record had the same dedupe key.
+    pub duplicates: u64,
+    pub rows_out: u64,
+}
+
+impl Counts {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+    pub fn filtered_total(&self) -> u64 {
+        self.filtered.values().sum()
+    }
+
+    /// True when every line is accounted for exactly once.
+    pub fn reconciles(&self) -> bool {
+        self.lines_total
+            == self.malformed
+                + self.rejected_total()
+                + self.filtered_total()
+                + self.duplicates
+                + self.rows_out
+    }
+
+    pub fn add(&mut self, other: &Counts) {
+        self.lines_total += other.lines_total;
+        self.malformed += other.malformed;
+        for (k, v) in &other.rejected {
+            *self.rejected.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.filtered {
+            *self.filtered.entry(k.clone()).or_default() += v;
+        }
+        self.duplicates += other.duplicates;
+        self.rows_out += other.rows_out;
+    }
+
+    /// The flat form printed on `STATS` lines: `lines_total`, `malformed`, each named bucket,
+    /// `duplicates`, `rows_out`.
+    pub fn to_flat_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("lines_total".into(), self.lines_total.into());
+        m.insert("malformed".into(), self.malformed.into());
+        for (k, v) in self.rejected.iter().chain(self.filtered.iter()) {
+            let e = m.entry(k.clone()).or_insert(0u64.into());
+            *e = (e.as_u64().unwrap_or(0) + v).into();
+        }
+        m.insert("duplicates".into(), self.duplicates.into());
+        m.insert("rows_out".into(), self.rows_out.into());
+        m
+    }
+}
+
+/// One Parquet file a shard wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    pub key: String,
+    /// Partition column values, in the pipeline's partition order (they live in the path only).
+    pub partition: Vec<(String, String)>,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// One quarantine file: the malformed and rejected rows of a shard with their reasons.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineFile {
+    pub key: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// Written by a worker as the last step of a task; its presence means every file it lists is
+/// durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardManifest {
+    pub v: u32,
+    pub run_id: String,
+    pub pipeline: String,
+    pub table: String,
+    pub shard: ShardDescriptor,
+    pub outputs: Vec<OutputFile>,
+    pub quarantine: Vec<QuarantineFile>,
+    pub counts: Counts,
+    /// SHA-256 of the output Arrow schema (names, types, nullability), hex.
+    pub schema_digest: String,
+}
+
+impl ShardManifest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("manifests always serialise")
+    }
+    pub fn from_json(text: &str) -> Result<Self, ProtocolError> {
+        let m: ShardManifest =
+            serde_json::from_str(text).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        if m.v != PROTOCOL_VERSION {
+            return Err(ProtocolError::UnsupportedVersion {
+                found: u64::from(m.v),
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        Ok(m)
+    }
+}
+
+/// A file in a load batch, with the source position its rows come from (used by the MERGE to keep
+/// the earliest copy of a key across shards).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadFile {
+    pub file: OutputFile,
+    pub shard_index: u32,
+    pub position: SourcePosition,
+}
+
+/// A group of finished shards' files loaded into one table in one warehouse transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBatch {
+    /// Deterministic (`RUN-TABLE-b0003`): a retried load carries the same id, so the ledger can
+    /// refuse to apply it twice.
+    pub batch_id: String,
+    pub run_id: String,
+    pub table: String,
+    pub merge_keys: Vec<String>,
+    pub shards: Vec<String>,
+    pub files: Vec<LoadFile>,
+}
+
+impl LoadBatch {
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.file.rows).sum()
+    }
+}
+
+/// The full shard plan of a run. Can be large (a backfill of years), so it is stored in binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlan {
+    pub run_id: String,
+    pub pipeline: String,
+    pub shards: Vec<ShardDescriptor>,
+}
+
+/// Encode a document as `TRB1` + version (u32 LE) + bincode.
+pub fn encode_binary<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(BINARY_MAGIC);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .expect("protocol documents always serialise");
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decode a document written by [`encode_binary`], refusing other versions.
+pub fn decode_binary<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    if bytes.len() < 8 || &bytes[..4] != BINARY_MAGIC {
+        return Err(ProtocolError::BadMagic);
+    }
+    let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if version != PROTOCOL_VERSION {
+        return Err(ProtocolError::UnsupportedVersion {
+            found: u64::from(version),
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    let (value, used) = bincode::serde::decode_from_slice(&bytes[8..], bincode::config::standard())
+        .map_err(|e| ProtocolError::BadBinary(e.to_string()))?;
+    if used != bytes.len() - 8 {
+        return Err(ProtocolError::BadBinary(format!(
+            "{} trailing bytes after the document",
+            bytes.len() - 8 - used
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn shard() -> ShardDescriptor {
+        ShardDescriptor {
+            shard_id: "s00003".into(),
+            index: 3,
+            inputs: vec![
+                ShardInput {
+                    object: ObjectRef { key: "raw/a.ndjson".into(), size: 1000 },
+                    range: Some(ByteRange { start: 100, end: 600 }),
+                },
+                ShardInput { object: ObjectRef { key: "raw/b.ndjson".into(), size: 50 }, range: None },
+            ],
+        }
+    }
+
+    fn task() -> Message {
+        Message::Task(TaskMessage {
+            task_id: "r1/s00003".into(),
+            run_id: "r1".into(),
+            pipeline: PipelineSpec { name: "web".into(), toml: "[x]".into(), base_dir: "/tmp".into() },
+            shard: shard(),
+            output_prefix: "lake/web".into(),
+            quarantine_prefix: "quarantine/web/r1".into(),
+            manifest_key: "manifests/r1/s00003.json".into(),
+        })
+    }
+
+    fn counts() -> Counts {
+        Counts {
+            lines_total: 10,
+            malformed: 1,
+            rejected: BTreeMap::from([("bad_ts".into(), 2)]),
+            filtered: BTreeMap::from([("unwanted".into(), 3)]),
+            duplicates: 1,
+            rows_out: 3,
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips_through_json() {
+        let msgs = vec![
+            task(),
+            Message::Result(ResultMessage {
+                task_id: "r1/s00003".into(),
+                run_id: "r1".into(),
+                shard_id: "s00003".into(),
+                outcome: TaskOutcome::Succeeded { manifest_key: "m".into(), counts: counts() },
+            }),
+            Message::Result(ResultMessage {
+                task_id: "t".into(),
+                run_id: "r".into(),
+                shard_id: "s".into(),
+                outcome: TaskOutcome::Failed { error: "object raw/a is gone".into() },
+            }),
+            Message::Command(CommandMessage::CancelRun { run_id: "r1".into() }),
+        ];
+        for m in msgs {
+            let body = m.to_body();
+            assert!(body.starts_with("{\"v\":1,"), "{body}");
+            assert_eq!(Message::from_body(&body).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn unknown_version_is_a_clear_error() {
+        let body = task().to_body().replacen("\"v\":1", "\"v\":7", 1);
+        assert_eq!(
+            Message::from_body(&body),
+            Err(ProtocolError::UnsupportedVersion { found: 7, supported: 1 })
+        );
+        let err = Message::from_body(&body).unwrap_err().to_string();
+        assert!(err.contains("unsupported protocol version 7"), "{err}");
+    }
+
+    #[test]
+    fn garbage_and_missing_fields_are_errors_not_panics() {
+        assert!(matches!(Message::from_body("not json"), Err(ProtocolError::NotJson(_))));
+        assert_eq!(Message::from_body("{}"), Err(ProtocolError::MissingVersion));
+        assert_eq!(Message::from_body("{\"v\":\"1\"}"), Err(ProtocolError::MissingVersion));
+        assert!(matches!(
+            Message::from_body("{\"v\":1,\"kind\":\"task\"}"),
+            Err(ProtocolError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Message::from_body("{\"v\":1,\"kind\":\"teleport\"}"),
+            Err(ProtocolError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn manifest_round_trips_and_checks_version() {
+        let m = ShardManifest {
+            v: PROTOCOL_VERSION,
+            run_id: "r1".into(),
+            pipeline: "web".into(),
+            table: "web_events".into(),
+            shard: shard(),
+            outputs: vec![OutputFile {
+                key: "lake/web/event_date=2025-05-01/part-s00003-00000.parquet".into(),
+                partition: vec![("event_date".into(), "2025-05-01".into())],
+                rows: 3,
+                bytes: 900,
+            }],
+            quarantine: vec![QuarantineFile { key: "q/s00003.ndjson".into(), rows: 3, bytes: 10 }],
+            counts: counts(),
+            schema_digest: "ab".into(),
+        };
+        assert_eq!(ShardManifest::from_json(&m.to_json()).unwrap(), m);
+        let old = m.to_json().replacen("\"v\": 1", "\"v\": 0", 1);
+        assert!(matches!(
+            ShardManifest::from_json(&old),
+            Err(ProtocolError::UnsupportedVersion { found: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn binary_plan_round_trips_and_rejects_garbage() {
+        let plan = ShardPlan { run_id: "r1".into(), pipeline: "web".into(), shards: vec![shard(); 3] };
+        let bytes = encode_binary(&plan);
+        assert_eq!(decode_binary::<ShardPlan>(&bytes).unwrap(), plan);
+        assert_eq!(decode_binary::<ShardPlan>(b"nope"), Err(ProtocolError::BadMagic));
+        let mut newer = bytes.clone();
+        newer[4] = 9;
+        assert!(matches!(
+            decode_binary::<ShardPlan>(&newer),
+            Err(ProtocolError::UnsupportedVersion { found: 9, .. })
+        ));
+        assert!(matches!(
+            decode_binary::<ShardPlan>(&bytes[..bytes.len() - 3]),
+            Err(ProtocolError::BadBinary(_))
+        ));
+    }
+
+    #[test]
+    fn counts_reconcile_and_flatten() {
+        let c = counts();
+        assert!(c.reconciles());
+        let flat = c.to_flat_json();
+        let keys: Vec<_> = flat.keys().cloned().collect();
+        assert_eq!(keys, ["lines_total", "malformed", "bad_ts", "unwanted", "duplicates", "rows_out"]);
+        let mut sum = Counts::default();
+        sum.add(&c);
+        sum.add(&c);
+        assert!(sum.reconciles());
+        assert_eq!(sum.rejected["bad_ts"], 4);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bodies_never_panic(body in ".{0,200}") {
+            let _ = Message::from_body(&body);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_binary::<ShardPlan>(&bytes);
+        }
+    }
+}
