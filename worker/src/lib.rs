@@ -1,1 +1,203 @@
-//! placeholder
+//! The Tributary worker: takes one shard task, extracts its records, curates and transforms them,
+//! and writes partitioned Parquet, a quarantine file and a shard manifest.
+//!
+//! * [`config`]: pipeline files (TOML) and their pure validation.
+//! * [`plan`]: a validated pipeline compiled for execution (keys and reference files loaded).
+//! * [`engine`]: the streaming shard engine (reader thread → parallel pieces on rayon → Parquet).
+//! * [`transform`]: the vectorised column transforms.
+//! * [`bridge`]: the one way async code reaches the CPU pool.
+//! * [`execute_task`]: a queue task end to end — engine, uploads, manifest last.
+
+pub mod bridge;
+pub mod config;
+pub mod engine;
+pub mod plan;
+pub mod transform;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use backends::object_store::ObjectStore;
+use protocol::{Counts, OutputFile, QuarantineFile, ShardDescriptor, ShardManifest, TaskMessage};
+
+use crate::config::Format;
+use crate::engine::{ShardState, WrittenFile};
+use crate::plan::Plan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Backend(#[from] backends::BackendError),
+    #[error("reading {key}: {source}")]
+    Read {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Parquet: {0}")]
+    Parquet(String),
+    #[error("Arrow: {0}")]
+    Arrow(String),
+    #[error("step {step}: {detail}")]
+    Step { step: String, detail: String },
+    #[error("the CPU pool dropped the task")]
+    Cancelled,
+}
+
+impl WorkerError {
+    pub fn read(key: &str, source: std::io::Error) -> Self {
+        // Decoders report corrupt input as InvalidData / InvalidInput / UnexpectedEof.
+        match source.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput | std::io::ErrorKind::UnexpectedEof => {
+                WorkerError::Corrupt { key: key.into(), detail: format!("corrupt or truncated compressed data: {source}") }
+            }
+            _ => WorkerError::Read { key: key.into(), source },
+        }
+    }
+    pub fn write(path: &Path, source: std::io::Error) -> Self {
+        WorkerError::Write { path: path.display().to_string(), source }
+    }
+    pub fn parquet(e: parquet::errors::ParquetError) -> Self {
+        WorkerError::Parquet(e.to_string())
+    }
+    pub fn arrow(e: arrow::error::ArrowError) -> Self {
+        WorkerError::Arrow(e.to_string())
+    }
+    /// Whether redoing the task could succeed (I/O trouble) or not (bad config, corrupt input).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WorkerError::Backend(b) => b.is_retryable(),
+            WorkerError::Read { .. } | WorkerError::Write { .. } | WorkerError::Cancelled => true,
+            _ => false,
+        }
+    }
+}
+
+/// What one shard produced, before upload.
+#[derive(Debug)]
+pub struct ShardOutput {
+    pub files: Vec<WrittenFile>,
+    pub quarantine: Option<(PathBuf, u64)>,
+    pub counts: Counts,
+}
+
+/// Runs the engine over a shard's inputs. Blocking and CPU-heavy: call it on the rayon pool
+/// (through [`bridge::run_cpu`]).
+pub fn run_shard_blocking(
+    plan: &Plan,
+    pipeline: &config::Pipeline,
+    source: Arc<dyn ObjectStore>,
+    shard: &ShardDescriptor,
+    output_prefix: &str,
+    scratch: &Path,
+) -> Result<ShardOutput, WorkerError> {
+    std::fs::create_dir_all(scratch).map_err(|e| WorkerError::write(scratch, e))?;
+    let src = &pipeline.file.source;
+    let mut st = ShardState {
+        counts: Counts::default(),
+        seen: Default::default(),
+        writers: engine::Writers::new(plan, scratch, output_prefix, &shard.shard_id),
+        quarantine: engine::Quarantine::new(scratch.join(format!("{}.quarantine.ndjson", shard.shard_id))),
+    };
+    for (is_reject, b) in &plan.buckets {
+        let m = if *is_reject { &mut st.counts.rejected } else { &mut st.counts.filtered };
+        m.entry(b.clone()).or_default();
+    }
+    for input in &shard.inputs {
+        if plan.format == Format::Parquet {
+            engine::process_parquet_input(plan, &*source, input, &mut st)?;
+            continue;
+        }
+        let header = if plan.format == Format::Csv && src.csv.header {
+            Some(Arc::new(engine::read_csv_header(&*source, &input.object.key, src.compression, plan.csv_delimiter, plan.csv_quote)?))
+        } else if plan.format == Format::Csv {
+            Some(Arc::new(plan.declared_paths.clone()))
+        } else {
+            None
+        };
+        let skip_header = plan.format == Format::Csv && src.csv.header && input.start() == 0;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<engine::Chunk>(2);
+        let reader_source = source.clone();
+        let reader_input = input.clone();
+        let (compression, max_line, format) = (src.compression, src.max_line_bytes.get(), plan.format);
+        let reader = std::thread::Builder::new()
+            .name("shard-reader".into())
+            .spawn(move || {
+                let mut send = |c: engine::Chunk| tx.send(c).is_ok();
+                match format {
+                    Format::JsonArray => engine::read_json_array(&*reader_source, &reader_input, compression, &mut send),
+                    _ => engine::read_lines(&*reader_source, &reader_input, compression, max_line, header, skip_header, &mut send),
+                }
+            })
+            .map_err(|e| WorkerError::Read { key: input.object.key.clone(), source: e })?;
+        let mut failed = None;
+        for chunk in rx.iter() {
+            if let Err(e) = engine::process_chunk(plan, &chunk, &mut st) {
+                failed = Some(e);
+                break;
+            }
+        }
+        drop(rx);
+        let read_result = reader.join().map_err(|_| WorkerError::Corrupt { key: input.object.key.clone(), detail: "reader thread panicked".into() })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        read_result?;
+    }
+    debug_assert!(st.counts.reconciles(), "{:?}", st.counts);
+    Ok(ShardOutput { files: st.writers.finish()?, quarantine: st.quarantine.finish()?, counts: st.counts })
+}
+
+/// A task end to end: engine on the CPU pool, uploads, then the manifest (the last write: its
+/// presence means every file it lists is durable).
+pub async fn execute_task(
+    task: &TaskMessage,
+    source: Arc<dyn ObjectStore>,
+    output: Arc<dyn ObjectStore>,
+    state_files: Arc<dyn ObjectStore>,
+    scratch: &Path,
+) -> Result<ShardManifest, WorkerError> {
+    let pipeline = config::parse(&task.pipeline.toml, &task.pipeline.name, PathBuf::from(&task.pipeline.base_dir))
+        .map_err(|e| WorkerError::Config(e.to_string()))?;
+    let plan = Arc::new(Plan::build(&pipeline)?);
+    let scratch = scratch.join(format!("{}-{}", task.run_id, task.shard.shard_id));
+    let shard = task.shard.clone();
+    let prefix = task.output_prefix.clone();
+    let (p2, s2) = (plan.clone(), scratch.clone());
+    let out = bridge::run_cpu(move || run_shard_blocking(&p2, &pipeline, source, &shard, &prefix, &s2)).await??;
+    let mut outputs = Vec::with_capacity(out.files.len());
+    for f in &out.files {
+        let bytes = output.put_file(&f.key, &f.local).await?;
+        outputs.push(OutputFile { key: f.key.clone(), partition: f.partition.clone(), rows: f.rows, bytes });
+    }
+    let mut quarantine = Vec::new();
+    if let Some((local, rows)) = &out.quarantine {
+        let key = format!("{}/{}.ndjson", task.quarantine_prefix.trim_end_matches('/'), task.shard.shard_id);
+        let bytes = state_files.put_file(&key, local).await?;
+        quarantine.push(QuarantineFile { key, rows: *rows, bytes });
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let manifest = ShardManifest {
+        v: protocol::PROTOCOL_VERSION,
+        run_id: task.run_id.clone(),
+        pipeline: task.pipeline.name.clone(),
+        table: plan.table.clone(),
+        shard: task.shard.clone(),
+        outputs,
+        quarantine,
+        counts: out.counts,
+        schema_digest: plan.schema_digest(),
+    };
+    state_files.put(&task.manifest_key, manifest.to_json().into_bytes()).await?;
+    Ok(manifest)
+}

@@ -1,1 +1,96 @@
-fn main() {}
+//! `worker`: the Tributary worker binary.
+//!
+//! `worker process PIPELINE.toml --input FILE --output DIR` runs one file through a pipeline as a
+//! single shard (no queue, no warehouse) and prints the counts as a `STATS {json}` line: the
+//! building block the benchmarks measure. The queue daemon (`worker --config FILE`) arrives with
+//! the fleet backends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use backends::object_store::{LocalStore, ObjectStore};
+use clap::{Parser, Subcommand};
+use protocol::{ObjectRef, ShardDescriptor, ShardInput};
+
+#[derive(Parser)]
+#[command(name = "worker", version, about = "Tributary worker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one input file through a pipeline as one shard and write Parquet partitions to DIR.
+    Process {
+        pipeline: PathBuf,
+        /// The input file (overrides the pipeline's source).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output folder (must be new or empty): `COLUMN=VALUE/` partition folders only.
+        #[arg(long)]
+        output: PathBuf,
+        /// Where quarantined rows go (default: OUTPUT.quarantine.ndjson beside the output folder).
+        #[arg(long)]
+        quarantine: Option<PathBuf>,
+        /// Rayon threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Process { pipeline, input, output, quarantine, threads } => {
+            if let Some(n) = threads {
+                rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("configuring threads")?;
+            }
+            let p = worker::config::load_file(&pipeline)?;
+            let plan = worker::plan::Plan::build(&p)?;
+            let meta = std::fs::metadata(&input).with_context(|| format!("source {}", input.display()))?;
+            if !meta.is_file() {
+                bail!("source {} is not a file", input.display());
+            }
+            if output.exists() && std::fs::read_dir(&output)?.next().is_some() {
+                bail!("output folder {} exists and is not empty", output.display());
+            }
+            let dir = input.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            let name = input.file_name().context("input has no file name")?.to_string_lossy().into_owned();
+            let source: Arc<dyn ObjectStore> = Arc::new(LocalStore::open_existing(&dir)?);
+            let shard = ShardDescriptor {
+                shard_id: "s00000".into(),
+                index: 0,
+                inputs: vec![ShardInput { object: ObjectRef { key: name, size: meta.len() }, range: None }],
+            };
+            std::fs::create_dir_all(&output)?;
+            let scratch = output.join(".tributary-scratch");
+            let started = std::time::Instant::now();
+            let out = worker::run_shard_blocking(&plan, &p, source, &shard, "", &scratch)?;
+            for f in &out.files {
+                let dst = output.join(&f.key);
+                std::fs::create_dir_all(dst.parent().expect("partition folder"))?;
+                std::fs::rename(&f.local, &dst)?;
+            }
+            if let Some((q, _)) = &out.quarantine {
+                let dst = quarantine.unwrap_or_else(|| output.with_extension("quarantine.ndjson"));
+                std::fs::copy(q, &dst).with_context(|| format!("writing quarantine {}", dst.display()))?;
+            }
+            std::fs::remove_dir_all(&scratch).ok();
+            let mut stats = out.counts.to_flat_json();
+            stats.insert("peer".into(), "tributary".into());
+            stats.insert("files".into(), out.files.len().into());
+            stats.insert("total_s".into(), serde_json::json!(started.elapsed().as_secs_f64()));
+            println!("STATS {}", serde_json::Value::Object(stats));
+        }
+    }
+    Ok(())
+}
