@@ -1,1 +1,12 @@
-//! placeholder
+//! The Tributary coordinator: plans shards, runs workers (in-process in local mode), and loads the
+//! finished Parquet into the warehouse in batched, exactly-once loads.
+//!
+//! * [`planner`]: source listing → shards (grouping small files, splitting large ones).
+//! * [`run`]: a pipeline run in local mode, durable and resumable.
+//! * [`local_worker`]: the in-process worker loop on the embedded queue.
+//! * [`demo`]: the demo's sample sources and pipeline files.
+
+pub mod demo;
+pub mod local_worker;
+pub mod planner;
+pub mod run;

@@ -1,1 +1,227 @@
-fn main() {}
+//! `coordinator`: the Tributary command line.
+//!
+//! `demo`, `run`, `validate`, `status` and `sql`; errors go to stderr with a non-zero exit.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use coordinator::run::{DataDir, RunOptions, RunReport, run_local};
+
+#[derive(Parser)]
+#[command(name = "coordinator", version, about = "Tributary coordinator: raw sources → curated Parquet → warehouse")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const DEFAULT_DATA_DIR: &str = "tributary-data";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate sample data for three sources, write their pipeline files and run them end to end.
+    Demo {
+        #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Records per generated file.
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Run (or resume) a pipeline on the embedded backends.
+    Run {
+        pipeline: PathBuf,
+        /// In-process workers.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// State, warehouse, manifests, quarantine and (without --output) the Parquet lake.
+        #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// A file or folder that replaces the pipeline's source.location.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Write the Parquet partitions directly under DIR (`COLUMN=VALUE/` folders only).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Split inputs larger than BYTES into byte ranges of BYTES (overrides source.shard_bytes).
+        #[arg(long)]
+        shard_size: Option<u64>,
+        /// Rows per warehouse load batch.
+        #[arg(long, default_value_t = 2_000_000)]
+        batch_rows: u64,
+        /// Never draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check a pipeline file (and its key and reference files) without running anything.
+    Validate { pipeline: PathBuf },
+    /// List runs and their progress.
+    Status {
+        #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a SQL query against the embedded warehouse.
+    Sql {
+        query: String,
+        #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(Cli::parse())) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn print_report(r: &RunReport) {
+    let rec = &r.record;
+    let c = &rec.counts;
+    println!(
+        "{}: run {} {}{} — {} shard(s), {} lines: {} rows out, {} malformed, {} rejected {:?}, {} filtered {:?}, {} duplicates",
+        rec.pipeline,
+        rec.run_id,
+        rec.status,
+        if r.resumed { " (resumed)" } else { "" },
+        rec.shards,
+        c.lines_total,
+        c.rows_out,
+        c.malformed,
+        c.rejected_total(),
+        c.rejected,
+        c.filtered_total(),
+        c.filtered,
+        c.duplicates
+    );
+    println!("  parquet:    {}", r.parquet_location.display());
+    if let Some(w) = &r.warehouse {
+        println!(
+            "  warehouse:  {w} table {} ({} rows after merge, {} batch(es) loaded)",
+            rec.table,
+            r.rows_in_table.map_or("?".into(), |n| n.to_string()),
+            rec.batches_loaded
+        );
+    }
+    if !r.quarantine_files.is_empty() {
+        println!("  quarantine: {} file(s), e.g. {}", r.quarantine_files.len(), r.quarantine_files[0].display());
+    }
+    for (shard, why) in &rec.failed_shards {
+        println!("  FAILED {shard}: {why}");
+    }
+}
+
+fn stats_line(r: &RunReport) -> String {
+    let mut m = r.record.counts.to_flat_json();
+    m.insert("run_id".into(), r.record.run_id.clone().into());
+    m.insert("shards".into(), r.record.shards.into());
+    if let Some(n) = r.rows_in_table {
+        m.insert("rows_in_table".into(), n.into());
+    }
+    format!("STATS {}", serde_json::Value::Object(m))
+}
+
+fn shell_quote(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) { s } else { format!("'{}'", s.replace('\'', "'\\''")) }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let interactive = std::io::stderr().is_terminal();
+    match cli.command {
+        Command::Validate { pipeline } => {
+            let p = worker::config::load_file(&pipeline)?;
+            let plan = worker::plan::Plan::build(&p)?;
+            println!(
+                "ok: {} — pipeline {:?}: {} columns, {} steps → table {:?}, {} output columns, partitioned by {:?}",
+                pipeline.display(),
+                p.name(),
+                p.file.columns.len(),
+                p.file.steps.len(),
+                p.table(),
+                plan.output_schema.fields().len(),
+                plan.partition_names
+            );
+        }
+        Command::Run { pipeline, workers, data_dir, source, output, shard_size, batch_rows, no_progress } => {
+            let opts = RunOptions { pipeline, data_dir, workers, source, output, shard_size, progress: interactive && !no_progress, batch_rows };
+            let report = run_local(&opts).await?;
+            print_report(&report);
+            println!("{}", stats_line(&report));
+            if !report.record.failed_shards.is_empty() {
+                anyhow::bail!("{} shard(s) failed; rerun the same command to retry them", report.record.failed_shards.len());
+            }
+        }
+        Command::Demo { data_dir, rows, workers } => {
+            let root = std::fs::create_dir_all(&data_dir).and_then(|_| data_dir.canonicalize()).with_context(|| format!("data dir {}", data_dir.display()))?;
+            let demo = root.join("demo");
+            let pipelines = coordinator::demo::write_demo(&demo, rows)?;
+            println!("demo: sample sources in {}, pipeline files in {}", demo.join("sources").display(), demo.join("pipelines").display());
+            let mut failed = 0;
+            for p in &pipelines {
+                let opts = RunOptions {
+                    pipeline: p.clone(),
+                    data_dir: root.clone(),
+                    workers,
+                    source: None,
+                    output: None,
+                    shard_size: None,
+                    progress: interactive,
+                    batch_rows: 2_000_000,
+                };
+                let report = run_local(&opts).await?;
+                print_report(&report);
+                failed += report.record.failed_shards.len();
+            }
+            let bin = "cargo run --release -p coordinator --";
+            let dd = shell_quote(&root);
+            println!();
+            println!("Query the warehouse ({}):", root.join("warehouse.db").display());
+            println!("  {bin} sql --data-dir {dd} \"SELECT country, count(*) AS events FROM web_events GROUP BY country ORDER BY events DESC\"");
+            println!("  {bin} sql --data-dir {dd} \"SELECT region, sum(quantity * unit_price) AS revenue FROM pos_sales GROUP BY region\"");
+            println!("  {bin} sql --data-dir {dd} \"SELECT currency, status, count(*), sum(amount) FROM billing_invoices GROUP BY 1, 2\"");
+            println!("Runs and their progress:  {bin} status --data-dir {dd}");
+            println!("Write your own pipeline: copy {} and run  {bin} run YOUR.toml --data-dir {dd}", demo.join("pipelines/web_events.toml").display());
+            if failed > 0 {
+                anyhow::bail!("{failed} shard(s) failed");
+            }
+        }
+        Command::Status { data_dir, json } => {
+            let dd = DataDir::open(&data_dir)?;
+            let mut runs = dd.runs().await?;
+            runs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.run_id.cmp(&b.run_id)));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else if runs.is_empty() {
+                println!("no runs in {}", dd.root.display());
+            } else {
+                for r in runs {
+                    let done = dd.state.list(&format!("runs/{}/done/", r.run_id)).await?.len();
+                    println!(
+                        "{:<40} {:<12} {:<10} shards {done}/{}  rows_out {}  batches loaded {}  started {}",
+                        r.run_id, r.pipeline, r.status, r.shards, r.counts.rows_out, r.batches_loaded, r.started_at
+                    );
+                }
+            }
+        }
+        Command::Sql { query, data_dir } => {
+            let dd = DataDir::open(&data_dir)?;
+            if !dd.warehouse_path.exists() {
+                anyhow::bail!("no warehouse at {} (run a pipeline first)", dd.warehouse_path.display());
+            }
+            let wh = dd.warehouse()?;
+            println!("{}", wh.query(&query).await?.to_table());
+        }
+    }
+    Ok(())
+}

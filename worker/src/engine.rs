@@ -348,6 +348,10 @@ pub fn read_lines(
             if skip_header {
                 skip_header = false;
                 start = next;
+                line_no += 1;
+                if let Some(f) = chunk.first_line.as_mut() {
+                    *f += 1;
+                }
                 continue;
             }
             let mut e = line_end;

@@ -1,0 +1,568 @@
+//! A pipeline run in local mode: plan → enqueue → in-process workers → completions → batched
+//! exactly-once loads, with every step recorded durably so a killed run resumes.
+//!
+//! ```text
+//!  planner ──tasks──▶ MemoryQueue "tasks" ──▶ N worker loops ──▶ execute_task (rayon via bridge)
+//!                                                  │ manifest written, then result sent, then task deleted
+//!  coordinator loop ◀── MemoryQueue "results" ◀────┘
+//!     record shard done (state) → group into LoadBatch (state, before loading) → warehouse.load
+//!     (staging → MERGE → ledger, one transaction) → record batch loaded (state)
+//! ```
+//!
+//! Durable state (`DATA_DIR/state`, a [`StateStore`]):
+//! `pipelines/NAME/current` (the unfinished run), `runs/RUN/run.json`, `runs/RUN/plan.bin` (bincode),
+//! `runs/RUN/done/SHARD` (manifest key + counts), `runs/RUN/batches/bNNNN.json` (the batch, written
+//! before it is loaded), `runs/RUN/loaded/bNNNN`. On restart, shards with a done record (or a
+//! manifest already written) are not redone, recorded batches are re-loaded (the warehouse ledger
+//! skips those that committed), and the rest is planned as before.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use backends::object_store::{LocalStore, ObjectStore};
+use backends::queue::{MemoryQueue, Queue};
+use backends::state::{FileStateStore, StateStore};
+use backends::warehouse::{LoadOutcome, Warehouse};
+use protocol::{
+    Counts, LoadBatch, LoadFile, Message, ObjectRef, PipelineSpec, ResultMessage, ShardManifest, ShardPlan,
+    TaskMessage, TaskOutcome,
+};
+use serde::{Deserialize, Serialize};
+use worker::config::{Compression, Format, Pipeline};
+
+use crate::planner::plan_shards;
+
+/// Options of `coordinator run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub pipeline: PathBuf,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    pub source: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    pub shard_size: Option<u64>,
+    pub progress: bool,
+    /// Rows per load batch (a batch closes when it reaches this many rows).
+    pub batch_rows: u64,
+}
+
+/// Test hook: crash the process at a chosen point, as `kill -9` would (no cleanup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    CrashAfterShards(usize),
+    CrashAfterLoadCommit,
+}
+
+fn fault() -> Option<Fault> {
+    let v = std::env::var("TRIBUTARY_FAULT").ok()?;
+    if let Some(n) = v.strip_prefix("crash_after_shards=") {
+        return n.parse().ok().map(Fault::CrashAfterShards);
+    }
+    (v == "crash_after_load_commit").then_some(Fault::CrashAfterLoadCommit)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub pipeline: String,
+    pub table: String,
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub source: String,
+    pub output: String,
+    pub output_prefix: String,
+    pub shards: usize,
+    pub source_bytes: u64,
+    pub counts: Counts,
+    pub batches_loaded: usize,
+    pub failed_shards: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DoneRecord {
+    manifest_key: String,
+    counts: Counts,
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct RunReport {
+    pub record: RunRecord,
+    pub resumed: bool,
+    pub parquet_location: PathBuf,
+    pub warehouse: Option<String>,
+    pub rows_in_table: Option<u64>,
+    pub quarantine_files: Vec<PathBuf>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The folders of a data dir.
+pub struct DataDir {
+    pub root: PathBuf,
+    pub state: Arc<dyn StateStore>,
+    /// Manifests and quarantine files.
+    pub files: Arc<dyn ObjectStore>,
+    pub lake: PathBuf,
+    pub warehouse_path: PathBuf,
+}
+
+impl DataDir {
+    pub fn open(root: &Path) -> anyhow::Result<DataDir> {
+        std::fs::create_dir_all(root).with_context(|| format!("creating data dir {}", root.display()))?;
+        let root = root.canonicalize()?;
+        Ok(DataDir {
+            state: Arc::new(FileStateStore::new(root.join("state"))?),
+            files: Arc::new(LocalStore::new(root.join("files"))?),
+            lake: root.join("lake"),
+            warehouse_path: root.join("warehouse.db"),
+            root,
+        })
+    }
+
+    #[cfg(feature = "embedded-warehouse")]
+    pub fn warehouse(&self) -> anyhow::Result<Arc<dyn Warehouse>> {
+        Ok(Arc::new(backends::warehouse::SqliteWarehouse::open(&self.warehouse_path)?))
+    }
+
+    #[cfg(not(feature = "embedded-warehouse"))]
+    pub fn warehouse(&self) -> anyhow::Result<Arc<dyn Warehouse>> {
+        bail!("this coordinator was built without the embedded warehouse (feature `embedded-warehouse`)")
+    }
+
+    pub async fn runs(&self) -> anyhow::Result<Vec<RunRecord>> {
+        let mut out = Vec::new();
+        for key in self.state.list("runs/").await? {
+            if key.ends_with("/run.json") {
+                let bytes = self.state.get(&key).await?.unwrap_or_default();
+                out.push(serde_json::from_slice(&bytes).with_context(|| format!("state {key} is corrupt"))?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Resolves the source: a folder (listed with the glob) or one file.
+fn resolve_source(p: &Pipeline, over: Option<&Path>) -> anyhow::Result<(PathBuf, Option<String>)> {
+    let loc = match over {
+        Some(o) => o.to_path_buf(),
+        None => {
+            let l = &p.file.source.location;
+            if l.starts_with("s3://") {
+                bail!("{}: source.location {l:?}: S3 sources need the AWS backends, which this build does not have yet; use a local folder or --source", p.path);
+            }
+            p.resolve(l)
+        }
+    };
+    let meta = std::fs::metadata(&loc).with_context(|| format!("source {} (source.location in {}) cannot be read", loc.display(), p.path))?;
+    if meta.is_file() {
+        let dir = loc.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let name = loc.file_name().context("source has no file name")?.to_string_lossy().into_owned();
+        Ok((if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir }, Some(name)))
+    } else {
+        Ok((loc, None))
+    }
+}
+
+fn splittable(p: &Pipeline) -> impl Fn(&ObjectRef) -> bool + '_ {
+    move |o: &ObjectRef| {
+        let src = &p.file.source;
+        let compressed_name = [".gz", ".zst", ".zstd", ".gzip"].iter().any(|e| o.key.ends_with(e));
+        let format_ok = match src.format {
+            Format::Ndjson => true,
+            Format::Csv => src.csv.splittable,
+            _ => false,
+        };
+        format_ok && !compressed_name && matches!(src.compression, Compression::None | Compression::Auto)
+    }
+}
+
+/// Runs (or resumes) a pipeline end to end in local mode.
+pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
+    let pipeline = worker::config::load_file(&opts.pipeline)?;
+    // Fail on bad key files or reference files before anything runs.
+    worker::plan::Plan::build(&pipeline)?;
+    let dd = DataDir::open(&opts.data_dir)?;
+    let name = pipeline.name().to_string();
+    let table = pipeline.table().to_string();
+    let (source_dir, single) = resolve_source(&pipeline, opts.source.as_deref())?;
+    let source_dir = source_dir.canonicalize()?;
+    let (output_root, output_prefix) = match &opts.output {
+        Some(o) => {
+            std::fs::create_dir_all(o).with_context(|| format!("output folder {}", o.display()))?;
+            (o.canonicalize()?, String::new())
+        }
+        None => (dd.lake.clone(), table.clone()),
+    };
+
+    // Resume the unfinished run of this pipeline, if any.
+    let current_key = format!("pipelines/{name}/current");
+    let mut resumed = false;
+    let mut run: Option<RunRecord> = None;
+    if let Some(id) = dd.state.get(&current_key).await? {
+        let id = String::from_utf8_lossy(&id).to_string();
+        if let Some(bytes) = dd.state.get(&format!("runs/{id}/run.json")).await? {
+            let r: RunRecord = serde_json::from_slice(&bytes)?;
+            if r.source != source_dir.display().to_string() || r.output != output_root.display().to_string() {
+                bail!(
+                    "run {id} of pipeline {name} is unfinished with source {} and output {}; rerun with those to resume it, or remove {} to abandon it",
+                    r.source,
+                    r.output,
+                    dd.root.join("state").join(&current_key).display()
+                );
+            }
+            resumed = true;
+            run = Some(r);
+        }
+    }
+    if !resumed {
+        if let Some(o) = &opts.output {
+            if std::fs::read_dir(o)?.next().is_some() {
+                bail!("output folder {} exists and is not empty", o.display());
+            }
+        }
+    }
+    let (mut record, plan) = match run {
+        Some(r) => {
+            let bytes = dd.state.get(&format!("runs/{}/plan.bin", r.run_id)).await?.context("the run's shard plan is missing from state")?;
+            let plan: ShardPlan = protocol::decode_binary(&bytes)?;
+            (r, plan)
+        }
+        None => {
+            let store = LocalStore::open_existing(&source_dir)?;
+            let glob = globset::Glob::new(&pipeline.file.source.glob)?.compile_matcher();
+            let objects: Vec<ObjectRef> = match &single {
+                Some(n) => store.list(n).await?.into_iter().filter(|o| &o.key == n).collect(),
+                None => store.list("").await?.into_iter().filter(|o| glob.is_match(&o.key)).collect(),
+            };
+            if objects.is_empty() {
+                bail!("no source objects: nothing under {} matches glob {:?}", source_dir.display(), pipeline.file.source.glob);
+            }
+            let shard_bytes = opts.shard_size.unwrap_or(pipeline.file.source.shard_bytes.get());
+            let shards = plan_shards(&objects, shard_bytes, &splittable(&pipeline));
+            let run_id = format!("{name}-{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), std::process::id() & 0xffff);
+            let plan = ShardPlan { run_id: run_id.clone(), pipeline: name.clone(), shards };
+            let rec = RunRecord {
+                run_id: run_id.clone(),
+                pipeline: name.clone(),
+                table: table.clone(),
+                status: "running".into(),
+                started_at: now(),
+                finished_at: None,
+                source: source_dir.display().to_string(),
+                output: output_root.display().to_string(),
+                output_prefix: output_prefix.clone(),
+                shards: plan.shards.len(),
+                source_bytes: objects.iter().map(|o| o.size).sum(),
+                counts: Counts::default(),
+                batches_loaded: 0,
+                failed_shards: Vec::new(),
+            };
+            dd.state.put(&format!("runs/{run_id}/plan.bin"), &protocol::encode_binary(&plan)).await?;
+            dd.state.put(&format!("runs/{run_id}/run.json"), &serde_json::to_vec_pretty(&rec)?).await?;
+            dd.state.put(&current_key, run_id.as_bytes()).await?;
+            (rec, plan)
+        }
+    };
+    let run_id = record.run_id.clone();
+    let source: Arc<dyn ObjectStore> = Arc::new(LocalStore::open_existing(&source_dir)?);
+    let output: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&output_root)?);
+    let warehouse = if pipeline.file.load.enabled { Some(dd.warehouse()?) } else { None };
+
+    // What is already done.
+    let mut done: BTreeMap<String, DoneRecord> = BTreeMap::new();
+    for key in dd.state.list(&format!("runs/{run_id}/done/")).await? {
+        let bytes = dd.state.get(&key).await?.unwrap_or_default();
+        let d: DoneRecord = serde_json::from_slice(&bytes).with_context(|| format!("state {key} is corrupt"))?;
+        done.insert(key.rsplit('/').next().unwrap_or_default().to_string(), d);
+    }
+    let manifest_key = |shard: &str| format!("manifests/{run_id}/{shard}.json");
+    // A shard whose manifest was written before a crash is done: record it instead of redoing it.
+    for s in &plan.shards {
+        if done.contains_key(&s.shard_id) {
+            continue;
+        }
+        if let Ok(bytes) = dd.files.get(&manifest_key(&s.shard_id)).await {
+            if let Ok(m) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes)) {
+                let d = DoneRecord { manifest_key: manifest_key(&s.shard_id), counts: m.counts };
+                dd.state.put(&format!("runs/{run_id}/done/{}", s.shard_id), &serde_json::to_vec(&d)?).await?;
+                done.insert(s.shard_id.clone(), d);
+            }
+        }
+    }
+
+    let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("tasks", Duration::from_secs(30), 3));
+    let results: Arc<dyn Queue> = Arc::new(MemoryQueue::new("results", Duration::from_secs(30), 5));
+    let spec = PipelineSpec { name: name.clone(), toml: pipeline.text.clone(), base_dir: pipeline.base_dir.display().to_string() };
+    let pending: Vec<_> = plan.shards.iter().filter(|s| !done.contains_key(&s.shard_id)).collect();
+    let bodies: Vec<String> = pending
+        .iter()
+        .map(|s| {
+            Message::Task(TaskMessage {
+                task_id: format!("{run_id}/{}", s.shard_id),
+                run_id: run_id.clone(),
+                pipeline: spec.clone(),
+                shard: (*s).clone(),
+                output_prefix: output_prefix.clone(),
+                quarantine_prefix: format!("quarantine/{name}/{run_id}"),
+                manifest_key: manifest_key(&s.shard_id),
+            })
+            .to_body()
+        })
+        .collect();
+    for chunk in bodies.chunks(10) {
+        tasks.send_batch(chunk.to_vec()).await?;
+    }
+
+    let progress = progress_bar(opts.progress, record.source_bytes, &name);
+    progress.inc(plan.shards.iter().filter(|s| done.contains_key(&s.shard_id)).map(|s| s.bytes()).sum());
+    let scratch = dd.root.join("tmp");
+    let mut workers = Vec::new();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for w in 0..opts.workers.max(1) {
+        let ctx = crate::local_worker::WorkerCtx {
+            id: w,
+            tasks: tasks.clone(),
+            results: results.clone(),
+            source: source.clone(),
+            output: output.clone(),
+            files: dd.files.clone(),
+            scratch: scratch.clone(),
+            visibility: Duration::from_secs(30),
+            stopping: stopping.clone(),
+        };
+        workers.push(tokio::spawn(crate::local_worker::work_loop(ctx)));
+    }
+
+    let shard_bytes: BTreeMap<String, u64> = plan.shards.iter().map(|s| (s.shard_id.clone(), s.bytes())).collect();
+    let shard_index: BTreeMap<String, &protocol::ShardDescriptor> = plan.shards.iter().map(|s| (s.shard_id.clone(), s)).collect();
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let fault = fault();
+    let mut done_here = 0usize;
+    let mut loader = Loader::new(&dd, &run_id, &table, &pipeline, opts.batch_rows, warehouse.clone(), output.clone()).await?;
+    loader.flush_recorded().await?;
+    loader.add_done(&done, &shard_index, false).await?;
+
+    while done.len() + failed.len() < plan.shards.len() {
+        let got = results.receive(10, Duration::from_millis(500)).await?;
+        for m in got {
+            match Message::from_body(&m.body) {
+                Ok(Message::Result(ResultMessage { shard_id, outcome, .. })) => match outcome {
+                    TaskOutcome::Succeeded { manifest_key, counts } => {
+                        if !done.contains_key(&shard_id) {
+                            let d = DoneRecord { manifest_key, counts };
+                            dd.state.put(&format!("runs/{run_id}/done/{shard_id}"), &serde_json::to_vec(&d)?).await?;
+                            progress.inc(shard_bytes.get(&shard_id).copied().unwrap_or(0));
+                            done.insert(shard_id.clone(), d);
+                            done_here += 1;
+                            if fault == Some(Fault::CrashAfterShards(done_here)) {
+                                std::process::abort();
+                            }
+                        }
+                    }
+                    TaskOutcome::Failed { error } => {
+                        failed.insert(shard_id, error);
+                    }
+                },
+                Ok(other) => tracing::warn!(?other, "unexpected message on the results queue"),
+                Err(e) => {
+                    results.dead_letter(&m.receipt, &e.to_string()).await?;
+                    continue;
+                }
+            }
+            results.delete(&m.receipt).await?;
+        }
+        // Tasks the queue gave up on (redelivered too often) fail their shard.
+        for dl in tasks.dead_letters().await? {
+            if let Ok(Message::Task(t)) = Message::from_body(&dl.body) {
+                if !done.contains_key(&t.shard.shard_id) {
+                    failed.entry(t.shard.shard_id.clone()).or_insert(dl.reason.clone());
+                }
+            }
+        }
+        loader.add_done(&done, &shard_index, false).await?;
+        if fault == Some(Fault::CrashAfterLoadCommit) && loader.loaded > 0 {
+            std::process::abort();
+        }
+    }
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.notify_waiters();
+    for w in workers {
+        let _ = w.await;
+    }
+    loader.add_done(&done, &shard_index, true).await?;
+    progress.finish_and_clear();
+
+    let mut counts = Counts::default();
+    for d in done.values() {
+        counts.add(&d.counts);
+    }
+    record.counts = counts;
+    record.batches_loaded = loader.loaded_total;
+    record.failed_shards = failed.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    record.status = if failed.is_empty() { "completed".into() } else { "failed".into() };
+    record.finished_at = Some(now());
+    dd.state.put(&format!("runs/{run_id}/run.json"), &serde_json::to_vec_pretty(&record)?).await?;
+    if failed.is_empty() {
+        dd.state.delete(&current_key).await?;
+    }
+    let rows_in_table = match &warehouse {
+        Some(w) => w
+            .query(&format!("SELECT count(*) FROM {}", backends::warehouse::quote_ident(&table)))
+            .await
+            .ok()
+            .and_then(|r| r.rows.first().and_then(|r| r[0].as_ref()).and_then(|v| v.parse().ok())),
+        None => None,
+    };
+    let files_root = dd.root.join("files");
+    let mut quarantine_files = Vec::new();
+    for d in done.values() {
+        if let Ok(bytes) = dd.files.get(&d.manifest_key).await {
+            if let Ok(m) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes)) {
+                quarantine_files.extend(m.quarantine.iter().map(|q| files_root.join(&q.key)));
+            }
+        }
+    }
+    Ok(RunReport {
+        parquet_location: if output_prefix.is_empty() { output_root } else { output_root.join(&output_prefix) },
+        warehouse: warehouse.as_ref().map(|w| w.describe()),
+        rows_in_table,
+        record,
+        resumed,
+        quarantine_files,
+    })
+}
+
+fn progress_bar(enabled: bool, total: u64, name: &str) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(name.to_string());
+    pb
+}
+
+/// Groups finished shards into load batches and loads them exactly once.
+struct Loader<'a> {
+    dd: &'a DataDir,
+    run_id: String,
+    table: String,
+    merge_keys: Vec<String>,
+    batch_rows: u64,
+    warehouse: Option<Arc<dyn Warehouse>>,
+    output: Arc<dyn ObjectStore>,
+    batched: BTreeSet<String>,
+    next_seq: usize,
+    loaded: usize,
+    loaded_total: usize,
+}
+
+impl<'a> Loader<'a> {
+    async fn new(
+        dd: &'a DataDir,
+        run_id: &str,
+        table: &str,
+        p: &Pipeline,
+        batch_rows: u64,
+        warehouse: Option<Arc<dyn Warehouse>>,
+        output: Arc<dyn ObjectStore>,
+    ) -> anyhow::Result<Loader<'a>> {
+        let mut l = Loader {
+            dd,
+            run_id: run_id.into(),
+            table: table.into(),
+            merge_keys: p.file.load.merge_keys.clone(),
+            batch_rows: batch_rows.max(1),
+            warehouse,
+            output,
+            batched: BTreeSet::new(),
+            next_seq: 0,
+            loaded: 0,
+            loaded_total: 0,
+        };
+        for key in dd.state.list(&format!("runs/{run_id}/batches/")).await? {
+            let b: LoadBatch = serde_json::from_slice(&dd.state.get(&key).await?.unwrap_or_default())?;
+            l.batched.extend(b.shards.iter().cloned());
+            l.next_seq += 1;
+        }
+        Ok(l)
+    }
+
+    /// Loads every recorded batch that is not marked loaded (the ledger skips committed ones).
+    async fn flush_recorded(&mut self) -> anyhow::Result<()> {
+        for key in self.dd.state.list(&format!("runs/{}/batches/", self.run_id)).await? {
+            let b: LoadBatch = serde_json::from_slice(&self.dd.state.get(&key).await?.unwrap_or_default())?;
+            self.load(&b).await?;
+        }
+        Ok(())
+    }
+
+    async fn load(&mut self, b: &LoadBatch) -> anyhow::Result<()> {
+        let mark = format!("runs/{}/loaded/{}", self.run_id, b.batch_id);
+        if self.dd.state.get(&mark).await?.is_some() {
+            self.loaded_total += 1;
+            return Ok(());
+        }
+        if let Some(w) = &self.warehouse {
+            let outcome = w.load(b, self.output.clone()).await.with_context(|| format!("loading batch {}", b.batch_id))?;
+            tracing::info!(batch = %b.batch_id, ?outcome, "load batch");
+            if matches!(outcome, LoadOutcome::Loaded { .. }) {
+                self.loaded += 1;
+            }
+        }
+        self.dd.state.put(&mark, now().as_bytes()).await?;
+        self.loaded_total += 1;
+        Ok(())
+    }
+
+    /// Batches done shards (in shard order) once a batch is full, or all of them when `all`.
+    async fn add_done(
+        &mut self,
+        done: &BTreeMap<String, DoneRecord>,
+        shards: &BTreeMap<String, &protocol::ShardDescriptor>,
+        all: bool,
+    ) -> anyhow::Result<()> {
+        let waiting: Vec<(&String, &DoneRecord)> = done.iter().filter(|(k, _)| !self.batched.contains(*k)).collect();
+        let rows: u64 = waiting.iter().map(|(_, d)| d.counts.rows_out).sum();
+        if waiting.is_empty() || (!all && rows < self.batch_rows) {
+            return Ok(());
+        }
+        let mut files = Vec::new();
+        let mut ids = Vec::new();
+        for (shard_id, d) in &waiting {
+            let bytes = self.dd.files.get(&d.manifest_key).await.with_context(|| format!("manifest of shard {shard_id}"))?;
+            let m = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))?;
+            let desc = shards.get(*shard_id).context("shard not in plan")?;
+            for f in m.outputs {
+                files.push(LoadFile { file: f, shard_index: desc.index, position: desc.source_position() });
+            }
+            ids.push((*shard_id).clone());
+        }
+        let batch = LoadBatch {
+            batch_id: format!("{}-{}-b{:04}", self.run_id, self.table, self.next_seq),
+            run_id: self.run_id.clone(),
+            table: self.table.clone(),
+            merge_keys: self.merge_keys.clone(),
+            shards: ids.clone(),
+            files,
+        };
+        // Record the batch before loading it: a retry after a crash loads the same batch id.
+        let key = format!("runs/{}/batches/b{:04}.json", self.run_id, self.next_seq);
+        self.dd.state.put_if_absent(&key, &serde_json::to_vec(&batch)?).await?;
+        self.next_seq += 1;
+        self.batched.extend(ids);
+        self.load(&batch).await
+    }
+}
