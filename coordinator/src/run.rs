@@ -388,9 +388,6 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
             }
         }
         loader.add_done(&done, &shard_index, false).await?;
-        if fault == Some(Fault::CrashAfterLoadCommit) && loader.loaded > 0 {
-            std::process::abort();
-        }
     }
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     stop.notify_waiters();
@@ -520,6 +517,10 @@ impl<'a> Loader<'a> {
             tracing::info!(batch = %b.batch_id, ?outcome, "load batch");
             if matches!(outcome, LoadOutcome::Loaded { .. }) {
                 self.loaded += 1;
+                // Test hook: die between the warehouse commit and recording it.
+                if fault() == Some(Fault::CrashAfterLoadCommit) {
+                    std::process::abort();
+                }
             }
         }
         self.dd.state.put(&mark, now().as_bytes()).await?;

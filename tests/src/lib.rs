@@ -1,1 +1,88 @@
-//! Cross-process tests live in `tests/`.
+//! Helpers for the cross-process tests in `tests/tests/`: they start the real `coordinator`
+//! binary (built on first use) as a child process, with fault injection through
+//! `TRIBUTARY_FAULT`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The path of the `coordinator` binary of this build, building it if needed.
+pub fn coordinator_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "tributary-coordinator", "--bin", "coordinator"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("cargo build runs");
+        assert!(st.success(), "building the coordinator failed");
+        profile_dir.join("coordinator")
+    })
+    .clone()
+}
+
+/// Runs the coordinator with `args`; `fault` sets TRIBUTARY_FAULT.
+pub fn coordinator(args: &[&str], fault: Option<&str>) -> Output {
+    let mut cmd = Command::new(coordinator_bin());
+    cmd.args(args).env_remove("TRIBUTARY_FAULT").env_remove("TRIBUTARY_DATA_DIR");
+    if let Some(f) = fault {
+        cmd.env("TRIBUTARY_FAULT", f);
+    }
+    cmd.output().expect("coordinator starts")
+}
+
+pub fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "coordinator failed: {:?}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// The `STATS {json}` line of a run.
+pub fn stats(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().find(|l| l.starts_with("STATS ")).expect("a STATS line");
+    serde_json::from_str(&line[6..]).expect("STATS is JSON")
+}
+
+/// A table's rows as text, sorted, without the batch lineage column (batch ids name their run).
+pub fn table(data_dir: &Path, sql: &str) -> String {
+    ok(&coordinator(&["sql", "--data-dir", data_dir.to_str().unwrap(), sql], None))
+}
+
+/// Every Parquet file under `dir`, relative and sorted.
+pub fn parquet_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Writes the demo's web-events pipeline and `files` days of generated events under `root`;
+/// returns the pipeline path.
+pub fn web_fixture(root: &Path, rows: usize, files: u64) -> PathBuf {
+    let demo = root.join("fixture");
+    let pipelines = coordinator::demo::write_demo(&demo, 10).expect("demo files");
+    let web = demo.join("sources/web");
+    for e in std::fs::read_dir(&web).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    for i in 0..files {
+        std::fs::write(web.join(format!("events-part{i}.ndjson")), coordinator::demo::web_events(rows, 1000 + i)).unwrap();
+    }
+    pipelines[0].clone()
+}
