@@ -38,7 +38,10 @@ pub enum BackendError {
 
 impl BackendError {
     pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
-        BackendError::Io { path: path.to_string(), source }
+        BackendError::Io {
+            path: path.to_string(),
+            source,
+        }
     }
 
     /// Whether retrying the same call may succeed. One place decides this for every backend.

@@ -47,14 +47,18 @@ impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(|e| BackendError::io(root.display(), e))?;
-        let root = root.canonicalize().map_err(|e| BackendError::io(root.display(), e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| BackendError::io(root.display(), e))?;
         Ok(LocalStore { root })
     }
 
     /// Opens an existing folder without creating it (for sources).
     pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self> {
         let root: PathBuf = root.into();
-        let root = root.canonicalize().map_err(|e| BackendError::io(root.display(), e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| BackendError::io(root.display(), e))?;
         if !root.is_dir() {
             return Err(BackendError::io(
                 root.display(),
@@ -71,7 +75,10 @@ impl LocalStore {
     fn path(&self, key: &str) -> Result<PathBuf> {
         let rel = Path::new(key);
         if key.is_empty() {
-            return Err(BackendError::InvalidKey { key: key.into(), reason: "empty key".into() });
+            return Err(BackendError::InvalidKey {
+                key: key.into(),
+                reason: "empty key".into(),
+            });
         }
         for c in rel.components() {
             if !matches!(c, Component::Normal(_)) {
@@ -85,7 +92,10 @@ impl LocalStore {
     }
 
     fn tmp_path(path: &Path) -> PathBuf {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
     }
 }
@@ -131,13 +141,19 @@ impl ObjectStore for LocalStore {
         let dir = dst.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(|e| BackendError::io(dir.display(), e))?;
         let f = fs::File::open(src).map_err(|e| BackendError::io(src.display(), e))?;
-        f.sync_all().map_err(|e| BackendError::io(src.display(), e))?;
-        let size = f.metadata().map_err(|e| BackendError::io(src.display(), e))?.len();
+        f.sync_all()
+            .map_err(|e| BackendError::io(src.display(), e))?;
+        let size = f
+            .metadata()
+            .map_err(|e| BackendError::io(src.display(), e))?
+            .len();
         if fs::rename(src, &dst).is_err() {
             // Different filesystem: copy to a temp file beside the target, then rename.
             let tmp = Self::tmp_path(&dst);
             fs::copy(src, &tmp).map_err(|e| BackendError::io(tmp.display(), e))?;
-            fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| BackendError::io(tmp.display(), e))?;
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| BackendError::io(tmp.display(), e))?;
             fs::rename(&tmp, &dst).map_err(|e| BackendError::io(dst.display(), e))?;
             let _ = fs::remove_file(src);
         }
@@ -173,12 +189,18 @@ impl ObjectStore for LocalStore {
                 let entry = entry.map_err(|e| BackendError::io(dir.display(), e))?;
                 let path = entry.path();
                 let rel = path.strip_prefix(&self.root).expect("under root");
-                let key = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                let key = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
                 let name = entry.file_name();
                 if name.to_string_lossy().starts_with('.') {
                     continue; // temp files of in-flight writes, hidden files
                 }
-                let ft = entry.file_type().map_err(|e| BackendError::io(path.display(), e))?;
+                let ft = entry
+                    .file_type()
+                    .map_err(|e| BackendError::io(path.display(), e))?;
                 if ft.is_dir() {
                     // Only descend where the prefix can still match.
                     let dir_key = format!("{key}/");
@@ -186,7 +208,10 @@ impl ObjectStore for LocalStore {
                         stack.push(path);
                     }
                 } else if key.starts_with(prefix) {
-                    let size = entry.metadata().map_err(|e| BackendError::io(path.display(), e))?.len();
+                    let size = entry
+                        .metadata()
+                        .map_err(|e| BackendError::io(path.display(), e))?
+                        .len();
                     out.push(ObjectRef { key, size });
                 }
             }
@@ -210,7 +235,8 @@ impl ObjectStore for LocalStore {
         match range {
             None => Ok(Box::new(f)),
             Some(r) => {
-                f.seek(SeekFrom::Start(r.start)).map_err(|e| BackendError::io(p.display(), e))?;
+                f.seek(SeekFrom::Start(r.start))
+                    .map_err(|e| BackendError::io(p.display(), e))?;
                 Ok(Box::new(f.take(r.len())))
             }
         }
@@ -224,7 +250,10 @@ impl ObjectStore for LocalStore {
 impl LocalStore {
     fn not_found_or_io(&self, key: &str, p: &Path, e: std::io::Error) -> BackendError {
         if e.kind() == std::io::ErrorKind::NotFound {
-            BackendError::NotFound { store: self.describe(), key: key.into() }
+            BackendError::NotFound {
+                store: self.describe(),
+                key: key.into(),
+            }
         } else {
             BackendError::io(p.display(), e)
         }
@@ -245,32 +274,67 @@ pub mod suite {
     }
 
     pub async fn put_get_replace(store: &dyn ObjectStore) {
-        store.put("suite/a/one.txt", b"hello".to_vec()).await.unwrap();
+        store
+            .put("suite/a/one.txt", b"hello".to_vec())
+            .await
+            .unwrap();
         assert_eq!(store.get("suite/a/one.txt").await.unwrap(), b"hello");
-        store.put("suite/a/one.txt", b"replaced".to_vec()).await.unwrap();
+        store
+            .put("suite/a/one.txt", b"replaced".to_vec())
+            .await
+            .unwrap();
         assert_eq!(store.get("suite/a/one.txt").await.unwrap(), b"replaced");
         assert_eq!(store.head("suite/a/one.txt").await.unwrap(), Some(8));
     }
 
     pub async fn ranged_reads(store: &dyn ObjectStore) {
-        store.put("suite/r.bin", b"0123456789".to_vec()).await.unwrap();
+        store
+            .put("suite/r.bin", b"0123456789".to_vec())
+            .await
+            .unwrap();
         let mut s = String::new();
-        store.open_read("suite/r.bin", Some(ByteRange { start: 2, end: 5 })).unwrap().read_to_string(&mut s).unwrap();
+        store
+            .open_read("suite/r.bin", Some(ByteRange { start: 2, end: 5 }))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "234");
         let mut s = String::new();
-        store.open_read("suite/r.bin", Some(ByteRange { start: 7, end: 100 })).unwrap().read_to_string(&mut s).unwrap();
+        store
+            .open_read("suite/r.bin", Some(ByteRange { start: 7, end: 100 }))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "789");
         let mut s = String::new();
-        store.open_read("suite/r.bin", None).unwrap().read_to_string(&mut s).unwrap();
+        store
+            .open_read("suite/r.bin", None)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "0123456789");
     }
 
     pub async fn listing_is_sorted_and_prefixed(store: &dyn ObjectStore) {
-        for k in ["suite/l/b.txt", "suite/l/a.txt", "suite/l/sub/c.txt", "suite/lx.txt"] {
+        for k in [
+            "suite/l/b.txt",
+            "suite/l/a.txt",
+            "suite/l/sub/c.txt",
+            "suite/lx.txt",
+        ] {
             store.put(k, k.as_bytes().to_vec()).await.unwrap();
         }
-        let keys: Vec<_> = store.list("suite/l/").await.unwrap().into_iter().map(|o| o.key).collect();
-        assert_eq!(keys, ["suite/l/a.txt", "suite/l/b.txt", "suite/l/sub/c.txt"]);
+        let keys: Vec<_> = store
+            .list("suite/l/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(
+            keys,
+            ["suite/l/a.txt", "suite/l/b.txt", "suite/l/sub/c.txt"]
+        );
         let all = store.list("suite/l").await.unwrap();
         assert_eq!(all.len(), 4);
         assert_eq!(all[0].size, "suite/l/a.txt".len() as u64);
@@ -293,7 +357,10 @@ pub mod suite {
         let f = dir.join("up.bin");
         fs::write(&f, vec![7u8; 1000]).unwrap();
         assert_eq!(store.put_file("suite/up/file.bin", &f).await.unwrap(), 1000);
-        assert_eq!(store.get("suite/up/file.bin").await.unwrap(), vec![7u8; 1000]);
+        assert_eq!(
+            store.get("suite/up/file.bin").await.unwrap(),
+            vec![7u8; 1000]
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -321,7 +388,13 @@ mod tests {
         let store = LocalStore::new(dir.path()).unwrap();
         fs::write(dir.path().join(".x.tmp-1"), b"partial").unwrap();
         store.put("real", b"x".to_vec()).await.unwrap();
-        let keys: Vec<_> = store.list("").await.unwrap().into_iter().map(|o| o.key).collect();
+        let keys: Vec<_> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         assert_eq!(keys, ["real"]);
     }
 }

@@ -88,7 +88,11 @@ pub struct MemoryQueue {
 }
 
 impl MemoryQueue {
-    pub fn new(name: impl Into<String>, visibility_timeout: Duration, max_receive_count: u32) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        visibility_timeout: Duration,
+        max_receive_count: u32,
+    ) -> Self {
         MemoryQueue {
             name: name.into(),
             visibility_timeout,
@@ -99,10 +103,12 @@ impl MemoryQueue {
     }
 
     fn parse_receipt(&self, receipt: &str) -> Result<(String, u64)> {
-        let (id, delivery) = receipt.rsplit_once('#').ok_or_else(|| BackendError::Queue {
-            queue: self.name.clone(),
-            detail: format!("malformed receipt handle {receipt:?}"),
-        })?;
+        let (id, delivery) = receipt
+            .rsplit_once('#')
+            .ok_or_else(|| BackendError::Queue {
+                queue: self.name.clone(),
+                detail: format!("malformed receipt handle {receipt:?}"),
+            })?;
         let delivery = delivery.parse().map_err(|_| BackendError::Queue {
             queue: self.name.clone(),
             detail: format!("malformed receipt handle {receipt:?}"),
@@ -156,7 +162,11 @@ impl MemoryQueue {
     /// Soonest time an invisible message becomes visible again.
     fn next_wakeup(&self) -> Option<Instant> {
         let inner = self.inner.lock().expect("queue lock");
-        inner.entries.values().filter_map(|e| e.invisible_until).min()
+        inner
+            .entries
+            .values()
+            .filter_map(|e| e.invisible_until)
+            .min()
     }
 }
 
@@ -174,7 +184,15 @@ impl Queue for MemoryQueue {
                 inner.next_id += 1;
                 let id = format!("m{:08}", inner.next_id);
                 inner.order.push_back(id.clone());
-                inner.entries.insert(id.clone(), Entry { body, receive_count: 0, invisible_until: None, delivery: 0 });
+                inner.entries.insert(
+                    id.clone(),
+                    Entry {
+                        body,
+                        receive_count: 0,
+                        invisible_until: None,
+                        delivery: 0,
+                    },
+                );
                 ids.push(id);
             }
         }
@@ -205,7 +223,11 @@ impl Queue for MemoryQueue {
     async fn delete(&self, receipt: &str) -> Result<()> {
         let (id, delivery) = self.parse_receipt(receipt)?;
         let mut inner = self.inner.lock().expect("queue lock");
-        if inner.entries.get(&id).is_some_and(|e| e.delivery == delivery) {
+        if inner
+            .entries
+            .get(&id)
+            .is_some_and(|e| e.delivery == delivery)
+        {
             inner.entries.remove(&id);
             inner.order.retain(|x| *x != id);
         }
@@ -222,7 +244,9 @@ impl Queue for MemoryQueue {
             }
             _ => Err(BackendError::Queue {
                 queue: self.name.clone(),
-                detail: format!("receipt {receipt:?} is no longer valid (message deleted or redelivered)"),
+                detail: format!(
+                    "receipt {receipt:?} is no longer valid (message deleted or redelivered)"
+                ),
             }),
         }
     }
@@ -230,7 +254,11 @@ impl Queue for MemoryQueue {
     async fn dead_letter(&self, receipt: &str, reason: &str) -> Result<()> {
         let (id, delivery) = self.parse_receipt(receipt)?;
         let mut inner = self.inner.lock().expect("queue lock");
-        if inner.entries.get(&id).is_some_and(|e| e.delivery == delivery) {
+        if inner
+            .entries
+            .get(&id)
+            .is_some_and(|e| e.delivery == delivery)
+        {
             let e = inner.entries.remove(&id).expect("entry");
             inner.order.retain(|x| *x != id);
             inner.dead.push(DeadLetter {
@@ -246,8 +274,16 @@ impl Queue for MemoryQueue {
     async fn depth(&self) -> Result<QueueDepth> {
         let now = Instant::now();
         let inner = self.inner.lock().expect("queue lock");
-        let in_flight = inner.entries.values().filter(|e| e.invisible_until.is_some_and(|t| t > now)).count();
-        Ok(QueueDepth { visible: inner.entries.len() - in_flight, in_flight, dead: inner.dead.len() })
+        let in_flight = inner
+            .entries
+            .values()
+            .filter(|e| e.invisible_until.is_some_and(|t| t > now))
+            .count();
+        Ok(QueueDepth {
+            visible: inner.entries.len() - in_flight,
+            in_flight,
+            dead: inner.dead.len(),
+        })
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
@@ -271,7 +307,10 @@ pub mod suite {
     }
 
     pub async fn send_receive_delete(q: &dyn Queue) {
-        let ids = q.send_batch((0..15).map(|i| format!("m{i}")).collect()).await.unwrap();
+        let ids = q
+            .send_batch((0..15).map(|i| format!("m{i}")).collect())
+            .await
+            .unwrap();
         assert_eq!(ids.len(), 15);
         let mut bodies = Vec::new();
         while bodies.len() < 15 {
@@ -287,13 +326,23 @@ pub mod suite {
         let mut want: Vec<_> = (0..15).map(|i| format!("m{i}")).collect();
         want.sort();
         assert_eq!(bodies, want);
-        assert!(q.receive(10, Duration::from_millis(50)).await.unwrap().is_empty());
+        assert!(
+            q.receive(10, Duration::from_millis(50))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
     }
 
     pub async fn long_poll_waits_for_a_message(q: &dyn Queue) {
         let t0 = Instant::now();
-        assert!(q.receive(1, Duration::from_millis(150)).await.unwrap().is_empty());
+        assert!(
+            q.receive(1, Duration::from_millis(150))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert!(t0.elapsed() >= Duration::from_millis(100));
         q.send_batch(vec!["late".into()]).await.unwrap();
         let got = q.receive(1, Duration::from_secs(2)).await.unwrap();
@@ -305,7 +354,10 @@ pub mod suite {
         q.send_batch(vec!["x".into()]).await.unwrap();
         let first = q.receive(1, Duration::from_millis(100)).await.unwrap();
         assert_eq!(first.len(), 1);
-        assert!(q.receive(1, Duration::ZERO).await.unwrap().is_empty(), "invisible while in flight");
+        assert!(
+            q.receive(1, Duration::ZERO).await.unwrap().is_empty(),
+            "invisible while in flight"
+        );
         let again = q.receive(1, vis * 3).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].message_id, first[0].message_id);
@@ -326,7 +378,11 @@ pub mod suite {
 
     pub async fn heartbeat_keeps_message_invisible(q: &dyn Queue, vis: Duration) {
         q.send_batch(vec!["z".into()]).await.unwrap();
-        let m = q.receive(1, Duration::from_millis(100)).await.unwrap().remove(0);
+        let m = q
+            .receive(1, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .remove(0);
         for _ in 0..3 {
             tokio::time::sleep(vis / 2).await;
             q.extend_visibility(&m.receipt, vis).await.unwrap();
@@ -347,16 +403,27 @@ pub mod suite {
         let dead = q.dead_letters().await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].body, "poison");
-        assert!(dead[0].reason.contains("received 2 times"), "{}", dead[0].reason);
+        assert!(
+            dead[0].reason.contains("received 2 times"),
+            "{}",
+            dead[0].reason
+        );
     }
 
     pub async fn explicit_dead_letter_keeps_reason(q: &dyn Queue) {
-        q.send_batch(vec!["garbage".into(), "fine".into()]).await.unwrap();
+        q.send_batch(vec!["garbage".into(), "fine".into()])
+            .await
+            .unwrap();
         let got = q.receive(10, Duration::from_millis(100)).await.unwrap();
         let bad = got.iter().find(|m| m.body == "garbage").unwrap();
-        q.dead_letter(&bad.receipt, "body is not JSON: expected value at line 1").await.unwrap();
+        q.dead_letter(&bad.receipt, "body is not JSON: expected value at line 1")
+            .await
+            .unwrap();
         let dead = q.dead_letters().await.unwrap();
-        assert_eq!(dead.last().unwrap().reason, "body is not JSON: expected value at line 1");
+        assert_eq!(
+            dead.last().unwrap().reason,
+            "body is not JSON: expected value at line 1"
+        );
         let d = q.depth().await.unwrap();
         assert_eq!((d.in_flight, d.dead), (1, dead.len()));
     }

@@ -36,14 +36,22 @@ impl FileStateStore {
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(|e| BackendError::io(root.display(), e))?;
-        Ok(FileStateStore { root, lock: tokio::sync::Mutex::new(()) })
+        Ok(FileStateStore {
+            root,
+            lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
         let ok = !key.is_empty()
-            && key.split('/').all(|p| !p.is_empty() && p != "." && p != ".." && !p.starts_with('.'));
+            && key
+                .split('/')
+                .all(|p| !p.is_empty() && p != "." && p != ".." && !p.starts_with('.'));
         if !ok {
-            return Err(BackendError::InvalidKey { key: key.into(), reason: "not a valid state key".into() });
+            return Err(BackendError::InvalidKey {
+                key: key.into(),
+                reason: "not a valid state key".into(),
+            });
         }
         Ok(self.root.join(key))
     }
@@ -95,7 +103,11 @@ impl StateStore for FileStateStore {
                 if name.starts_with('.') {
                     continue;
                 }
-                let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let key = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
                 if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                     let dk = format!("{key}/");
                     if dk.starts_with(prefix) || prefix.starts_with(&dk) {
@@ -131,7 +143,10 @@ pub mod suite {
         store.put("runs/r1/tasks/s00001", b"done").await.unwrap();
         store.put("runs/r1/tasks/s00000", b"done").await.unwrap();
         store.put("runs/r2/run.json", b"{}").await.unwrap();
-        assert_eq!(store.get("runs/r1/run.json").await.unwrap().unwrap(), b"{\"a\":1}");
+        assert_eq!(
+            store.get("runs/r1/run.json").await.unwrap().unwrap(),
+            b"{\"a\":1}"
+        );
         assert_eq!(store.get("runs/none").await.unwrap(), None);
         assert_eq!(
             store.list("runs/r1/tasks/").await.unwrap(),
@@ -144,7 +159,10 @@ pub mod suite {
         assert!(!store.put_if_absent("claims/b1", b"two").await.unwrap());
 
         let again = reopen();
-        assert_eq!(again.get("runs/r1/run.json").await.unwrap().unwrap(), b"{\"a\":2}");
+        assert_eq!(
+            again.get("runs/r1/run.json").await.unwrap().unwrap(),
+            b"{\"a\":2}"
+        );
         assert_eq!(again.get("claims/b1").await.unwrap().unwrap(), b"one");
         again.delete("runs/r2/run.json").await.unwrap();
         again.delete("runs/r2/run.json").await.unwrap();

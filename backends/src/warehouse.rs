@@ -26,7 +26,10 @@ pub const BATCH_COLUMN: &str = "_tributary_batch_id";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadOutcome {
-    Loaded { rows_staged: u64, rows_in_table: u64 },
+    Loaded {
+        rows_staged: u64,
+        rows_in_table: u64,
+    },
     AlreadyLoaded,
 }
 
@@ -48,16 +51,30 @@ impl QueryResult {
             }
         }
         let line = |vals: Vec<String>| {
-            vals.iter().enumerate().map(|(i, v)| format!("{v:<w$}", w = widths[i])).collect::<Vec<_>>().join(" | ")
+            vals.iter()
+                .enumerate()
+                .map(|(i, v)| format!("{v:<w$}", w = widths[i]))
+                .collect::<Vec<_>>()
+                .join(" | ")
         };
         let mut out = line(self.columns.clone());
         out.push('\n');
-        out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+        out.push_str(
+            &widths
+                .iter()
+                .map(|w| "-".repeat(*w))
+                .collect::<Vec<_>>()
+                .join("-+-"),
+        );
         for r in &self.rows {
             out.push('\n');
             out.push_str(&line(r.iter().map(cell).collect()));
         }
-        out.push_str(&format!("\n({} row{})", self.rows.len(), if self.rows.len() == 1 { "" } else { "s" }));
+        out.push_str(&format!(
+            "\n({} row{})",
+            self.rows.len(),
+            if self.rows.len() == 1 { "" } else { "s" }
+        ));
         out
     }
 }
@@ -92,7 +109,12 @@ pub mod suite {
     use parquet::arrow::ArrowWriter;
     use protocol::{LoadFile, OutputFile, SourcePosition};
 
-    async fn write_file(files: &dyn ObjectStore, key: &str, ids: &[&str], vals: &[i64]) -> OutputFile {
+    async fn write_file(
+        files: &dyn ObjectStore,
+        key: &str,
+        ids: &[&str],
+        vals: &[i64],
+    ) -> OutputFile {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Utf8, false),
             Field::new("val", DataType::Int64, true),
@@ -120,7 +142,14 @@ pub mod suite {
     }
 
     fn load_file(file: OutputFile, object: &str, offset: u64, index: u32) -> LoadFile {
-        LoadFile { file, shard_index: index, position: SourcePosition { object: object.into(), offset } }
+        LoadFile {
+            file,
+            shard_index: index,
+            position: SourcePosition {
+                object: object.into(),
+                offset,
+            },
+        }
     }
 
     fn batch(id: &str, table: &str, files: Vec<LoadFile>) -> LoadBatch {
@@ -129,17 +158,30 @@ pub mod suite {
             run_id: "r1".into(),
             table: table.into(),
             merge_keys: vec!["id".into()],
-            shards: files.iter().map(|f| format!("s{}", f.shard_index)).collect(),
+            shards: files
+                .iter()
+                .map(|f| format!("s{}", f.shard_index))
+                .collect(),
             files,
         }
     }
 
     async fn table_rows(wh: &dyn Warehouse, table: &str) -> Vec<Vec<Option<String>>> {
-        wh.query(&format!("SELECT id, val, day FROM {} ORDER BY id", quote_ident(table))).await.unwrap().rows
+        wh.query(&format!(
+            "SELECT id, val, day FROM {} ORDER BY id",
+            quote_ident(table)
+        ))
+        .await
+        .unwrap()
+        .rows
     }
 
     fn row(id: &str, val: i64) -> Vec<Option<String>> {
-        vec![Some(id.into()), Some(val.to_string()), Some("2025-05-01".into())]
+        vec![
+            Some(id.into()),
+            Some(val.to_string()),
+            Some("2025-05-01".into()),
+        ]
     }
 
     pub async fn run_all(wh: &dyn Warehouse, files: Arc<dyn ObjectStore>) {
@@ -147,21 +189,47 @@ pub mod suite {
         // whichever batch is loaded first.
         let f0 = write_file(&*files, "wh-suite/p0.parquet", &["a", "b"], &[1, 2]).await;
         let f1 = write_file(&*files, "wh-suite/p1.parquet", &["b", "c"], &[20, 30]).await;
-        let later = batch("r1-t-b0001", "suite events", vec![load_file(f1.clone(), "raw/x", 500, 1)]);
-        let earlier = batch("r1-t-b0000", "suite events", vec![load_file(f0.clone(), "raw/x", 0, 0)]);
+        let later = batch(
+            "r1-t-b0001",
+            "suite events",
+            vec![load_file(f1.clone(), "raw/x", 500, 1)],
+        );
+        let earlier = batch(
+            "r1-t-b0000",
+            "suite events",
+            vec![load_file(f0.clone(), "raw/x", 0, 0)],
+        );
 
         assert!(!wh.is_loaded("r1-t-b0001").await.unwrap());
         let out = wh.load(&later, files.clone()).await.unwrap();
-        assert_eq!(out, LoadOutcome::Loaded { rows_staged: 2, rows_in_table: 2 });
+        assert_eq!(
+            out,
+            LoadOutcome::Loaded {
+                rows_staged: 2,
+                rows_in_table: 2
+            }
+        );
         assert!(wh.is_loaded("r1-t-b0001").await.unwrap());
         let out = wh.load(&earlier, files.clone()).await.unwrap();
-        assert_eq!(out, LoadOutcome::Loaded { rows_staged: 2, rows_in_table: 3 });
+        assert_eq!(
+            out,
+            LoadOutcome::Loaded {
+                rows_staged: 2,
+                rows_in_table: 3
+            }
+        );
         let want = vec![row("a", 1), row("b", 2), row("c", 30)];
         assert_eq!(table_rows(wh, "suite events").await, want);
 
         // Exactly once: the same batch again changes nothing.
-        assert_eq!(wh.load(&later, files.clone()).await.unwrap(), LoadOutcome::AlreadyLoaded);
-        assert_eq!(wh.load(&earlier, files.clone()).await.unwrap(), LoadOutcome::AlreadyLoaded);
+        assert_eq!(
+            wh.load(&later, files.clone()).await.unwrap(),
+            LoadOutcome::AlreadyLoaded
+        );
+        assert_eq!(
+            wh.load(&earlier, files.clone()).await.unwrap(),
+            LoadOutcome::AlreadyLoaded
+        );
         assert_eq!(table_rows(wh, "suite events").await, want);
 
         // One batch holding both shards gives the same table.
@@ -174,8 +242,17 @@ pub mod suite {
         assert_eq!(table_rows(wh, "suite events 2").await, want);
 
         // A batch whose file is missing fails as a whole and is not recorded.
-        let missing = OutputFile { key: "wh-suite/none.parquet".into(), partition: vec![], rows: 1, bytes: 1 };
-        let bad = batch("r1-t-b0009", "suite events", vec![load_file(missing, "raw/y", 0, 9)]);
+        let missing = OutputFile {
+            key: "wh-suite/none.parquet".into(),
+            partition: vec![],
+            rows: 1,
+            bytes: 1,
+        };
+        let bad = batch(
+            "r1-t-b0009",
+            "suite events",
+            vec![load_file(missing, "raw/y", 0, 9)],
+        );
         let err = wh.load(&bad, files.clone()).await.unwrap_err().to_string();
         assert!(err.contains("wh-suite/none.parquet"), "{err}");
         assert!(!wh.is_loaded("r1-t-b0009").await.unwrap());

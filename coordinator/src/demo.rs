@@ -22,7 +22,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -30,7 +30,7 @@ impl Rng {
         z ^ (z >> 31)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len() as u64) as usize]
@@ -60,9 +60,20 @@ fn local(utc_secs: i64, offset_min: i64, iso: bool) -> String {
     let sign = if offset_min < 0 { '-' } else { '+' };
     let (oh, om) = (offset_min.abs() / 60, offset_min.abs() % 60);
     if iso {
-        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}{sign}{oh:02}:{om:02}", s / 3600, s / 60 % 60, s % 60, (utc_secs.rem_euclid(1000)))
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}{sign}{oh:02}:{om:02}",
+            s / 3600,
+            s / 60 % 60,
+            s % 60,
+            (utc_secs.rem_euclid(1000))
+        )
     } else {
-        format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} {sign}{oh:02}{om:02}", s / 3600, s / 60 % 60, s % 60)
+        format!(
+            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} {sign}{oh:02}{om:02}",
+            s / 3600,
+            s / 60 % 60,
+            s % 60
+        )
     }
 }
 
@@ -72,8 +83,23 @@ pub fn web_events(rows: usize, seed: u64) -> Vec<u8> {
     let mut r = Rng::new(seed);
     let mut out = Vec::new();
     let mut recent: Vec<String> = Vec::new();
-    let types = ["page_view", "page_view", "page_view", "click", "scroll", "heartbeat", "search", "purchase"];
-    let agents = ["Mozilla/5.0 (X11; Linux x86_64)", "Mozilla/5.0 (iPhone)", "Mozilla/5.0 (Windows NT 10.0)", "Googlebot/2.1", "Mozilla/5.0 (Macintosh)"];
+    let types = [
+        "page_view",
+        "page_view",
+        "page_view",
+        "click",
+        "scroll",
+        "heartbeat",
+        "search",
+        "purchase",
+    ];
+    let agents = [
+        "Mozilla/5.0 (X11; Linux x86_64)",
+        "Mozilla/5.0 (iPhone)",
+        "Mozilla/5.0 (Windows NT 10.0)",
+        "Googlebot/2.1",
+        "Mozilla/5.0 (Macintosh)",
+    ];
     let countries = ["fr", " DE", "Us ", "gb", "es", "IT"];
     let offsets = [0i64, 60, 120, -240, 330, 540];
     for i in 0..rows {
@@ -84,9 +110,25 @@ pub fn web_events(rows: usize, seed: u64) -> Vec<u8> {
             continue;
         }
         let t = MAY_1 + (i as i64 * 86_400 * 3 / rows.max(1) as i64) + r.below(600) as i64;
-        let ts = if r.chance(1) { "\"N/A\"".to_string() } else { format!("\"{}\"", local(t, offsets[r.below(6) as usize], true)) };
-        let device = if r.chance(1) { "null".into() } else { format!("{{\"os\":\"{}\",\"browser\":\"{}\"}}", r.pick(&["Linux", "iOS", "Windows", "macOS"]), r.pick(&["Firefox", "Safari", "Chrome"])) };
-        let email = if r.chance(3) { "null".into() } else { format!("\" User{}@Example.com \"", r.below(5000)) };
+        let ts = if r.chance(1) {
+            "\"N/A\"".to_string()
+        } else {
+            format!("\"{}\"", local(t, offsets[r.below(6) as usize], true))
+        };
+        let device = if r.chance(1) {
+            "null".into()
+        } else {
+            format!(
+                "{{\"os\":\"{}\",\"browser\":\"{}\"}}",
+                r.pick(&["Linux", "iOS", "Windows", "macOS"]),
+                r.pick(&["Firefox", "Safari", "Chrome"])
+            )
+        };
+        let email = if r.chance(3) {
+            "null".into()
+        } else {
+            format!("\" User{}@Example.com \"", r.below(5000))
+        };
         let line = format!(
             "{{\"event_id\":\"ev-{seed}-{i:07}\",\"ts\":{ts},\"user_id\":{},\"email\":{email},\"ip\":\"{}.{}.{}.{}\",\"event_type\":\"{}\",\"user_agent\":\"{}\",\"country\":\"{}\",\"device\":{device},\"scr_w\":{}}}",
             r.below(100_000) + 1,
@@ -118,7 +160,8 @@ pub fn web_events(rows: usize, seed: u64) -> Vec<u8> {
 
 pub fn pos_sales(rows: usize, store: u32, seed: u64) -> Vec<u8> {
     let mut r = Rng::new(seed);
-    let mut out = String::from("sale_id,store_id,sold_at,sku,description,quantity,unit_price,currency\n");
+    let mut out =
+        String::from("sale_id,store_id,sold_at,sku,description,quantity,unit_price,currency\n");
     let mut last = String::new();
     for i in 0..rows {
         if !last.is_empty() && r.chance(1) {
@@ -126,7 +169,11 @@ pub fn pos_sales(rows: usize, store: u32, seed: u64) -> Vec<u8> {
             continue;
         }
         let t = MAY_1 + (i as i64 * 86_400 * 3 / rows.max(1) as i64);
-        let qty = if r.chance(1) { "two".to_string() } else { (r.below(5) + 1).to_string() };
+        let qty = if r.chance(1) {
+            "two".to_string()
+        } else {
+            (r.below(5) + 1).to_string()
+        };
         let sid = if r.chance(1) { 99 } else { store };
         let line = format!(
             "S{store}-{i:06},{sid},{},SKU-{:04},\"{}\",{qty},{}.{:02},{}\n",
@@ -138,7 +185,10 @@ pub fn pos_sales(rows: usize, store: u32, seed: u64) -> Vec<u8> {
             r.pick(&["eur", "EUR", "Eur"])
         );
         if r.chance(1) {
-            out.push_str(&format!("S{store}-{i:06},{store},{}\n", local(t, 120, false)));
+            out.push_str(&format!(
+                "S{store}-{i:06},{store},{}\n",
+                local(t, 120, false)
+            ));
             continue;
         }
         out.push_str(&line);
@@ -185,14 +235,25 @@ pub fn write_demo(root: &Path, rows: usize) -> anyhow::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(src.join(d))?;
     }
     std::fs::create_dir_all(&pip)?;
-    let write = |p: PathBuf, data: &[u8]| std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()));
+    let write = |p: PathBuf, data: &[u8]| {
+        std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))
+    };
     for day in 0..3u64 {
-        write(src.join(format!("web/events-part{day}.ndjson")), &web_events(rows, 42 + day))?;
+        write(
+            src.join(format!("web/events-part{day}.ndjson")),
+            &web_events(rows, 42 + day),
+        )?;
     }
     for store in 1..=4u32 {
-        write(src.join(format!("pos/sales-store{store}.csv")), &pos_sales(rows / 4, store, 7 + u64::from(store)))?;
+        write(
+            src.join(format!("pos/sales-store{store}.csv")),
+            &pos_sales(rows / 4, store, 7 + u64::from(store)),
+        )?;
     }
-    write(src.join("billing/invoices-2025-05.json.gz"), &billing(rows / 2, 99))?;
+    write(
+        src.join("billing/invoices-2025-05.json.gz"),
+        &billing(rows / 2, 99),
+    )?;
     write(pip.join("web_events.toml"), WEB_TOML.as_bytes())?;
     write(pip.join("pos_sales.toml"), POS_TOML.as_bytes())?;
     write(pip.join("billing.toml"), BILLING_TOML.as_bytes())?;
@@ -200,5 +261,9 @@ pub fn write_demo(root: &Path, rows: usize) -> anyhow::Result<Vec<PathBuf>> {
     // The demo's keys are written as files, as a mounted secret would be; never inline.
     write(pip.join("pii.key"), b"demo-salt-change-me:")?;
     write(pip.join("billing-hmac.key"), b"demo-hmac-key-change-me")?;
-    Ok(vec![pip.join("web_events.toml"), pip.join("pos_sales.toml"), pip.join("billing.toml")])
+    Ok(vec![
+        pip.join("web_events.toml"),
+        pip.join("pos_sales.toml"),
+        pip.join("billing.toml"),
+    ])
 }

@@ -40,7 +40,10 @@ pub async fn work_loop(ctx: WorkerCtx) {
             let task = match Message::from_body(&m.body) {
                 Ok(Message::Task(t)) => t,
                 Ok(_) => {
-                    let _ = ctx.tasks.dead_letter(&m.receipt, "not a task message").await;
+                    let _ = ctx
+                        .tasks
+                        .dead_letter(&m.receipt, "not a task message")
+                        .await;
                     continue;
                 }
                 Err(e) => {
@@ -62,10 +65,20 @@ pub async fn work_loop(ctx: WorkerCtx) {
                     }
                 }
             });
-            let result = worker::execute_task(&task, ctx.source.clone(), ctx.output.clone(), ctx.files.clone(), &ctx.scratch).await;
+            let result = worker::execute_task(
+                &task,
+                ctx.source.clone(),
+                ctx.output.clone(),
+                ctx.files.clone(),
+                &ctx.scratch,
+            )
+            .await;
             heartbeat.abort();
             let outcome = match result {
-                Ok(manifest) => TaskOutcome::Succeeded { manifest_key: task.manifest_key.clone(), counts: manifest.counts },
+                Ok(manifest) => TaskOutcome::Succeeded {
+                    manifest_key: task.manifest_key.clone(),
+                    counts: manifest.counts,
+                },
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, "task failed; it will be retried");
                     continue;

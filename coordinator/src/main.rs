@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use coordinator::run::{DataDir, RunOptions, RunReport, run_local};
 
 #[derive(Parser)]
-#[command(name = "coordinator", version, about = "Tributary coordinator: raw sources → curated Parquet → warehouse")]
+#[command(
+    name = "coordinator",
+    version,
+    about = "Tributary coordinator: raw sources → curated Parquet → warehouse"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,10 +79,17 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(Cli::parse())) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -114,7 +125,11 @@ fn print_report(r: &RunReport) {
         );
     }
     if !r.quarantine_files.is_empty() {
-        println!("  quarantine: {} file(s), e.g. {}", r.quarantine_files.len(), r.quarantine_files[0].display());
+        println!(
+            "  quarantine: {} file(s), e.g. {}",
+            r.quarantine_files.len(),
+            r.quarantine_files[0].display()
+        );
     }
     for (shard, why) in &rec.failed_shards {
         println!("  FAILED {shard}: {why}");
@@ -133,7 +148,13 @@ fn stats_line(r: &RunReport) -> String {
 
 fn shell_quote(p: &Path) -> String {
     let s = p.display().to_string();
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) { s } else { format!("'{}'", s.replace('\'', "'\\''")) }
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -153,20 +174,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 plan.partition_names
             );
         }
-        Command::Run { pipeline, workers, data_dir, source, output, shard_size, batch_rows, no_progress } => {
-            let opts = RunOptions { pipeline, data_dir, workers, source, output, shard_size, progress: interactive && !no_progress, batch_rows };
+        Command::Run {
+            pipeline,
+            workers,
+            data_dir,
+            source,
+            output,
+            shard_size,
+            batch_rows,
+            no_progress,
+        } => {
+            let opts = RunOptions {
+                pipeline,
+                data_dir,
+                workers,
+                source,
+                output,
+                shard_size,
+                progress: interactive && !no_progress,
+                batch_rows,
+            };
             let report = run_local(&opts).await?;
             print_report(&report);
             println!("{}", stats_line(&report));
             if !report.record.failed_shards.is_empty() {
-                anyhow::bail!("{} shard(s) failed; rerun the same command to retry them", report.record.failed_shards.len());
+                anyhow::bail!(
+                    "{} shard(s) failed; rerun the same command to retry them",
+                    report.record.failed_shards.len()
+                );
             }
         }
-        Command::Demo { data_dir, rows, workers } => {
-            let root = std::fs::create_dir_all(&data_dir).and_then(|_| data_dir.canonicalize()).with_context(|| format!("data dir {}", data_dir.display()))?;
+        Command::Demo {
+            data_dir,
+            rows,
+            workers,
+        } => {
+            let root = std::fs::create_dir_all(&data_dir)
+                .and_then(|_| data_dir.canonicalize())
+                .with_context(|| format!("data dir {}", data_dir.display()))?;
             let demo = root.join("demo");
             let pipelines = coordinator::demo::write_demo(&demo, rows)?;
-            println!("demo: sample sources in {}, pipeline files in {}", demo.join("sources").display(), demo.join("pipelines").display());
+            println!(
+                "demo: sample sources in {}, pipeline files in {}",
+                demo.join("sources").display(),
+                demo.join("pipelines").display()
+            );
             let mut failed = 0;
             for p in &pipelines {
                 let opts = RunOptions {
@@ -186,12 +238,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bin = "cargo run --release -p coordinator --";
             let dd = shell_quote(&root);
             println!();
-            println!("Query the warehouse ({}):", root.join("warehouse.db").display());
-            println!("  {bin} sql --data-dir {dd} \"SELECT country, count(*) AS events FROM web_events GROUP BY country ORDER BY events DESC\"");
-            println!("  {bin} sql --data-dir {dd} \"SELECT region, sum(quantity * unit_price) AS revenue FROM pos_sales GROUP BY region\"");
-            println!("  {bin} sql --data-dir {dd} \"SELECT currency, status, count(*), sum(amount) FROM billing_invoices GROUP BY 1, 2\"");
+            println!(
+                "Query the warehouse ({}):",
+                root.join("warehouse.db").display()
+            );
+            println!(
+                "  {bin} sql --data-dir {dd} \"SELECT country, count(*) AS events FROM web_events GROUP BY country ORDER BY events DESC\""
+            );
+            println!(
+                "  {bin} sql --data-dir {dd} \"SELECT region, sum(quantity * unit_price) AS revenue FROM pos_sales GROUP BY region\""
+            );
+            println!(
+                "  {bin} sql --data-dir {dd} \"SELECT currency, status, count(*), sum(amount) FROM billing_invoices GROUP BY 1, 2\""
+            );
             println!("Runs and their progress:  {bin} status --data-dir {dd}");
-            println!("Write your own pipeline: copy {} and run  {bin} run YOUR.toml --data-dir {dd}", demo.join("pipelines/web_events.toml").display());
+            println!(
+                "Write your own pipeline: copy {} and run  {bin} run YOUR.toml --data-dir {dd}",
+                demo.join("pipelines/web_events.toml").display()
+            );
             if failed > 0 {
                 anyhow::bail!("{failed} shard(s) failed");
             }
@@ -199,17 +263,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { data_dir, json } => {
             let dd = DataDir::open(&data_dir)?;
             let mut runs = dd.runs().await?;
-            runs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.run_id.cmp(&b.run_id)));
+            runs.sort_by(|a, b| {
+                a.started_at
+                    .cmp(&b.started_at)
+                    .then(a.run_id.cmp(&b.run_id))
+            });
             if json {
                 println!("{}", serde_json::to_string_pretty(&runs)?);
             } else if runs.is_empty() {
                 println!("no runs in {}", dd.root.display());
             } else {
                 for r in runs {
-                    let done = dd.state.list(&format!("runs/{}/done/", r.run_id)).await?.len();
+                    let done = dd
+                        .state
+                        .list(&format!("runs/{}/done/", r.run_id))
+                        .await?
+                        .len();
                     println!(
                         "{:<40} {:<12} {:<10} shards {done}/{}  rows_out {}  batches loaded {}  started {}",
-                        r.run_id, r.pipeline, r.status, r.shards, r.counts.rows_out, r.batches_loaded, r.started_at
+                        r.run_id,
+                        r.pipeline,
+                        r.status,
+                        r.shards,
+                        r.counts.rows_out,
+                        r.batches_loaded,
+                        r.started_at
                     );
                 }
             }
@@ -217,7 +295,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql { query, data_dir } => {
             let dd = DataDir::open(&data_dir)?;
             if !dd.warehouse_path.exists() {
-                anyhow::bail!("no warehouse at {} (run a pipeline first)", dd.warehouse_path.display());
+                anyhow::bail!(
+                    "no warehouse at {} (run a pipeline first)",
+                    dd.warehouse_path.display()
+                );
             }
             let wh = dd.warehouse()?;
             println!("{}", wh.query(&query).await?.to_table());

@@ -11,14 +11,22 @@ use protocol::{ByteRange, ObjectRef, ShardDescriptor, ShardInput};
 /// Whether an object may be split into byte ranges.
 pub type Splittable<'a> = &'a dyn Fn(&ObjectRef) -> bool;
 
-pub fn plan_shards(objects: &[ObjectRef], shard_bytes: u64, splittable: Splittable<'_>) -> Vec<ShardDescriptor> {
+pub fn plan_shards(
+    objects: &[ObjectRef],
+    shard_bytes: u64,
+    splittable: Splittable<'_>,
+) -> Vec<ShardDescriptor> {
     let shard_bytes = shard_bytes.max(1);
     let mut shards: Vec<ShardDescriptor> = Vec::new();
     let mut group: Vec<ShardInput> = Vec::new();
     let mut group_bytes = 0u64;
     let push = |shards: &mut Vec<ShardDescriptor>, inputs: Vec<ShardInput>| {
         let index = shards.len() as u32;
-        shards.push(ShardDescriptor { shard_id: format!("s{index:05}"), index, inputs });
+        shards.push(ShardDescriptor {
+            shard_id: format!("s{index:05}"),
+            index,
+            inputs,
+        });
     };
     let mut sorted: Vec<&ObjectRef> = objects.iter().collect();
     sorted.sort();
@@ -31,7 +39,13 @@ pub fn plan_shards(objects: &[ObjectRef], shard_bytes: u64, splittable: Splittab
             let mut start = 0;
             while start < o.size {
                 let end = (start + shard_bytes).min(o.size);
-                push(&mut shards, vec![ShardInput { object: o.clone(), range: Some(ByteRange { start, end }) }]);
+                push(
+                    &mut shards,
+                    vec![ShardInput {
+                        object: o.clone(),
+                        range: Some(ByteRange { start, end }),
+                    }],
+                );
                 start = end;
             }
             continue;
@@ -41,7 +55,10 @@ pub fn plan_shards(objects: &[ObjectRef], shard_bytes: u64, splittable: Splittab
             group_bytes = 0;
         }
         group_bytes += o.size;
-        group.push(ShardInput { object: o.clone(), range: None });
+        group.push(ShardInput {
+            object: o.clone(),
+            range: None,
+        });
     }
     if !group.is_empty() {
         push(&mut shards, group);
@@ -57,16 +74,31 @@ mod tests {
     use std::sync::Arc;
 
     fn obj(key: &str, size: u64) -> ObjectRef {
-        ObjectRef { key: key.into(), size }
+        ObjectRef {
+            key: key.into(),
+            size,
+        }
     }
 
     #[test]
     fn groups_small_files_and_splits_large_ones() {
-        let objs = vec![obj("c", 10), obj("a", 3), obj("b", 3), obj("big", 25), obj("z", 1)];
+        let objs = vec![
+            obj("c", 10),
+            obj("a", 3),
+            obj("b", 3),
+            obj("big", 25),
+            obj("z", 1),
+        ];
         let shards = plan_shards(&objs, 10, &|o: &ObjectRef| o.key == "big");
-        let desc: Vec<Vec<(String, Option<(u64, u64)>)>> = shards
+        type Layout = Vec<Vec<(String, Option<(u64, u64)>)>>;
+        let desc: Layout = shards
             .iter()
-            .map(|s| s.inputs.iter().map(|i| (i.object.key.clone(), i.range.map(|r| (r.start, r.end)))).collect())
+            .map(|s| {
+                s.inputs
+                    .iter()
+                    .map(|i| (i.object.key.clone(), i.range.map(|r| (r.start, r.end))))
+                    .collect()
+            })
             .collect();
         assert_eq!(
             desc,
@@ -93,18 +125,30 @@ mod tests {
     }
 
     /// Reads the lines of every shard with the worker's reader; returns (offset, text) pairs.
-    fn read_all(store: &Arc<dyn ObjectStore>, shards: &[ShardDescriptor], max_line: u64) -> (Vec<(u64, Vec<u8>)>, usize) {
+    fn read_all(
+        store: &Arc<dyn ObjectStore>,
+        shards: &[ShardDescriptor],
+        max_line: u64,
+    ) -> (Vec<(u64, Vec<u8>)>, usize) {
         let mut lines = Vec::new();
         let mut oversized = 0;
         for s in shards {
             for input in &s.inputs {
-                worker::engine::read_lines(&**store, input, worker::config::Compression::None, max_line, None, false, &mut |c| {
-                    for (i, (a, b)) in c.spans.iter().enumerate() {
-                        lines.push((c.offsets[i], c.buf[*a..*b].to_vec()));
-                    }
-                    oversized += c.oversized.len();
-                    true
-                })
+                worker::engine::read_lines(
+                    &**store,
+                    input,
+                    worker::config::Compression::None,
+                    max_line,
+                    None,
+                    false,
+                    &mut |c| {
+                        for (i, (a, b)) in c.spans.iter().enumerate() {
+                            lines.push((c.offsets[i], c.buf[*a..*b].to_vec()));
+                        }
+                        oversized += c.oversized.len();
+                        true
+                    },
+                )
                 .unwrap();
             }
         }

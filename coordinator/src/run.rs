@@ -27,8 +27,8 @@ use backends::queue::{MemoryQueue, Queue};
 use backends::state::{FileStateStore, StateStore};
 use backends::warehouse::{LoadOutcome, Warehouse};
 use protocol::{
-    Counts, LoadBatch, LoadFile, Message, ObjectRef, PipelineSpec, ResultMessage, ShardManifest, ShardPlan,
-    TaskMessage, TaskOutcome,
+    Counts, LoadBatch, LoadFile, Message, ObjectRef, PipelineSpec, ResultMessage, ShardManifest,
+    ShardPlan, TaskMessage, TaskOutcome,
 };
 use serde::{Deserialize, Serialize};
 use worker::config::{Compression, Format, Pipeline};
@@ -115,7 +115,8 @@ pub struct DataDir {
 
 impl DataDir {
     pub fn open(root: &Path) -> anyhow::Result<DataDir> {
-        std::fs::create_dir_all(root).with_context(|| format!("creating data dir {}", root.display()))?;
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("creating data dir {}", root.display()))?;
         let root = root.canonicalize()?;
         Ok(DataDir {
             state: Arc::new(FileStateStore::new(root.join("state"))?),
@@ -128,12 +129,16 @@ impl DataDir {
 
     #[cfg(feature = "embedded-warehouse")]
     pub fn warehouse(&self) -> anyhow::Result<Arc<dyn Warehouse>> {
-        Ok(Arc::new(backends::warehouse::SqliteWarehouse::open(&self.warehouse_path)?))
+        Ok(Arc::new(backends::warehouse::SqliteWarehouse::open(
+            &self.warehouse_path,
+        )?))
     }
 
     #[cfg(not(feature = "embedded-warehouse"))]
     pub fn warehouse(&self) -> anyhow::Result<Arc<dyn Warehouse>> {
-        bail!("this coordinator was built without the embedded warehouse (feature `embedded-warehouse`)")
+        bail!(
+            "this coordinator was built without the embedded warehouse (feature `embedded-warehouse`)"
+        )
     }
 
     pub async fn runs(&self) -> anyhow::Result<Vec<RunRecord>> {
@@ -141,7 +146,10 @@ impl DataDir {
         for key in self.state.list("runs/").await? {
             if key.ends_with("/run.json") {
                 let bytes = self.state.get(&key).await?.unwrap_or_default();
-                out.push(serde_json::from_slice(&bytes).with_context(|| format!("state {key} is corrupt"))?);
+                out.push(
+                    serde_json::from_slice(&bytes)
+                        .with_context(|| format!("state {key} is corrupt"))?,
+                );
             }
         }
         Ok(out)
@@ -155,16 +163,39 @@ fn resolve_source(p: &Pipeline, over: Option<&Path>) -> anyhow::Result<(PathBuf,
         None => {
             let l = &p.file.source.location;
             if l.starts_with("s3://") {
-                bail!("{}: source.location {l:?}: S3 sources need the AWS backends, which this build does not have yet; use a local folder or --source", p.path);
+                bail!(
+                    "{}: source.location {l:?}: S3 sources need the AWS backends, which this build does not have yet; use a local folder or --source",
+                    p.path
+                );
             }
             p.resolve(l)
         }
     };
-    let meta = std::fs::metadata(&loc).with_context(|| format!("source {} (source.location in {}) cannot be read", loc.display(), p.path))?;
+    let meta = std::fs::metadata(&loc).with_context(|| {
+        format!(
+            "source {} (source.location in {}) cannot be read",
+            loc.display(),
+            p.path
+        )
+    })?;
     if meta.is_file() {
-        let dir = loc.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        let name = loc.file_name().context("source has no file name")?.to_string_lossy().into_owned();
-        Ok((if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir }, Some(name)))
+        let dir = loc
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let name = loc
+            .file_name()
+            .context("source has no file name")?
+            .to_string_lossy()
+            .into_owned();
+        Ok((
+            if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            },
+            Some(name),
+        ))
     } else {
         Ok((loc, None))
     }
@@ -173,13 +204,17 @@ fn resolve_source(p: &Pipeline, over: Option<&Path>) -> anyhow::Result<(PathBuf,
 fn splittable(p: &Pipeline) -> impl Fn(&ObjectRef) -> bool + '_ {
     move |o: &ObjectRef| {
         let src = &p.file.source;
-        let compressed_name = [".gz", ".zst", ".zstd", ".gzip"].iter().any(|e| o.key.ends_with(e));
+        let compressed_name = [".gz", ".zst", ".zstd", ".gzip"]
+            .iter()
+            .any(|e| o.key.ends_with(e));
         let format_ok = match src.format {
             Format::Ndjson => true,
             Format::Csv => src.csv.splittable,
             _ => false,
         };
-        format_ok && !compressed_name && matches!(src.compression, Compression::None | Compression::Auto)
+        format_ok
+            && !compressed_name
+            && matches!(src.compression, Compression::None | Compression::Auto)
     }
 }
 
@@ -209,7 +244,9 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         let id = String::from_utf8_lossy(&id).to_string();
         if let Some(bytes) = dd.state.get(&format!("runs/{id}/run.json")).await? {
             let r: RunRecord = serde_json::from_slice(&bytes)?;
-            if r.source != source_dir.display().to_string() || r.output != output_root.display().to_string() {
+            if r.source != source_dir.display().to_string()
+                || r.output != output_root.display().to_string()
+            {
                 bail!(
                     "run {id} of pipeline {name} is unfinished with source {} and output {}; rerun with those to resume it, or remove {} to abandon it",
                     r.source,
@@ -221,16 +258,19 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
             run = Some(r);
         }
     }
-    if !resumed {
-        if let Some(o) = &opts.output {
-            if std::fs::read_dir(o)?.next().is_some() {
-                bail!("output folder {} exists and is not empty", o.display());
-            }
-        }
+    if !resumed
+        && let Some(o) = &opts.output
+        && std::fs::read_dir(o)?.next().is_some()
+    {
+        bail!("output folder {} exists and is not empty", o.display());
     }
     let (mut record, plan) = match run {
         Some(r) => {
-            let bytes = dd.state.get(&format!("runs/{}/plan.bin", r.run_id)).await?.context("the run's shard plan is missing from state")?;
+            let bytes = dd
+                .state
+                .get(&format!("runs/{}/plan.bin", r.run_id))
+                .await?
+                .context("the run's shard plan is missing from state")?;
             let plan: ShardPlan = protocol::decode_binary(&bytes)?;
             (r, plan)
         }
@@ -238,16 +278,40 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
             let store = LocalStore::open_existing(&source_dir)?;
             let glob = globset::Glob::new(&pipeline.file.source.glob)?.compile_matcher();
             let objects: Vec<ObjectRef> = match &single {
-                Some(n) => store.list(n).await?.into_iter().filter(|o| &o.key == n).collect(),
-                None => store.list("").await?.into_iter().filter(|o| glob.is_match(&o.key)).collect(),
+                Some(n) => store
+                    .list(n)
+                    .await?
+                    .into_iter()
+                    .filter(|o| &o.key == n)
+                    .collect(),
+                None => store
+                    .list("")
+                    .await?
+                    .into_iter()
+                    .filter(|o| glob.is_match(&o.key))
+                    .collect(),
             };
             if objects.is_empty() {
-                bail!("no source objects: nothing under {} matches glob {:?}", source_dir.display(), pipeline.file.source.glob);
+                bail!(
+                    "no source objects: nothing under {} matches glob {:?}",
+                    source_dir.display(),
+                    pipeline.file.source.glob
+                );
             }
-            let shard_bytes = opts.shard_size.unwrap_or(pipeline.file.source.shard_bytes.get());
+            let shard_bytes = opts
+                .shard_size
+                .unwrap_or(pipeline.file.source.shard_bytes.get());
             let shards = plan_shards(&objects, shard_bytes, &splittable(&pipeline));
-            let run_id = format!("{name}-{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), std::process::id() & 0xffff);
-            let plan = ShardPlan { run_id: run_id.clone(), pipeline: name.clone(), shards };
+            let run_id = format!(
+                "{name}-{}-{:04x}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+                std::process::id() & 0xffff
+            );
+            let plan = ShardPlan {
+                run_id: run_id.clone(),
+                pipeline: name.clone(),
+                shards,
+            };
             let rec = RunRecord {
                 run_id: run_id.clone(),
                 pipeline: name.clone(),
@@ -264,8 +328,18 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
                 batches_loaded: 0,
                 failed_shards: Vec::new(),
             };
-            dd.state.put(&format!("runs/{run_id}/plan.bin"), &protocol::encode_binary(&plan)).await?;
-            dd.state.put(&format!("runs/{run_id}/run.json"), &serde_json::to_vec_pretty(&rec)?).await?;
+            dd.state
+                .put(
+                    &format!("runs/{run_id}/plan.bin"),
+                    &protocol::encode_binary(&plan),
+                )
+                .await?;
+            dd.state
+                .put(
+                    &format!("runs/{run_id}/run.json"),
+                    &serde_json::to_vec_pretty(&rec)?,
+                )
+                .await?;
             dd.state.put(&current_key, run_id.as_bytes()).await?;
             (rec, plan)
         }
@@ -273,13 +347,18 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let run_id = record.run_id.clone();
     let source: Arc<dyn ObjectStore> = Arc::new(LocalStore::open_existing(&source_dir)?);
     let output: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&output_root)?);
-    let warehouse = if pipeline.file.load.enabled { Some(dd.warehouse()?) } else { None };
+    let warehouse = if pipeline.file.load.enabled {
+        Some(dd.warehouse()?)
+    } else {
+        None
+    };
 
     // What is already done.
     let mut done: BTreeMap<String, DoneRecord> = BTreeMap::new();
     for key in dd.state.list(&format!("runs/{run_id}/done/")).await? {
         let bytes = dd.state.get(&key).await?.unwrap_or_default();
-        let d: DoneRecord = serde_json::from_slice(&bytes).with_context(|| format!("state {key} is corrupt"))?;
+        let d: DoneRecord =
+            serde_json::from_slice(&bytes).with_context(|| format!("state {key} is corrupt"))?;
         done.insert(key.rsplit('/').next().unwrap_or_default().to_string(), d);
     }
     let manifest_key = |shard: &str| format!("manifests/{run_id}/{shard}.json");
@@ -288,19 +367,35 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         if done.contains_key(&s.shard_id) {
             continue;
         }
-        if let Ok(bytes) = dd.files.get(&manifest_key(&s.shard_id)).await {
-            if let Ok(m) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes)) {
-                let d = DoneRecord { manifest_key: manifest_key(&s.shard_id), counts: m.counts };
-                dd.state.put(&format!("runs/{run_id}/done/{}", s.shard_id), &serde_json::to_vec(&d)?).await?;
-                done.insert(s.shard_id.clone(), d);
-            }
+        if let Ok(bytes) = dd.files.get(&manifest_key(&s.shard_id)).await
+            && let Ok(m) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))
+        {
+            let d = DoneRecord {
+                manifest_key: manifest_key(&s.shard_id),
+                counts: m.counts,
+            };
+            dd.state
+                .put(
+                    &format!("runs/{run_id}/done/{}", s.shard_id),
+                    &serde_json::to_vec(&d)?,
+                )
+                .await?;
+            done.insert(s.shard_id.clone(), d);
         }
     }
 
     let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("tasks", Duration::from_secs(30), 3));
     let results: Arc<dyn Queue> = Arc::new(MemoryQueue::new("results", Duration::from_secs(30), 5));
-    let spec = PipelineSpec { name: name.clone(), toml: pipeline.text.clone(), base_dir: pipeline.base_dir.display().to_string() };
-    let pending: Vec<_> = plan.shards.iter().filter(|s| !done.contains_key(&s.shard_id)).collect();
+    let spec = PipelineSpec {
+        name: name.clone(),
+        toml: pipeline.text.clone(),
+        base_dir: pipeline.base_dir.display().to_string(),
+    };
+    let pending: Vec<_> = plan
+        .shards
+        .iter()
+        .filter(|s| !done.contains_key(&s.shard_id))
+        .collect();
     let bodies: Vec<String> = pending
         .iter()
         .map(|s| {
@@ -321,7 +416,13 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     }
 
     let progress = progress_bar(opts.progress, record.source_bytes, &name);
-    progress.inc(plan.shards.iter().filter(|s| done.contains_key(&s.shard_id)).map(|s| s.bytes()).sum());
+    progress.inc(
+        plan.shards
+            .iter()
+            .filter(|s| done.contains_key(&s.shard_id))
+            .map(|s| s.bytes())
+            .sum(),
+    );
     let scratch = dd.root.join("tmp");
     let mut workers = Vec::new();
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -341,12 +442,29 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         workers.push(tokio::spawn(crate::local_worker::work_loop(ctx)));
     }
 
-    let shard_bytes: BTreeMap<String, u64> = plan.shards.iter().map(|s| (s.shard_id.clone(), s.bytes())).collect();
-    let shard_index: BTreeMap<String, &protocol::ShardDescriptor> = plan.shards.iter().map(|s| (s.shard_id.clone(), s)).collect();
+    let shard_bytes: BTreeMap<String, u64> = plan
+        .shards
+        .iter()
+        .map(|s| (s.shard_id.clone(), s.bytes()))
+        .collect();
+    let shard_index: BTreeMap<String, &protocol::ShardDescriptor> = plan
+        .shards
+        .iter()
+        .map(|s| (s.shard_id.clone(), s))
+        .collect();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let fault = fault();
     let mut done_here = 0usize;
-    let mut loader = Loader::new(&dd, &run_id, &table, &pipeline, opts.batch_rows, warehouse.clone(), output.clone()).await?;
+    let mut loader = Loader::new(
+        &dd,
+        &run_id,
+        &table,
+        &pipeline,
+        opts.batch_rows,
+        warehouse.clone(),
+        output.clone(),
+    )
+    .await?;
     loader.flush_recorded().await?;
     loader.add_done(&done, &shard_index, false).await?;
 
@@ -354,11 +472,24 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         let got = results.receive(10, Duration::from_millis(500)).await?;
         for m in got {
             match Message::from_body(&m.body) {
-                Ok(Message::Result(ResultMessage { shard_id, outcome, .. })) => match outcome {
-                    TaskOutcome::Succeeded { manifest_key, counts } => {
+                Ok(Message::Result(ResultMessage {
+                    shard_id, outcome, ..
+                })) => match outcome {
+                    TaskOutcome::Succeeded {
+                        manifest_key,
+                        counts,
+                    } => {
                         if !done.contains_key(&shard_id) {
-                            let d = DoneRecord { manifest_key, counts };
-                            dd.state.put(&format!("runs/{run_id}/done/{shard_id}"), &serde_json::to_vec(&d)?).await?;
+                            let d = DoneRecord {
+                                manifest_key,
+                                counts,
+                            };
+                            dd.state
+                                .put(
+                                    &format!("runs/{run_id}/done/{shard_id}"),
+                                    &serde_json::to_vec(&d)?,
+                                )
+                                .await?;
                             progress.inc(shard_bytes.get(&shard_id).copied().unwrap_or(0));
                             done.insert(shard_id.clone(), d);
                             done_here += 1;
@@ -381,10 +512,12 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         }
         // Tasks the queue gave up on (redelivered too often) fail their shard.
         for dl in tasks.dead_letters().await? {
-            if let Ok(Message::Task(t)) = Message::from_body(&dl.body) {
-                if !done.contains_key(&t.shard.shard_id) {
-                    failed.entry(t.shard.shard_id.clone()).or_insert(dl.reason.clone());
-                }
+            if let Ok(Message::Task(t)) = Message::from_body(&dl.body)
+                && !done.contains_key(&t.shard.shard_id)
+            {
+                failed
+                    .entry(t.shard.shard_id.clone())
+                    .or_insert(dl.reason.clone());
             }
         }
         loader.add_done(&done, &shard_index, false).await?;
@@ -404,31 +537,52 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     record.counts = counts;
     record.batches_loaded = loader.loaded_total;
     record.failed_shards = failed.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    record.status = if failed.is_empty() { "completed".into() } else { "failed".into() };
+    record.status = if failed.is_empty() {
+        "completed".into()
+    } else {
+        "failed".into()
+    };
     record.finished_at = Some(now());
-    dd.state.put(&format!("runs/{run_id}/run.json"), &serde_json::to_vec_pretty(&record)?).await?;
+    dd.state
+        .put(
+            &format!("runs/{run_id}/run.json"),
+            &serde_json::to_vec_pretty(&record)?,
+        )
+        .await?;
     if failed.is_empty() {
         dd.state.delete(&current_key).await?;
     }
     let rows_in_table = match &warehouse {
         Some(w) => w
-            .query(&format!("SELECT count(*) FROM {}", backends::warehouse::quote_ident(&table)))
+            .query(&format!(
+                "SELECT count(*) FROM {}",
+                backends::warehouse::quote_ident(&table)
+            ))
             .await
             .ok()
-            .and_then(|r| r.rows.first().and_then(|r| r[0].as_ref()).and_then(|v| v.parse().ok())),
+            .and_then(|r| {
+                r.rows
+                    .first()
+                    .and_then(|r| r[0].as_ref())
+                    .and_then(|v| v.parse().ok())
+            }),
         None => None,
     };
     let files_root = dd.root.join("files");
     let mut quarantine_files = Vec::new();
     for d in done.values() {
-        if let Ok(bytes) = dd.files.get(&d.manifest_key).await {
-            if let Ok(m) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes)) {
-                quarantine_files.extend(m.quarantine.iter().map(|q| files_root.join(&q.key)));
-            }
+        if let Ok(bytes) = dd.files.get(&d.manifest_key).await
+            && let Ok(m) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))
+        {
+            quarantine_files.extend(m.quarantine.iter().map(|q| files_root.join(&q.key)));
         }
     }
     Ok(RunReport {
-        parquet_location: if output_prefix.is_empty() { output_root } else { output_root.join(&output_prefix) },
+        parquet_location: if output_prefix.is_empty() {
+            output_root
+        } else {
+            output_root.join(&output_prefix)
+        },
         warehouse: warehouse.as_ref().map(|w| w.describe()),
         rows_in_table,
         record,
@@ -441,11 +595,16 @@ fn progress_bar(enabled: bool, total: u64, name: &str) -> indicatif::ProgressBar
     if !enabled {
         return indicatif::ProgressBar::hidden();
     }
-    let pb = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_prefix(name.to_string());
     pb
@@ -490,7 +649,8 @@ impl<'a> Loader<'a> {
             loaded_total: 0,
         };
         for key in dd.state.list(&format!("runs/{run_id}/batches/")).await? {
-            let b: LoadBatch = serde_json::from_slice(&dd.state.get(&key).await?.unwrap_or_default())?;
+            let b: LoadBatch =
+                serde_json::from_slice(&dd.state.get(&key).await?.unwrap_or_default())?;
             l.batched.extend(b.shards.iter().cloned());
             l.next_seq += 1;
         }
@@ -499,8 +659,14 @@ impl<'a> Loader<'a> {
 
     /// Loads every recorded batch that is not marked loaded (the ledger skips committed ones).
     async fn flush_recorded(&mut self) -> anyhow::Result<()> {
-        for key in self.dd.state.list(&format!("runs/{}/batches/", self.run_id)).await? {
-            let b: LoadBatch = serde_json::from_slice(&self.dd.state.get(&key).await?.unwrap_or_default())?;
+        for key in self
+            .dd
+            .state
+            .list(&format!("runs/{}/batches/", self.run_id))
+            .await?
+        {
+            let b: LoadBatch =
+                serde_json::from_slice(&self.dd.state.get(&key).await?.unwrap_or_default())?;
             self.load(&b).await?;
         }
         Ok(())
@@ -513,7 +679,10 @@ impl<'a> Loader<'a> {
             return Ok(());
         }
         if let Some(w) = &self.warehouse {
-            let outcome = w.load(b, self.output.clone()).await.with_context(|| format!("loading batch {}", b.batch_id))?;
+            let outcome = w
+                .load(b, self.output.clone())
+                .await
+                .with_context(|| format!("loading batch {}", b.batch_id))?;
             tracing::info!(batch = %b.batch_id, ?outcome, "load batch");
             if matches!(outcome, LoadOutcome::Loaded { .. }) {
                 self.loaded += 1;
@@ -535,7 +704,10 @@ impl<'a> Loader<'a> {
         shards: &BTreeMap<String, &protocol::ShardDescriptor>,
         all: bool,
     ) -> anyhow::Result<()> {
-        let waiting: Vec<(&String, &DoneRecord)> = done.iter().filter(|(k, _)| !self.batched.contains(*k)).collect();
+        let waiting: Vec<(&String, &DoneRecord)> = done
+            .iter()
+            .filter(|(k, _)| !self.batched.contains(*k))
+            .collect();
         let rows: u64 = waiting.iter().map(|(_, d)| d.counts.rows_out).sum();
         if waiting.is_empty() || (!all && rows < self.batch_rows) {
             return Ok(());
@@ -543,11 +715,20 @@ impl<'a> Loader<'a> {
         let mut files = Vec::new();
         let mut ids = Vec::new();
         for (shard_id, d) in &waiting {
-            let bytes = self.dd.files.get(&d.manifest_key).await.with_context(|| format!("manifest of shard {shard_id}"))?;
+            let bytes = self
+                .dd
+                .files
+                .get(&d.manifest_key)
+                .await
+                .with_context(|| format!("manifest of shard {shard_id}"))?;
             let m = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))?;
             let desc = shards.get(*shard_id).context("shard not in plan")?;
             for f in m.outputs {
-                files.push(LoadFile { file: f, shard_index: desc.index, position: desc.source_position() });
+                files.push(LoadFile {
+                    file: f,
+                    shard_index: desc.index,
+                    position: desc.source_position(),
+                });
             }
             ids.push((*shard_id).clone());
         }
@@ -561,7 +742,10 @@ impl<'a> Loader<'a> {
         };
         // Record the batch before loading it: a retry after a crash loads the same batch id.
         let key = format!("runs/{}/batches/b{:04}.json", self.run_id, self.next_seq);
-        self.dd.state.put_if_absent(&key, &serde_json::to_vec(&batch)?).await?;
+        self.dd
+            .state
+            .put_if_absent(&key, &serde_json::to_vec(&batch)?)
+            .await?;
         self.next_seq += 1;
         self.batched.extend(ids);
         self.load(&batch).await

@@ -62,7 +62,10 @@ pub enum Message {
 impl Message {
     /// Encode as a JSON queue body with the current protocol version.
     pub fn to_body(&self) -> String {
-        let env = Envelope { v: PROTOCOL_VERSION, message: self.clone() };
+        let env = Envelope {
+            v: PROTOCOL_VERSION,
+            message: self.clone(),
+        };
         serde_json::to_string(&env).expect("protocol messages always serialise")
     }
 
@@ -78,7 +81,10 @@ impl Message {
         let v = probe.v.ok_or(ProtocolError::MissingVersion)?;
         let found = v.as_u64().ok_or(ProtocolError::MissingVersion)?;
         if found != u64::from(PROTOCOL_VERSION) {
-            return Err(ProtocolError::UnsupportedVersion { found, supported: PROTOCOL_VERSION });
+            return Err(ProtocolError::UnsupportedVersion {
+                found,
+                supported: PROTOCOL_VERSION,
+            });
         }
         let env: Envelope = serde_json::from_str(body).map_err(|e| ProtocolError::Invalid {
             version: PROTOCOL_VERSION,
@@ -126,7 +132,10 @@ pub struct ResultMessage {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum TaskOutcome {
     /// Outputs and manifest are durable at `manifest_key`.
-    Succeeded { manifest_key: String, counts: Counts },
+    Succeeded {
+        manifest_key: String,
+        counts: Counts,
+    },
     /// The shard cannot be processed (for example its source object is gone). Not retried.
     Failed { error: String },
 }
@@ -412,10 +421,22 @@ mod tests {
             index: 3,
             inputs: vec![
                 ShardInput {
-                    object: ObjectRef { key: "raw/a.ndjson".into(), size: 1000 },
-                    range: Some(ByteRange { start: 100, end: 600 }),
+                    object: ObjectRef {
+                        key: "raw/a.ndjson".into(),
+                        size: 1000,
+                    },
+                    range: Some(ByteRange {
+                        start: 100,
+                        end: 600,
+                    }),
                 },
-                ShardInput { object: ObjectRef { key: "raw/b.ndjson".into(), size: 50 }, range: None },
+                ShardInput {
+                    object: ObjectRef {
+                        key: "raw/b.ndjson".into(),
+                        size: 50,
+                    },
+                    range: None,
+                },
             ],
         }
     }
@@ -424,7 +445,11 @@ mod tests {
         Message::Task(TaskMessage {
             task_id: "r1/s00003".into(),
             run_id: "r1".into(),
-            pipeline: PipelineSpec { name: "web".into(), toml: "[x]".into(), base_dir: "/tmp".into() },
+            pipeline: PipelineSpec {
+                name: "web".into(),
+                toml: "[x]".into(),
+                base_dir: "/tmp".into(),
+            },
             shard: shard(),
             output_prefix: "lake/web".into(),
             quarantine_prefix: "quarantine/web/r1".into(),
@@ -451,15 +476,22 @@ mod tests {
                 task_id: "r1/s00003".into(),
                 run_id: "r1".into(),
                 shard_id: "s00003".into(),
-                outcome: TaskOutcome::Succeeded { manifest_key: "m".into(), counts: counts() },
+                outcome: TaskOutcome::Succeeded {
+                    manifest_key: "m".into(),
+                    counts: counts(),
+                },
             }),
             Message::Result(ResultMessage {
                 task_id: "t".into(),
                 run_id: "r".into(),
                 shard_id: "s".into(),
-                outcome: TaskOutcome::Failed { error: "object raw/a is gone".into() },
+                outcome: TaskOutcome::Failed {
+                    error: "object raw/a is gone".into(),
+                },
             }),
-            Message::Command(CommandMessage::CancelRun { run_id: "r1".into() }),
+            Message::Command(CommandMessage::CancelRun {
+                run_id: "r1".into(),
+            }),
         ];
         for m in msgs {
             let body = m.to_body();
@@ -473,7 +505,10 @@ mod tests {
         let body = task().to_body().replacen("\"v\":1", "\"v\":7", 1);
         assert_eq!(
             Message::from_body(&body),
-            Err(ProtocolError::UnsupportedVersion { found: 7, supported: 1 })
+            Err(ProtocolError::UnsupportedVersion {
+                found: 7,
+                supported: 1
+            })
         );
         let err = Message::from_body(&body).unwrap_err().to_string();
         assert!(err.contains("unsupported protocol version 7"), "{err}");
@@ -481,9 +516,15 @@ mod tests {
 
     #[test]
     fn garbage_and_missing_fields_are_errors_not_panics() {
-        assert!(matches!(Message::from_body("not json"), Err(ProtocolError::NotJson(_))));
+        assert!(matches!(
+            Message::from_body("not json"),
+            Err(ProtocolError::NotJson(_))
+        ));
         assert_eq!(Message::from_body("{}"), Err(ProtocolError::MissingVersion));
-        assert_eq!(Message::from_body("{\"v\":\"1\"}"), Err(ProtocolError::MissingVersion));
+        assert_eq!(
+            Message::from_body("{\"v\":\"1\"}"),
+            Err(ProtocolError::MissingVersion)
+        );
         assert!(matches!(
             Message::from_body("{\"v\":1,\"kind\":\"task\"}"),
             Err(ProtocolError::Invalid { .. })
@@ -508,7 +549,11 @@ mod tests {
                 rows: 3,
                 bytes: 900,
             }],
-            quarantine: vec![QuarantineFile { key: "q/s00003.ndjson".into(), rows: 3, bytes: 10 }],
+            quarantine: vec![QuarantineFile {
+                key: "q/s00003.ndjson".into(),
+                rows: 3,
+                bytes: 10,
+            }],
             counts: counts(),
             schema_digest: "ab".into(),
         };
@@ -522,10 +567,17 @@ mod tests {
 
     #[test]
     fn binary_plan_round_trips_and_rejects_garbage() {
-        let plan = ShardPlan { run_id: "r1".into(), pipeline: "web".into(), shards: vec![shard(); 3] };
+        let plan = ShardPlan {
+            run_id: "r1".into(),
+            pipeline: "web".into(),
+            shards: vec![shard(); 3],
+        };
         let bytes = encode_binary(&plan);
         assert_eq!(decode_binary::<ShardPlan>(&bytes).unwrap(), plan);
-        assert_eq!(decode_binary::<ShardPlan>(b"nope"), Err(ProtocolError::BadMagic));
+        assert_eq!(
+            decode_binary::<ShardPlan>(b"nope"),
+            Err(ProtocolError::BadMagic)
+        );
         let mut newer = bytes.clone();
         newer[4] = 9;
         assert!(matches!(
@@ -544,7 +596,17 @@ mod tests {
         assert!(c.reconciles());
         let flat = c.to_flat_json();
         let keys: Vec<_> = flat.keys().cloned().collect();
-        assert_eq!(keys, ["lines_total", "malformed", "bad_ts", "unwanted", "duplicates", "rows_out"]);
+        assert_eq!(
+            keys,
+            [
+                "lines_total",
+                "malformed",
+                "bad_ts",
+                "unwanted",
+                "duplicates",
+                "rows_out"
+            ]
+        );
         let mut sum = Counts::default();
         sum.add(&c);
         sum.add(&c);

@@ -12,11 +12,19 @@ pub fn coordinator_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test binary path");
         // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
-        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "tributary-coordinator", "--bin", "coordinator"]);
+        cmd.args(["build", "-q", "-p", "coordinator", "--bin", "coordinator"]);
         if profile == "release" {
             cmd.arg("--release");
         }
@@ -30,7 +38,9 @@ pub fn coordinator_bin() -> PathBuf {
 /// Runs the coordinator with `args`; `fault` sets TRIBUTARY_FAULT.
 pub fn coordinator(args: &[&str], fault: Option<&str>) -> Output {
     let mut cmd = Command::new(coordinator_bin());
-    cmd.args(args).env_remove("TRIBUTARY_FAULT").env_remove("TRIBUTARY_DATA_DIR");
+    cmd.args(args)
+        .env_remove("TRIBUTARY_FAULT")
+        .env_remove("TRIBUTARY_DATA_DIR");
     if let Some(f) = fault {
         cmd.env("TRIBUTARY_FAULT", f);
     }
@@ -39,19 +49,30 @@ pub fn coordinator(args: &[&str], fault: Option<&str>) -> Output {
 
 pub fn ok(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "coordinator failed: {:?}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "coordinator failed: {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
 /// The `STATS {json}` line of a run.
 pub fn stats(stdout: &str) -> serde_json::Value {
-    let line = stdout.lines().find(|l| l.starts_with("STATS ")).expect("a STATS line");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("STATS "))
+        .expect("a STATS line");
     serde_json::from_str(&line[6..]).expect("STATS is JSON")
 }
 
 /// A table's rows as text, sorted, without the batch lineage column (batch ids name their run).
 pub fn table(data_dir: &Path, sql: &str) -> String {
-    ok(&coordinator(&["sql", "--data-dir", data_dir.to_str().unwrap(), sql], None))
+    ok(&coordinator(
+        &["sql", "--data-dir", data_dir.to_str().unwrap(), sql],
+        None,
+    ))
 }
 
 /// Every Parquet file under `dir`, relative and sorted.
@@ -82,7 +103,11 @@ pub fn web_fixture(root: &Path, rows: usize, files: u64) -> PathBuf {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
     for i in 0..files {
-        std::fs::write(web.join(format!("events-part{i}.ndjson")), coordinator::demo::web_events(rows, 1000 + i)).unwrap();
+        std::fs::write(
+            web.join(format!("events-part{i}.ndjson")),
+            coordinator::demo::web_events(rows, 1000 + i),
+        )
+        .unwrap();
     }
     pipelines[0].clone()
 }

@@ -41,7 +41,16 @@ fn setup(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 fn run(p: &Path, data: &Path) -> std::process::Output {
-    coordinator(&["run", p.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--no-progress"], None)
+    coordinator(
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--no-progress",
+        ],
+        None,
+    )
 }
 
 fn reconciles(s: &serde_json::Value) -> bool {
@@ -72,8 +81,20 @@ fn bad_rows_are_quarantined_with_reasons_and_counts_reconcile() {
     for e in walk(&data.join("files/quarantine")) {
         reasons.push_str(&std::fs::read_to_string(e).unwrap());
     }
-    for needle in ["expected int64, got \\\"seven\\\"", "not a JSON object", "required field \\\"id\\\"", "not valid UTF-8", "exceeds source.max_line_bytes", "raw_base64", "\"line\":3"] {
-        assert!(reasons.contains(needle), "quarantine lacks {needle:?}:\n{}", &reasons[..reasons.len().min(3000)]);
+    for needle in [
+        "expected int64, got \\\"seven\\\"",
+        "not a JSON object",
+        "required field \\\"id\\\"",
+        "not valid UTF-8",
+        "exceeds source.max_line_bytes",
+        "raw_base64",
+        "\"line\":3",
+    ] {
+        assert!(
+            reasons.contains(needle),
+            "quarantine lacks {needle:?}:\n{}",
+            &reasons[..reasons.len().min(3000)]
+        );
     }
     // The quarantine keeps the head of the huge line, not the line.
     assert!(reasons.len() < 1 << 20);
@@ -101,7 +122,10 @@ fn corrupt_gzip_fails_the_shard_with_a_clear_error() {
     let out = run(&p, &dir.path().join("data"));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
-    assert!(err.contains("c.ndjson.gz") && err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("c.ndjson.gz") && err.contains("corrupt"),
+        "{err}"
+    );
 }
 
 /// A gzip member written by hand (stored blocks), so the test needs no compression crate.
@@ -126,7 +150,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -136,16 +164,27 @@ fn crc32(data: &[u8]) -> u32 {
 fn bad_config_and_missing_sources_are_refused_before_anything_runs() {
     let (dir, p) = setup(&[("a.ndjson", b"{\"id\":\"a\"}\n".to_vec())]);
     let data = dir.path().join("data");
-    std::fs::write(&p, PIPELINE.replace("format = \"ndjson\"", "format = \"ndjson\"\nformt = 1")).unwrap();
+    std::fs::write(
+        &p,
+        PIPELINE.replace("format = \"ndjson\"", "format = \"ndjson\"\nformt = 1"),
+    )
+    .unwrap();
     let out = run(&p, &data);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("p.toml") && err.contains("formt"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("p.toml") && err.contains("formt"),
+        "{err}"
+    );
     assert!(!data.join("state").exists(), "nothing ran");
 
     let v = coordinator(&["validate", p.to_str().unwrap()], None);
     assert!(!v.status.success() && String::from_utf8_lossy(&v.stderr).contains("formt"));
 
-    std::fs::write(&p, PIPELINE.replace("location = \"in\"", "location = \"nowhere\"")).unwrap();
+    std::fs::write(
+        &p,
+        PIPELINE.replace("location = \"in\"", "location = \"nowhere\""),
+    )
+    .unwrap();
     let out = run(&p, &data);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("nowhere"), "{err}");
@@ -153,8 +192,15 @@ fn bad_config_and_missing_sources_are_refused_before_anything_runs() {
     std::fs::write(&p, PIPELINE.replace("glob = \"*\"", "glob = \"*.csv\"")).unwrap();
     let out = run(&p, &data);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("no source objects") && err.contains("*.csv"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("no source objects") && err.contains("*.csv"),
+        "{err}"
+    );
 
     std::fs::write(&p, PIPELINE).unwrap();
-    assert!(coordinator(&["validate", p.to_str().unwrap()], None).status.success());
+    assert!(
+        coordinator(&["validate", p.to_str().unwrap()], None)
+            .status
+            .success()
+    );
 }

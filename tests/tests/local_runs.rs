@@ -8,7 +8,13 @@ const ROWS_SQL: &str = "SELECT event_id, ts, user_id, event_type, country, email
                         FROM web_events ORDER BY event_id";
 
 fn run(pipeline: &Path, data: &Path, extra: &[&str], fault: Option<&str>) -> std::process::Output {
-    let mut args = vec!["run", pipeline.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--no-progress"];
+    let mut args = vec![
+        "run",
+        pipeline.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--no-progress",
+    ];
     args.extend_from_slice(extra);
     coordinator(&args, fault)
 }
@@ -17,25 +23,59 @@ fn run(pipeline: &Path, data: &Path, extra: &[&str], fault: Option<&str>) -> std
 fn demo_runs_end_to_end_and_is_queryable() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = ok(&coordinator(&["demo", "--data-dir", data.to_str().unwrap(), "--rows", "3000"], None));
+    let out = ok(&coordinator(
+        &[
+            "demo",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--rows",
+            "3000",
+        ],
+        None,
+    ));
     for name in ["web_events", "pos_sales", "billing"] {
-        assert!(out.contains(&format!("{name}: run ")) && out.contains("completed"), "{out}");
+        assert!(
+            out.contains(&format!("{name}: run ")) && out.contains("completed"),
+            "{out}"
+        );
     }
-    assert!(out.contains("warehouse.db") && out.contains("sql --data-dir"), "{out}");
+    assert!(
+        out.contains("warehouse.db") && out.contains("sql --data-dir"),
+        "{out}"
+    );
     for name in ["web_events", "pos_sales", "billing_invoices"] {
         let t = table_count(&data, name);
         assert!(t > 0, "{name} is empty");
     }
     // Every invoice with status 'test' was filtered; every sale has a known store region.
-    assert_eq!(table_count_where(&data, "billing_invoices", "status = 'test'"), 0);
+    assert_eq!(
+        table_count_where(&data, "billing_invoices", "status = 'test'"),
+        0
+    );
     assert_eq!(table_count_where(&data, "pos_sales", "region IS NULL"), 0);
     // Quarantine holds the malformed lines with their location and reason.
-    let q = std::fs::read_dir(data.join("files/quarantine/web_events")).unwrap().next().unwrap().unwrap().path();
-    let first = std::fs::read_dir(&q).unwrap().next().unwrap().unwrap().path();
+    let q = std::fs::read_dir(data.join("files/quarantine/web_events"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let first = std::fs::read_dir(&q)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let text = std::fs::read_to_string(first).unwrap();
     let rec: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert!(rec["object"].is_string() && rec["offset"].is_u64() && rec["reason"].is_string(), "{rec}");
-    let status = ok(&coordinator(&["status", "--data-dir", data.to_str().unwrap()], None));
+    assert!(
+        rec["object"].is_string() && rec["offset"].is_u64() && rec["reason"].is_string(),
+        "{rec}"
+    );
+    let status = ok(&coordinator(
+        &["status", "--data-dir", data.to_str().unwrap()],
+        None,
+    ));
     assert_eq!(status.matches("completed").count(), 3, "{status}");
 }
 
@@ -44,7 +84,10 @@ fn table_count(data: &Path, table: &str) -> u64 {
 }
 
 fn table_count_where(data: &Path, name: &str, cond: &str) -> u64 {
-    let t = table(data, &format!("SELECT count(*) AS n FROM {name} WHERE {cond}"));
+    let t = table(
+        data,
+        &format!("SELECT count(*) AS n FROM {name} WHERE {cond}"),
+    );
     t.lines().nth(2).unwrap().trim().parse().unwrap()
 }
 
@@ -54,12 +97,25 @@ fn dedupe_is_exact_whatever_the_sharding() {
     let pipeline = web_fixture(dir.path(), 6000, 3);
     let whole = dir.path().join("whole");
     let split = dir.path().join("split");
-    let a = stats(&ok(&run(&pipeline, &whole, &["--shard-size", "100000000"], None)));
-    let b = stats(&ok(&run(&pipeline, &split, &["--shard-size", "50000", "--workers", "3"], None)));
+    let a = stats(&ok(&run(
+        &pipeline,
+        &whole,
+        &["--shard-size", "100000000"],
+        None,
+    )));
+    let b = stats(&ok(&run(
+        &pipeline,
+        &split,
+        &["--shard-size", "50000", "--workers", "3"],
+        None,
+    )));
     assert_eq!(a["shards"], 1);
     assert!(b["shards"].as_u64().unwrap() > 20, "{b}");
     // Within one shard every duplicate is caught by the worker; across shards by the load's MERGE.
-    assert!(b["rows_out"].as_u64() > a["rows_out"].as_u64(), "some duplicates straddle shards: {a} {b}");
+    assert!(
+        b["rows_out"].as_u64() > a["rows_out"].as_u64(),
+        "some duplicates straddle shards: {a} {b}"
+    );
     assert_eq!(a["rows_in_table"], a["rows_out"]);
     assert_eq!(a["rows_in_table"], b["rows_in_table"]);
     assert_eq!(a["lines_total"], b["lines_total"]);
@@ -76,9 +132,18 @@ fn a_killed_run_resumes_without_redoing_or_duplicating() {
     let a = stats(&ok(&run(&pipeline, &clean, &args, None)));
 
     let killed = run(&pipeline, &crashed, &args, Some("crash_after_shards=3"));
-    assert!(!killed.status.success(), "the fault should have killed the run");
-    let status = ok(&coordinator(&["status", "--data-dir", crashed.to_str().unwrap()], None));
-    assert!(status.contains("running") && status.contains("shards 3/"), "{status}");
+    assert!(
+        !killed.status.success(),
+        "the fault should have killed the run"
+    );
+    let status = ok(&coordinator(
+        &["status", "--data-dir", crashed.to_str().unwrap()],
+        None,
+    ));
+    assert!(
+        status.contains("running") && status.contains("shards 3/"),
+        "{status}"
+    );
 
     let out = ok(&run(&pipeline, &crashed, &args, None));
     assert!(out.contains("(resumed)"), "{out}");
@@ -86,7 +151,11 @@ fn a_killed_run_resumes_without_redoing_or_duplicating() {
     assert_eq!(a["rows_out"], b["rows_out"]);
     assert_eq!(a["lines_total"], b["lines_total"]);
     assert_eq!(table(&clean, ROWS_SQL), table(&crashed, ROWS_SQL));
-    assert_eq!(parquet_files(&clean.join("lake")), parquet_files(&crashed.join("lake")), "no extra files after the resume");
+    assert_eq!(
+        parquet_files(&clean.join("lake")),
+        parquet_files(&crashed.join("lake")),
+        "no extra files after the resume"
+    );
 }
 
 #[test]
@@ -95,7 +164,14 @@ fn a_crash_after_a_load_commit_does_not_load_twice() {
     let pipeline = web_fixture(dir.path(), 4000, 2);
     let clean = dir.path().join("clean");
     let crashed = dir.path().join("crashed");
-    let args = ["--shard-size", "300000", "--batch-rows", "1000", "--workers", "1"];
+    let args = [
+        "--shard-size",
+        "300000",
+        "--batch-rows",
+        "1000",
+        "--workers",
+        "1",
+    ];
     ok(&run(&pipeline, &clean, &args, None));
     let killed = run(&pipeline, &crashed, &args, Some("crash_after_load_commit"));
     assert!(!killed.status.success());
@@ -103,8 +179,17 @@ fn a_crash_after_a_load_commit_does_not_load_twice() {
     assert_eq!(table(&clean, ROWS_SQL), table(&crashed, ROWS_SQL));
     // One ledger row per batch, although the first batch was loaded before the crash and offered
     // again after it.
-    let ledger = table(&crashed, "SELECT count(*), count(DISTINCT batch_id) FROM _tributary_load_ledger");
-    let row: Vec<&str> = ledger.lines().nth(2).unwrap().split('|').map(str::trim).collect();
+    let ledger = table(
+        &crashed,
+        "SELECT count(*), count(DISTINCT batch_id) FROM _tributary_load_ledger",
+    );
+    let row: Vec<&str> = ledger
+        .lines()
+        .nth(2)
+        .unwrap()
+        .split('|')
+        .map(str::trim)
+        .collect();
     assert_eq!(row[0], row[1]);
     assert!(row[0].parse::<u32>().unwrap() > 1, "{ledger}");
 }

@@ -24,7 +24,9 @@ where
 mod tests {
     #[tokio::test]
     async fn runs_off_the_async_threads() {
-        let on_rayon = super::run_cpu(|| rayon::current_thread_index().is_some()).await.unwrap();
+        let on_rayon = super::run_cpu(|| rayon::current_thread_index().is_some())
+            .await
+            .unwrap();
         assert!(on_rayon);
     }
 }

@@ -115,7 +115,12 @@ pub struct CsvOptions {
 
 impl Default for CsvOptions {
     fn default() -> Self {
-        CsvOptions { header: true, delimiter: ",".into(), quote: "\"".into(), splittable: true }
+        CsvOptions {
+            header: true,
+            delimiter: ",".into(),
+            quote: "\"".into(),
+            splittable: true,
+        }
     }
 }
 fn yes() -> bool {
@@ -135,7 +140,10 @@ pub enum ColumnType {
     Int64,
     Float64,
     Bool,
-    Decimal { precision: u8, scale: i8 },
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
     /// Microseconds, UTC.
     Timestamp,
     Date,
@@ -486,15 +494,27 @@ impl Pipeline {
         &self.file.pipeline.name
     }
     pub fn table(&self) -> &str {
-        self.file.load.table.as_deref().unwrap_or(&self.file.pipeline.name)
+        self.file
+            .load
+            .table
+            .as_deref()
+            .unwrap_or(&self.file.pipeline.name)
     }
     pub fn column_type(&self, name: &str) -> Option<ColumnType> {
-        self.columns.iter().rev().find(|(n, _)| n == name).map(|(_, t)| *t)
+        self.columns
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| *t)
     }
     /// Resolves a path from the pipeline file against its folder.
     pub fn resolve(&self, rel: &str) -> PathBuf {
         let p = Path::new(rel);
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 }
 
@@ -506,7 +526,11 @@ pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
         message: format!("cannot read: {e}"),
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
     let base = base.canonicalize().unwrap_or(base);
     parse(&text, &path.display().to_string(), base)
 }
@@ -528,15 +552,33 @@ pub fn parse(text: &str, file: &str, base_dir: PathBuf) -> Result<Pipeline, Conf
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl PipelineFile {
     /// Pure validation: names, references between steps and columns, option ranges.
-    pub fn validate(self, file: &str, base_dir: PathBuf, text: &str) -> Result<Pipeline, ConfigError> {
-        let err = |field: &str, message: String| ConfigError { file: file.into(), field: field.into(), message };
+    pub fn validate(
+        self,
+        file: &str,
+        base_dir: PathBuf,
+        text: &str,
+    ) -> Result<Pipeline, ConfigError> {
+        let err = |field: &str, message: String| ConfigError {
+            file: file.into(),
+            field: field.into(),
+            message,
+        };
         if !valid_name(&self.pipeline.name) {
-            return Err(err("pipeline.name", format!("{:?} must be 1-128 letters, digits, '_' or '-'", self.pipeline.name)));
+            return Err(err(
+                "pipeline.name",
+                format!(
+                    "{:?} must be 1-128 letters, digits, '_' or '-'",
+                    self.pipeline.name
+                ),
+            ));
         }
         if self.source.location.trim().is_empty() {
             return Err(err("source.location", "must not be empty".into()));
@@ -544,7 +586,10 @@ impl PipelineFile {
         if let Err(e) = globset::Glob::new(&self.source.glob) {
             return Err(err("source.glob", format!("invalid glob: {e}")));
         }
-        for (f, v) in [("source.csv.delimiter", &self.source.csv.delimiter), ("source.csv.quote", &self.source.csv.quote)] {
+        for (f, v) in [
+            ("source.csv.delimiter", &self.source.csv.delimiter),
+            ("source.csv.quote", &self.source.csv.quote),
+        ] {
             if v.len() != 1 || !v.is_ascii() {
                 return Err(err(f, format!("{v:?} must be exactly one ASCII character")));
             }
@@ -557,50 +602,88 @@ impl PipelineFile {
         for (i, c) in self.columns.iter().enumerate() {
             let f = format!("columns[{i}]");
             if !valid_name(&c.name) {
-                return Err(err(&format!("{f}.name"), format!("{:?} must be letters, digits, '_' or '-'", c.name)));
+                return Err(err(
+                    &format!("{f}.name"),
+                    format!("{:?} must be letters, digits, '_' or '-'", c.name),
+                ));
             }
             if cols.iter().any(|(n, _)| *n == c.name) {
-                return Err(err(&format!("{f}.name"), format!("column {:?} is declared twice", c.name)));
+                return Err(err(
+                    &format!("{f}.name"),
+                    format!("column {:?} is declared twice", c.name),
+                ));
             }
             if c.path().split('.').any(str::is_empty) {
-                return Err(err(&format!("{f}.path"), format!("{:?} is not a valid dotted path", c.path())));
+                return Err(err(
+                    &format!("{f}.path"),
+                    format!("{:?} is not a valid dotted path", c.path()),
+                ));
             }
             if !paths.insert(c.path().to_string()) {
-                return Err(err(&format!("{f}.path"), format!("path {:?} is read by two columns", c.path())));
+                return Err(err(
+                    &format!("{f}.path"),
+                    format!("path {:?} is read by two columns", c.path()),
+                ));
             }
             if self.source.format == Format::Csv && c.path().contains('.') {
-                return Err(err(&format!("{f}.path"), "CSV columns are flat: use the header name".into()));
+                return Err(err(
+                    &format!("{f}.path"),
+                    "CSV columns are flat: use the header name".into(),
+                ));
             }
             cols.push((c.name.clone(), c.ty));
         }
         // Paths must not be both a leaf and a parent (`device` and `device.os`).
         for p in &paths {
             if paths.iter().any(|q| q.starts_with(&format!("{p}."))) {
-                return Err(err("columns", format!("path {p:?} is both a value and an object of other paths")));
+                return Err(err(
+                    "columns",
+                    format!("path {p:?} is both a value and an object of other paths"),
+                ));
             }
         }
-        let ty_of = |cols: &[(String, ColumnType)], name: &str| cols.iter().rev().find(|(n, _)| n == name).map(|(_, t)| *t);
+        let ty_of = |cols: &[(String, ColumnType)], name: &str| {
+            cols.iter().rev().find(|(n, _)| n == name).map(|(_, t)| *t)
+        };
         let mut dedupes = 0;
         for (i, step) in self.steps.iter().enumerate() {
             let f = format!("steps[{i}] ({})", step.op());
-            let need = |cols: &[(String, ColumnType)], name: &str, field: &str| -> Result<ColumnType, ConfigError> {
-                ty_of(cols, name).ok_or_else(|| err(&format!("{f}.{field}"), format!("unknown column {name:?}")))
+            let need = |cols: &[(String, ColumnType)],
+                        name: &str,
+                        field: &str|
+             -> Result<ColumnType, ConfigError> {
+                ty_of(cols, name)
+                    .ok_or_else(|| err(&format!("{f}.{field}"), format!("unknown column {name:?}")))
             };
-            let need_string = |cols: &[(String, ColumnType)], name: &str, field: &str| -> Result<(), ConfigError> {
+            let need_string = |cols: &[(String, ColumnType)],
+                               name: &str,
+                               field: &str|
+             -> Result<(), ConfigError> {
                 match need(cols, name, field)? {
                     ColumnType::String => Ok(()),
-                    t => Err(err(&format!("{f}.{field}"), format!("column {name:?} is {t}, this step needs a string"))),
+                    t => Err(err(
+                        &format!("{f}.{field}"),
+                        format!("column {name:?} is {t}, this step needs a string"),
+                    )),
                 }
             };
             let out_name = |o: &Option<String>, field: &str| -> Result<(), ConfigError> {
                 match o {
-                    Some(o) if !valid_name(o) => Err(err(&format!("{f}.{field}"), format!("{o:?} is not a valid column name"))),
+                    Some(o) if !valid_name(o) => Err(err(
+                        &format!("{f}.{field}"),
+                        format!("{o:?} is not a valid column name"),
+                    )),
                     _ => Ok(()),
                 }
             };
             let bucket_ok = |b: &str| -> Result<(), ConfigError> {
-                if !valid_name(b) || ["lines_total", "malformed", "duplicates", "rows_out"].contains(&b) {
-                    return Err(err(&format!("{f}.bucket"), format!("{b:?} is not a usable bucket name")));
+                if !valid_name(b)
+                    || ["lines_total", "malformed", "duplicates", "rows_out"].contains(&b)
+                {
+                    return Err(err(
+                        &format!("{f}.bucket"),
+                        format!("{b:?} is not a usable bucket name"),
+                    ));
                 }
                 Ok(())
             };
@@ -608,12 +691,25 @@ impl PipelineFile {
                 Step::Filter(s) => {
                     bucket_ok(&s.bucket)?;
                     if s.drop_if_any.is_empty() {
-                        return Err(err(&format!("{f}.drop_if_any"), "needs at least one condition".into()));
+                        return Err(err(
+                            &format!("{f}.drop_if_any"),
+                            "needs at least one condition".into(),
+                        ));
                     }
                     for (j, c) in s.drop_if_any.iter().enumerate() {
-                        let n = [c.equals.is_some(), c.contains.is_some(), c.is_null.is_some()].iter().filter(|x| **x).count();
+                        let n = [
+                            c.equals.is_some(),
+                            c.contains.is_some(),
+                            c.is_null.is_some(),
+                        ]
+                        .iter()
+                        .filter(|x| **x)
+                        .count();
                         if n != 1 {
-                            return Err(err(&format!("{f}.drop_if_any[{j}]"), "set exactly one of equals, contains, is_null".into()));
+                            return Err(err(
+                                &format!("{f}.drop_if_any[{j}]"),
+                                "set exactly one of equals, contains, is_null".into(),
+                            ));
                         }
                         if c.is_null.is_none() {
                             need_string(&cols, &c.column, &format!("drop_if_any[{j}].column"))?;
@@ -625,7 +721,10 @@ impl PipelineFile {
                 Step::Dedupe(s) => {
                     dedupes += 1;
                     if s.keys.is_empty() {
-                        return Err(err(&format!("{f}.keys"), "needs at least one key column".into()));
+                        return Err(err(
+                            &format!("{f}.keys"),
+                            "needs at least one key column".into(),
+                        ));
                     }
                     for k in &s.keys {
                         need(&cols, k, "keys")?;
@@ -639,7 +738,10 @@ impl PipelineFile {
                 }
                 Step::Trim(s) | Step::Upper(s) | Step::Lower(s) => {
                     if s.columns.is_empty() {
-                        return Err(err(&format!("{f}.columns"), "needs at least one column".into()));
+                        return Err(err(
+                            &format!("{f}.columns"),
+                            "needs at least one column".into(),
+                        ));
                     }
                     if s.chars.is_some() && !matches!(step, Step::Trim(_)) {
                         return Err(err(&format!("{f}.chars"), "only trim takes chars".into()));
@@ -654,7 +756,10 @@ impl PipelineFile {
                         return Err(err(&format!("{f}.pattern"), format!("invalid regex: {e}")));
                     }
                     out_name(&s.output, "output")?;
-                    cols.push((s.output.clone().unwrap_or(s.column.clone()), ColumnType::String));
+                    cols.push((
+                        s.output.clone().unwrap_or(s.column.clone()),
+                        ColumnType::String,
+                    ));
                 }
                 Step::ParseTimestamp(s) => {
                     bucket_ok(&s.bucket)?;
@@ -662,12 +767,20 @@ impl PipelineFile {
                     crate::transform::TimestampFormat::new(&s.format)
                         .map_err(|m| err(&format!("{f}.format"), m))?;
                     out_name(&s.output, "output")?;
-                    cols.push((s.output.clone().unwrap_or(s.column.clone()), ColumnType::Timestamp));
+                    cols.push((
+                        s.output.clone().unwrap_or(s.column.clone()),
+                        ColumnType::Timestamp,
+                    ));
                 }
                 Step::Date(s) => {
                     match need(&cols, &s.column, "column")? {
                         ColumnType::Timestamp => {}
-                        t => return Err(err(&format!("{f}.column"), format!("column {:?} is {t}, date needs a timestamp", s.column))),
+                        t => {
+                            return Err(err(
+                                &format!("{f}.column"),
+                                format!("column {:?} is {t}, date needs a timestamp", s.column),
+                            ));
+                        }
                     }
                     out_name(&Some(s.output.clone()), "output")?;
                     cols.push((s.output.clone(), ColumnType::Date));
@@ -677,9 +790,18 @@ impl PipelineFile {
                     out_name(&s.output, "output")?;
                     match (&s.key_env, &s.key_file) {
                         (Some(_), None) | (None, Some(_)) => {}
-                        _ => return Err(err(&format!("{f}.key_env"), "set exactly one of key_env or key_file (keys are never inline)".into())),
+                        _ => {
+                            return Err(err(
+                                &format!("{f}.key_env"),
+                                "set exactly one of key_env or key_file (keys are never inline)"
+                                    .into(),
+                            ));
+                        }
                     }
-                    cols.push((s.output.clone().unwrap_or(s.column.clone()), ColumnType::String));
+                    cols.push((
+                        s.output.clone().unwrap_or(s.column.clone()),
+                        ColumnType::String,
+                    ));
                 }
                 Step::Ipv4Truncate(s) => {
                     bucket_ok(&s.bucket)?;
@@ -688,7 +810,10 @@ impl PipelineFile {
                     if s.keep_octets > 3 {
                         return Err(err(&format!("{f}.keep_octets"), "must be 0 to 3".into()));
                     }
-                    cols.push((s.output.clone().unwrap_or(s.column.clone()), ColumnType::String));
+                    cols.push((
+                        s.output.clone().unwrap_or(s.column.clone()),
+                        ColumnType::String,
+                    ));
                 }
                 Step::Lookup(s) => {
                     bucket_ok(&s.bucket)?;
@@ -703,7 +828,10 @@ impl PipelineFile {
         }
         let o = &self.output;
         if o.columns.is_empty() {
-            return Err(err("output.columns", "list at least one output column".into()));
+            return Err(err(
+                "output.columns",
+                "list at least one output column".into(),
+            ));
         }
         let mut seen = BTreeSet::new();
         for c in o.columns.iter().chain(o.partition_by.iter()) {
@@ -711,32 +839,57 @@ impl PipelineFile {
                 return Err(err("output.columns", format!("unknown column {c:?}")));
             }
             if !seen.insert(c) {
-                return Err(err("output.columns", format!("column {c:?} is listed twice (partition columns are not stored in files)")));
+                return Err(err(
+                    "output.columns",
+                    format!(
+                        "column {c:?} is listed twice (partition columns are not stored in files)"
+                    ),
+                ));
             }
         }
         for c in &o.partition_by {
-            if matches!(ty_of(&cols, c), Some(ColumnType::Float64 | ColumnType::Timestamp)) {
-                return Err(err("output.partition_by", format!("column {c:?}: partition by a string, integer, bool or date")));
+            if matches!(
+                ty_of(&cols, c),
+                Some(ColumnType::Float64 | ColumnType::Timestamp)
+            ) {
+                return Err(err(
+                    "output.partition_by",
+                    format!("column {c:?}: partition by a string, integer, bool or date"),
+                ));
             }
         }
         match o.codec {
-            Codec::Zstd if !(1..=22).contains(&o.level) => return Err(err("output.level", "zstd level must be 1 to 22".into())),
+            Codec::Zstd if !(1..=22).contains(&o.level) => {
+                return Err(err("output.level", "zstd level must be 1 to 22".into()));
+            }
             _ => {}
         }
         if o.row_group_rows.get() > 1 << 24 {
             return Err(err("output.row_group_rows", "at most 16,777,216".into()));
         }
-        if let Some(t) = &self.load.table {
-            if !valid_name(t) {
-                return Err(err("load.table", format!("{t:?} must be letters, digits, '_' or '-'")));
-            }
+        if let Some(t) = &self.load.table
+            && !valid_name(t)
+        {
+            return Err(err(
+                "load.table",
+                format!("{t:?} must be letters, digits, '_' or '-'"),
+            ));
         }
         for k in &self.load.merge_keys {
             if !o.columns.contains(k) && !o.partition_by.contains(k) {
-                return Err(err("load.merge_keys", format!("{k:?} is not an output column")));
+                return Err(err(
+                    "load.merge_keys",
+                    format!("{k:?} is not an output column"),
+                ));
             }
         }
-        Ok(Pipeline { file: self, path: file.into(), base_dir, text: text.into(), columns: cols })
+        Ok(Pipeline {
+            file: self,
+            path: file.into(),
+            base_dir,
+            text: text.into(),
+            columns: cols,
+        })
     }
 }
 
@@ -775,36 +928,107 @@ merge_keys = ["id"]
     }
 
     #[test]
+    fn shipped_examples_are_valid() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for f in [
+            "pipeline.example.toml",
+            "workload.toml",
+            "workload_csv.toml",
+            "demo/web_events.toml",
+            "demo/pos_sales.toml",
+            "demo/billing.toml",
+        ] {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap();
+            if let Err(e) = parse(&text, f, dir.clone()) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    #[test]
     fn minimal_pipeline_is_valid() {
         let p = check(MINIMAL).unwrap();
         assert_eq!(p.table(), "t");
-        assert_eq!(p.column_type("amount"), Some(ColumnType::Decimal { precision: 18, scale: 2 }));
+        assert_eq!(
+            p.column_type("amount"),
+            Some(ColumnType::Decimal {
+                precision: 18,
+                scale: 2
+            })
+        );
         assert_eq!(p.file.output.row_group_rows.get(), 122_880);
     }
 
     fn expect_err(text: &str, field: &str, needle: &str) {
         let e = check(text).unwrap_err();
         assert_eq!(e.file, "p.toml");
-        assert!(e.field.contains(field), "field {:?} does not contain {field:?} ({e})", e.field);
-        assert!(e.to_string().contains(needle), "{e} does not contain {needle:?}");
+        assert!(
+            e.field.contains(field),
+            "field {:?} does not contain {field:?} ({e})",
+            e.field
+        );
+        assert!(
+            e.to_string().contains(needle),
+            "{e} does not contain {needle:?}"
+        );
     }
 
     #[test]
     fn unknown_keys_are_refused_with_their_line() {
-        expect_err(&MINIMAL.replace("format = \"ndjson\"", "format = \"ndjson\"\nfromat = 1"), "line 6", "fromat");
-        expect_err(&MINIMAL.replace("columns = [\"os\"]", "columns = [\"os\"]\nlocale = \"tr\""), "line", "locale");
-        expect_err(&MINIMAL.replace("type = \"decimal(18,2)\"", "type = \"money\""), "line", "unknown type");
-        expect_err(&MINIMAL.replace("op = \"upper\"", "op = \"uppercase\""), "line", "uppercase");
+        expect_err(
+            &MINIMAL.replace("format = \"ndjson\"", "format = \"ndjson\"\nfromat = 1"),
+            "line 7",
+            "fromat",
+        );
+        expect_err(
+            &MINIMAL.replace("columns = [\"os\"]", "columns = [\"os\"]\nlocale = \"tr\""),
+            "line",
+            "locale",
+        );
+        expect_err(
+            &MINIMAL.replace("type = \"decimal(18,2)\"", "type = \"money\""),
+            "line",
+            "unknown type",
+        );
+        expect_err(
+            &MINIMAL.replace("op = \"upper\"", "op = \"uppercase\""),
+            "line",
+            "uppercase",
+        );
     }
 
     #[test]
     fn references_are_checked() {
-        expect_err(&MINIMAL.replace("columns = [\"os\"]", "columns = [\"nope\"]"), "steps[0] (upper).columns", "unknown column \"nope\"");
-        expect_err(&MINIMAL.replace("columns = [\"os\"]", "columns = [\"amount\"]"), "steps[0]", "needs a string");
-        expect_err(&MINIMAL.replace("[\"id\", \"os\", \"amount\"]", "[\"id\", \"gone\"]"), "output.columns", "gone");
-        expect_err(&MINIMAL.replace("merge_keys = [\"id\"]", "merge_keys = [\"x\"]"), "load.merge_keys", "\"x\"");
-        expect_err(&MINIMAL.replace("name = \"t\"", "name = \"bad name\""), "pipeline.name", "bad name");
-        expect_err(&MINIMAL.replace("path = \"device.os\"", "path = \"device..os\""), "columns[1].path", "dotted");
+        expect_err(
+            &MINIMAL.replace("columns = [\"os\"]", "columns = [\"nope\"]"),
+            "steps[0] (upper).columns",
+            "unknown column \"nope\"",
+        );
+        expect_err(
+            &MINIMAL.replace("columns = [\"os\"]", "columns = [\"amount\"]"),
+            "steps[0]",
+            "needs a string",
+        );
+        expect_err(
+            &MINIMAL.replace("[\"id\", \"os\", \"amount\"]", "[\"id\", \"gone\"]"),
+            "output.columns",
+            "gone",
+        );
+        expect_err(
+            &MINIMAL.replace("merge_keys = [\"id\"]", "merge_keys = [\"x\"]"),
+            "load.merge_keys",
+            "\"x\"",
+        );
+        expect_err(
+            &MINIMAL.replace("name = \"t\"", "name = \"bad name\""),
+            "pipeline.name",
+            "bad name",
+        );
+        expect_err(
+            &MINIMAL.replace("path = \"device.os\"", "path = \"device..os\""),
+            "columns[1].path",
+            "dotted",
+        );
     }
 
     #[test]
@@ -825,8 +1049,26 @@ merge_keys = ["id"]
     fn bad_options_are_named() {
         expect_err(&MINIMAL.replace("[output]", "[[steps]]\nop = \"regex_replace\"\ncolumn = \"id\"\npattern = \"(\"\nreplacement = \"\"\n[output]"), "pattern", "invalid regex");
         expect_err(&MINIMAL.replace("[output]", "[[steps]]\nop = \"parse_timestamp\"\ncolumn = \"id\"\nformat = \"%Y-%m-%d\"\n[output]"), "format", "offset");
-        expect_err(&MINIMAL.replace("[output]", "[output]\nlevel = 99"), "output.level", "1 to 22");
-        expect_err(&MINIMAL.replace("format = \"ndjson\"", "format = \"csv\"\n[source.csv]\ndelimiter = \";;\""), "source.csv.delimiter", "one ASCII");
-        expect_err(&MINIMAL.replace("format = \"ndjson\"", "format = \"ndjson\"\nshard_bytes = 0"), "line", "zero");
+        expect_err(
+            &MINIMAL.replace("[output]", "[output]\nlevel = 99"),
+            "output.level",
+            "1 to 22",
+        );
+        expect_err(
+            &MINIMAL.replace(
+                "format = \"ndjson\"",
+                "format = \"csv\"\n[source.csv]\ndelimiter = \";;\"",
+            ),
+            "source.csv.delimiter",
+            "one ASCII",
+        );
+        expect_err(
+            &MINIMAL.replace(
+                "format = \"ndjson\"",
+                "format = \"ndjson\"\nshard_bytes = 0",
+            ),
+            "line",
+            "zero",
+        );
     }
 }

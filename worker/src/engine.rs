@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder,
-    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder,
+    Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -43,6 +43,10 @@ const PIECE_ROWS: usize = 4096;
 /// Encoded-but-unflushed row group bytes across all open partition files before the largest is
 /// flushed early.
 const WRITER_BUDGET: usize = 96 << 20;
+/// A partition folder, its column values, and its rows.
+type PartBatch = (String, PartitionValues, RecordBatch);
+type PartitionValues = Vec<(String, String)>;
+
 pub const MALFORMED: &str = "malformed";
 pub const INVALID_VALUE: &str = "invalid_value";
 
@@ -102,11 +106,15 @@ impl ColBuilder {
             ColumnType::Float64 => ColBuilder::F64(Float64Builder::with_capacity(cap)),
             ColumnType::Bool => ColBuilder::Bool(BooleanBuilder::with_capacity(cap)),
             ColumnType::Decimal { precision, scale } => ColBuilder::Dec(
-                Decimal128Builder::with_capacity(cap).with_precision_and_scale(precision, scale).expect("validated"),
+                Decimal128Builder::with_capacity(cap)
+                    .with_precision_and_scale(precision, scale)
+                    .expect("validated"),
                 precision,
                 scale,
             ),
-            ColumnType::Timestamp => ColBuilder::Ts(TimestampMicrosecondBuilder::with_capacity(cap)),
+            ColumnType::Timestamp => {
+                ColBuilder::Ts(TimestampMicrosecondBuilder::with_capacity(cap))
+            }
             ColumnType::Date => ColBuilder::Date(Date32Builder::with_capacity(cap)),
         }
     }
@@ -143,7 +151,9 @@ impl ColBuilder {
             ColBuilder::I64(_) => Cell::I64(s.parse().map_err(|_| bad())?),
             ColBuilder::F64(_) => Cell::F64(s.parse().map_err(|_| bad())?),
             ColBuilder::Bool(_) => Cell::Bool(transform::parse_bool(s).ok_or_else(bad)?),
-            ColBuilder::Dec(_, p, sc) => Cell::Dec(transform::parse_decimal(s, *p, *sc).ok_or_else(bad)?),
+            ColBuilder::Dec(_, p, sc) => {
+                Cell::Dec(transform::parse_decimal(s, *p, *sc).ok_or_else(bad)?)
+            }
             ColBuilder::Ts(_) => Cell::Ts(TimestampFormat::Rfc3339.parse(s).ok_or_else(bad)?),
             ColBuilder::Date(_) => Cell::Date(transform::parse_date(s).ok_or_else(bad)?),
         })
@@ -153,9 +163,7 @@ impl ColBuilder {
         match v {
             Val::Null => Ok(Cell::Null),
             Val::Str(s) => self.text_cell(s),
-            Val::Complex(kind) => match self {
-                _ => Err(format!("expected {}, got a JSON {kind}", self.ty())),
-            },
+            Val::Complex(kind) => Err(format!("expected {}, got a JSON {kind}", self.ty())),
             Val::Bool(b) => match self {
                 ColBuilder::Bool(_) => Ok(Cell::Bool(*b)),
                 ColBuilder::Str(_) => Ok(Cell::Str),
@@ -171,7 +179,9 @@ impl ColBuilder {
                 _ => Err(format!("expected {}, got {i}", self.ty())),
             },
             Val::U64(u) => match self {
-                ColBuilder::I64(_) => i64::try_from(*u).map(Cell::I64).map_err(|_| format!("{u} does not fit int64")),
+                ColBuilder::I64(_) => i64::try_from(*u)
+                    .map(Cell::I64)
+                    .map_err(|_| format!("{u} does not fit int64")),
                 ColBuilder::F64(_) => Ok(Cell::F64(*u as f64)),
                 ColBuilder::Str(_) => Ok(Cell::Str),
                 _ => Err(format!("expected {}, got {u}", self.ty())),
@@ -250,7 +260,11 @@ pub struct Chunk {
     pub header: Option<Arc<Vec<String>>>,
 }
 
-fn open_decoded(reader: Box<dyn Read + Send>, compression: Compression, key: &str) -> Result<Box<dyn Read + Send>, WorkerError> {
+fn open_decoded(
+    reader: Box<dyn Read + Send>,
+    compression: Compression,
+    key: &str,
+) -> Result<Box<dyn Read + Send>, WorkerError> {
     let mut br = BufReader::with_capacity(1 << 20, reader);
     let kind = match compression {
         Compression::Auto => {
@@ -267,7 +281,9 @@ fn open_decoded(reader: Box<dyn Read + Send>, compression: Compression, key: &st
     };
     Ok(match kind {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(br)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(br).map_err(|e| WorkerError::read(key, e))?),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(br).map_err(|e| WorkerError::read(key, e))?,
+        ),
         _ => Box::new(br),
     })
 }
@@ -286,12 +302,34 @@ pub fn read_lines(
     let key = &input.object.key;
     let object: Arc<str> = Arc::from(key.as_str());
     let (mut reader, pos, end, numbered) = match input.range {
-        None => (open_decoded(store.open_read(key, None).map_err(WorkerError::Backend)?, compression, key)?, 0u64, u64::MAX, true),
+        None => (
+            open_decoded(
+                store.open_read(key, None).map_err(WorkerError::Backend)?,
+                compression,
+                key,
+            )?,
+            0u64,
+            u64::MAX,
+            true,
+        ),
         Some(r) => {
             // Start one byte early to learn whether `start` begins a line.
             let from = r.start.saturating_sub(1);
-            let raw = store.open_read(key, Some(ByteRange { start: from, end: u64::MAX })).map_err(WorkerError::Backend)?;
-            (Box::new(BufReader::with_capacity(1 << 20, raw)) as Box<dyn Read + Send>, from, r.end, r.start == 0)
+            let raw = store
+                .open_read(
+                    key,
+                    Some(ByteRange {
+                        start: from,
+                        end: u64::MAX,
+                    }),
+                )
+                .map_err(WorkerError::Backend)?;
+            (
+                Box::new(BufReader::with_capacity(1 << 20, raw)) as Box<dyn Read + Send>,
+                from,
+                r.end,
+                r.start == 0,
+            )
         }
     };
     let mut line_no: u64 = 0;
@@ -337,7 +375,9 @@ pub fn read_lines(
             }
             if let Some((o, l, len, head)) = oversized.take() {
                 // The end of a record that was too long: count it, keep its head.
-                chunk.oversized.push((o, l, len + (line_end - start) as u64, head));
+                chunk
+                    .oversized
+                    .push((o, l, len + (line_end - start) as u64, head));
                 start = next;
                 line_no += 1;
                 continue;
@@ -360,7 +400,12 @@ pub fn read_lines(
             }
             if (e - start) as u64 > max_line {
                 let head = buf[start..start + 1024.min(e - start)].to_vec();
-                chunk.oversized.push((offset, numbered.then_some(line_no), (e - start) as u64, head));
+                chunk.oversized.push((
+                    offset,
+                    numbered.then_some(line_no),
+                    (e - start) as u64,
+                    head,
+                ));
             } else {
                 let s = chunk.buf.len();
                 chunk.buf.extend_from_slice(&buf[start..e]);
@@ -370,7 +415,10 @@ pub fn read_lines(
             line_no += 1;
             start = next;
             if chunk.buf.len() >= CHUNK_BYTES {
-                let full = std::mem::replace(&mut chunk, new_chunk(&object, &header, numbered.then_some(line_no)));
+                let full = std::mem::replace(
+                    &mut chunk,
+                    new_chunk(&object, &header, numbered.then_some(line_no)),
+                );
                 if !send(full) {
                     return Ok(());
                 }
@@ -394,7 +442,12 @@ pub fn read_lines(
         } else if buf.len() as u64 > max_line {
             // Too long to hold: remember where it starts and skip to its end.
             let head = buf[..1024.min(buf.len())].to_vec();
-            oversized = Some((buf_start, numbered.then_some(line_no), buf.len() as u64, head));
+            oversized = Some((
+                buf_start,
+                numbered.then_some(line_no),
+                buf.len() as u64,
+                head,
+            ));
             buf_start += buf.len() as u64;
             buf.clear();
         }
@@ -405,7 +458,11 @@ pub fn read_lines(
     flush(send, chunk)
 }
 
-fn new_chunk(object: &Arc<str>, header: &Option<Arc<Vec<String>>>, first_line: Option<u64>) -> Chunk {
+fn new_chunk(
+    object: &Arc<str>,
+    header: &Option<Arc<Vec<String>>>,
+    first_line: Option<u64>,
+) -> Chunk {
     Chunk {
         object: object.clone(),
         buf: Vec::with_capacity(CHUNK_BYTES + (64 << 10)),
@@ -433,7 +490,11 @@ pub fn read_json_array(
 ) -> Result<(), WorkerError> {
     let key = &input.object.key;
     let object: Arc<str> = Arc::from(key.as_str());
-    let reader = open_decoded(store.open_read(key, None).map_err(WorkerError::Backend)?, compression, key)?;
+    let reader = open_decoded(
+        store.open_read(key, None).map_err(WorkerError::Backend)?,
+        compression,
+        key,
+    )?;
     struct Elements<'s> {
         object: Arc<str>,
         send: &'s mut dyn FnMut(Chunk) -> bool,
@@ -454,7 +515,8 @@ pub fn read_json_array(
                 chunk.offsets.push(index);
                 index += 1;
                 if chunk.buf.len() >= CHUNK_BYTES {
-                    let full = std::mem::replace(&mut chunk, new_chunk(&self.object, &None, Some(index)));
+                    let full =
+                        std::mem::replace(&mut chunk, new_chunk(&self.object, &None, Some(index)));
                     if !(self.send)(full) {
                         return Ok(());
                     }
@@ -468,9 +530,16 @@ pub fn read_json_array(
     }
     use serde::Deserializer as _;
     let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 20, reader));
-    de.deserialize_seq(Elements { object, send, index: 0 })
-        .and_then(|()| de.end())
-        .map_err(|e| WorkerError::Corrupt { key: key.clone(), detail: format!("not a JSON array of records: {e}") })
+    de.deserialize_seq(Elements {
+        object,
+        send,
+        index: 0,
+    })
+    .and_then(|()| de.end())
+    .map_err(|e| WorkerError::Corrupt {
+        key: key.clone(),
+        detail: format!("not a JSON array of records: {e}"),
+    })
 }
 
 /// Reads the CSV header (the first line of the object).
@@ -481,9 +550,15 @@ pub fn read_csv_header(
     delimiter: u8,
     quote: u8,
 ) -> Result<Vec<String>, WorkerError> {
-    let reader = open_decoded(store.open_read(key, None).map_err(WorkerError::Backend)?, compression, key)?;
+    let reader = open_decoded(
+        store.open_read(key, None).map_err(WorkerError::Backend)?,
+        compression,
+        key,
+    )?;
     let mut line = Vec::new();
-    BufReader::new(reader.take(1 << 20)).read_until(b'\n', &mut line).map_err(|e| WorkerError::read(key, e))?;
+    BufReader::new(reader.take(1 << 20))
+        .read_until(b'\n', &mut line)
+        .map_err(|e| WorkerError::read(key, e))?;
     if line.is_empty() {
         return Ok(Vec::new());
     }
@@ -491,15 +566,31 @@ pub fn read_csv_header(
         line.pop();
     }
     let mut fields = Vec::new();
-    let text = std::str::from_utf8(&line).map_err(|_| WorkerError::Corrupt { key: key.into(), detail: "CSV header is not UTF-8".into() })?;
-    split_csv(text.as_bytes(), delimiter, quote, &mut |f| fields.push(String::from_utf8_lossy(f).into_owned()))
-        .map_err(|d| WorkerError::Corrupt { key: key.into(), detail: format!("CSV header: {d}") })?;
+    let text = std::str::from_utf8(&line).map_err(|_| WorkerError::Corrupt {
+        key: key.into(),
+        detail: "CSV header is not UTF-8".into(),
+    })?;
+    split_csv(text.as_bytes(), delimiter, quote, &mut |f| {
+        fields.push(String::from_utf8_lossy(f).into_owned())
+    })
+    .map_err(|d| WorkerError::Corrupt {
+        key: key.into(),
+        detail: format!("CSV header: {d}"),
+    })?;
     Ok(fields)
 }
 
 /// Splits one CSV record into fields (quotes doubled inside quoted fields).
-fn split_csv(line: &[u8], delimiter: u8, quote: u8, out: &mut dyn FnMut(&[u8])) -> Result<(), String> {
-    let mut rdr = csv_core::ReaderBuilder::new().delimiter(delimiter).quote(quote).build();
+fn split_csv(
+    line: &[u8],
+    delimiter: u8,
+    quote: u8,
+    out: &mut dyn FnMut(&[u8]),
+) -> Result<(), String> {
+    let mut rdr = csv_core::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .quote(quote)
+        .build();
     let mut input = line;
     let mut field = vec![0u8; line.len() + 1];
     let mut len = 0usize;
@@ -523,7 +614,9 @@ fn split_csv(line: &[u8], delimiter: u8, quote: u8, out: &mut dyn FnMut(&[u8])) 
                     }
                 }
             }
-            csv_core::ReadFieldResult::OutputFull => return Err("field longer than the line".into()),
+            csv_core::ReadFieldResult::OutputFull => {
+                return Err("field longer than the line".into());
+            }
             csv_core::ReadFieldResult::Field { record_end } => {
                 out(&field[..len]);
                 len = 0;
@@ -562,7 +655,11 @@ impl JsonTree {
                 let idx = match node.entries.iter().position(|(k, _)| &**k == *p) {
                     Some(i) => i,
                     None => {
-                        let n = if last { JsonNode::Leaf(*col) } else { JsonNode::Object(JsonTree::default()) };
+                        let n = if last {
+                            JsonNode::Leaf(*col)
+                        } else {
+                            JsonNode::Object(JsonTree::default())
+                        };
                         node.entries.push(((*p).into(), n));
                         node.entries.len() - 1
                     }
@@ -577,7 +674,10 @@ impl JsonTree {
     }
 
     fn get(&self, key: &str) -> Option<&JsonNode> {
-        self.entries.iter().find(|(k, _)| k.len() == key.len() && &**k == key).map(|(_, n)| n)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.len() == key.len() && &**k == key)
+            .map(|(_, n)| n)
     }
 }
 
@@ -645,7 +745,10 @@ impl<'de> DeserializeSeed<'de> for LeafSeed {
                 while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(Val::Complex("object"))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Val<'de>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<Val<'de>, A::Error> {
                 while s.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Val::Complex("array"))
             }
@@ -663,7 +766,11 @@ struct ObjSeed<'t, 's, 'de> {
 impl<'de> DeserializeSeed<'de> for ObjSeed<'_, '_, 'de> {
     type Value = ();
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        if self.root { d.deserialize_map(self) } else { d.deserialize_any(self) }
+        if self.root {
+            d.deserialize_map(self)
+        } else {
+            d.deserialize_any(self)
+        }
     }
 }
 
@@ -679,7 +786,11 @@ impl<'de> Visitor<'de> for ObjSeed<'_, '_, 'de> {
         while let Some(KeyStr(k)) = m.next_key::<KeyStr<'de>>()? {
             match self.tree.get(&k) {
                 Some(JsonNode::Leaf(i)) => self.slots[*i] = m.next_value_seed(LeafSeed)?,
-                Some(JsonNode::Object(t)) => m.next_value_seed(ObjSeed { tree: t, slots: self.slots, root: false })?,
+                Some(JsonNode::Object(t)) => m.next_value_seed(ObjSeed {
+                    tree: t,
+                    slots: self.slots,
+                    root: false,
+                })?,
                 None => {
                     m.next_value::<IgnoredAny>()?;
                 }
@@ -743,14 +854,24 @@ impl Piece {
     }
 
     /// Applies a transform's failures: quarantine (and drop) or leave null.
-    fn fail(&mut self, fails: transform::Failures, on_error: OnError, bucket: &str, column: &str) -> Result<(), WorkerError> {
+    fn fail(
+        &mut self,
+        fails: transform::Failures,
+        on_error: OnError,
+        bucket: &str,
+        column: &str,
+    ) -> Result<(), WorkerError> {
         if fails.is_empty() || on_error == OnError::Null {
             return Ok(());
         }
         let mut mask = vec![true; self.rows.len()];
         for (i, reason) in fails {
             mask[i] = false;
-            self.quarantine.push(QItem { record: self.rows[i], bucket: bucket.into(), reason: format!("{column}: {reason}") });
+            self.quarantine.push(QItem {
+                record: self.rows[i],
+                bucket: bucket.into(),
+                reason: format!("{column}: {reason}"),
+            });
             *self.counts.rejected.entry(bucket.into()).or_default() += 1;
         }
         self.keep(&BooleanArray::from(mask))
@@ -761,8 +882,17 @@ impl Piece {
 fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Piece {
     let ncols = plan.slot_types.len();
     let declared = plan.declared.len();
-    let mut builders: Vec<ColBuilder> = plan.declared.iter().map(|(_, t, _)| ColBuilder::new(*t, range.len())).collect();
-    let mut piece = Piece { cols: vec![None; ncols], rows: Vec::with_capacity(range.len()), quarantine: Vec::new(), counts: Counts::default() };
+    let mut builders: Vec<ColBuilder> = plan
+        .declared
+        .iter()
+        .map(|(_, t, _)| ColBuilder::new(*t, range.len()))
+        .collect();
+    let mut piece = Piece {
+        cols: vec![None; ncols],
+        rows: Vec::with_capacity(range.len()),
+        quarantine: Vec::new(),
+        counts: Counts::default(),
+    };
     piece.counts.lines_total = range.len() as u64;
     let mut cells: Vec<Cell> = Vec::with_capacity(declared);
     let mut texts: Vec<std::borrow::Cow<str>> = Vec::with_capacity(declared);
@@ -771,7 +901,11 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
     let mut field_buf: Vec<u8> = Vec::new();
     let malformed = |piece: &mut Piece, i: usize, reason: String| {
         piece.counts.malformed += 1;
-        piece.quarantine.push(QItem { record: i as u32, bucket: MALFORMED.into(), reason });
+        piece.quarantine.push(QItem {
+            record: i as u32,
+            bucket: MALFORMED.into(),
+            reason,
+        });
     };
     for i in range {
         let raw = &chunk.buf[chunk.spans[i].0..chunk.spans[i].1];
@@ -782,7 +916,11 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                 let text = match std::str::from_utf8(raw) {
                     Ok(t) => t,
                     Err(e) => {
-                        malformed(&mut piece, i, format!("not valid UTF-8 at byte {}", e.valid_up_to()));
+                        malformed(
+                            &mut piece,
+                            i,
+                            format!("not valid UTF-8 at byte {}", e.valid_up_to()),
+                        );
                         continue;
                     }
                 };
@@ -790,16 +928,23 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                     *s = Val::Null;
                 }
                 let mut de = serde_json::Deserializer::from_str(text);
-                let parsed = ObjSeed { tree: &plan.json_tree, slots: &mut slots, root: true }
-                    .deserialize(&mut de)
-                    .and_then(|()| de.end());
+                let parsed = ObjSeed {
+                    tree: &plan.json_tree,
+                    slots: &mut slots,
+                    root: true,
+                }
+                .deserialize(&mut de)
+                .and_then(|()| de.end());
                 match parsed {
                     Err(e) => Err((true, format!("not a JSON object: {e}"))),
                     Ok(()) => {
                         let mut r = Ok(());
                         for (c, (name, _, required)) in plan.declared.iter().enumerate() {
                             if *required && matches!(slots[c], Val::Null) {
-                                r = Err((true, format!("required field {name:?} is missing or null")));
+                                r = Err((
+                                    true,
+                                    format!("required field {name:?} is missing or null"),
+                                ));
                                 break;
                             }
                             match builders[c].val_cell(&slots[c]) {
@@ -836,18 +981,32 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                 if let Err(e) = split {
                     Err((true, format!("CSV: {e}")))
                 } else if fields.len() != header.len() {
-                    Err((true, format!("CSV row has {} fields, the header has {}", fields.len(), header.len())))
+                    Err((
+                        true,
+                        format!(
+                            "CSV row has {} fields, the header has {}",
+                            fields.len(),
+                            header.len()
+                        ),
+                    ))
                 } else {
                     match std::str::from_utf8(&field_buf) {
-                        Err(e) => Err((true, format!("not valid UTF-8 at byte {}", e.valid_up_to()))),
+                        Err(e) => {
+                            Err((true, format!("not valid UTF-8 at byte {}", e.valid_up_to())))
+                        }
                         Ok(all) => {
                             let mut r = Ok(());
                             for (c, (name, _, required)) in plan.declared.iter().enumerate() {
-                                let v = plan.csv_index(header, c).map(|j| &all[fields[j].0..fields[j].1]);
+                                let v = plan
+                                    .csv_index(header, c)
+                                    .map(|j| &all[fields[j].0..fields[j].1]);
                                 let v = v.filter(|s| !s.is_empty());
                                 match v {
                                     None if *required => {
-                                        r = Err((true, format!("required field {name:?} is empty")));
+                                        r = Err((
+                                            true,
+                                            format!("required field {name:?} is empty"),
+                                        ));
                                         break;
                                     }
                                     None => {
@@ -881,8 +1040,16 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
             }
             Err((true, reason)) => malformed(&mut piece, i, reason),
             Err((false, reason)) => {
-                *piece.counts.rejected.entry(INVALID_VALUE.into()).or_default() += 1;
-                piece.quarantine.push(QItem { record: i as u32, bucket: INVALID_VALUE.into(), reason });
+                *piece
+                    .counts
+                    .rejected
+                    .entry(INVALID_VALUE.into())
+                    .or_default() += 1;
+                piece.quarantine.push(QItem {
+                    record: i as u32,
+                    bucket: INVALID_VALUE.into(),
+                    reason,
+                });
             }
         }
     }
@@ -892,12 +1059,12 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
     piece
 }
 
-fn str_col<'a>(p: &'a Piece, slot: usize) -> &'a arrow::array::StringArray {
-    p.cols[slot].as_ref().expect("validated: set before use").as_string::<i32>()
-}
-
 /// Runs steps `range` of the plan on a piece.
-fn run_steps(plan: &Plan, piece: &mut Piece, steps: std::ops::Range<usize>) -> Result<(), WorkerError> {
+fn run_steps(
+    plan: &Plan,
+    piece: &mut Piece,
+    steps: std::ops::Range<usize>,
+) -> Result<(), WorkerError> {
     for op in &plan.steps[steps] {
         if piece.rows.is_empty() {
             return Ok(());
@@ -928,13 +1095,18 @@ fn run_steps(plan: &Plan, piece: &mut Piece, steps: std::ops::Range<usize>) -> R
                 let dropped = drop.iter().filter(|d| **d).count() as u64;
                 if dropped > 0 {
                     *piece.counts.filtered.entry(bucket.clone()).or_default() += dropped;
-                    piece.keep(&BooleanArray::from(drop.into_iter().map(|d| !d).collect::<Vec<_>>()))?;
+                    piece.keep(&BooleanArray::from(
+                        drop.into_iter().map(|d| !d).collect::<Vec<_>>(),
+                    ))?;
                 }
             }
             StepOp::Dedupe { .. } => unreachable!("dedupe runs between the parallel phases"),
             StepOp::Trim { slots, chars } => {
                 for s in slots {
-                    piece.cols[*s] = Some(transform::trim(piece.cols[*s].as_ref().expect("set"), chars.as_deref()));
+                    piece.cols[*s] = Some(transform::trim(
+                        piece.cols[*s].as_ref().expect("set"),
+                        chars.as_deref(),
+                    ));
                 }
             }
             StepOp::Upper { slots } => {
@@ -947,45 +1119,97 @@ fn run_steps(plan: &Plan, piece: &mut Piece, steps: std::ops::Range<usize>) -> R
                     piece.cols[*s] = Some(transform::lower(piece.cols[*s].as_ref().expect("set")));
                 }
             }
-            StepOp::Regex { slot, out, re, replacement } => {
-                piece.cols[*out] = Some(transform::regex_replace(piece.cols[*slot].as_ref().expect("set"), re, replacement));
+            StepOp::Regex {
+                slot,
+                out,
+                re,
+                replacement,
+            } => {
+                piece.cols[*out] = Some(transform::regex_replace(
+                    piece.cols[*slot].as_ref().expect("set"),
+                    re,
+                    replacement,
+                ));
             }
-            StepOp::ParseTs { slot, out, format, on_error, bucket, column } => {
-                let (a, f) = transform::parse_timestamps(piece.cols[*slot].as_ref().expect("set"), format);
+            StepOp::ParseTs {
+                slot,
+                out,
+                format,
+                on_error,
+                bucket,
+                column,
+            } => {
+                let (a, f) =
+                    transform::parse_timestamps(piece.cols[*slot].as_ref().expect("set"), format);
                 piece.cols[*out] = Some(a);
                 piece.fail(f, *on_error, bucket, column)?;
             }
             StepOp::Date { slot, out } => {
-                piece.cols[*out] = Some(transform::date_of(piece.cols[*slot].as_ref().expect("set")));
+                piece.cols[*out] =
+                    Some(transform::date_of(piece.cols[*slot].as_ref().expect("set")));
             }
-            StepOp::Hash { slot, out, algorithm, key } => {
-                piece.cols[*out] = Some(transform::hash(piece.cols[*slot].as_ref().expect("set"), *algorithm, key));
+            StepOp::Hash {
+                slot,
+                out,
+                algorithm,
+                key,
+            } => {
+                piece.cols[*out] = Some(transform::hash(
+                    piece.cols[*slot].as_ref().expect("set"),
+                    *algorithm,
+                    key,
+                ));
             }
-            StepOp::Ipv4 { slot, out, keep, on_error, bucket, column } => {
-                let (a, f) = transform::ipv4_truncate(piece.cols[*slot].as_ref().expect("set"), *keep);
+            StepOp::Ipv4 {
+                slot,
+                out,
+                keep,
+                on_error,
+                bucket,
+                column,
+            } => {
+                let (a, f) =
+                    transform::ipv4_truncate(piece.cols[*slot].as_ref().expect("set"), *keep);
                 piece.cols[*out] = Some(a);
                 piece.fail(f, *on_error, bucket, column)?;
             }
-            StepOp::Lookup { slot, out, table, on_missing, bucket, column } => {
-                let (a, f) = transform::lookup(piece.cols[*slot].as_ref().expect("set"), table, *on_missing);
+            StepOp::Lookup {
+                slot,
+                out,
+                table,
+                on_missing,
+                bucket,
+                column,
+            } => {
+                let (a, f) =
+                    transform::lookup(piece.cols[*slot].as_ref().expect("set"), table, *on_missing);
                 piece.cols[*out] = Some(a);
                 if *on_missing == OnMissing::Reject {
                     piece.fail(f, OnError::Reject, bucket, column)?;
                 }
             }
-            StepOp::Cast { slot, out, to, on_error, bucket, column } => {
+            StepOp::Cast {
+                slot,
+                out,
+                to,
+                on_error,
+                bucket,
+                column,
+            } => {
                 let src = piece.cols[*slot].as_ref().expect("set");
                 let (a, f) = if src.data_type() == &DataType::Utf8 {
                     transform::cast_strings(src, *to)
                 } else {
-                    transform::cast_other(src, *to).map_err(|e| WorkerError::Step { step: "cast".into(), detail: e })?
+                    transform::cast_other(src, *to).map_err(|e| WorkerError::Step {
+                        step: "cast".into(),
+                        detail: e,
+                    })?
                 };
                 piece.cols[*out] = Some(a);
                 piece.fail(f, *on_error, bucket, column)?;
             }
         }
     }
-    let _ = str_col;
     Ok(())
 }
 
@@ -1004,7 +1228,11 @@ const BLOCK: usize = 16 << 20;
 
 impl Default for KeySet {
     fn default() -> Self {
-        KeySet { blocks: vec![Vec::with_capacity(BLOCK)], table: hashbrown::HashTable::new(), hasher: Default::default() }
+        KeySet {
+            blocks: vec![Vec::with_capacity(BLOCK)],
+            table: hashbrown::HashTable::new(),
+            hasher: Default::default(),
+        }
     }
 }
 
@@ -1017,7 +1245,11 @@ impl KeySet {
     pub fn insert(&mut self, key: &[u8]) -> bool {
         use std::hash::BuildHasher;
         let h = self.hasher.hash_one(key);
-        if self.table.find(h, |&e| key_at(&self.blocks, e) == key).is_some() {
+        if self
+            .table
+            .find(h, |&e| key_at(&self.blocks, e) == key)
+            .is_some()
+        {
             return false;
         }
         let entry = if key.len() >= BLOCK {
@@ -1026,7 +1258,11 @@ impl KeySet {
             self.blocks.push(Vec::new());
             ((self.blocks.len() - 2) as u32, 0, key.len() as u32)
         } else {
-            if self.blocks.last().is_some_and(|b| b.len() + key.len() > BLOCK) {
+            if self
+                .blocks
+                .last()
+                .is_some_and(|b| b.len() + key.len() > BLOCK)
+            {
                 self.blocks.push(Vec::with_capacity(BLOCK));
             }
             let b = self.blocks.last_mut().expect("one block");
@@ -1035,7 +1271,8 @@ impl KeySet {
             ((self.blocks.len() - 1) as u32, pos as u32, key.len() as u32)
         };
         let (blocks, hasher) = (&self.blocks, &self.hasher);
-        self.table.insert_unique(h, entry, |&e| hasher.hash_one(key_at(blocks, e)));
+        self.table
+            .insert_unique(h, entry, |&e| hasher.hash_one(key_at(blocks, e)));
         true
     }
 
@@ -1071,7 +1308,10 @@ fn key_bytes(cols: &[&ArrayRef], row: usize, out: &mut Vec<u8>) {
 }
 
 fn dedupe(piece: &mut Piece, slots: &[usize], seen: &mut KeySet) -> Result<(), WorkerError> {
-    let cols: Vec<&ArrayRef> = slots.iter().map(|s| piece.cols[*s].as_ref().expect("set")).collect();
+    let cols: Vec<&ArrayRef> = slots
+        .iter()
+        .map(|s| piece.cols[*s].as_ref().expect("set"))
+        .collect();
     let mut buf = Vec::new();
     let mut keep = Vec::with_capacity(piece.rows.len());
     for i in 0..piece.rows.len() {
@@ -1112,7 +1352,9 @@ fn partition_value(col: &ArrayRef, i: usize) -> String {
     }
     match col.data_type() {
         DataType::Utf8 => escape_partition(col.as_string::<i32>().value(i)),
-        _ => escape_partition(&arrow::util::display::array_value_to_string(col, i).unwrap_or_default()),
+        _ => escape_partition(
+            &arrow::util::display::array_value_to_string(col, i).unwrap_or_default(),
+        ),
     }
 }
 
@@ -1155,7 +1397,9 @@ impl Writers {
     pub fn new(plan: &Plan, scratch: &Path, prefix: &str, shard_id: &str) -> Writers {
         let o = &plan.output;
         let compression = match o.codec {
-            Codec::Zstd => PqCompression::ZSTD(ZstdLevel::try_new(o.level).expect("validated level")),
+            Codec::Zstd => {
+                PqCompression::ZSTD(ZstdLevel::try_new(o.level).expect("validated level"))
+            }
             Codec::Snappy => PqCompression::SNAPPY,
             Codec::None => PqCompression::UNCOMPRESSED,
         };
@@ -1177,13 +1421,21 @@ impl Writers {
         }
     }
 
-    fn write(&mut self, dir: &str, values: &[(String, String)], batch: &RecordBatch) -> Result<(), WorkerError> {
-        let pw = self.parts.entry(dir.to_string()).or_insert_with(|| PartitionWriter {
-            values: values.to_vec(),
-            dir: dir.to_string(),
-            seq: 0,
-            open: None,
-        });
+    fn write(
+        &mut self,
+        dir: &str,
+        values: &[(String, String)],
+        batch: &RecordBatch,
+    ) -> Result<(), WorkerError> {
+        let pw = self
+            .parts
+            .entry(dir.to_string())
+            .or_insert_with(|| PartitionWriter {
+                values: values.to_vec(),
+                dir: dir.to_string(),
+                seq: 0,
+                open: None,
+            });
         if pw.open.is_none() {
             let name = format!("part-{}-{:05}.parquet", self.shard_id, pw.seq);
             let key = [self.prefix.as_str(), pw.dir.as_str(), name.as_str()]
@@ -1193,17 +1445,31 @@ impl Writers {
                 .collect::<Vec<_>>()
                 .join("/");
             self.opened += 1;
-            let local = unique_path(self.scratch.join(format!("{}-{:06}.parquet", self.shard_id, self.opened)));
+            let local = unique_path(
+                self.scratch
+                    .join(format!("{}-{:06}.parquet", self.shard_id, self.opened)),
+            );
             let f = File::create(&local).map_err(|e| WorkerError::write(&local, e))?;
-            let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, f), self.schema.clone(), Some(self.props.clone()))
-                .map_err(WorkerError::parquet)?;
-            pw.open = Some(OpenFile { writer, local, key, rows: 0 });
+            let writer = ArrowWriter::try_new(
+                BufWriter::with_capacity(1 << 20, f),
+                self.schema.clone(),
+                Some(self.props.clone()),
+            )
+            .map_err(WorkerError::parquet)?;
+            pw.open = Some(OpenFile {
+                writer,
+                local,
+                key,
+                rows: 0,
+            });
             pw.seq += 1;
         }
         let of = pw.open.as_mut().expect("opened above");
         of.writer.write(batch).map_err(WorkerError::parquet)?;
         of.rows += batch.num_rows() as u64;
-        if of.writer.bytes_written() as u64 + of.writer.in_progress_size() as u64 >= self.target_bytes {
+        if of.writer.bytes_written() as u64 + of.writer.in_progress_size() as u64
+            >= self.target_bytes
+        {
             let of = pw.open.take().expect("open");
             self.done.push(close(of, &pw.values)?);
         }
@@ -1213,7 +1479,12 @@ impl Writers {
     /// Flushes the biggest row groups in progress while their total is over budget.
     fn enforce_budget(&mut self) -> Result<(), WorkerError> {
         loop {
-            let total: usize = self.parts.values().filter_map(|p| p.open.as_ref()).map(|o| o.writer.in_progress_size()).sum();
+            let total: usize = self
+                .parts
+                .values()
+                .filter_map(|p| p.open.as_ref())
+                .map(|o| o.writer.in_progress_size())
+                .sum();
             if total <= WRITER_BUDGET {
                 return Ok(());
             }
@@ -1254,26 +1525,48 @@ fn unique_path(p: PathBuf) -> PathBuf {
 fn close(of: OpenFile, values: &[(String, String)]) -> Result<WrittenFile, WorkerError> {
     let mut w = of.writer.into_inner().map_err(WorkerError::parquet)?;
     w.flush().map_err(|e| WorkerError::write(&of.local, e))?;
-    Ok(WrittenFile { key: of.key, partition: values.to_vec(), rows: of.rows, local: of.local })
+    Ok(WrittenFile {
+        key: of.key,
+        partition: values.to_vec(),
+        rows: of.rows,
+        local: of.local,
+    })
 }
 
 /// Projects a piece to the output columns and splits it by partition, in row order.
-fn partition_piece(plan: &Plan, piece: &Piece) -> Result<Vec<(String, Vec<(String, String)>, RecordBatch)>, WorkerError> {
+fn partition_piece(plan: &Plan, piece: &Piece) -> Result<Vec<PartBatch>, WorkerError> {
     if piece.rows.is_empty() {
         return Ok(Vec::new());
     }
-    let cols: Vec<ArrayRef> = plan.output_slots.iter().map(|s| piece.cols[*s].clone().expect("set")).collect();
-    let batch = RecordBatch::try_new(plan.output_schema.clone(), cols).map_err(WorkerError::arrow)?;
+    let cols: Vec<ArrayRef> = plan
+        .output_slots
+        .iter()
+        .map(|s| piece.cols[*s].clone().expect("set"))
+        .collect();
+    let batch =
+        RecordBatch::try_new(plan.output_schema.clone(), cols).map_err(WorkerError::arrow)?;
     if plan.partition_slots.is_empty() {
         return Ok(vec![(String::new(), Vec::new(), batch)]);
     }
-    let pcols: Vec<&ArrayRef> = plan.partition_slots.iter().map(|s| piece.cols[*s].as_ref().expect("set")).collect();
-    let mut groups: Vec<(String, Vec<(String, String)>, Vec<u32>)> = Vec::new();
+    let pcols: Vec<&ArrayRef> = plan
+        .partition_slots
+        .iter()
+        .map(|s| piece.cols[*s].as_ref().expect("set"))
+        .collect();
+    let mut groups: Vec<(String, PartitionValues, Vec<u32>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for i in 0..piece.rows.len() {
-        let values: Vec<(String, String)> =
-            plan.partition_names.iter().zip(&pcols).map(|(n, c)| (n.clone(), partition_value(c, i))).collect();
-        let dir = values.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("/");
+        let values: Vec<(String, String)> = plan
+            .partition_names
+            .iter()
+            .zip(&pcols)
+            .map(|(n, c)| (n.clone(), partition_value(c, i)))
+            .collect();
+        let dir = values
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("/");
         let g = *index.entry(dir.clone()).or_insert_with(|| {
             groups.push((dir, values, Vec::new()));
             groups.len() - 1
@@ -1284,7 +1577,8 @@ fn partition_piece(plan: &Plan, piece: &Piece) -> Result<Vec<(String, Vec<(Strin
         .into_iter()
         .map(|(dir, values, idx)| {
             let idx = arrow::array::UInt32Array::from(idx);
-            let taken = arrow::compute::take_record_batch(&batch, &idx).map_err(WorkerError::arrow)?;
+            let taken =
+                arrow::compute::take_record_batch(&batch, &idx).map_err(WorkerError::arrow)?;
             Ok((dir, values, taken))
         })
         .collect()
@@ -1303,7 +1597,9 @@ fn b64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -1317,7 +1613,11 @@ fn b64(data: &[u8]) -> String {
 
 impl Quarantine {
     pub fn new(local: PathBuf) -> Self {
-        Quarantine { out: None, local, rows: 0 }
+        Quarantine {
+            out: None,
+            local,
+            rows: 0,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1351,8 +1651,10 @@ impl Quarantine {
             rec.insert("raw_truncated_from_bytes".into(), len.into());
         }
         let out = self.out.as_mut().expect("opened");
-        serde_json::to_writer(&mut *out, &rec).map_err(|e| WorkerError::write(&self.local, e.into()))?;
-        out.write_all(b"\n").map_err(|e| WorkerError::write(&self.local, e))?;
+        serde_json::to_writer(&mut *out, &rec)
+            .map_err(|e| WorkerError::write(&self.local, e.into()))?;
+        out.write_all(b"\n")
+            .map_err(|e| WorkerError::write(&self.local, e))?;
         self.rows += 1;
         Ok(())
     }
@@ -1395,7 +1697,10 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
         )?;
     }
     let n = chunk.spans.len();
-    let ranges: Vec<std::ops::Range<usize>> = (0..n).step_by(PIECE_ROWS).map(|s| s..(s + PIECE_ROWS).min(n)).collect();
+    let ranges: Vec<std::ops::Range<usize>> = (0..n)
+        .step_by(PIECE_ROWS)
+        .map(|s| s..(s + PIECE_ROWS).min(n))
+        .collect();
     let split = plan.dedupe_at.unwrap_or(plan.steps.len());
     let mut pieces: Vec<Piece> = ranges
         .into_par_iter()
@@ -1406,13 +1711,19 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
         })
         .collect::<Result<_, WorkerError>>()?;
     if let Some(d) = plan.dedupe_at {
-        let StepOp::Dedupe { slots } = &plan.steps[d] else { unreachable!("dedupe_at points at a dedupe") };
+        let StepOp::Dedupe { slots } = &plan.steps[d] else {
+            unreachable!("dedupe_at points at a dedupe")
+        };
         for p in pieces.iter_mut() {
             dedupe(p, slots, &mut st.seen)?;
         }
     }
-    let after = if plan.dedupe_at.is_some() { split + 1 } else { split };
-    let parted: Vec<Vec<(String, Vec<(String, String)>, RecordBatch)>> = pieces
+    let after = if plan.dedupe_at.is_some() {
+        split + 1
+    } else {
+        split
+    };
+    let parted: Vec<Vec<PartBatch>> = pieces
         .par_iter_mut()
         .map(|p| {
             run_steps(plan, p, after..plan.steps.len())?;
@@ -1426,19 +1737,32 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
         let i = item.record as usize;
         let raw = &chunk.buf[chunk.spans[i].0..chunk.spans[i].1];
         let line = chunk.first_line.map(|f| f + i as u64);
-        st.quarantine.record(&chunk.object, chunk.offsets[i], line, &item.bucket, &item.reason, raw, None)?;
+        st.quarantine.record(
+            &chunk.object,
+            chunk.offsets[i],
+            line,
+            &item.bucket,
+            &item.reason,
+            raw,
+            None,
+        )?;
     }
     for p in &mut pieces {
         p.counts.rows_out = p.rows.len() as u64;
         st.counts.add(&p.counts);
     }
     // Merge each partition's batches of this chunk, then write.
-    let mut by_dir: BTreeMap<String, (Vec<(String, String)>, Vec<RecordBatch>)> = BTreeMap::new();
+    let mut by_dir: BTreeMap<String, (PartitionValues, Vec<RecordBatch>)> = BTreeMap::new();
     for (dir, values, batch) in parted.into_iter().flatten() {
-        by_dir.entry(dir).or_insert_with(|| (values, Vec::new())).1.push(batch);
+        by_dir
+            .entry(dir)
+            .or_insert_with(|| (values, Vec::new()))
+            .1
+            .push(batch);
     }
     for (dir, (values, batches)) in by_dir {
-        let merged = arrow::compute::concat_batches(&plan.output_schema, &batches).map_err(WorkerError::arrow)?;
+        let merged = arrow::compute::concat_batches(&plan.output_schema, &batches)
+            .map_err(WorkerError::arrow)?;
         st.writers.write(&dir, &values, &merged)?;
     }
     st.writers.enforce_budget()
@@ -1456,15 +1780,28 @@ pub fn process_parquet_input(
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let key = &input.object.key;
     let mut bytes = Vec::new();
-    store.open_read(key, None).map_err(WorkerError::Backend)?.read_to_end(&mut bytes).map_err(|e| WorkerError::read(key, e))?;
+    store
+        .open_read(key, None)
+        .map_err(WorkerError::Backend)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| WorkerError::read(key, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-        .map_err(|e| WorkerError::Corrupt { key: key.clone(), detail: format!("not a Parquet file: {e}") })?
+        .map_err(|e| WorkerError::Corrupt {
+            key: key.clone(),
+            detail: format!("not a Parquet file: {e}"),
+        })?
         .with_batch_size(PIECE_ROWS)
         .build()
-        .map_err(|e| WorkerError::Corrupt { key: key.clone(), detail: e.to_string() })?;
+        .map_err(|e| WorkerError::Corrupt {
+            key: key.clone(),
+            detail: e.to_string(),
+        })?;
     let mut row0 = 0u64;
     for rb in reader {
-        let rb = rb.map_err(|e| WorkerError::Corrupt { key: key.clone(), detail: e.to_string() })?;
+        let rb = rb.map_err(|e| WorkerError::Corrupt {
+            key: key.clone(),
+            detail: e.to_string(),
+        })?;
         // Render each row as JSON so that the row path (and quarantine) is the same as NDJSON's.
         let mut buf = Vec::new();
         {

@@ -58,14 +58,23 @@ impl WorkerError {
     pub fn read(key: &str, source: std::io::Error) -> Self {
         // Decoders report corrupt input as InvalidData / InvalidInput / UnexpectedEof.
         match source.kind() {
-            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput | std::io::ErrorKind::UnexpectedEof => {
-                WorkerError::Corrupt { key: key.into(), detail: format!("corrupt or truncated compressed data: {source}") }
-            }
-            _ => WorkerError::Read { key: key.into(), source },
+            std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::InvalidInput
+            | std::io::ErrorKind::UnexpectedEof => WorkerError::Corrupt {
+                key: key.into(),
+                detail: format!("corrupt or truncated compressed data: {source}"),
+            },
+            _ => WorkerError::Read {
+                key: key.into(),
+                source,
+            },
         }
     }
     pub fn write(path: &Path, source: std::io::Error) -> Self {
-        WorkerError::Write { path: path.display().to_string(), source }
+        WorkerError::Write {
+            path: path.display().to_string(),
+            source,
+        }
     }
     pub fn parquet(e: parquet::errors::ParquetError) -> Self {
         WorkerError::Parquet(e.to_string())
@@ -107,10 +116,16 @@ pub fn run_shard_blocking(
         counts: Counts::default(),
         seen: Default::default(),
         writers: engine::Writers::new(plan, scratch, output_prefix, &shard.shard_id),
-        quarantine: engine::Quarantine::new(scratch.join(format!("{}.quarantine.ndjson", shard.shard_id))),
+        quarantine: engine::Quarantine::new(
+            scratch.join(format!("{}.quarantine.ndjson", shard.shard_id)),
+        ),
     };
     for (is_reject, b) in &plan.buckets {
-        let m = if *is_reject { &mut st.counts.rejected } else { &mut st.counts.filtered };
+        let m = if *is_reject {
+            &mut st.counts.rejected
+        } else {
+            &mut st.counts.filtered
+        };
         m.entry(b.clone()).or_default();
     }
     for input in &shard.inputs {
@@ -119,7 +134,13 @@ pub fn run_shard_blocking(
             continue;
         }
         let header = if plan.format == Format::Csv && src.csv.header {
-            Some(Arc::new(engine::read_csv_header(&*source, &input.object.key, src.compression, plan.csv_delimiter, plan.csv_quote)?))
+            Some(Arc::new(engine::read_csv_header(
+                &*source,
+                &input.object.key,
+                src.compression,
+                plan.csv_delimiter,
+                plan.csv_quote,
+            )?))
         } else if plan.format == Format::Csv {
             Some(Arc::new(plan.declared_paths.clone()))
         } else {
@@ -129,17 +150,34 @@ pub fn run_shard_blocking(
         let (tx, rx) = std::sync::mpsc::sync_channel::<engine::Chunk>(2);
         let reader_source = source.clone();
         let reader_input = input.clone();
-        let (compression, max_line, format) = (src.compression, src.max_line_bytes.get(), plan.format);
+        let (compression, max_line, format) =
+            (src.compression, src.max_line_bytes.get(), plan.format);
         let reader = std::thread::Builder::new()
             .name("shard-reader".into())
             .spawn(move || {
                 let mut send = |c: engine::Chunk| tx.send(c).is_ok();
                 match format {
-                    Format::JsonArray => engine::read_json_array(&*reader_source, &reader_input, compression, &mut send),
-                    _ => engine::read_lines(&*reader_source, &reader_input, compression, max_line, header, skip_header, &mut send),
+                    Format::JsonArray => engine::read_json_array(
+                        &*reader_source,
+                        &reader_input,
+                        compression,
+                        &mut send,
+                    ),
+                    _ => engine::read_lines(
+                        &*reader_source,
+                        &reader_input,
+                        compression,
+                        max_line,
+                        header,
+                        skip_header,
+                        &mut send,
+                    ),
                 }
             })
-            .map_err(|e| WorkerError::Read { key: input.object.key.clone(), source: e })?;
+            .map_err(|e| WorkerError::Read {
+                key: input.object.key.clone(),
+                source: e,
+            })?;
         let mut failed = None;
         for chunk in rx.iter() {
             if let Err(e) = engine::process_chunk(plan, &chunk, &mut st) {
@@ -148,14 +186,21 @@ pub fn run_shard_blocking(
             }
         }
         drop(rx);
-        let read_result = reader.join().map_err(|_| WorkerError::Corrupt { key: input.object.key.clone(), detail: "reader thread panicked".into() })?;
+        let read_result = reader.join().map_err(|_| WorkerError::Corrupt {
+            key: input.object.key.clone(),
+            detail: "reader thread panicked".into(),
+        })?;
         if let Some(e) = failed {
             return Err(e);
         }
         read_result?;
     }
     debug_assert!(st.counts.reconciles(), "{:?}", st.counts);
-    Ok(ShardOutput { files: st.writers.finish()?, quarantine: st.quarantine.finish()?, counts: st.counts })
+    Ok(ShardOutput {
+        files: st.writers.finish()?,
+        quarantine: st.quarantine.finish()?,
+        counts: st.counts,
+    })
 }
 
 /// A task end to end: engine on the CPU pool, uploads, then the manifest (the last write: its
@@ -167,24 +212,43 @@ pub async fn execute_task(
     state_files: Arc<dyn ObjectStore>,
     scratch: &Path,
 ) -> Result<ShardManifest, WorkerError> {
-    let pipeline = config::parse(&task.pipeline.toml, &task.pipeline.name, PathBuf::from(&task.pipeline.base_dir))
-        .map_err(|e| WorkerError::Config(e.to_string()))?;
+    let pipeline = config::parse(
+        &task.pipeline.toml,
+        &task.pipeline.name,
+        PathBuf::from(&task.pipeline.base_dir),
+    )
+    .map_err(|e| WorkerError::Config(e.to_string()))?;
     let plan = Arc::new(Plan::build(&pipeline)?);
     let scratch = scratch.join(format!("{}-{}", task.run_id, task.shard.shard_id));
     let shard = task.shard.clone();
     let prefix = task.output_prefix.clone();
     let (p2, s2) = (plan.clone(), scratch.clone());
-    let out = bridge::run_cpu(move || run_shard_blocking(&p2, &pipeline, source, &shard, &prefix, &s2)).await??;
+    let out =
+        bridge::run_cpu(move || run_shard_blocking(&p2, &pipeline, source, &shard, &prefix, &s2))
+            .await??;
     let mut outputs = Vec::with_capacity(out.files.len());
     for f in &out.files {
         let bytes = output.put_file(&f.key, &f.local).await?;
-        outputs.push(OutputFile { key: f.key.clone(), partition: f.partition.clone(), rows: f.rows, bytes });
+        outputs.push(OutputFile {
+            key: f.key.clone(),
+            partition: f.partition.clone(),
+            rows: f.rows,
+            bytes,
+        });
     }
     let mut quarantine = Vec::new();
     if let Some((local, rows)) = &out.quarantine {
-        let key = format!("{}/{}.ndjson", task.quarantine_prefix.trim_end_matches('/'), task.shard.shard_id);
+        let key = format!(
+            "{}/{}.ndjson",
+            task.quarantine_prefix.trim_end_matches('/'),
+            task.shard.shard_id
+        );
         let bytes = state_files.put_file(&key, local).await?;
-        quarantine.push(QuarantineFile { key, rows: *rows, bytes });
+        quarantine.push(QuarantineFile {
+            key,
+            rows: *rows,
+            bytes,
+        });
     }
     let _ = std::fs::remove_dir_all(&scratch);
     let manifest = ShardManifest {
@@ -198,6 +262,8 @@ pub async fn execute_task(
         counts: out.counts,
         schema_digest: plan.schema_digest(),
     };
-    state_files.put(&task.manifest_key, manifest.to_json().into_bytes()).await?;
+    state_files
+        .put(&task.manifest_key, manifest.to_json().into_bytes())
+        .await?;
     Ok(manifest)
 }

@@ -50,26 +50,49 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Process { pipeline, input, output, quarantine, threads } => {
+        Command::Process {
+            pipeline,
+            input,
+            output,
+            quarantine,
+            threads,
+        } => {
             if let Some(n) = threads {
-                rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("configuring threads")?;
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build_global()
+                    .context("configuring threads")?;
             }
             let p = worker::config::load_file(&pipeline)?;
             let plan = worker::plan::Plan::build(&p)?;
-            let meta = std::fs::metadata(&input).with_context(|| format!("source {}", input.display()))?;
+            let meta =
+                std::fs::metadata(&input).with_context(|| format!("source {}", input.display()))?;
             if !meta.is_file() {
                 bail!("source {} is not a file", input.display());
             }
             if output.exists() && std::fs::read_dir(&output)?.next().is_some() {
                 bail!("output folder {} exists and is not empty", output.display());
             }
-            let dir = input.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-            let name = input.file_name().context("input has no file name")?.to_string_lossy().into_owned();
+            let dir = input
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            let name = input
+                .file_name()
+                .context("input has no file name")?
+                .to_string_lossy()
+                .into_owned();
             let source: Arc<dyn ObjectStore> = Arc::new(LocalStore::open_existing(&dir)?);
             let shard = ShardDescriptor {
                 shard_id: "s00000".into(),
                 index: 0,
-                inputs: vec![ShardInput { object: ObjectRef { key: name, size: meta.len() }, range: None }],
+                inputs: vec![ShardInput {
+                    object: ObjectRef {
+                        key: name,
+                        size: meta.len(),
+                    },
+                    range: None,
+                }],
             };
             std::fs::create_dir_all(&output)?;
             let scratch = output.join(".tributary-scratch");
@@ -82,13 +105,17 @@ fn run() -> anyhow::Result<()> {
             }
             if let Some((q, _)) = &out.quarantine {
                 let dst = quarantine.unwrap_or_else(|| output.with_extension("quarantine.ndjson"));
-                std::fs::copy(q, &dst).with_context(|| format!("writing quarantine {}", dst.display()))?;
+                std::fs::copy(q, &dst)
+                    .with_context(|| format!("writing quarantine {}", dst.display()))?;
             }
             std::fs::remove_dir_all(&scratch).ok();
             let mut stats = out.counts.to_flat_json();
             stats.insert("peer".into(), "tributary".into());
             stats.insert("files".into(), out.files.len().into());
-            stats.insert("total_s".into(), serde_json::json!(started.elapsed().as_secs_f64()));
+            stats.insert(
+                "total_s".into(),
+                serde_json::json!(started.elapsed().as_secs_f64()),
+            );
             println!("STATS {}", serde_json::Value::Object(stats));
         }
     }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Field, SchemaRef};
 
+use crate::WorkerError;
 use crate::config::{
     ColumnType, Condition, Format, HashAlgorithm, OnError, OnMissing, OutputSection, Pipeline, Step,
 };
 use crate::engine::{JsonTree, arrow_type, schema_of};
 use crate::transform::TimestampFormat;
-use crate::WorkerError;
 
 #[derive(Debug)]
 pub enum CondKind {
@@ -26,7 +26,13 @@ pub enum CondKind {
 impl CondKind {
     pub fn matches(&self, v: &str) -> bool {
         match self {
-            CondKind::Equals(s, ci) => if *ci { v.eq_ignore_ascii_case(s) } else { v == s },
+            CondKind::Equals(s, ci) => {
+                if *ci {
+                    v.eq_ignore_ascii_case(s)
+                } else {
+                    v == s
+                }
+            }
             CondKind::Contains(s, false) => v.contains(s.as_str()),
             CondKind::Contains(s, true) => {
                 // ASCII case-insensitive substring search without allocating.
@@ -46,18 +52,71 @@ pub struct Cond {
 
 #[derive(Debug)]
 pub enum StepOp {
-    Filter { conds: Vec<Cond>, bucket: String },
-    Dedupe { slots: Vec<usize> },
-    Trim { slots: Vec<usize>, chars: Option<String> },
-    Upper { slots: Vec<usize> },
-    Lower { slots: Vec<usize> },
-    Regex { slot: usize, out: usize, re: regex::Regex, replacement: String },
-    ParseTs { slot: usize, out: usize, format: TimestampFormat, on_error: OnError, bucket: String, column: String },
-    Date { slot: usize, out: usize },
-    Hash { slot: usize, out: usize, algorithm: HashAlgorithm, key: Vec<u8> },
-    Ipv4 { slot: usize, out: usize, keep: u8, on_error: OnError, bucket: String, column: String },
-    Lookup { slot: usize, out: usize, table: HashMap<String, String>, on_missing: OnMissing, bucket: String, column: String },
-    Cast { slot: usize, out: usize, to: ColumnType, on_error: OnError, bucket: String, column: String },
+    Filter {
+        conds: Vec<Cond>,
+        bucket: String,
+    },
+    Dedupe {
+        slots: Vec<usize>,
+    },
+    Trim {
+        slots: Vec<usize>,
+        chars: Option<String>,
+    },
+    Upper {
+        slots: Vec<usize>,
+    },
+    Lower {
+        slots: Vec<usize>,
+    },
+    Regex {
+        slot: usize,
+        out: usize,
+        re: regex::Regex,
+        replacement: String,
+    },
+    ParseTs {
+        slot: usize,
+        out: usize,
+        format: TimestampFormat,
+        on_error: OnError,
+        bucket: String,
+        column: String,
+    },
+    Date {
+        slot: usize,
+        out: usize,
+    },
+    Hash {
+        slot: usize,
+        out: usize,
+        algorithm: HashAlgorithm,
+        key: Vec<u8>,
+    },
+    Ipv4 {
+        slot: usize,
+        out: usize,
+        keep: u8,
+        on_error: OnError,
+        bucket: String,
+        column: String,
+    },
+    Lookup {
+        slot: usize,
+        out: usize,
+        table: HashMap<String, String>,
+        on_missing: OnMissing,
+        bucket: String,
+        column: String,
+    },
+    Cast {
+        slot: usize,
+        out: usize,
+        to: ColumnType,
+        on_error: OnError,
+        bucket: String,
+        column: String,
+    },
 }
 
 #[derive(Debug)]
@@ -92,7 +151,9 @@ impl Plan {
 
     pub fn build(p: &Pipeline) -> Result<Plan, WorkerError> {
         let f = &p.file;
-        let err = |step: usize, op: &str, detail: String| WorkerError::Config(format!("{}: steps[{step}] ({op}): {detail}", p.path));
+        let err = |step: usize, op: &str, detail: String| {
+            WorkerError::Config(format!("{}: steps[{step}] ({op}): {detail}", p.path))
+        };
         let mut slot_types: Vec<ColumnType> = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut declared = Vec::new();
@@ -103,12 +164,25 @@ impl Plan {
             declared.push((c.name.clone(), c.ty, c.required));
             paths.push(c.path().to_string());
         }
-        let json_tree = JsonTree::build(&paths.iter().cloned().enumerate().map(|(i, p)| (p, i)).collect::<Vec<_>>());
+        let json_tree = JsonTree::build(
+            &paths
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, p)| (p, i))
+                .collect::<Vec<_>>(),
+        );
         let mut steps = Vec::new();
         let mut dedupe_at = None;
         let mut buckets = Vec::new();
-        let slot = |names: &HashMap<String, usize>, n: &str| *names.get(n).expect("validated column");
-        fn new_slot(names: &mut HashMap<String, usize>, types: &mut Vec<ColumnType>, name: &str, ty: ColumnType) -> usize {
+        let slot =
+            |names: &HashMap<String, usize>, n: &str| *names.get(n).expect("validated column");
+        fn new_slot(
+            names: &mut HashMap<String, usize>,
+            types: &mut Vec<ColumnType>,
+            name: &str,
+            ty: ColumnType,
+        ) -> usize {
             names.insert(name.to_string(), types.len());
             types.push(ty);
             types.len() - 1
@@ -130,27 +204,63 @@ impl Plan {
                             },
                         })
                         .collect();
-                    StepOp::Filter { conds, bucket: s.bucket.clone() }
+                    StepOp::Filter {
+                        conds,
+                        bucket: s.bucket.clone(),
+                    }
                 }
                 Step::Dedupe(s) => {
                     dedupe_at = Some(i);
-                    StepOp::Dedupe { slots: s.keys.iter().map(|k| slot(&names, k)).collect() }
+                    StepOp::Dedupe {
+                        slots: s.keys.iter().map(|k| slot(&names, k)).collect(),
+                    }
                 }
-                Step::Trim(s) => StepOp::Trim { slots: s.columns.iter().map(|c| slot(&names, c)).collect(), chars: s.chars.clone() },
-                Step::Upper(s) => StepOp::Upper { slots: s.columns.iter().map(|c| slot(&names, c)).collect() },
-                Step::Lower(s) => StepOp::Lower { slots: s.columns.iter().map(|c| slot(&names, c)).collect() },
+                Step::Trim(s) => StepOp::Trim {
+                    slots: s.columns.iter().map(|c| slot(&names, c)).collect(),
+                    chars: s.chars.clone(),
+                },
+                Step::Upper(s) => StepOp::Upper {
+                    slots: s.columns.iter().map(|c| slot(&names, c)).collect(),
+                },
+                Step::Lower(s) => StepOp::Lower {
+                    slots: s.columns.iter().map(|c| slot(&names, c)).collect(),
+                },
                 Step::RegexReplace(s) => {
                     let src = slot(&names, &s.column);
-                    let re = regex::Regex::new(&s.pattern).map_err(|e| err(i, "regex_replace", e.to_string()))?;
-                    let out = new_slot(&mut names, &mut slot_types, s.output.as_ref().unwrap_or(&s.column), ColumnType::String);
-                    StepOp::Regex { slot: src, out, re, replacement: s.replacement.clone() }
+                    let re = regex::Regex::new(&s.pattern)
+                        .map_err(|e| err(i, "regex_replace", e.to_string()))?;
+                    let out = new_slot(
+                        &mut names,
+                        &mut slot_types,
+                        s.output.as_ref().unwrap_or(&s.column),
+                        ColumnType::String,
+                    );
+                    StepOp::Regex {
+                        slot: src,
+                        out,
+                        re,
+                        replacement: s.replacement.clone(),
+                    }
                 }
                 Step::ParseTimestamp(s) => {
                     buckets.push((true, s.bucket.clone()));
                     let src = slot(&names, &s.column);
-                    let format = TimestampFormat::new(&s.format).map_err(|e| err(i, "parse_timestamp", e))?;
-                    let out = new_slot(&mut names, &mut slot_types, s.output.as_ref().unwrap_or(&s.column), ColumnType::Timestamp);
-                    StepOp::ParseTs { slot: src, out, format, on_error: s.on_error, bucket: s.bucket.clone(), column: s.column.clone() }
+                    let format = TimestampFormat::new(&s.format)
+                        .map_err(|e| err(i, "parse_timestamp", e))?;
+                    let out = new_slot(
+                        &mut names,
+                        &mut slot_types,
+                        s.output.as_ref().unwrap_or(&s.column),
+                        ColumnType::Timestamp,
+                    );
+                    StepOp::ParseTs {
+                        slot: src,
+                        out,
+                        format,
+                        on_error: s.on_error,
+                        bucket: s.bucket.clone(),
+                        column: s.column.clone(),
+                    }
                 }
                 Step::Date(s) => {
                     let src = slot(&names, &s.column);
@@ -160,12 +270,19 @@ impl Plan {
                 Step::Hash(s) => {
                     let key = match (&s.key_env, &s.key_file) {
                         (Some(var), _) => std::env::var(var)
-                            .map_err(|_| err(i, "hash", format!("environment variable {var} (key_env) is not set")))?
+                            .map_err(|_| {
+                                err(
+                                    i,
+                                    "hash",
+                                    format!("environment variable {var} (key_env) is not set"),
+                                )
+                            })?
                             .into_bytes(),
                         (_, Some(file)) => {
                             let path = p.resolve(file);
-                            let mut k = std::fs::read(&path)
-                                .map_err(|e| err(i, "hash", format!("key_file {}: {e}", path.display())))?;
+                            let mut k = std::fs::read(&path).map_err(|e| {
+                                err(i, "hash", format!("key_file {}: {e}", path.display()))
+                            })?;
                             if k.ends_with(b"\n") {
                                 k.pop();
                                 if k.ends_with(b"\r") {
@@ -180,30 +297,72 @@ impl Plan {
                         return Err(err(i, "hash", "the key is empty".into()));
                     }
                     let src = slot(&names, &s.column);
-                    let out = new_slot(&mut names, &mut slot_types, s.output.as_ref().unwrap_or(&s.column), ColumnType::String);
-                    StepOp::Hash { slot: src, out, algorithm: s.algorithm, key }
+                    let out = new_slot(
+                        &mut names,
+                        &mut slot_types,
+                        s.output.as_ref().unwrap_or(&s.column),
+                        ColumnType::String,
+                    );
+                    StepOp::Hash {
+                        slot: src,
+                        out,
+                        algorithm: s.algorithm,
+                        key,
+                    }
                 }
                 Step::Ipv4Truncate(s) => {
                     buckets.push((true, s.bucket.clone()));
                     let src = slot(&names, &s.column);
-                    let out = new_slot(&mut names, &mut slot_types, s.output.as_ref().unwrap_or(&s.column), ColumnType::String);
-                    StepOp::Ipv4 { slot: src, out, keep: s.keep_octets, on_error: s.on_error, bucket: s.bucket.clone(), column: s.column.clone() }
+                    let out = new_slot(
+                        &mut names,
+                        &mut slot_types,
+                        s.output.as_ref().unwrap_or(&s.column),
+                        ColumnType::String,
+                    );
+                    StepOp::Ipv4 {
+                        slot: src,
+                        out,
+                        keep: s.keep_octets,
+                        on_error: s.on_error,
+                        bucket: s.bucket.clone(),
+                        column: s.column.clone(),
+                    }
                 }
                 Step::Lookup(s) => {
                     if s.on_missing == OnMissing::Reject {
                         buckets.push((true, s.bucket.clone()));
                     }
                     let path = p.resolve(&s.file);
-                    let table = load_reference(&path, &s.key_field, &s.value_field).map_err(|e| err(i, "lookup", e))?;
+                    let table = load_reference(&path, &s.key_field, &s.value_field)
+                        .map_err(|e| err(i, "lookup", e))?;
                     let src = slot(&names, &s.column);
                     let out = new_slot(&mut names, &mut slot_types, &s.output, ColumnType::String);
-                    StepOp::Lookup { slot: src, out, table, on_missing: s.on_missing, bucket: s.bucket.clone(), column: s.column.clone() }
+                    StepOp::Lookup {
+                        slot: src,
+                        out,
+                        table,
+                        on_missing: s.on_missing,
+                        bucket: s.bucket.clone(),
+                        column: s.column.clone(),
+                    }
                 }
                 Step::Cast(s) => {
                     buckets.push((true, s.bucket.clone()));
                     let src = slot(&names, &s.column);
-                    let out = new_slot(&mut names, &mut slot_types, s.output.as_ref().unwrap_or(&s.column), s.to);
-                    StepOp::Cast { slot: src, out, to: s.to, on_error: s.on_error, bucket: s.bucket.clone(), column: s.column.clone() }
+                    let out = new_slot(
+                        &mut names,
+                        &mut slot_types,
+                        s.output.as_ref().unwrap_or(&s.column),
+                        s.to,
+                    );
+                    StepOp::Cast {
+                        slot: src,
+                        out,
+                        to: s.to,
+                        on_error: s.on_error,
+                        bucket: s.bucket.clone(),
+                        column: s.column.clone(),
+                    }
                 }
             };
             steps.push(op);
@@ -216,7 +375,12 @@ impl Plan {
             .zip(&output_slots)
             .map(|(n, s)| Field::new(n, arrow_type(slot_types[*s]), true))
             .collect();
-        let partition_slots = f.output.partition_by.iter().map(|c| slot(&names, c)).collect();
+        let partition_slots = f
+            .output
+            .partition_by
+            .iter()
+            .map(|c| slot(&names, c))
+            .collect();
         Ok(Plan {
             name: p.name().to_string(),
             table: p.table().to_string(),
@@ -253,12 +417,28 @@ impl Plan {
 }
 
 /// Loads a two-column mapping from a CSV reference file with a header.
-fn load_reference(path: &std::path::Path, key: &str, value: &str) -> Result<HashMap<String, String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reference file {}: {e}", path.display()))?;
+fn load_reference(
+    path: &std::path::Path,
+    key: &str,
+    value: &str,
+) -> Result<HashMap<String, String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reference file {}: {e}", path.display()))?;
     let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(',').map(str::trim).collect();
-    let ki = header.iter().position(|h| *h == key).ok_or_else(|| format!("{}: no column {key:?} in the header", path.display()))?;
-    let vi = header.iter().position(|h| *h == value).ok_or_else(|| format!("{}: no column {value:?} in the header", path.display()))?;
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let ki = header
+        .iter()
+        .position(|h| *h == key)
+        .ok_or_else(|| format!("{}: no column {key:?} in the header", path.display()))?;
+    let vi = header
+        .iter()
+        .position(|h| *h == value)
+        .ok_or_else(|| format!("{}: no column {value:?} in the header", path.display()))?;
     let mut map = HashMap::new();
     for (n, line) in lines.enumerate() {
         if line.trim().is_empty() {
@@ -266,7 +446,13 @@ fn load_reference(path: &std::path::Path, key: &str, value: &str) -> Result<Hash
         }
         let fields: Vec<&str> = line.split(',').collect();
         if fields.len() != header.len() {
-            return Err(format!("{} line {}: {} fields, the header has {}", path.display(), n + 2, fields.len(), header.len()));
+            return Err(format!(
+                "{} line {}: {} fields, the header has {}",
+                path.display(),
+                n + 2,
+                fields.len(),
+                header.len()
+            ));
         }
         map.insert(fields[ki].trim().to_string(), fields[vi].trim().to_string());
     }

@@ -68,13 +68,19 @@ impl TimestampFormat {
         if format.eq_ignore_ascii_case("rfc3339") {
             return Ok(TimestampFormat::Rfc3339);
         }
-        if !["%z", "%:z", "%::z", "%#z"].iter().any(|z| format.contains(z)) {
+        if !["%z", "%:z", "%::z", "%#z"]
+            .iter()
+            .any(|z| format.contains(z))
+        {
             return Err(format!(
                 "{format:?} has no UTC offset (%z or %:z); timestamps are converted to UTC from their offset"
             ));
         }
         let items: Vec<_> = chrono::format::StrftimeItems::new(format).collect();
-        if items.iter().any(|i| matches!(i, chrono::format::Item::Error)) {
+        if items
+            .iter()
+            .any(|i| matches!(i, chrono::format::Item::Error))
+        {
             return Err(format!("{format:?} is not a valid chrono format"));
         }
         Ok(TimestampFormat::Chrono(format.to_string()))
@@ -85,10 +91,12 @@ impl TimestampFormat {
     pub fn parse(&self, s: &str) -> Option<i64> {
         match self {
             TimestampFormat::IsoMillisOffset => parse_iso_millis_offset(s.as_bytes()),
-            TimestampFormat::Rfc3339 => {
-                chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros())
-            }
-            TimestampFormat::Chrono(f) => chrono::DateTime::parse_from_str(s, f).ok().map(|t| t.timestamp_micros()),
+            TimestampFormat::Rfc3339 => chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.timestamp_micros()),
+            TimestampFormat::Chrono(f) => chrono::DateTime::parse_from_str(s, f)
+                .ok()
+                .map(|t| t.timestamp_micros()),
         }
     }
 }
@@ -100,7 +108,14 @@ pub fn parse_iso_millis_offset(b: &[u8]) -> Option<i64> {
         return None;
     }
     let sep = |i: usize, c: u8| b[i] == c;
-    if !(sep(4, b'-') && sep(7, b'-') && sep(10, b'T') && sep(13, b':') && sep(16, b':') && sep(19, b'.') && sep(26, b':')) {
+    if !(sep(4, b'-')
+        && sep(7, b'-')
+        && sep(10, b'T')
+        && sep(13, b':')
+        && sep(16, b':')
+        && sep(19, b'.')
+        && sep(26, b':'))
+    {
         return None;
     }
     let y = digits(&b[0..4])? as i64;
@@ -117,11 +132,20 @@ pub fn parse_iso_millis_offset(b: &[u8]) -> Option<i64> {
     };
     let oh = digits(&b[24..26])?;
     let om = digits(&b[27..29])?;
-    if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 59 || oh > 23 || om > 59 {
+    if !(1..=12).contains(&mo)
+        || d == 0
+        || d > days_in_month(y, mo)
+        || h > 23
+        || mi > 59
+        || s > 59
+        || oh > 23
+        || om > 59
+    {
         return None;
     }
     let days = days_from_civil(y, mo, d);
-    let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + s) - sign * i64::from(oh * 3600 + om * 60);
+    let secs =
+        days * 86_400 + i64::from(h * 3600 + mi * 60 + s) - sign * i64::from(oh * 3600 + om * 60);
     Some(secs * 1_000_000 + i64::from(ms) * 1000)
 }
 
@@ -138,7 +162,10 @@ pub fn parse_decimal(s: &str, precision: u8, scale: i8) -> Option<i128> {
         Some(p) => (&rest[..p], &rest[p + 1..]),
         None => (rest, &rest[rest.len()..]),
     };
-    if (int.is_empty() && frac.is_empty()) || !int.iter().chain(frac).all(u8::is_ascii_digit) || int.len() > 38 {
+    if (int.is_empty() && frac.is_empty())
+        || !int.iter().chain(frac).all(u8::is_ascii_digit)
+        || int.len() > 38
+    {
         return None;
     }
     let scale = scale.max(0) as usize;
@@ -206,7 +233,9 @@ fn map_strings(col: &ArrayRef, mut f: impl FnMut(&str, &mut String)) -> ArrayRef
 pub fn trim(col: &ArrayRef, chars: Option<&str>) -> ArrayRef {
     match chars {
         None => map_strings(col, |s, out| out.push_str(s.trim())),
-        Some(cs) => map_strings(col, |s, out| out.push_str(s.trim_matches(|c| cs.contains(c)))),
+        Some(cs) => map_strings(col, |s, out| {
+            out.push_str(s.trim_matches(|c| cs.contains(c)))
+        }),
     }
 }
 
@@ -259,7 +288,8 @@ pub fn hash(col: &ArrayRef, algorithm: crate::config::HashAlgorithm, key: &[u8])
             })
         }
         HmacSha256 => {
-            let base = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+            let base = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
+                .expect("HMAC takes keys of any length");
             map_strings(col, |s, out| {
                 let mut m = base.clone();
                 m.update(s.as_bytes());
@@ -281,7 +311,12 @@ pub fn ipv4_truncate(col: &ArrayRef, keep: u8) -> (ArrayRef, Failures) {
         };
         let parts: Vec<&str> = s.split('.').collect();
         let ok = parts.len() == 4
-            && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n <= 255));
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.len() <= 3
+                    && p.bytes().all(|c| c.is_ascii_digit())
+                    && p.parse::<u16>().is_ok_and(|n| n <= 255)
+            });
         if !ok {
             fails.push((i, format!("{s:?} is not a dotted IPv4 address")));
             b.append_null();
@@ -381,7 +416,10 @@ pub fn cast_strings(col: &ArrayRef, to: crate::config::ColumnType) -> (ArrayRef,
 }
 
 /// Casts a non-string column with Arrow's cast; values that become null are failures.
-pub fn cast_other(col: &ArrayRef, to: crate::config::ColumnType) -> Result<(ArrayRef, Failures), String> {
+pub fn cast_other(
+    col: &ArrayRef,
+    to: crate::config::ColumnType,
+) -> Result<(ArrayRef, Failures), String> {
     let target = crate::engine::arrow_type(to);
     let out = arrow::compute::cast(col, &target).map_err(|e| e.to_string())?;
     let fails = (0..col.len())
@@ -401,16 +439,28 @@ mod tests {
     use crate::config::{ColumnType, HashAlgorithm, OnMissing};
 
     fn strs(a: &ArrayRef) -> Vec<Option<String>> {
-        a.as_string::<i32>().iter().map(|v| v.map(String::from)).collect()
+        a.as_string::<i32>()
+            .iter()
+            .map(|v| v.map(String::from))
+            .collect()
     }
 
     #[test]
     fn iso_timestamps_follow_the_workload_rules() {
         let t = |s: &str| parse_iso_millis_offset(s.as_bytes());
         // 2025-05-01T12:00:00.123+02:00 == 10:00:00.123Z
-        assert_eq!(t("2025-05-01T12:00:00.123+02:00"), Some(1_746_093_600_123_000));
-        assert_eq!(t("2025-05-01T04:30:00.000-05:30"), Some(1_746_073_800_000_000));
-        assert_eq!(t("2025-05-01T00:30:00.000+05:30"), Some(1_746_039_600_000_000));
+        assert_eq!(
+            t("2025-05-01T12:00:00.123+02:00"),
+            Some(1_746_093_600_123_000)
+        );
+        assert_eq!(
+            t("2025-05-01T04:30:00.000-05:30"),
+            Some(1_746_093_600_000_000)
+        );
+        assert_eq!(
+            t("2025-05-01T00:30:00.000+05:30"),
+            Some(1_746_039_600_000_000)
+        );
         // every anomaly in WORKLOAD.md is invalid
         for bad in [
             "",
@@ -429,23 +479,42 @@ mod tests {
         ] {
             assert_eq!(t(bad), None, "{bad:?}");
         }
-        assert_eq!(t("2024-02-29T00:00:00.000+00:00"), Some(1_709_164_800_000_000));
+        assert_eq!(
+            t("2024-02-29T00:00:00.000+00:00"),
+            Some(1_709_164_800_000_000)
+        );
         assert_eq!(t("2025-02-29T00:00:00.000+00:00"), None);
     }
 
     #[test]
     fn timestamp_formats() {
-        assert!(TimestampFormat::new("%Y-%m-%d").unwrap_err().contains("offset"));
+        assert!(
+            TimestampFormat::new("%Y-%m-%d")
+                .unwrap_err()
+                .contains("offset")
+        );
         let f = TimestampFormat::new("%d/%m/%Y %H:%M:%S %z").unwrap();
-        assert_eq!(f.parse("01/05/2025 12:00:00 +0200"), Some(1_746_093_600_000_000));
+        assert_eq!(
+            f.parse("01/05/2025 12:00:00 +0200"),
+            Some(1_746_093_600_000_000)
+        );
         let r = TimestampFormat::new("rfc3339").unwrap();
         assert_eq!(r.parse("2025-05-01T10:00:00Z"), Some(1_746_093_600_000_000));
-        let col = string_array(vec![Some("2025-05-01T12:00:00.123+02:00"), Some("N/A"), None]);
+        let col = string_array(vec![
+            Some("2025-05-01T12:00:00.123+02:00"),
+            Some("N/A"),
+            None,
+        ]);
         let (out, fails) = parse_timestamps(&col, &TimestampFormat::IsoMillisOffset);
         assert_eq!(fails.iter().map(|f| f.0).collect::<Vec<_>>(), [1, 2]);
         assert!(fails[0].1.contains("N/A"));
         let dates = date_of(&out);
-        assert_eq!(dates.as_primitive::<arrow::datatypes::Date32Type>().value(0), 20_209);
+        assert_eq!(
+            dates
+                .as_primitive::<arrow::datatypes::Date32Type>()
+                .value(0),
+            20_209
+        );
     }
 
     #[test]
@@ -466,11 +535,29 @@ mod tests {
     #[test]
     fn string_transforms() {
         let col = string_array(vec![Some("  Fr "), Some("de"), None, Some(" \tUS\t ")]);
-        assert_eq!(strs(&upper(&trim(&col, Some(" ")))), [Some("FR".into()), Some("DE".into()), None, Some("\tUS\t".into())]);
+        assert_eq!(
+            strs(&upper(&trim(&col, Some(" ")))),
+            [
+                Some("FR".into()),
+                Some("DE".into()),
+                None,
+                Some("\tUS\t".into())
+            ]
+        );
         assert_eq!(strs(&trim(&col, None))[3], Some("US".into()));
-        assert_eq!(strs(&lower(&string_array(vec![Some("ÄB")])))[0], Some("äb".into()));
+        assert_eq!(
+            strs(&lower(&string_array(vec![Some("ÄB")])))[0],
+            Some("äb".into())
+        );
         let re = regex::Regex::new(r"\.[0-9]+$").unwrap();
-        assert_eq!(strs(&regex_replace(&string_array(vec![Some("178.234.215.76")]), &re, ".0"))[0], Some("178.234.215.0".into()));
+        assert_eq!(
+            strs(&regex_replace(
+                &string_array(vec![Some("178.234.215.76")]),
+                &re,
+                ".0"
+            ))[0],
+            Some("178.234.215.0".into())
+        );
     }
 
     #[test]
@@ -483,15 +570,31 @@ mod tests {
         let want: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(strs(&out), [Some(want), None]);
         // HMAC-SHA256 test vector from RFC 4231 (test case 2)
-        let out = hash(&string_array(vec![Some("what do ya want for nothing?")]), HashAlgorithm::HmacSha256, b"Jefe");
-        assert_eq!(strs(&out)[0].as_deref(), Some("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"));
+        let out = hash(
+            &string_array(vec![Some("what do ya want for nothing?")]),
+            HashAlgorithm::HmacSha256,
+            b"Jefe",
+        );
+        assert_eq!(
+            strs(&out)[0].as_deref(),
+            Some("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        );
     }
 
     #[test]
     fn ipv4_truncation() {
-        let col = string_array(vec![Some("178.234.215.76"), Some("10.0.0.1"), Some("nope"), Some("1.2.3.256"), None]);
+        let col = string_array(vec![
+            Some("178.234.215.76"),
+            Some("10.0.0.1"),
+            Some("nope"),
+            Some("1.2.3.256"),
+            None,
+        ]);
         let (out, fails) = ipv4_truncate(&col, 3);
-        assert_eq!(strs(&out)[..2], [Some("178.234.215.0".into()), Some("10.0.0.0".into())]);
+        assert_eq!(
+            strs(&out)[..2],
+            [Some("178.234.215.0".into()), Some("10.0.0.0".into())]
+        );
         assert_eq!(fails.iter().map(|f| f.0).collect::<Vec<_>>(), [2, 3]);
         let (out, _) = ipv4_truncate(&col, 2);
         assert_eq!(strs(&out)[0], Some("178.234.0.0".into()));
@@ -506,8 +609,14 @@ mod tests {
         assert_eq!(f.len(), 1);
         let (out, _) = lookup(&col, &table, OnMissing::Keep);
         assert_eq!(strs(&out)[1], Some("XX".into()));
-        let (out, f) = cast_strings(&string_array(vec![Some("12"), Some("x1"), None]), ColumnType::Int64);
-        assert_eq!(out.as_primitive::<arrow::datatypes::Int64Type>().value(0), 12);
+        let (out, f) = cast_strings(
+            &string_array(vec![Some("12"), Some("x1"), None]),
+            ColumnType::Int64,
+        );
+        assert_eq!(
+            out.as_primitive::<arrow::datatypes::Int64Type>().value(0),
+            12
+        );
         assert_eq!(f.len(), 1);
         assert!(f[0].1.contains("x1"));
         assert_eq!(parse_date("2025-02-29"), None);

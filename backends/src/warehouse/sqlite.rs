@@ -20,8 +20,8 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
 use super::{
-    BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN, SOURCE_OFFSET_COLUMN, Warehouse,
-    quote_ident,
+    BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
+    SOURCE_OFFSET_COLUMN, Warehouse, quote_ident,
 };
 use crate::object_store::ObjectStore;
 use crate::{BackendError, Result};
@@ -45,7 +45,8 @@ impl SqliteWarehouse {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| BackendError::io(dir.display(), e))?;
         }
-        let conn = Connection::open(&path).map_err(|e| wh_err(format!("open {}: {e}", path.display())))?;
+        let conn =
+            Connection::open(&path).map_err(|e| wh_err(format!("open {}: {e}", path.display())))?;
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
              CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
@@ -76,7 +77,8 @@ impl SqliteWarehouse {
                 let _ = tx.send(f(c));
             }))
             .map_err(|_| wh_err("warehouse thread has stopped"))?;
-        rx.await.map_err(|_| wh_err("warehouse thread has stopped"))?
+        rx.await
+            .map_err(|_| wh_err("warehouse thread has stopped"))?
     }
 }
 
@@ -90,7 +92,11 @@ fn sql_type(dt: &DataType) -> Result<&'static str> {
         DataType::Decimal128(_, _) => "DECIMAL",
         DataType::Timestamp(_, _) => "TIMESTAMP",
         DataType::Date32 => "DATE",
-        other => return Err(wh_err(format!("column type {other} cannot be loaded into the embedded warehouse"))),
+        other => {
+            return Err(wh_err(format!(
+                "column type {other} cannot be loaded into the embedded warehouse"
+            )));
+        }
     })
 }
 
@@ -120,10 +126,16 @@ fn value_at(col: &dyn Array, i: usize) -> Result<Value> {
         }
         DataType::Timestamp(unit, _) => {
             let raw = match unit {
-                TimeUnit::Second => col.as_primitive::<t::TimestampSecondType>().value(i) * 1_000_000,
-                TimeUnit::Millisecond => col.as_primitive::<t::TimestampMillisecondType>().value(i) * 1000,
+                TimeUnit::Second => {
+                    col.as_primitive::<t::TimestampSecondType>().value(i) * 1_000_000
+                }
+                TimeUnit::Millisecond => {
+                    col.as_primitive::<t::TimestampMillisecondType>().value(i) * 1000
+                }
                 TimeUnit::Microsecond => col.as_primitive::<t::TimestampMicrosecondType>().value(i),
-                TimeUnit::Nanosecond => col.as_primitive::<t::TimestampNanosecondType>().value(i) / 1000,
+                TimeUnit::Nanosecond => {
+                    col.as_primitive::<t::TimestampNanosecondType>().value(i) / 1000
+                }
             };
             Value::Text(format_micros(raw))
         }
@@ -143,7 +155,12 @@ fn format_decimal(v: i128, scale: i8) -> String {
     let p = 10i128.pow(s);
     let sign = if v < 0 { "-" } else { "" };
     let a = v.unsigned_abs();
-    format!("{sign}{}.{:0w$}", a / p as u128, a % p as u128, w = s as usize)
+    format!(
+        "{sign}{}.{:0w$}",
+        a / p as u128,
+        a % p as u128,
+        w = s as usize
+    )
 }
 
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -179,17 +196,27 @@ fn format_micros(us: i64) -> String {
 }
 
 fn existing_columns(conn: &Connection, table: &str) -> Result<Vec<String>> {
-    let mut st = conn.prepare(&format!("PRAGMA table_info({})", quote_ident(table))).map_err(wh_err)?;
-    let cols = st.query_map([], |r| r.get::<_, String>(1)).map_err(wh_err)?;
+    let mut st = conn
+        .prepare(&format!("PRAGMA table_info({})", quote_ident(table)))
+        .map_err(wh_err)?;
+    let cols = st
+        .query_map([], |r| r.get::<_, String>(1))
+        .map_err(wh_err)?;
     cols.collect::<Result<Vec<_>, _>>().map_err(wh_err)
 }
 
-fn load_batch(conn: &mut Connection, batch: &LoadBatch, files: &dyn ObjectStore) -> Result<LoadOutcome> {
+fn load_batch(
+    conn: &mut Connection,
+    batch: &LoadBatch,
+    files: &dyn ObjectStore,
+) -> Result<LoadOutcome> {
     let tx = conn.transaction().map_err(wh_err)?;
     let seen: i64 = tx
-        .query_row(&format!("SELECT count(*) FROM {LEDGER_TABLE} WHERE batch_id = ?1"), [&batch.batch_id], |r| {
-            r.get(0)
-        })
+        .query_row(
+            &format!("SELECT count(*) FROM {LEDGER_TABLE} WHERE batch_id = ?1"),
+            [&batch.batch_id],
+            |r| r.get(0),
+        )
         .map_err(wh_err)?;
     if seen > 0 {
         return Ok(LoadOutcome::AlreadyLoaded);
@@ -204,7 +231,10 @@ fn load_batch(conn: &mut Connection, batch: &LoadBatch, files: &dyn ObjectStore)
             Some(p) => std::fs::read(&p).map_err(|e| wh_err(format!("read {key}: {e}")))?,
             None => {
                 let mut buf = Vec::new();
-                files.open_read(key, None)?.read_to_end(&mut buf).map_err(|e| wh_err(format!("read {key}: {e}")))?;
+                files
+                    .open_read(key, None)?
+                    .read_to_end(&mut buf)
+                    .map_err(|e| wh_err(format!("read {key}: {e}")))?;
                 buf
             }
         };
@@ -226,32 +256,57 @@ fn load_batch(conn: &mut Connection, batch: &LoadBatch, files: &dyn ObjectStore)
             defs.push((SOURCE_OBJECT_COLUMN.into(), "TEXT"));
             defs.push((SOURCE_OFFSET_COLUMN.into(), "INTEGER"));
             defs.push((BATCH_COLUMN.into(), "TEXT"));
-            let ddl = defs.iter().map(|(n, t)| format!("{} {t}", quote_ident(n))).collect::<Vec<_>>().join(", ");
-            tx.execute_batch(&format!("CREATE TABLE IF NOT EXISTS {table} ({ddl})")).map_err(wh_err)?;
+            let ddl = defs
+                .iter()
+                .map(|(n, t)| format!("{} {t}", quote_ident(n)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tx.execute_batch(&format!("CREATE TABLE IF NOT EXISTS {table} ({ddl})"))
+                .map_err(wh_err)?;
             let have = existing_columns(&tx, &batch.table)?;
             for (n, t) in &defs {
                 if !have.contains(n) {
-                    tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {} {t}", quote_ident(n)))
-                        .map_err(wh_err)?;
+                    tx.execute_batch(&format!(
+                        "ALTER TABLE {table} ADD COLUMN {} {t}",
+                        quote_ident(n)
+                    ))
+                    .map_err(wh_err)?;
                 }
             }
             if !batch.merge_keys.is_empty() {
-                let keys = batch.merge_keys.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+                let keys = batch
+                    .merge_keys
+                    .iter()
+                    .map(|k| quote_ident(k))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let idx = quote_ident(&format!("{}__merge_key", batch.table));
-                tx.execute_batch(&format!("CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {table} ({keys})"))
-                    .map_err(wh_err)?;
+                tx.execute_batch(&format!(
+                    "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {table} ({keys})"
+                ))
+                .map_err(wh_err)?;
             }
             tx.execute_batch(&format!("DROP TABLE IF EXISTS temp._tributary_staging; CREATE TEMP TABLE _tributary_staging ({ddl})"))
                 .map_err(wh_err)?;
             columns = defs.into_iter().map(|(n, _)| n).collect();
             schema = Some(file_schema.clone());
         } else if schema.as_ref().map(|s| s.fields() != file_schema.fields()) == Some(true) {
-            return Err(wh_err(format!("{key}: schema differs from the other files of batch {}", batch.batch_id)));
+            return Err(wh_err(format!(
+                "{key}: schema differs from the other files of batch {}",
+                batch.batch_id
+            )));
         }
-        let placeholders = (1..=columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let placeholders = (1..=columns.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let insert_sql = format!(
             "INSERT INTO temp._tributary_staging ({}) VALUES ({placeholders})",
-            columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+            columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let mut insert = tx.prepare_cached(&insert_sql).map_err(wh_err)?;
         for rb in reader {
@@ -268,24 +323,38 @@ fn load_batch(conn: &mut Connection, batch: &LoadBatch, files: &dyn ObjectStore)
                 row.push(Value::Text(lf.position.object.clone()));
                 row.push(Value::Integer(lf.position.offset as i64));
                 row.push(Value::Text(batch.batch_id.clone()));
-                insert.execute(rusqlite::params_from_iter(row.iter())).map_err(wh_err)?;
+                insert
+                    .execute(rusqlite::params_from_iter(row.iter()))
+                    .map_err(wh_err)?;
                 staged += 1;
             }
         }
     }
     if schema.is_some() {
-        let cols = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        let cols = columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
         let merge = if batch.merge_keys.is_empty() {
             format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging")
         } else {
-            let keys = batch.merge_keys.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+            let keys = batch
+                .merge_keys
+                .iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", ");
             let sets = columns
                 .iter()
                 .filter(|c| !batch.merge_keys.contains(c))
                 .map(|c| format!("{q} = excluded.{q}", q = quote_ident(c)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let (so, sf) = (quote_ident(SOURCE_OBJECT_COLUMN), quote_ident(SOURCE_OFFSET_COLUMN));
+            let (so, sf) = (
+                quote_ident(SOURCE_OBJECT_COLUMN),
+                quote_ident(SOURCE_OFFSET_COLUMN),
+            );
             // Keep the earliest source position per key, whatever order batches arrive in.
             format!(
                 "INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging WHERE true \
@@ -295,7 +364,8 @@ fn load_batch(conn: &mut Connection, batch: &LoadBatch, files: &dyn ObjectStore)
             )
         };
         tx.execute_batch(&merge).map_err(wh_err)?;
-        tx.execute_batch("DROP TABLE temp._tributary_staging").map_err(wh_err)?;
+        tx.execute_batch("DROP TABLE temp._tributary_staging")
+            .map_err(wh_err)?;
     }
     tx.execute(
         &format!(
@@ -306,12 +376,16 @@ fn load_batch(conn: &mut Connection, batch: &LoadBatch, files: &dyn ObjectStore)
     )
     .map_err(wh_err)?;
     let in_table: i64 = if schema.is_some() {
-        tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).map_err(wh_err)?
+        tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .map_err(wh_err)?
     } else {
         0
     };
     tx.commit().map_err(wh_err)?;
-    Ok(LoadOutcome::Loaded { rows_staged: staged, rows_in_table: in_table as u64 })
+    Ok(LoadOutcome::Loaded {
+        rows_staged: staged,
+        rows_in_table: in_table as u64,
+    })
 }
 
 use std::io::Read;
@@ -325,7 +399,8 @@ impl Warehouse for SqliteWarehouse {
     async fn load(&self, batch: &LoadBatch, files: Arc<dyn ObjectStore>) -> Result<LoadOutcome> {
         let batch = batch.clone();
         self.call(move |c| {
-            load_batch(c, &batch, &*files).map_err(|e| wh_err(format!("load batch {}: {e}", batch.batch_id)))
+            load_batch(c, &batch, &*files)
+                .map_err(|e| wh_err(format!("load batch {}: {e}", batch.batch_id)))
         })
         .await
     }
@@ -334,7 +409,11 @@ impl Warehouse for SqliteWarehouse {
         let id = batch_id.to_string();
         self.call(move |c| {
             let n: i64 = c
-                .query_row(&format!("SELECT count(*) FROM {LEDGER_TABLE} WHERE batch_id = ?1"), [&id], |r| r.get(0))
+                .query_row(
+                    &format!("SELECT count(*) FROM {LEDGER_TABLE} WHERE batch_id = ?1"),
+                    [&id],
+                    |r| r.get(0),
+                )
                 .map_err(wh_err)?;
             Ok(n > 0)
         })
@@ -378,7 +457,8 @@ mod tests {
     async fn sqlite_warehouse_passes_the_suite() {
         let dir = tempfile::tempdir().unwrap();
         let wh = SqliteWarehouse::open(dir.path().join("wh.db")).unwrap();
-        let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().join("files")).unwrap());
+        let files: Arc<dyn ObjectStore> =
+            Arc::new(LocalStore::new(dir.path().join("files")).unwrap());
         super::super::suite::run_all(&wh, files).await;
     }
 
@@ -389,7 +469,10 @@ mod tests {
         assert_eq!(format_decimal(5, 2), "0.05");
         assert_eq!(format_days(0), "1970-01-01");
         assert_eq!(format_days(20_209), "2025-05-01");
-        assert_eq!(format_micros(1_746_093_600_123_456), "2025-05-01 10:00:00.123456");
+        assert_eq!(
+            format_micros(1_746_093_600_123_456),
+            "2025-05-01 10:00:00.123456"
+        );
         assert_eq!(format_micros(-1), "1969-12-31 23:59:59.999999");
     }
 }
