@@ -42,7 +42,8 @@ pub const CHUNK_BYTES: usize = 8 << 20;
 const PIECE_ROWS: usize = 4096;
 /// Encoded-but-unflushed row group bytes across all open partition files before the largest is
 /// flushed early.
-const WRITER_BUDGET: usize = 96 << 20;
+const WRITER_BUDGET: usize = 48 << 20;
+const DICTIONARY_PAGE_BYTES: usize = 128 << 10;
 /// A partition folder, its column values, and its rows.
 type PartBatch = (String, PartitionValues, RecordBatch);
 type PartitionValues = Vec<(String, String)>;
@@ -1375,12 +1376,23 @@ struct OpenFile {
 }
 
 struct PartitionWriter {
-    values: Vec<(String, String)>,
+    values: PartitionValues,
     dir: String,
     seq: u32,
     open: Option<OpenFile>,
+    /// Rows waiting for a full row group, as Arrow batches.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    pending_bytes: usize,
 }
 
+/// Partitioned Parquet output of one shard.
+///
+/// Rows are buffered per partition as Arrow batches and encoded a whole row group at a time, so
+/// the Parquet column encoders and their zstd contexts exist only while a row group is written,
+/// not once per open partition (31 partitions × 16 columns of zstd contexts is hundreds of MB).
+/// When the buffered rows of all partitions pass [`WRITER_BUDGET`], the largest buffer is written
+/// early as a smaller row group.
 pub struct Writers {
     schema: SchemaRef,
     props: WriterProperties,
@@ -1388,7 +1400,9 @@ pub struct Writers {
     prefix: String,
     shard_id: String,
     target_bytes: u64,
+    row_group_rows: usize,
     parts: BTreeMap<String, PartitionWriter>,
+    pending_bytes: usize,
     opened: u64,
     pub done: Vec<WrittenFile>,
 }
@@ -1397,15 +1411,15 @@ impl Writers {
     pub fn new(plan: &Plan, scratch: &Path, prefix: &str, shard_id: &str) -> Writers {
         let o = &plan.output;
         let compression = match o.codec {
-            Codec::Zstd => {
-                PqCompression::ZSTD(ZstdLevel::try_new(o.level).expect("validated level"))
-            }
+            Codec::Zstd => PqCompression::ZSTD(ZstdLevel::try_new(o.level).expect("validated level")),
             Codec::Snappy => PqCompression::SNAPPY,
             Codec::None => PqCompression::UNCOMPRESSED,
         };
         let props = WriterProperties::builder()
             .set_compression(compression)
             .set_max_row_group_row_count(Some(o.row_group_rows.get() as usize))
+            // High-cardinality columns fall back to plain encoding early.
+            .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
             .set_created_by("tributary".into())
             .build();
         Writers {
@@ -1415,91 +1429,121 @@ impl Writers {
             prefix: prefix.trim_end_matches('/').to_string(),
             shard_id: shard_id.to_string(),
             target_bytes: o.target_file_bytes.get(),
+            row_group_rows: o.row_group_rows.get() as usize,
             parts: BTreeMap::new(),
+            pending_bytes: 0,
             opened: 0,
             done: Vec::new(),
         }
     }
 
-    fn write(
-        &mut self,
-        dir: &str,
-        values: &[(String, String)],
-        batch: &RecordBatch,
-    ) -> Result<(), WorkerError> {
-        let pw = self
-            .parts
-            .entry(dir.to_string())
-            .or_insert_with(|| PartitionWriter {
-                values: values.to_vec(),
-                dir: dir.to_string(),
-                seq: 0,
-                open: None,
-            });
-        if pw.open.is_none() {
-            let name = format!("part-{}-{:05}.parquet", self.shard_id, pw.seq);
-            let key = [self.prefix.as_str(), pw.dir.as_str(), name.as_str()]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("/");
-            self.opened += 1;
-            let local = unique_path(
-                self.scratch
-                    .join(format!("{}-{:06}.parquet", self.shard_id, self.opened)),
-            );
-            let f = File::create(&local).map_err(|e| WorkerError::write(&local, e))?;
-            let writer = ArrowWriter::try_new(
-                BufWriter::with_capacity(1 << 20, f),
-                self.schema.clone(),
-                Some(self.props.clone()),
-            )
-            .map_err(WorkerError::parquet)?;
-            pw.open = Some(OpenFile {
-                writer,
-                local,
-                key,
-                rows: 0,
-            });
-            pw.seq += 1;
-        }
-        let of = pw.open.as_mut().expect("opened above");
-        of.writer.write(batch).map_err(WorkerError::parquet)?;
-        of.rows += batch.num_rows() as u64;
-        if of.writer.bytes_written() as u64 + of.writer.in_progress_size() as u64
-            >= self.target_bytes
-        {
-            let of = pw.open.take().expect("open");
-            self.done.push(close(of, &pw.values)?);
+    fn write(&mut self, dir: &str, values: &[(String, String)], batch: RecordBatch) -> Result<(), WorkerError> {
+        let pw = self.parts.entry(dir.to_string()).or_insert_with(|| PartitionWriter {
+            values: values.to_vec(),
+            dir: dir.to_string(),
+            seq: 0,
+            open: None,
+            pending: Vec::new(),
+            pending_rows: 0,
+            pending_bytes: 0,
+        });
+        let bytes = batch.get_array_memory_size();
+        pw.pending_rows += batch.num_rows();
+        pw.pending_bytes += bytes;
+        pw.pending.push(batch);
+        self.pending_bytes += bytes;
+        if pw.pending_rows >= self.row_group_rows {
+            let d = dir.to_string();
+            self.flush_partition(&d, true)?;
         }
         Ok(())
     }
 
-    /// Flushes the biggest row groups in progress while their total is over budget.
-    fn enforce_budget(&mut self) -> Result<(), WorkerError> {
+    /// Writes the partition's buffered rows as row groups (only whole ones when `whole_only`).
+    fn flush_partition(&mut self, dir: &str, whole_only: bool) -> Result<(), WorkerError> {
+        let rg = self.row_group_rows;
+        let pw = self.parts.get_mut(dir).expect("partition exists");
+        if pw.pending_rows == 0 || (whole_only && pw.pending_rows < rg) {
+            return Ok(());
+        }
+        let mut pending: std::collections::VecDeque<RecordBatch> = std::mem::take(&mut pw.pending).into();
+        self.pending_bytes -= pw.pending_bytes;
+        pw.pending_rows = 0;
+        pw.pending_bytes = 0;
         loop {
-            let total: usize = self
-                .parts
-                .values()
-                .filter_map(|p| p.open.as_ref())
-                .map(|o| o.writer.in_progress_size())
-                .sum();
-            if total <= WRITER_BUDGET {
-                return Ok(());
+            let available: usize = pending.iter().map(RecordBatch::num_rows).sum();
+            if available == 0 || (whole_only && available < rg) {
+                // Keep the rest for a later row group (slices of small batches, no big copies).
+                pw.pending_rows = available;
+                pw.pending_bytes = pending.iter().map(RecordBatch::get_array_memory_size).sum();
+                self.pending_bytes += pw.pending_bytes;
+                pw.pending = pending.into();
+                break;
             }
+            // Take exactly one row group's rows (or all that is left) from the front.
+            let mut group = Vec::new();
+            let mut rows = 0;
+            while rows < rg {
+                let Some(b) = pending.pop_front() else { break };
+                if rows + b.num_rows() > rg {
+                    let take = rg - rows;
+                    group.push(b.slice(0, take));
+                    pending.push_front(b.slice(take, b.num_rows() - take));
+                    rows += take;
+                } else {
+                    rows += b.num_rows();
+                    group.push(b);
+                }
+            }
+            let batch = arrow::compute::concat_batches(&self.schema, &group).map_err(WorkerError::arrow)?;
+            drop(group);
+            if pw.open.is_none() {
+                let name = format!("part-{}-{:05}.parquet", self.shard_id, pw.seq);
+                let key = [self.prefix.as_str(), pw.dir.as_str(), name.as_str()]
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("/");
+                self.opened += 1;
+                let local = unique_path(self.scratch.join(format!("{}-{:06}.parquet", self.shard_id, self.opened)));
+                let f = File::create(&local).map_err(|e| WorkerError::write(&local, e))?;
+                let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, f), self.schema.clone(), Some(self.props.clone()))
+                    .map_err(WorkerError::parquet)?;
+                pw.open = Some(OpenFile { writer, local, key, rows: 0 });
+                pw.seq += 1;
+            }
+            let of = pw.open.as_mut().expect("opened above");
+            of.writer.write(&batch).map_err(WorkerError::parquet)?;
+            of.writer.flush().map_err(WorkerError::parquet)?;
+            of.rows += rows as u64;
+            if of.writer.bytes_written() as u64 >= self.target_bytes {
+                let of = pw.open.take().expect("open");
+                self.done.push(close(of, &pw.values)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the biggest buffers early while the total is over budget.
+    fn enforce_budget(&mut self) -> Result<(), WorkerError> {
+        while self.pending_bytes > WRITER_BUDGET {
             let biggest = self
                 .parts
-                .values_mut()
-                .filter_map(|p| p.open.as_mut())
-                .max_by_key(|o| o.writer.in_progress_size())
-                .expect("some writer holds the bytes");
-            biggest.writer.flush().map_err(WorkerError::parquet)?;
+                .iter()
+                .max_by_key(|(_, p)| p.pending_bytes)
+                .map(|(d, _)| d.clone())
+                .expect("some partition holds the bytes");
+            self.flush_partition(&biggest, false)?;
         }
+        Ok(())
     }
 
     pub fn finish(mut self) -> Result<Vec<WrittenFile>, WorkerError> {
-        for pw in self.parts.values_mut() {
+        let dirs: Vec<String> = self.parts.keys().cloned().collect();
+        for d in dirs {
+            self.flush_partition(&d, false)?;
+            let pw = self.parts.get_mut(&d).expect("partition exists");
             if let Some(of) = pw.open.take() {
                 self.done.push(close(of, &pw.values)?);
             }
@@ -1751,19 +1795,9 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
         p.counts.rows_out = p.rows.len() as u64;
         st.counts.add(&p.counts);
     }
-    // Merge each partition's batches of this chunk, then write.
-    let mut by_dir: BTreeMap<String, (PartitionValues, Vec<RecordBatch>)> = BTreeMap::new();
+        // In row order: pieces are in chunk order, and each piece's groups keep row order.
     for (dir, values, batch) in parted.into_iter().flatten() {
-        by_dir
-            .entry(dir)
-            .or_insert_with(|| (values, Vec::new()))
-            .1
-            .push(batch);
-    }
-    for (dir, (values, batches)) in by_dir {
-        let merged = arrow::compute::concat_batches(&plan.output_schema, &batches)
-            .map_err(WorkerError::arrow)?;
-        st.writers.write(&dir, &values, &merged)?;
+        st.writers.write(&dir, &values, batch)?;
     }
     st.writers.enforce_budget()
 }

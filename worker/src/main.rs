@@ -13,6 +13,11 @@ use backends::object_store::{LocalStore, ObjectStore};
 use clap::{Parser, Subcommand};
 use protocol::{ObjectRef, ShardDescriptor, ShardInput};
 
+// mimalloc: many small allocations on several threads (Arrow builders, serde); glibc malloc
+// fragments across thread arenas and costs RSS and time here.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "worker", version, about = "Tributary worker")]
 struct Cli {
