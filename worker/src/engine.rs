@@ -571,7 +571,11 @@ pub fn read_csv_header(
         key: key.into(),
         detail: "CSV header is not UTF-8".into(),
     })?;
-    split_csv(text.as_bytes(), delimiter, quote, &mut |f| {
+    let mut rdr = csv_core::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .quote(quote)
+        .build();
+    split_csv(text.as_bytes(), &mut rdr, &mut Vec::new(), &mut |f| {
         fields.push(String::from_utf8_lossy(f).into_owned())
     })
     .map_err(|d| WorkerError::Corrupt {
@@ -584,16 +588,14 @@ pub fn read_csv_header(
 /// Splits one CSV record into fields (quotes doubled inside quoted fields).
 fn split_csv(
     line: &[u8],
-    delimiter: u8,
-    quote: u8,
+    rdr: &mut csv_core::Reader,
+    field: &mut Vec<u8>,
     out: &mut dyn FnMut(&[u8]),
 ) -> Result<(), String> {
-    let mut rdr = csv_core::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .quote(quote)
-        .build();
+    rdr.reset();
     let mut input = line;
-    let mut field = vec![0u8; line.len() + 1];
+    field.clear();
+    field.resize(line.len() + 1, 0);
     let mut len = 0usize;
     loop {
         let (res, nin, nout) = rdr.read_field(input, &mut field[len..]);
@@ -900,6 +902,17 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
     let mut slots: Vec<Val> = vec![Val::Null; declared];
     let mut fields: Vec<(usize, usize)> = Vec::new();
     let mut field_buf: Vec<u8> = Vec::new();
+    let mut csv_scratch: Vec<u8> = Vec::new();
+    let mut csv_reader = csv_core::ReaderBuilder::new()
+        .delimiter(plan.csv_delimiter)
+        .quote(plan.csv_quote)
+        .build();
+    // For CSV: (start, end) in `field_buf` of each declared column's text.
+    let mut csv_texts: Vec<(usize, usize)> = Vec::with_capacity(declared);
+    let csv_header = chunk.header.as_deref().map(Vec::as_slice).unwrap_or(&[]);
+    let csv_map: Vec<Option<usize>> = (0..declared)
+        .map(|c| plan.csv_index(csv_header, c))
+        .collect();
     let malformed = |piece: &mut Piece, i: usize, reason: String| {
         piece.counts.malformed += 1;
         piece.quarantine.push(QItem {
@@ -971,10 +984,11 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                 }
             }
             Format::Csv => {
-                let header = chunk.header.as_deref().map(Vec::as_slice).unwrap_or(&[]);
+                let header = csv_header;
                 fields.clear();
                 field_buf.clear();
-                let split = split_csv(raw, plan.csv_delimiter, plan.csv_quote, &mut |f| {
+                csv_texts.clear();
+                let split = split_csv(raw, &mut csv_reader, &mut csv_scratch, &mut |f| {
                     let s = field_buf.len();
                     field_buf.extend_from_slice(f);
                     fields.push((s, field_buf.len()));
@@ -998,10 +1012,8 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                         Ok(all) => {
                             let mut r = Ok(());
                             for (c, (name, _, required)) in plan.declared.iter().enumerate() {
-                                let v = plan
-                                    .csv_index(header, c)
-                                    .map(|j| &all[fields[j].0..fields[j].1]);
-                                let v = v.filter(|s| !s.is_empty());
+                                let span = csv_map[c].map(|j| fields[j]);
+                                let v = span.map(|(a, b)| &all[a..b]).filter(|s| !s.is_empty());
                                 match v {
                                     None if *required => {
                                         r = Err((
@@ -1012,12 +1024,12 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                                     }
                                     None => {
                                         cells.push(Cell::Null);
-                                        texts.push("".into());
+                                        csv_texts.push((0, 0));
                                     }
                                     Some(s) => match builders[c].text_cell(s) {
                                         Ok(cell) => {
                                             cells.push(cell);
-                                            texts.push(s.to_string().into());
+                                            csv_texts.push(span.expect("present"));
                                         }
                                         Err(e) => {
                                             r = Err((false, format!("field {name:?}: {e}")));
@@ -1033,6 +1045,15 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
             }
         };
         match outcome {
+            Ok(()) if plan.format == Format::Csv => {
+                // Validated as UTF-8 above.
+                let all = std::str::from_utf8(&field_buf).unwrap_or_default();
+                for (c, cell) in cells.drain(..).enumerate() {
+                    let (a, b) = csv_texts[c];
+                    builders[c].push(cell, &all[a..b]);
+                }
+                piece.rows.push(i as u32);
+            }
             Ok(()) => {
                 for (c, cell) in cells.drain(..).enumerate() {
                     builders[c].push(cell, &texts[c]);
@@ -1411,7 +1432,9 @@ impl Writers {
     pub fn new(plan: &Plan, scratch: &Path, prefix: &str, shard_id: &str) -> Writers {
         let o = &plan.output;
         let compression = match o.codec {
-            Codec::Zstd => PqCompression::ZSTD(ZstdLevel::try_new(o.level).expect("validated level")),
+            Codec::Zstd => {
+                PqCompression::ZSTD(ZstdLevel::try_new(o.level).expect("validated level"))
+            }
             Codec::Snappy => PqCompression::SNAPPY,
             Codec::None => PqCompression::UNCOMPRESSED,
         };
@@ -1437,16 +1460,24 @@ impl Writers {
         }
     }
 
-    fn write(&mut self, dir: &str, values: &[(String, String)], batch: RecordBatch) -> Result<(), WorkerError> {
-        let pw = self.parts.entry(dir.to_string()).or_insert_with(|| PartitionWriter {
-            values: values.to_vec(),
-            dir: dir.to_string(),
-            seq: 0,
-            open: None,
-            pending: Vec::new(),
-            pending_rows: 0,
-            pending_bytes: 0,
-        });
+    fn write(
+        &mut self,
+        dir: &str,
+        values: &[(String, String)],
+        batch: RecordBatch,
+    ) -> Result<(), WorkerError> {
+        let pw = self
+            .parts
+            .entry(dir.to_string())
+            .or_insert_with(|| PartitionWriter {
+                values: values.to_vec(),
+                dir: dir.to_string(),
+                seq: 0,
+                open: None,
+                pending: Vec::new(),
+                pending_rows: 0,
+                pending_bytes: 0,
+            });
         let bytes = batch.get_array_memory_size();
         pw.pending_rows += batch.num_rows();
         pw.pending_bytes += bytes;
@@ -1466,7 +1497,8 @@ impl Writers {
         if pw.pending_rows == 0 || (whole_only && pw.pending_rows < rg) {
             return Ok(());
         }
-        let mut pending: std::collections::VecDeque<RecordBatch> = std::mem::take(&mut pw.pending).into();
+        let mut pending: std::collections::VecDeque<RecordBatch> =
+            std::mem::take(&mut pw.pending).into();
         self.pending_bytes -= pw.pending_bytes;
         pw.pending_rows = 0;
         pw.pending_bytes = 0;
@@ -1495,7 +1527,8 @@ impl Writers {
                     group.push(b);
                 }
             }
-            let batch = arrow::compute::concat_batches(&self.schema, &group).map_err(WorkerError::arrow)?;
+            let batch =
+                arrow::compute::concat_batches(&self.schema, &group).map_err(WorkerError::arrow)?;
             drop(group);
             if pw.open.is_none() {
                 let name = format!("part-{}-{:05}.parquet", self.shard_id, pw.seq);
@@ -1506,11 +1539,23 @@ impl Writers {
                     .collect::<Vec<_>>()
                     .join("/");
                 self.opened += 1;
-                let local = unique_path(self.scratch.join(format!("{}-{:06}.parquet", self.shard_id, self.opened)));
+                let local = unique_path(
+                    self.scratch
+                        .join(format!("{}-{:06}.parquet", self.shard_id, self.opened)),
+                );
                 let f = File::create(&local).map_err(|e| WorkerError::write(&local, e))?;
-                let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, f), self.schema.clone(), Some(self.props.clone()))
-                    .map_err(WorkerError::parquet)?;
-                pw.open = Some(OpenFile { writer, local, key, rows: 0 });
+                let writer = ArrowWriter::try_new(
+                    BufWriter::with_capacity(1 << 20, f),
+                    self.schema.clone(),
+                    Some(self.props.clone()),
+                )
+                .map_err(WorkerError::parquet)?;
+                pw.open = Some(OpenFile {
+                    writer,
+                    local,
+                    key,
+                    rows: 0,
+                });
                 pw.seq += 1;
             }
             let of = pw.open.as_mut().expect("opened above");
@@ -1795,7 +1840,7 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
         p.counts.rows_out = p.rows.len() as u64;
         st.counts.add(&p.counts);
     }
-        // In row order: pieces are in chunk order, and each piece's groups keep row order.
+    // In row order: pieces are in chunk order, and each piece's groups keep row order.
     for (dir, values, batch) in parted.into_iter().flatten() {
         st.writers.write(&dir, &values, batch)?;
     }
