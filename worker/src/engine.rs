@@ -38,11 +38,11 @@ use crate::config::{Codec, ColumnType, Compression, Format, OnError, OnMissing};
 use crate::transform::{self, TimestampFormat};
 use crate::{WorkerError, plan::Plan, plan::StepOp};
 
-pub const CHUNK_BYTES: usize = 8 << 20;
+pub const CHUNK_BYTES: usize = 4 << 20;
 const PIECE_ROWS: usize = 4096;
 /// Encoded-but-unflushed row group bytes across all open partition files before the largest is
 /// flushed early.
-const WRITER_BUDGET: usize = 48 << 20;
+const WRITER_BUDGET: usize = 32 << 20;
 const DICTIONARY_PAGE_BYTES: usize = 128 << 10;
 /// A partition folder, its column values, and its rows.
 type PartBatch = (String, PartitionValues, RecordBatch);
@@ -1241,12 +1241,15 @@ fn run_steps(
 /// The keys seen so far, stored once in an arena of 16 MiB blocks (no copy-on-grow spikes).
 pub struct KeySet {
     blocks: Vec<Vec<u8>>,
-    /// (block, position, length) of each key.
-    table: hashbrown::HashTable<(u32, u32, u32)>,
+    /// Each key's place, packed: block (20 bits) | position (24 bits) | length (20 bits).
+    table: hashbrown::HashTable<u64>,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
 const BLOCK: usize = 16 << 20;
+/// Keys of this length or more are replaced by a SHA-256 digest of them (1 MiB keys do not occur
+/// in practice; the digest keeps the set small if one does).
+const MAX_KEY: usize = 1 << 20;
 
 impl Default for KeySet {
     fn default() -> Self {
@@ -1258,14 +1261,29 @@ impl Default for KeySet {
     }
 }
 
-fn key_at(blocks: &[Vec<u8>], (b, p, l): (u32, u32, u32)) -> &[u8] {
-    &blocks[b as usize][p as usize..p as usize + l as usize]
+fn key_at(blocks: &[Vec<u8>], e: u64) -> &[u8] {
+    let (b, p, l) = (
+        (e >> 44) as usize,
+        ((e >> 20) & 0xFF_FFFF) as usize,
+        (e & 0xF_FFFF) as usize,
+    );
+    &blocks[b][p..p + l]
 }
 
 impl KeySet {
     /// Inserts `key`; returns false if it was already there.
     pub fn insert(&mut self, key: &[u8]) -> bool {
+        use sha2::Digest;
         use std::hash::BuildHasher;
+        let digest;
+        let key = if key.len() >= MAX_KEY {
+            let mut d = vec![0xFE];
+            d.extend_from_slice(&sha2::Sha256::digest(key));
+            digest = d;
+            &digest[..]
+        } else {
+            key
+        };
         let h = self.hasher.hash_one(key);
         if self
             .table
@@ -1274,24 +1292,18 @@ impl KeySet {
         {
             return false;
         }
-        let entry = if key.len() >= BLOCK {
-            // A key this long gets a block of its own.
-            self.blocks.push(key.to_vec());
-            self.blocks.push(Vec::new());
-            ((self.blocks.len() - 2) as u32, 0, key.len() as u32)
-        } else {
-            if self
-                .blocks
-                .last()
-                .is_some_and(|b| b.len() + key.len() > BLOCK)
-            {
-                self.blocks.push(Vec::with_capacity(BLOCK));
-            }
-            let b = self.blocks.last_mut().expect("one block");
-            let pos = b.len();
-            b.extend_from_slice(key);
-            ((self.blocks.len() - 1) as u32, pos as u32, key.len() as u32)
-        };
+        if self
+            .blocks
+            .last()
+            .is_some_and(|b| b.len() + key.len() > BLOCK)
+        {
+            self.blocks.push(Vec::with_capacity(BLOCK));
+        }
+        let block = self.blocks.len() - 1;
+        let b = self.blocks.last_mut().expect("one block");
+        let pos = b.len();
+        b.extend_from_slice(key);
+        let entry = ((block as u64) << 44) | ((pos as u64) << 20) | key.len() as u64;
         let (blocks, hasher) = (&self.blocks, &self.hasher);
         self.table
             .insert_unique(h, entry, |&e| hasher.hash_one(key_at(blocks, e)));
@@ -1306,8 +1318,44 @@ impl KeySet {
     }
 }
 
+#[cfg(test)]
+mod keyset_tests {
+    use super::KeySet;
+
+    #[test]
+    fn keyset_is_exact_across_blocks_and_long_keys() {
+        let mut k = KeySet::default();
+        for i in 0..200_000u32 {
+            assert!(k.insert(format!("key-{i}-{}", "x".repeat((i % 200) as usize)).as_bytes()));
+        }
+        for i in (0..200_000u32).step_by(7) {
+            assert!(!k.insert(format!("key-{i}-{}", "x".repeat((i % 200) as usize)).as_bytes()));
+        }
+        assert!(k.insert(b""));
+        assert!(!k.insert(b""));
+        let long = vec![b'a'; 2 << 20];
+        assert!(k.insert(&long));
+        assert!(!k.insert(&long));
+        let mut other = long.clone();
+        other[5] = b'b';
+        assert!(k.insert(&other));
+        assert!(k.blocks.len() > 1, "spans several 16 MiB blocks");
+    }
+}
+
 fn key_bytes(cols: &[&ArrayRef], row: usize, out: &mut Vec<u8>) {
     out.clear();
+    if let [c] = cols
+        && c.data_type() == &DataType::Utf8
+    {
+        // One string key: its bytes as they are; null as 0xFF, which no UTF-8 string holds.
+        if c.is_null(row) {
+            out.push(0xFF);
+        } else {
+            out.extend_from_slice(c.as_string::<i32>().value(row).as_bytes());
+        }
+        return;
+    }
     for c in cols {
         if c.is_null(row) {
             out.push(0);
