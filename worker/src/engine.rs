@@ -35,7 +35,7 @@ use rayon::prelude::*;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use crate::config::{Codec, ColumnType, Compression, Format, OnError, OnMissing};
-use crate::transform::{self, TimestampFormat};
+use crate::transform;
 use crate::{WorkerError, plan::Plan, plan::StepOp};
 
 pub const CHUNK_BYTES: usize = 4 << 20;
@@ -155,7 +155,7 @@ impl ColBuilder {
             ColBuilder::Dec(_, p, sc) => {
                 Cell::Dec(transform::parse_decimal(s, *p, *sc).ok_or_else(bad)?)
             }
-            ColBuilder::Ts(_) => Cell::Ts(TimestampFormat::Rfc3339.parse(s).ok_or_else(bad)?),
+            ColBuilder::Ts(_) => Cell::Ts(transform::parse_timestamp_text(s).ok_or_else(bad)?),
             ColBuilder::Date(_) => Cell::Date(transform::parse_date(s).ok_or_else(bad)?),
         })
     }
@@ -1929,6 +1929,9 @@ pub fn process_parquet_input(
             key: key.clone(),
             detail: e.to_string(),
         })?;
+        // Timestamps are UTC instants whatever zone name they carry; name it by its offset so the
+        // JSON rendering needs no time-zone database.
+        let rb = utc_offset_timestamps(rb)?;
         // Render each row as JSON so that the row path (and quarantine) is the same as NDJSON's.
         let mut buf = Vec::new();
         {
@@ -1948,6 +1951,31 @@ pub fn process_parquet_input(
         process_chunk(plan, &chunk, st)?;
     }
     Ok(())
+}
+
+fn utc_offset_timestamps(rb: RecordBatch) -> Result<RecordBatch, WorkerError> {
+    let mut fields = Vec::with_capacity(rb.num_columns());
+    let mut cols = Vec::with_capacity(rb.num_columns());
+    for (f, c) in rb.schema().fields().iter().zip(rb.columns()) {
+        match f.data_type() {
+            DataType::Timestamp(unit, Some(_)) => {
+                let t = DataType::Timestamp(*unit, Some("+00:00".into()));
+                let data = c
+                    .to_data()
+                    .into_builder()
+                    .data_type(t.clone())
+                    .build()
+                    .map_err(WorkerError::arrow)?;
+                cols.push(arrow::array::make_array(data));
+                fields.push(Field::new(f.name(), t, f.is_nullable()));
+            }
+            _ => {
+                cols.push(c.clone());
+                fields.push(f.as_ref().clone());
+            }
+        }
+    }
+    RecordBatch::try_new(schema_of(fields), cols).map_err(WorkerError::arrow)
 }
 
 pub fn schema_of(fields: Vec<Field>) -> SchemaRef {

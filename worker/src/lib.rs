@@ -267,3 +267,156 @@ pub async fn execute_task(
         .await?;
     Ok(manifest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        Array, ArrayRef, AsArray, Decimal128Array, Int64Array, StringArray, StructArray,
+        TimestampMicrosecondArray,
+    };
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use backends::object_store::LocalStore;
+    use protocol::{ObjectRef, ShardInput};
+
+    const PARQUET_PIPELINE: &str = r#"
+[pipeline]
+name = "pq"
+[source]
+location = "."
+format = "parquet"
+[[columns]]
+name = "id"
+type = "string"
+required = true
+[[columns]]
+name = "n"
+type = "int64"
+[[columns]]
+name = "ts"
+type = "timestamp"
+[[columns]]
+name = "amount"
+type = "decimal(18,2)"
+[[columns]]
+name = "os"
+path = "device.os"
+type = "string"
+[[steps]]
+op = "dedupe"
+keys = ["id"]
+[output]
+columns = ["id", "n", "ts", "amount", "os"]
+"#;
+
+    #[test]
+    fn parquet_sources_with_nested_columns_run_through_the_same_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let os = StringArray::from(vec![Some("linux"), None, Some("ios"), Some("mac")]);
+        let device = StructArray::from(vec![(
+            Arc::new(Field::new("os", DataType::Utf8, true)),
+            Arc::new(os) as ArrayRef,
+        )]);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("amount", DataType::Decimal128(18, 2), true),
+            Field::new("device", device.data_type().clone(), true),
+            Field::new("ignored", DataType::Utf8, true),
+        ]));
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    Some("b"),
+                    None,
+                    Some("a"),
+                ])),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![1_746_093_600_000_000; 4])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(
+                    Decimal128Array::from(vec![1230, -300, 5, 7])
+                        .with_precision_and_scale(18, 2)
+                        .unwrap(),
+                ),
+                Arc::new(device),
+                Arc::new(StringArray::from(vec!["x"; 4])),
+            ],
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        std::fs::write(dir.path().join("in.parquet"), &buf).unwrap();
+        let p = config::parse(PARQUET_PIPELINE, "pq.toml", dir.path().to_path_buf()).unwrap();
+        let plan = Plan::build(&p).unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let shard = ShardDescriptor {
+            shard_id: "s00000".into(),
+            index: 0,
+            inputs: vec![ShardInput {
+                object: ObjectRef {
+                    key: "in.parquet".into(),
+                    size: buf.len() as u64,
+                },
+                range: None,
+            }],
+        };
+        let out = run_shard_blocking(&plan, &p, store, &shard, "out", &dir.path().join("scratch"))
+            .unwrap();
+        assert_eq!(
+            (
+                out.counts.lines_total,
+                out.counts.malformed,
+                out.counts.duplicates,
+                out.counts.rows_out
+            ),
+            (4, 1, 1, 2)
+        );
+        let f = std::fs::File::open(&out.files[0].local).unwrap();
+        let rb = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(rb.column(0).as_string::<i32>().value(1), "b");
+        assert_eq!(
+            rb.column(1)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(1),
+            2
+        );
+        assert_eq!(
+            rb.column(2)
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(0),
+            1_746_093_600_000_000
+        );
+        assert_eq!(
+            rb.column(3)
+                .as_primitive::<arrow::datatypes::Decimal128Type>()
+                .value(0),
+            1230
+        );
+        assert_eq!(
+            rb.column(3)
+                .as_primitive::<arrow::datatypes::Decimal128Type>()
+                .value(1),
+            -300
+        );
+        assert_eq!(rb.column(4).as_string::<i32>().value(0), "linux");
+        assert!(rb.column(4).is_null(1));
+    }
+}

@@ -190,6 +190,20 @@ pub fn parse_decimal(s: &str, precision: u8, scale: i8) -> Option<i128> {
     Some(if neg { -v } else { v })
 }
 
+/// A timestamp value of a `timestamp` column: RFC 3339 with an offset, or without one (then UTC),
+/// with `T` or a space between date and time.
+pub fn parse_timestamp_text(s: &str) -> Option<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    None
+}
+
 pub fn parse_bool(s: &str) -> Option<bool> {
     match s {
         "true" | "TRUE" | "True" | "1" | "t" => Some(true),
