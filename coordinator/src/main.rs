@@ -20,6 +20,10 @@ struct Cli {
     command: Command,
 }
 
+// The same allocator as the worker binary: the in-process workers allocate on several threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_DATA_DIR: &str = "tributary-data";
 
 #[derive(Subcommand)]
