@@ -40,22 +40,10 @@ impl Rng {
     }
 }
 
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// Local time text for `utc_secs` at `offset_min` minutes east of UTC.
 fn local(utc_secs: i64, offset_min: i64, iso: bool) -> String {
     let t = utc_secs + offset_min * 60;
-    let (y, m, d) = civil(t.div_euclid(86_400));
+    let (y, m, d) = backends::civil_from_days(t.div_euclid(86_400));
     let s = t.rem_euclid(86_400);
     let sign = if offset_min < 0 { '-' } else { '+' };
     let (oh, om) = (offset_min.abs() / 60, offset_min.abs() % 60);

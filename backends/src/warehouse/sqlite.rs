@@ -163,28 +163,15 @@ fn format_decimal(v: i128, scale: i8) -> String {
     )
 }
 
-/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 fn format_days(d: i32) -> String {
-    let (y, m, dd) = civil(d.into());
+    let (y, m, dd) = crate::civil_from_days(d.into());
     format!("{y:04}-{m:02}-{dd:02}")
 }
 
 fn format_micros(us: i64) -> String {
     let days = us.div_euclid(86_400_000_000);
     let rem = us.rem_euclid(86_400_000_000);
-    let (y, m, d) = civil(days);
+    let (y, m, d) = crate::civil_from_days(days);
     let secs = rem / 1_000_000;
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
