@@ -156,6 +156,13 @@ fn a_killed_run_resumes_without_redoing_or_duplicating() {
         parquet_files(&crashed.join("lake")),
         "no extra files after the resume"
     );
+    let leftovers: Vec<_> = std::fs::read_dir(crashed.join("tmp"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "scratch of the killed attempt is cleaned: {leftovers:?}"
+    );
 }
 
 #[test]
