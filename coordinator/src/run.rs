@@ -425,7 +425,6 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     );
     let scratch = dd.root.join("tmp");
     let mut workers = Vec::new();
-    let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for w in 0..opts.workers.max(1) {
         let ctx = crate::local_worker::WorkerCtx {
@@ -523,7 +522,6 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         loader.add_done(&done, &shard_index, false).await?;
     }
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-    stop.notify_waiters();
     for w in workers {
         let _ = w.await;
     }
