@@ -94,6 +94,15 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A comma-separated list of quoted identifiers.
+pub fn quote_list<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| quote_ident(n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite;
 #[cfg(feature = "embedded-warehouse")]

@@ -21,7 +21,7 @@ use rusqlite::{Connection, params};
 
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
-    SOURCE_OFFSET_COLUMN, Warehouse, quote_ident,
+    SOURCE_OFFSET_COLUMN, Warehouse, quote_ident, quote_list,
 };
 use crate::object_store::ObjectStore;
 use crate::{BackendError, Result};
@@ -261,12 +261,7 @@ fn load_batch(
                 }
             }
             if !batch.merge_keys.is_empty() {
-                let keys = batch
-                    .merge_keys
-                    .iter()
-                    .map(|k| quote_ident(k))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let keys = quote_list(&batch.merge_keys);
                 let idx = quote_ident(&format!("{}__merge_key", batch.table));
                 tx.execute_batch(&format!(
                     "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {table} ({keys})"
@@ -289,11 +284,7 @@ fn load_batch(
             .join(", ");
         let insert_sql = format!(
             "INSERT INTO temp._tributary_staging ({}) VALUES ({placeholders})",
-            columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ")
+            quote_list(&columns)
         );
         let mut insert = tx.prepare_cached(&insert_sql).map_err(wh_err)?;
         for rb in reader {
@@ -318,20 +309,11 @@ fn load_batch(
         }
     }
     if schema.is_some() {
-        let cols = columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let cols = quote_list(&columns);
         let merge = if batch.merge_keys.is_empty() {
             format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging")
         } else {
-            let keys = batch
-                .merge_keys
-                .iter()
-                .map(|k| quote_ident(k))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let keys = quote_list(&batch.merge_keys);
             let sets = columns
                 .iter()
                 .filter(|c| !batch.merge_keys.contains(c))
