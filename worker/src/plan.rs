@@ -232,7 +232,7 @@ impl Plan {
                     let out = new_slot(
                         &mut names,
                         &mut slot_types,
-                        s.output.as_ref().unwrap_or(&s.column),
+                        output_name(&s.output, &s.column),
                         ColumnType::String,
                     );
                     StepOp::Regex {
@@ -250,7 +250,7 @@ impl Plan {
                     let out = new_slot(
                         &mut names,
                         &mut slot_types,
-                        s.output.as_ref().unwrap_or(&s.column),
+                        output_name(&s.output, &s.column),
                         ColumnType::Timestamp,
                     );
                     StepOp::ParseTs {
@@ -300,7 +300,7 @@ impl Plan {
                     let out = new_slot(
                         &mut names,
                         &mut slot_types,
-                        s.output.as_ref().unwrap_or(&s.column),
+                        output_name(&s.output, &s.column),
                         ColumnType::String,
                     );
                     StepOp::Hash {
@@ -316,7 +316,7 @@ impl Plan {
                     let out = new_slot(
                         &mut names,
                         &mut slot_types,
-                        s.output.as_ref().unwrap_or(&s.column),
+                        output_name(&s.output, &s.column),
                         ColumnType::String,
                     );
                     StepOp::Ipv4 {
@@ -352,7 +352,7 @@ impl Plan {
                     let out = new_slot(
                         &mut names,
                         &mut slot_types,
-                        s.output.as_ref().unwrap_or(&s.column),
+                        output_name(&s.output, &s.column),
                         s.to,
                     );
                     StepOp::Cast {
@@ -414,6 +414,11 @@ impl Plan {
         }
         hex::encode(h.finalize())
     }
+}
+
+/// A step's output column: `output` when set, otherwise the column it transforms.
+fn output_name<'a>(output: &'a Option<String>, column: &'a str) -> &'a str {
+    output.as_deref().unwrap_or(column)
 }
 
 /// Loads a two-column mapping from a CSV reference file with a header.
