@@ -2,17 +2,19 @@
 //!
 //! | trait | embedded (local runs, tests) | production |
 //! |---|---|---|
-//! | [`queue::Queue`] | [`queue::MemoryQueue`]: SQS semantics in process | SQS (fleet issue) |
-//! | [`object_store::ObjectStore`] | [`object_store::LocalStore`]: a folder | S3 (fleet issue) |
-//! | [`warehouse::Warehouse`] | `warehouse::SqliteWarehouse` (feature `embedded-warehouse`) | Redshift, PostgreSQL |
-//! | [`state::StateStore`] | [`state::FileStateStore`]: atomic files on local disk | shared durable store |
+//! | [`queue::Queue`] | [`queue::MemoryQueue`]: SQS semantics in process | [`queue::SqsQueue`] |
+//! | [`object_store::ObjectStore`] | [`object_store::LocalStore`]: a folder | [`object_store::S3Store`] |
+//! | [`warehouse::Warehouse`] | `warehouse::SqliteWarehouse` (feature `embedded-warehouse`) | [`warehouse::RedshiftWarehouse`] (Data API), [`warehouse::PostgresWarehouse`] (PostgreSQL wire) |
+//! | [`state::StateStore`] | [`state::FileStateStore`]: atomic files on local disk | [`state::ObjectStateStore`] (S3, conditional writes) |
 //!
 //! Each trait has ONE test suite (`queue::suite`, `object_store::suite`, `state::suite`,
 //! `warehouse::suite`) written against the trait only; every implementation runs it.
 
+pub mod aws;
 pub mod object_store;
 pub mod queue;
 pub mod state;
+pub mod testkit;
 pub mod warehouse;
 
 /// Errors of every backend, with the context needed to act on them.
@@ -34,6 +36,15 @@ pub enum BackendError {
     Warehouse(String),
     #[error("state store {path}: {detail}")]
     State { path: String, detail: String },
+    #[error("{service} {op} on {what}: {detail}")]
+    Aws {
+        service: String,
+        op: String,
+        what: String,
+        detail: String,
+        retryable: bool,
+        status: Option<u16>,
+    },
 }
 
 impl BackendError {
@@ -54,6 +65,7 @@ impl BackendError {
                     | std::io::ErrorKind::WouldBlock
             ),
             BackendError::Queue { .. } => true,
+            BackendError::Aws { retryable, .. } => *retryable,
             _ => false,
         }
     }

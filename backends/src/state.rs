@@ -133,6 +133,76 @@ impl StateStore for FileStateStore {
     }
 }
 
+/// State as objects in an [`ObjectStore`] (S3 in the fleet): survives the loss of the
+/// coordinator's pod, needs no volume, and `put_if_absent` is S3's conditional write
+/// (`If-None-Match: *`), so a claim is atomic even between two coordinators.
+#[derive(Debug, Clone)]
+pub struct ObjectStateStore {
+    store: std::sync::Arc<dyn crate::object_store::ObjectStore>,
+}
+
+impl ObjectStateStore {
+    pub fn new(store: std::sync::Arc<dyn crate::object_store::ObjectStore>) -> Self {
+        ObjectStateStore { store }
+    }
+
+    fn check(key: &str) -> Result<()> {
+        let ok = !key.is_empty()
+            && key
+                .split('/')
+                .all(|p| !p.is_empty() && p != "." && p != ".." && !p.starts_with('.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(BackendError::InvalidKey {
+                key: key.into(),
+                reason: "not a valid state key".into(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for ObjectStateStore {
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        Self::check(key)?;
+        self.store.put(key, value.to_vec()).await
+    }
+
+    async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<bool> {
+        Self::check(key)?;
+        self.store.put_if_absent(key, value.to_vec()).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Self::check(key)?;
+        match self.store.get(key).await {
+            Ok(v) => Ok(Some(v)),
+            Err(BackendError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        Self::check(key)?;
+        self.store.delete(key).await
+    }
+}
+
 /// The shared test suite every [`StateStore`] implementation must pass. `reopen` must give a new
 /// handle on the same durable state (what a restarted coordinator sees).
 pub mod suite {
@@ -181,5 +251,18 @@ mod tests {
         let root = dir.path().to_path_buf();
         let store = FileStateStore::new(&root).unwrap();
         suite::run_all(&store, &|| Box::new(FileStateStore::new(&root).unwrap())).await;
+    }
+
+    #[tokio::test]
+    async fn object_state_store_on_a_folder_passes_the_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let open = move || {
+            ObjectStateStore::new(std::sync::Arc::new(
+                crate::object_store::LocalStore::new(&root).unwrap(),
+            ))
+        };
+        let store = open();
+        suite::run_all(&store, &|| Box::new(open())).await;
     }
 }

@@ -103,6 +103,47 @@ pub fn quote_list<S: AsRef<str>>(names: &[S]) -> String {
         .join(", ")
 }
 
+pub(crate) fn format_decimal(v: i128, scale: i8) -> String {
+    if scale <= 0 {
+        return v.to_string();
+    }
+    let s = scale as u32;
+    let p = 10i128.pow(s);
+    let sign = if v < 0 { "-" } else { "" };
+    let a = v.unsigned_abs();
+    format!(
+        "{sign}{}.{:0w$}",
+        a / p as u128,
+        a % p as u128,
+        w = s as usize
+    )
+}
+
+pub(crate) fn format_days(d: i32) -> String {
+    let (y, m, dd) = crate::civil_from_days(d.into());
+    format!("{y:04}-{m:02}-{dd:02}")
+}
+
+pub(crate) fn format_micros(us: i64) -> String {
+    let days = us.div_euclid(86_400_000_000);
+    let rem = us.rem_euclid(86_400_000_000);
+    let (y, m, d) = crate::civil_from_days(days);
+    let secs = rem / 1_000_000;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        rem % 1_000_000
+    )
+}
+
+pub mod plan;
+mod postgres;
+mod redshift;
+pub use postgres::PostgresWarehouse;
+pub use redshift::{RedshiftSettings, RedshiftWarehouse};
+
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite;
 #[cfg(feature = "embedded-warehouse")]

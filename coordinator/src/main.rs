@@ -1,6 +1,8 @@
 //! `coordinator`: the Tributary command line.
 //!
-//! `demo`, `run`, `validate`, `status` and `sql`; errors go to stderr with a non-zero exit.
+//! `demo`, `run`, `validate`, `status` and `sql` on the embedded backends; `serve` (the fleet
+//! coordinator), and `status --server` / `trigger --server` against its HTTP API. Errors go to
+//! stderr with a non-zero exit.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -65,13 +67,31 @@ enum Command {
     },
     /// Check a pipeline file (and its key and reference files) without running anything.
     Validate { pipeline: PathBuf },
-    /// List runs and their progress.
+    /// List runs and their progress (of a data dir, or of a serving coordinator with --server).
     Status {
+        /// One run only.
+        run: Option<String>,
         #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
         data_dir: PathBuf,
+        /// A coordinator's API (`http://coordinator:8080`): ask it instead of reading a data dir.
+        #[arg(long, env = "TRIBUTARY_SERVER")]
+        server: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the fleet coordinator: schedules, plans and enqueues shards on SQS, consumes
+    /// completions, and loads the warehouse; serves the HTTP API.
+    Serve {
+        /// Fleet configuration (TOML); every setting can also come from TRIBUTARY_* variables.
+        #[arg(long, env = "TRIBUTARY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Start a run of a pipeline now on a serving coordinator.
+    Trigger {
+        pipeline: String,
+        #[arg(long, env = "TRIBUTARY_SERVER")]
+        server: String,
     },
     /// Run a SQL query against the embedded warehouse.
     Sql {
@@ -82,19 +102,18 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
+    worker::settings::init_logging(if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(Cli::parse())) {
+    if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -138,6 +157,49 @@ fn print_report(r: &RunReport) {
     for (shard, why) in &rec.failed_shards {
         println!("  FAILED {shard}: {why}");
     }
+}
+
+fn print_run_line(r: &coordinator::run::RunRecord, done: usize) {
+    println!(
+        "{:<40} {:<12} {:<10} shards {done}/{}  rows_out {}  batches loaded {}  started {}{}",
+        r.run_id,
+        r.pipeline,
+        r.status,
+        r.shards,
+        r.counts.rows_out,
+        r.batches_loaded,
+        r.started_at,
+        r.last_error
+            .as_ref()
+            .map(|e| format!("  last error: {e}"))
+            .unwrap_or_default()
+    );
+}
+
+/// One call to a coordinator's API; an error answer becomes an error with its message.
+fn api_call(url: &str, body: Option<&serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut resp = match body {
+        Some(b) => agent.post(url).send_json(b),
+        None => agent.get(url).call(),
+    }
+    .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+    let status = resp.status();
+    let v: serde_json::Value = resp
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("{url} answered {status} without JSON"))?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{url}: {status}: {}",
+            v["error"].as_str().unwrap_or("(no error text)")
+        );
+    }
+    Ok(v)
 }
 
 fn stats_line(r: &RunReport) -> String {
@@ -264,9 +326,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{failed} shard(s) failed");
             }
         }
-        Command::Status { data_dir, json } => {
+        Command::Serve { config } => {
+            let (settings, base) = coordinator::fleet::load_settings(config.as_deref())?;
+            let c = coordinator::fleet::Coordinator::open(settings, &base).await?;
+            c.serve(worker::daemon::shutdown_signal()).await?;
+        }
+        Command::Trigger { pipeline, server } => {
+            let body = serde_json::json!({ "pipeline": pipeline });
+            let url = format!("{}/api/runs", server.trim_end_matches('/'));
+            let v = tokio::task::block_in_place(|| api_call(&url, Some(&body)))?;
+            println!("started run {}", v["run_id"].as_str().unwrap_or("?"));
+        }
+        Command::Status {
+            run: Some(id),
+            server: Some(server),
+            ..
+        } => {
+            let url = format!("{}/api/runs/{id}", server.trim_end_matches('/'));
+            let v = tokio::task::block_in_place(|| api_call(&url, None))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Status {
+            server: Some(server),
+            json,
+            ..
+        } => {
+            let url = format!("{}/api/runs", server.trim_end_matches('/'));
+            let v = tokio::task::block_in_place(|| api_call(&url, None))?;
+            let runs: Vec<coordinator::run::RunRecord> = serde_json::from_value(v)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else if runs.is_empty() {
+                println!("no runs on {server}");
+            }
+            if !json {
+                for r in runs {
+                    print_run_line(&r, r.shards_done);
+                }
+            }
+        }
+        Command::Status {
+            data_dir,
+            json,
+            run,
+            server: None,
+        } => {
             let dd = DataDir::open(&data_dir)?;
             let mut runs = dd.runs().await?;
+            if let Some(id) = &run {
+                runs.retain(|r| &r.run_id == id);
+                if runs.is_empty() {
+                    anyhow::bail!("no run {id} in {}", dd.root.display());
+                }
+            }
             runs.sort_by(|a, b| {
                 a.started_at
                     .cmp(&b.started_at)
@@ -283,16 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .list(&format!("runs/{}/done/", r.run_id))
                         .await?
                         .len();
-                    println!(
-                        "{:<40} {:<12} {:<10} shards {done}/{}  rows_out {}  batches loaded {}  started {}",
-                        r.run_id,
-                        r.pipeline,
-                        r.status,
-                        r.shards,
-                        r.counts.rows_out,
-                        r.batches_loaded,
-                        r.started_at
-                    );
+                    print_run_line(&r, done);
                 }
             }
         }

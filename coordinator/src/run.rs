@@ -51,17 +51,23 @@ pub struct RunOptions {
 
 /// Test hook: crash the process at a chosen point, as `kill -9` would (no cleanup).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+pub(crate) enum Fault {
     CrashAfterShards(usize),
     CrashAfterLoadCommit,
+    /// Fleet: enqueue every task twice (two workers then run the same task at once).
+    DuplicateTasks,
 }
 
-fn fault() -> Option<Fault> {
+pub(crate) fn fault() -> Option<Fault> {
     let v = std::env::var("TRIBUTARY_FAULT").ok()?;
     if let Some(n) = v.strip_prefix("crash_after_shards=") {
         return n.parse().ok().map(Fault::CrashAfterShards);
     }
-    (v == "crash_after_load_commit").then_some(Fault::CrashAfterLoadCommit)
+    match v.as_str() {
+        "crash_after_load_commit" => Some(Fault::CrashAfterLoadCommit),
+        "duplicate_tasks" => Some(Fault::DuplicateTasks),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,12 +86,21 @@ pub struct RunRecord {
     pub counts: Counts,
     pub batches_loaded: usize,
     pub failed_shards: Vec<(String, String)>,
+    /// Shards finished so far (kept current by the fleet coordinator).
+    #[serde(default)]
+    pub shards_done: usize,
+    /// The last load error, while a batch is being retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Failed load attempts so far (each retried with backoff).
+    #[serde(default)]
+    pub load_failures: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct DoneRecord {
-    manifest_key: String,
-    counts: Counts,
+pub(crate) struct DoneRecord {
+    pub(crate) manifest_key: String,
+    pub(crate) counts: Counts,
 }
 
 /// What a finished run reports.
@@ -99,7 +114,7 @@ pub struct RunReport {
     pub quarantine_files: Vec<PathBuf>,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -201,7 +216,7 @@ fn resolve_source(p: &Pipeline, over: Option<&Path>) -> anyhow::Result<(PathBuf,
     }
 }
 
-fn splittable(p: &Pipeline) -> impl Fn(&ObjectRef) -> bool + '_ {
+pub(crate) fn splittable(p: &Pipeline) -> impl Fn(&ObjectRef) -> bool + '_ {
     move |o: &ObjectRef| {
         let src = &p.file.source;
         let compressed_name = [".gz", ".zst", ".zstd", ".gzip"]
@@ -327,6 +342,9 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
                 counts: Counts::default(),
                 batches_loaded: 0,
                 failed_shards: Vec::new(),
+                shards_done: 0,
+                last_error: None,
+                load_failures: 0,
             };
             dd.state
                 .put(
@@ -407,6 +425,8 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
                 output_prefix: output_prefix.clone(),
                 quarantine_prefix: format!("quarantine/{name}/{run_id}"),
                 manifest_key: manifest_key(&s.shard_id),
+                source_url: None,
+                output_url: None,
             })
             .to_body()
         })
@@ -426,16 +446,19 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let scratch = dd.root.join("tmp");
     let mut workers = Vec::new();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (src2, out2) = (source.clone(), output.clone());
+    let env = worker::daemon::TaskEnv {
+        tasks: tasks.clone(),
+        results: results.clone(),
+        files: dd.files.clone(),
+        stores: Arc::new(move |_| Ok((src2.clone(), out2.clone()))),
+        visibility: Duration::from_secs(30),
+    };
     for w in 0..opts.workers.max(1) {
         let ctx = crate::local_worker::WorkerCtx {
             id: w,
-            tasks: tasks.clone(),
-            results: results.clone(),
-            source: source.clone(),
-            output: output.clone(),
-            files: dd.files.clone(),
+            env: env.clone(),
             scratch: scratch.clone(),
-            visibility: Duration::from_secs(30),
             stopping: stopping.clone(),
         };
         workers.push(tokio::spawn(crate::local_worker::work_loop(ctx)));
@@ -455,7 +478,8 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let fault = fault();
     let mut done_here = 0usize;
     let mut loader = Loader::new(
-        &dd,
+        dd.state.clone(),
+        dd.files.clone(),
         &run_id,
         &table,
         &pipeline,
@@ -525,6 +549,8 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     for w in workers {
         let _ = w.await;
     }
+    // Every worker loop has stopped: no task of this run is using scratch any more.
+    let _ = std::fs::remove_dir_all(&scratch);
     loader.add_done(&done, &shard_index, true).await?;
     progress.finish_and_clear();
 
@@ -534,6 +560,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     }
     record.counts = counts;
     record.batches_loaded = loader.loaded_total;
+    record.shards_done = done.len();
     record.failed_shards = failed.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     record.status = if failed.is_empty() {
         "completed".into()
@@ -609,8 +636,9 @@ fn progress_bar(enabled: bool, total: u64, name: &str) -> indicatif::ProgressBar
 }
 
 /// Groups finished shards into load batches and loads them exactly once.
-struct Loader<'a> {
-    dd: &'a DataDir,
+pub(crate) struct Loader {
+    state: Arc<dyn StateStore>,
+    files: Arc<dyn ObjectStore>,
     run_id: String,
     table: String,
     merge_keys: Vec<String>,
@@ -620,21 +648,24 @@ struct Loader<'a> {
     batched: BTreeSet<String>,
     next_seq: usize,
     loaded: usize,
-    loaded_total: usize,
+    pub(crate) loaded_total: usize,
 }
 
-impl<'a> Loader<'a> {
-    async fn new(
-        dd: &'a DataDir,
+impl Loader {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn new(
+        state: Arc<dyn StateStore>,
+        files: Arc<dyn ObjectStore>,
         run_id: &str,
         table: &str,
         p: &Pipeline,
         batch_rows: u64,
         warehouse: Option<Arc<dyn Warehouse>>,
         output: Arc<dyn ObjectStore>,
-    ) -> anyhow::Result<Loader<'a>> {
+    ) -> anyhow::Result<Loader> {
         let mut l = Loader {
-            dd,
+            state: state.clone(),
+            files,
             run_id: run_id.into(),
             table: table.into(),
             merge_keys: p.file.load.merge_keys.clone(),
@@ -646,9 +677,8 @@ impl<'a> Loader<'a> {
             loaded: 0,
             loaded_total: 0,
         };
-        for key in dd.state.list(&format!("runs/{run_id}/batches/")).await? {
-            let b: LoadBatch =
-                serde_json::from_slice(&dd.state.get(&key).await?.unwrap_or_default())?;
+        for key in state.list(&format!("runs/{run_id}/batches/")).await? {
+            let b: LoadBatch = serde_json::from_slice(&state.get(&key).await?.unwrap_or_default())?;
             l.batched.extend(b.shards.iter().cloned());
             l.next_seq += 1;
         }
@@ -656,15 +686,14 @@ impl<'a> Loader<'a> {
     }
 
     /// Loads every recorded batch that is not marked loaded (the ledger skips committed ones).
-    async fn flush_recorded(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn flush_recorded(&mut self) -> anyhow::Result<()> {
         for key in self
-            .dd
             .state
             .list(&format!("runs/{}/batches/", self.run_id))
             .await?
         {
             let b: LoadBatch =
-                serde_json::from_slice(&self.dd.state.get(&key).await?.unwrap_or_default())?;
+                serde_json::from_slice(&self.state.get(&key).await?.unwrap_or_default())?;
             self.load(&b).await?;
         }
         Ok(())
@@ -672,7 +701,7 @@ impl<'a> Loader<'a> {
 
     async fn load(&mut self, b: &LoadBatch) -> anyhow::Result<()> {
         let mark = format!("runs/{}/loaded/{}", self.run_id, b.batch_id);
-        if self.dd.state.get(&mark).await?.is_some() {
+        if self.state.get(&mark).await?.is_some() {
             self.loaded_total += 1;
             return Ok(());
         }
@@ -690,13 +719,13 @@ impl<'a> Loader<'a> {
                 }
             }
         }
-        self.dd.state.put(&mark, now().as_bytes()).await?;
+        self.state.put(&mark, now().as_bytes()).await?;
         self.loaded_total += 1;
         Ok(())
     }
 
     /// Batches done shards (in shard order) once a batch is full, or all of them when `all`.
-    async fn add_done(
+    pub(crate) async fn add_done(
         &mut self,
         done: &BTreeMap<String, DoneRecord>,
         shards: &BTreeMap<String, &protocol::ShardDescriptor>,
@@ -714,7 +743,6 @@ impl<'a> Loader<'a> {
         let mut ids = Vec::new();
         for (shard_id, d) in &waiting {
             let bytes = self
-                .dd
                 .files
                 .get(&d.manifest_key)
                 .await
@@ -740,8 +768,7 @@ impl<'a> Loader<'a> {
         };
         // Record the batch before loading it: a retry after a crash loads the same batch id.
         let key = format!("runs/{}/batches/b{:04}.json", self.run_id, self.next_seq);
-        self.dd
-            .state
+        self.state
             .put_if_absent(&key, &serde_json::to_vec(&batch)?)
             .await?;
         self.next_seq += 1;

@@ -117,6 +117,13 @@ pub struct TaskMessage {
     pub quarantine_prefix: String,
     /// Object-store key where the worker writes the [`ShardManifest`] (the last write of a task).
     pub manifest_key: String,
+    /// Where the source objects are (`s3://bucket/prefix`); absent in local mode, where the
+    /// in-process workers are handed their stores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
+    /// Root of the output store (`s3://bucket/lake`); absent in local mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_url: Option<String>,
 }
 
 /// Worker → coordinator: how a task ended.
@@ -454,6 +461,8 @@ mod tests {
             output_prefix: "lake/web".into(),
             quarantine_prefix: "quarantine/web/r1".into(),
             manifest_key: "manifests/r1/s00003.json".into(),
+            source_url: Some("s3://raw/web/".into()),
+            output_url: None,
         })
     }
 

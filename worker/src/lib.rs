@@ -10,8 +10,10 @@
 
 pub mod bridge;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod plan;
+pub mod settings;
 pub mod transform;
 
 use std::path::{Path, PathBuf};

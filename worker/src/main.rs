@@ -2,8 +2,11 @@
 //!
 //! `worker process PIPELINE.toml --input FILE --output DIR` runs one file through a pipeline as a
 //! single shard (no queue, no warehouse) and prints the counts as a `STATS {json}` line: the
-//! building block the benchmarks measure. The queue daemon (`worker --config FILE`) arrives with
-//! the fleet backends.
+//! building block the benchmarks measure.
+//!
+//! `worker --config FILE` is the fleet daemon: it pulls shard tasks from SQS, reads sources from
+//! S3, writes Parquet to S3 and reports to the coordinator, until SIGTERM (then it drains). Every
+//! setting can also come from `TRIBUTARY_*` environment variables (README, "Running on AWS").
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,8 +24,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "worker", version, about = "Tributary worker")]
 struct Cli {
+    /// Fleet configuration (TOML): run as the queue daemon.
+    #[arg(long, env = "TRIBUTARY_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -52,9 +58,32 @@ fn main() {
     }
 }
 
+fn daemon(config: Option<PathBuf>) -> anyhow::Result<()> {
+    worker::settings::init_logging("info");
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let (settings, _) = worker::settings::FleetSettings::load(config.as_deref(), &env)?;
+    if let Some(n) = settings.worker.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("configuring threads")?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(worker::daemon::run_daemon(
+        settings,
+        worker::daemon::shutdown_signal(),
+    ))
+}
+
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        return daemon(cli.config);
+    };
+    match command {
         Command::Process {
             pipeline,
             input,

@@ -21,7 +21,8 @@ use rusqlite::{Connection, params};
 
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
-    SOURCE_OFFSET_COLUMN, Warehouse, quote_ident, quote_list,
+    SOURCE_OFFSET_COLUMN, Warehouse, format_days, format_decimal, format_micros, quote_ident,
+    quote_list,
 };
 use crate::object_store::ObjectStore;
 use crate::{BackendError, Result};
@@ -145,41 +146,6 @@ fn value_at(col: &dyn Array, i: usize) -> Result<Value> {
         }
         other => return Err(wh_err(format!("unsupported column type {other}"))),
     })
-}
-
-fn format_decimal(v: i128, scale: i8) -> String {
-    if scale <= 0 {
-        return v.to_string();
-    }
-    let s = scale as u32;
-    let p = 10i128.pow(s);
-    let sign = if v < 0 { "-" } else { "" };
-    let a = v.unsigned_abs();
-    format!(
-        "{sign}{}.{:0w$}",
-        a / p as u128,
-        a % p as u128,
-        w = s as usize
-    )
-}
-
-fn format_days(d: i32) -> String {
-    let (y, m, dd) = crate::civil_from_days(d.into());
-    format!("{y:04}-{m:02}-{dd:02}")
-}
-
-fn format_micros(us: i64) -> String {
-    let days = us.div_euclid(86_400_000_000);
-    let rem = us.rem_euclid(86_400_000_000);
-    let (y, m, d) = crate::civil_from_days(days);
-    let secs = rem / 1_000_000;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        rem % 1_000_000
-    )
 }
 
 fn existing_columns(conn: &Connection, table: &str) -> Result<Vec<String>> {

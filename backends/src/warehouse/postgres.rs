@@ -1,0 +1,351 @@
+//! The load plan over the PostgreSQL wire protocol: PostgreSQL itself, or Redshift through its
+//! Postgres-compatible endpoint (as many loaders connect).
+//!
+//! The data step is a bulk `COPY staging (...) FROM STDIN` (text format) of the Parquet rows,
+//! streamed: each file is decoded on a blocking thread into 1 MiB chunks of COPY text that flow
+//! through a bounded channel into the connection, so memory stays flat whatever the batch size.
+//! Everything else is [`super::plan::LoadPlan`], in one transaction.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatchReader;
+use arrow::datatypes::Schema;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::SinkExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use protocol::{LoadBatch, LoadFile};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use super::plan::{self, Dialect, LoadPlan};
+use super::{LEDGER_TABLE, LoadOutcome, QueryResult, Warehouse, quote_ident};
+use crate::object_store::ObjectStore;
+use crate::{BackendError, Result};
+
+/// A warehouse reached over the PostgreSQL wire protocol.
+#[derive(Debug)]
+pub struct PostgresWarehouse {
+    config: tokio_postgres::Config,
+    describe: String,
+    dialect: Dialect,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+fn pg_err(context: &str, e: tokio_postgres::Error) -> BackendError {
+    let detail = match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {}{}",
+            db.severity(),
+            db.message(),
+            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+        None => e.to_string(),
+    };
+    BackendError::Warehouse(format!("{context}: {detail}"))
+}
+
+impl PostgresWarehouse {
+    /// Connects with a libpq-style connection string (`host=… port=… user=… dbname=…`) or URL
+    /// (`postgresql://user@host:5432/db`). `redshift` selects Redshift's SQL dialect. Creates the
+    /// load ledger if it is missing.
+    pub async fn connect(conn: &str, redshift: bool) -> Result<Self> {
+        let config: tokio_postgres::Config = conn.parse().map_err(|e| {
+            BackendError::Warehouse(format!("invalid PostgreSQL connection string: {e}"))
+        })?;
+        let describe = format!(
+            "postgresql://{}@{}/{}",
+            config.get_user().unwrap_or(""),
+            config
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(s) => s.clone(),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            config.get_dbname().unwrap_or("")
+        );
+        let wh = PostgresWarehouse {
+            config,
+            describe,
+            dialect: if redshift {
+                Dialect::Redshift
+            } else {
+                Dialect::Postgres
+            },
+            client: tokio::sync::Mutex::new(None),
+        };
+        {
+            let mut guard = wh.client.lock().await;
+            let c = wh.ensure(&mut guard).await?;
+            c.batch_execute(&plan::ledger_ddl(wh.dialect))
+                .await
+                .map_err(|e| pg_err("creating the load ledger", e))?;
+        }
+        Ok(wh)
+    }
+
+    /// The connection, opened again if it was lost.
+    async fn ensure<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a mut Client> {
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            let (client, connection) = self
+                .config
+                .connect(NoTls)
+                .await
+                .map_err(|e| pg_err(&format!("connecting to {}", self.describe), e))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "PostgreSQL connection closed");
+                }
+            });
+            *slot = Some(client);
+        }
+        Ok(slot.as_mut().expect("connected"))
+    }
+
+    async fn load_inner(
+        &self,
+        batch: &LoadBatch,
+        files: Arc<dyn ObjectStore>,
+    ) -> Result<LoadOutcome> {
+        let mut guard = self.client.lock().await;
+        let client = self.ensure(&mut guard).await?;
+        let tx = client.transaction().await.map_err(|e| pg_err("BEGIN", e))?;
+        // Under the ledger lock, a batch already loaded is skipped before any data moves.
+        let lock = &plan::LoadPlan::new(batch, Vec::new(), &[], self.dialect).before_data[0];
+        tx.batch_execute(lock)
+            .await
+            .map_err(|e| pg_err("locking the ledger", e))?;
+        let seen = tx
+            .query_one(
+                &format!("SELECT count(*) FROM {LEDGER_TABLE} WHERE batch_id = $1"),
+                &[&batch.batch_id],
+            )
+            .await
+            .map_err(|e| pg_err("reading the ledger", e))?;
+        if seen.get::<_, i64>(0) > 0 {
+            return Ok(LoadOutcome::AlreadyLoaded);
+        }
+        let Some(first) = batch.files.first() else {
+            // Every row of the batch's shards was filtered out: only the ledger row.
+            tx.execute(
+                &format!(
+                    "INSERT INTO {LEDGER_TABLE} (batch_id, table_name, run_id, files, rows_staged, loaded_at) \
+                     VALUES ($1, $2, $3, 0, 0, now())"
+                ),
+                &[&batch.batch_id, &batch.table, &batch.run_id],
+            )
+            .await
+            .map_err(|e| pg_err("recording the batch", e))?;
+            tx.commit().await.map_err(|e| pg_err("COMMIT", e))?;
+            return Ok(LoadOutcome::Loaded {
+                rows_staged: 0,
+                rows_in_table: 0,
+            });
+        };
+        let first_bytes = read_file(&*files, first).await?;
+        let schema = parquet_schema(&first.file.key, first_bytes.clone())?;
+        let partition: Vec<String> = first
+            .file
+            .partition
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect();
+        let columns = plan::columns_for(&schema, &partition, self.dialect)?;
+        let existing: Vec<String> = tx
+            .query(
+                "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                &[&batch.table],
+            )
+            .await
+            .map_err(|e| pg_err("reading the target's columns", e))?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        let lp = LoadPlan::new(batch, columns, &existing, self.dialect);
+        for sql in &lp.before_data[1..] {
+            tx.batch_execute(sql)
+                .await
+                .map_err(|e| pg_err(&format!("batch {}: {sql}", batch.batch_id), e))?;
+        }
+        let sink = tx
+            .copy_in::<_, Bytes>(&plan::postgres_copy_sql(&lp))
+            .await
+            .map_err(|e| pg_err("COPY FROM STDIN", e))?;
+        futures_util::pin_mut!(sink);
+        let mut first_bytes = Some(first_bytes);
+        for lf in &batch.files {
+            let bytes = match first_bytes.take() {
+                Some(b) => b,
+                None => read_file(&*files, lf).await?,
+            };
+            let (tx_chunks, mut rx_chunks) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(4);
+            let lf2 = lf.clone();
+            let batch_id = batch.batch_id.clone();
+            let want = schema.clone();
+            let producer = tokio::task::spawn_blocking(move || {
+                if let Err(e) = render_file(&lf2, &batch_id, bytes, &want, &tx_chunks) {
+                    let _ = tx_chunks.blocking_send(Err(e));
+                }
+            });
+            while let Some(chunk) = rx_chunks.recv().await {
+                sink.send(Bytes::from(chunk?))
+                    .await
+                    .map_err(|e| pg_err(&format!("COPY of {}", lf.file.key), e))?;
+            }
+            producer
+                .await
+                .map_err(|e| BackendError::Warehouse(format!("decoding {}: {e}", lf.file.key)))?;
+        }
+        let staged = sink
+            .as_mut()
+            .finish()
+            .await
+            .map_err(|e| pg_err("finishing COPY", e))?;
+        for sql in &lp.after_data {
+            tx.batch_execute(sql)
+                .await
+                .map_err(|e| pg_err(&format!("batch {}: {sql}", batch.batch_id), e))?;
+        }
+        let in_table = tx
+            .query_one(
+                &format!("SELECT count(*) FROM {}", quote_ident(&batch.table)),
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err("counting rows", e))?
+            .get::<_, i64>(0);
+        tx.commit().await.map_err(|e| pg_err("COMMIT", e))?;
+        Ok(LoadOutcome::Loaded {
+            rows_staged: staged,
+            rows_in_table: in_table as u64,
+        })
+    }
+}
+
+async fn read_file(files: &dyn ObjectStore, lf: &LoadFile) -> Result<Bytes> {
+    files
+        .get(&lf.file.key)
+        .await
+        .map(Bytes::from)
+        .map_err(|e| BackendError::Warehouse(format!("reading {}: {e}", lf.file.key)))
+}
+
+fn parquet_schema(key: &str, bytes: Bytes) -> Result<Arc<Schema>> {
+    Ok(ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| BackendError::Warehouse(format!("{key}: not a readable Parquet file: {e}")))?
+        .schema()
+        .clone())
+}
+
+/// Decodes one Parquet file into COPY text chunks (file columns, partition values, lineage).
+fn render_file(
+    lf: &LoadFile,
+    batch_id: &str,
+    bytes: Bytes,
+    want: &Schema,
+    out: &tokio::sync::mpsc::Sender<Result<Vec<u8>>>,
+) -> Result<()> {
+    let key = &lf.file.key;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| BackendError::Warehouse(format!("{key}: not a readable Parquet file: {e}")))?
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| BackendError::Warehouse(format!("{key}: {e}")))?;
+    if reader.schema().fields() != want.fields() {
+        return Err(BackendError::Warehouse(format!(
+            "{key}: schema differs from the other files of the batch"
+        )));
+    }
+    let mut tail = Vec::new();
+    for (_, v) in &lf.file.partition {
+        tail.push(b'\t');
+        plan::push_copy_text(&mut tail, Some(v));
+    }
+    tail.push(b'\t');
+    plan::push_copy_text(&mut tail, Some(&lf.position.object));
+    tail.extend_from_slice(format!("\t{}\t", lf.position.offset).as_bytes());
+    plan::push_copy_text(&mut tail, Some(batch_id));
+    tail.push(b'\n');
+    let mut buf = Vec::with_capacity(1 << 20);
+    for rb in reader {
+        let rb = rb.map_err(|e| BackendError::Warehouse(format!("{key}: {e}")))?;
+        for i in 0..rb.num_rows() {
+            for (c, col) in rb.columns().iter().enumerate() {
+                if c > 0 {
+                    buf.push(b'\t');
+                }
+                plan::push_copy_text(&mut buf, plan::render_value(col.as_ref(), i)?.as_deref());
+            }
+            buf.extend_from_slice(&tail);
+            if buf.len() >= 1 << 20 {
+                let full = std::mem::replace(&mut buf, Vec::with_capacity(1 << 20));
+                if out.blocking_send(Ok(full)).is_err() {
+                    return Ok(()); // the loader gave up
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let _ = out.blocking_send(Ok(buf));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Warehouse for PostgresWarehouse {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    async fn load(&self, batch: &LoadBatch, files: Arc<dyn ObjectStore>) -> Result<LoadOutcome> {
+        self.load_inner(batch, files).await.map_err(|e| match e {
+            BackendError::Warehouse(m) => {
+                BackendError::Warehouse(format!("load batch {}: {m}", batch.batch_id))
+            }
+            other => other,
+        })
+    }
+
+    async fn is_loaded(&self, batch_id: &str) -> Result<bool> {
+        let mut guard = self.client.lock().await;
+        let client = self.ensure(&mut guard).await?;
+        let row = client
+            .query_one(
+                &format!("SELECT count(*) FROM {LEDGER_TABLE} WHERE batch_id = $1"),
+                &[&batch_id],
+            )
+            .await
+            .map_err(|e| pg_err("reading the ledger", e))?;
+        Ok(row.get::<_, i64>(0) > 0)
+    }
+
+    async fn query(&self, sql: &str) -> Result<QueryResult> {
+        let mut guard = self.client.lock().await;
+        let client = self.ensure(&mut guard).await?;
+        let msgs = client
+            .simple_query(sql)
+            .await
+            .map_err(|e| pg_err("query", e))?;
+        let mut out = QueryResult::default();
+        for m in msgs {
+            match m {
+                SimpleQueryMessage::RowDescription(cols) => {
+                    out.columns = cols.iter().map(|c| c.name().to_string()).collect();
+                    out.rows.clear();
+                }
+                SimpleQueryMessage::Row(r) => {
+                    if out.columns.is_empty() {
+                        out.columns = r.columns().iter().map(|c| c.name().to_string()).collect();
+                    }
+                    out.rows
+                        .push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,513 @@
+//! The load plan over the Redshift Data API (no network path to the cluster needed, IAM auth).
+//!
+//! One load = one `BatchExecuteStatement` (one transaction): the [`super::plan::LoadPlan`] with,
+//! as data step, per group of files (same partition values and source position) a `COPY …
+//! FORMAT AS PARQUET MANIFEST IAM_ROLE …` of a manifest written next to the Parquet, followed by
+//! an `UPDATE` that fills the partition and lineage columns. The statement is polled with
+//! `DescribeStatement` (backoff from `poll_initial` to `poll_max`) until it finishes, fails
+//! (Redshift's error text is returned), is aborted, or the deadline passes (it is then
+//! cancelled). Provisioned clusters (`cluster_identifier` + `db_user` or `secret_arn`) and
+//! serverless workgroups (`workgroup_name`, optional `secret_arn`) are both supported.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_sdk_redshiftdata::Client;
+use aws_sdk_redshiftdata::types::{Field, StatusString};
+use protocol::LoadBatch;
+use serde::{Deserialize, Serialize};
+
+use super::plan::{self, Dialect, LoadPlan, REDSHIFT_MAX_STATEMENTS};
+use super::{LoadOutcome, QueryResult, Warehouse, quote_ident};
+use crate::aws::classify;
+use crate::object_store::ObjectStore;
+use crate::{BackendError, Result};
+
+/// Where and how to reach Redshift through the Data API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedshiftSettings {
+    /// A provisioned cluster…
+    #[serde(default)]
+    pub cluster_identifier: Option<String>,
+    /// …or a serverless workgroup (exactly one of the two).
+    #[serde(default)]
+    pub workgroup_name: Option<String>,
+    pub database: String,
+    /// Temporary credentials for this database user (clusters only)…
+    #[serde(default)]
+    pub db_user: Option<String>,
+    /// …or a Secrets Manager secret holding user name and password.
+    #[serde(default)]
+    pub secret_arn: Option<String>,
+    /// The role Redshift assumes to read the Parquet and manifests from S3 in `COPY`.
+    pub iam_role: String,
+    /// First and longest pause between two `DescribeStatement` polls.
+    #[serde(default = "default_poll_initial_ms")]
+    pub poll_initial_ms: u64,
+    #[serde(default = "default_poll_max_ms")]
+    pub poll_max_ms: u64,
+    /// A statement still running after this long is cancelled and the load fails.
+    #[serde(default = "default_statement_timeout_secs")]
+    pub statement_timeout_secs: u64,
+}
+
+fn default_poll_initial_ms() -> u64 {
+    250
+}
+fn default_poll_max_ms() -> u64 {
+    5_000
+}
+fn default_statement_timeout_secs() -> u64 {
+    1_800
+}
+
+impl RedshiftSettings {
+    /// Refuses settings that cannot work, naming the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match (&self.cluster_identifier, &self.workgroup_name) {
+            (Some(_), Some(_)) => {
+                return Err("redshift: set cluster_identifier or workgroup_name, not both".into());
+            }
+            (None, None) => {
+                return Err("redshift: cluster_identifier or workgroup_name is required".into());
+            }
+            (Some(_), None) if self.db_user.is_none() && self.secret_arn.is_none() => {
+                return Err(
+                    "redshift: a cluster needs db_user (temporary credentials) or secret_arn"
+                        .into(),
+                );
+            }
+            (None, Some(_)) if self.db_user.is_some() => {
+                return Err(
+                    "redshift: db_user is for clusters; a workgroup uses the IAM identity or secret_arn"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if self.database.is_empty() {
+            return Err("redshift.database is empty".into());
+        }
+        if !self.iam_role.starts_with("arn:") {
+            return Err(format!(
+                "redshift.iam_role {:?} is not an IAM role ARN",
+                self.iam_role
+            ));
+        }
+        if self.poll_initial_ms == 0 || self.poll_max_ms < self.poll_initial_ms {
+            return Err("redshift: need 0 < poll_initial_ms <= poll_max_ms".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RedshiftWarehouse {
+    client: Client,
+    settings: RedshiftSettings,
+}
+
+/// Sets the connection fields shared by every Data API request.
+macro_rules! target {
+    ($req:expr, $s:expr) => {{
+        let s = $s;
+        $req.set_cluster_identifier(s.cluster_identifier.clone())
+            .set_workgroup_name(s.workgroup_name.clone())
+            .database(s.database.clone())
+            .set_db_user(s.db_user.clone())
+            .set_secret_arn(s.secret_arn.clone())
+    }};
+}
+
+fn wh(detail: impl Into<String>) -> BackendError {
+    BackendError::Warehouse(detail.into())
+}
+
+impl RedshiftWarehouse {
+    /// Validates the settings and creates the load ledger if it is missing.
+    pub async fn connect(client: Client, settings: RedshiftSettings) -> Result<Self> {
+        settings.validate().map_err(wh)?;
+        let w = RedshiftWarehouse { client, settings };
+        w.execute(&plan::ledger_ddl(Dialect::Redshift)).await?;
+        Ok(w)
+    }
+
+    fn what(&self) -> String {
+        match (
+            &self.settings.cluster_identifier,
+            &self.settings.workgroup_name,
+        ) {
+            (Some(c), _) => format!("cluster {c}/{}", self.settings.database),
+            (_, Some(w)) => format!("workgroup {w}/{}", self.settings.database),
+            _ => self.settings.database.clone(),
+        }
+    }
+
+    /// Submits with retries on throttling (the SDK already backs off; this covers
+    /// `ActiveStatementsExceeded`, which it does not treat as throttling).
+    async fn submit<F, Fut>(&self, op: &str, f: F) -> Result<String>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<String>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match f().await {
+                Ok(id) => return Ok(id),
+                Err(e) if e.is_retryable() && attempt < 6 => {
+                    tracing::warn!(op, attempt, error = %e, "Redshift Data API busy; retrying");
+                    tokio::time::sleep(Duration::from_millis(
+                        self.settings.poll_initial_ms << attempt.min(5),
+                    ))
+                    .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn execute(&self, sql: &str) -> Result<(String, bool)> {
+        let id = self
+            .submit("ExecuteStatement", || async {
+                let out = target!(self.client.execute_statement(), &self.settings)
+                    .sql(sql)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        classify("Redshift Data API", "ExecuteStatement", &self.what(), e)
+                    })?;
+                Ok(out.id().unwrap_or_default().to_string())
+            })
+            .await?;
+        let has_rows = self.wait(&id, sql).await?;
+        Ok((id, has_rows))
+    }
+
+    async fn execute_batch(&self, sqls: Vec<String>, token: &str) -> Result<String> {
+        let id = self
+            .submit("BatchExecuteStatement", || async {
+                let out = target!(self.client.batch_execute_statement(), &self.settings)
+                    .set_sqls(Some(sqls.clone()))
+                    .client_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        classify(
+                            "Redshift Data API",
+                            "BatchExecuteStatement",
+                            &self.what(),
+                            e,
+                        )
+                    })?;
+                Ok(out.id().unwrap_or_default().to_string())
+            })
+            .await?;
+        self.wait(&id, "the load transaction").await?;
+        Ok(id)
+    }
+
+    /// Polls until the statement finishes; a failed or aborted statement is an error with
+    /// Redshift's text, a statement over the deadline is cancelled.
+    async fn wait(&self, id: &str, what: &str) -> Result<bool> {
+        let deadline = Instant::now() + Duration::from_secs(self.settings.statement_timeout_secs);
+        let mut pause = Duration::from_millis(self.settings.poll_initial_ms);
+        loop {
+            let d = self
+                .client
+                .describe_statement()
+                .id(id)
+                .send()
+                .await
+                .map_err(|e| classify("Redshift Data API", "DescribeStatement", id, e))?;
+            match d.status() {
+                Some(StatusString::Finished) => return Ok(d.has_result_set().unwrap_or(false)),
+                Some(StatusString::Failed) => {
+                    let failed_sub = d
+                        .sub_statements()
+                        .iter()
+                        .find(|s| s.error().is_some())
+                        .map(|s| {
+                            format!(
+                                " in sub-statement {}: {}",
+                                s.id(),
+                                s.query_string()
+                                    .unwrap_or("")
+                                    .chars()
+                                    .take(200)
+                                    .collect::<String>()
+                            )
+                        })
+                        .unwrap_or_default();
+                    return Err(wh(format!(
+                        "statement {id} ({what}) failed{failed_sub}: {}",
+                        d.error().unwrap_or("no error text")
+                    )));
+                }
+                Some(StatusString::Aborted) => {
+                    return Err(wh(format!("statement {id} ({what}) was aborted")));
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                let _ = self.client.cancel_statement().id(id).send().await;
+                return Err(wh(format!(
+                    "statement {id} ({what}) still running after {} s: cancelled",
+                    self.settings.statement_timeout_secs
+                )));
+            }
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(Duration::from_millis(self.settings.poll_max_ms));
+        }
+    }
+
+    async fn results(&self, id: &str) -> Result<QueryResult> {
+        let mut out = QueryResult::default();
+        let mut token: Option<String> = None;
+        loop {
+            let r = self
+                .client
+                .get_statement_result()
+                .id(id)
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| classify("Redshift Data API", "GetStatementResult", id, e))?;
+            if out.columns.is_empty() {
+                out.columns = r
+                    .column_metadata()
+                    .iter()
+                    .map(|c| c.name().unwrap_or("?").to_string())
+                    .collect();
+            }
+            for rec in r.records() {
+                out.rows.push(
+                    rec.iter()
+                        .map(|f| match f {
+                            Field::IsNull(true) => None,
+                            Field::StringValue(s) => Some(s.clone()),
+                            Field::LongValue(v) => Some(v.to_string()),
+                            Field::DoubleValue(v) => Some(v.to_string()),
+                            Field::BooleanValue(v) => Some(v.to_string()),
+                            Field::BlobValue(b) => Some(format!("<{} bytes>", b.as_ref().len())),
+                            _ => None,
+                        })
+                        .collect(),
+                );
+            }
+            match r.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn scalar(&self, sql: &str) -> Result<i64> {
+        let (id, _) = self.execute(sql).await?;
+        let r = self.results(&id).await?;
+        r.rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| wh(format!("no number from {sql:?}")))
+    }
+
+    /// The whole transaction of one batch, as sent (also what the golden test pins).
+    pub async fn statements(
+        &self,
+        batch: &LoadBatch,
+        files: &Arc<dyn ObjectStore>,
+    ) -> Result<Vec<String>> {
+        let first = batch
+            .files
+            .first()
+            .ok_or_else(|| wh("a batch without files has nothing to COPY"))?;
+        let schema =
+            read_footer_schema(files.clone(), first.file.key.clone(), first.file.bytes).await?;
+        let partition: Vec<String> = first
+            .file
+            .partition
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect();
+        let columns = plan::columns_for(&schema, &partition, Dialect::Redshift)?;
+        let existing: Vec<String> = {
+            let (id, _) = self
+                .execute(&plan::existing_columns_sql(&batch.table, Dialect::Redshift))
+                .await?;
+            self.results(&id)
+                .await?
+                .rows
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect()
+        };
+        let lp = LoadPlan::new(batch, columns, &existing, Dialect::Redshift);
+        let groups = plan::file_groups(batch);
+        let mut sqls = lp.before_data.clone();
+        for (n, g) in groups.iter().enumerate() {
+            let mut entries = Vec::new();
+            for f in &g.files {
+                let url = files.url(&f.file.key).ok_or_else(|| {
+                    wh(format!(
+                        "{}: Redshift COPY reads from S3, but the Parquet is in {}",
+                        f.file.key,
+                        files.describe()
+                    ))
+                })?;
+                entries.push((url, f.file.bytes));
+            }
+            let key = format!("_tributary/manifests/{}/g{n:04}.manifest", batch.batch_id);
+            files
+                .put(&key, plan::redshift_manifest(&entries).into_bytes())
+                .await?;
+            let manifest_url = files.url(&key).expect("checked above");
+            sqls.extend(plan::redshift_copy_group(
+                &lp,
+                batch,
+                g,
+                &manifest_url,
+                &self.settings.iam_role,
+            ));
+        }
+        sqls.extend(lp.after_data.clone());
+        if sqls.len() > REDSHIFT_MAX_STATEMENTS {
+            return Err(wh(format!(
+                "batch {} needs {} statements ({} file groups); the Data API allows {REDSHIFT_MAX_STATEMENTS}: lower the batch size",
+                batch.batch_id,
+                sqls.len(),
+                groups.len()
+            )));
+        }
+        Ok(sqls)
+    }
+}
+
+/// Reads the Arrow schema from a Parquet file's footer with two ranged reads.
+async fn read_footer_schema(
+    files: Arc<dyn ObjectStore>,
+    key: String,
+    size: u64,
+) -> Result<Arc<arrow::datatypes::Schema>> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let bad = |d: String| wh(format!("{key}: not a readable Parquet file: {d}"));
+        if size < 12 {
+            return Err(bad("too small".into()));
+        }
+        let mut tail = [0u8; 8];
+        files
+            .open_read(
+                &key,
+                Some(protocol::ByteRange {
+                    start: size - 8,
+                    end: size,
+                }),
+            )?
+            .read_exact(&mut tail)
+            .map_err(|e| bad(e.to_string()))?;
+        if &tail[4..] != b"PAR1" {
+            return Err(bad("no PAR1 footer".into()));
+        }
+        let len = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
+        let start = size
+            .checked_sub(8 + len)
+            .ok_or_else(|| bad("bad footer length".into()))?;
+        let mut meta = Vec::with_capacity(len as usize);
+        files
+            .open_read(
+                &key,
+                Some(protocol::ByteRange {
+                    start,
+                    end: size - 8,
+                }),
+            )?
+            .read_to_end(&mut meta)
+            .map_err(|e| bad(e.to_string()))?;
+        let md = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&meta)
+            .map_err(|e| bad(e.to_string()))?;
+        let schema = parquet::arrow::parquet_to_arrow_schema(
+            md.file_metadata().schema_descr(),
+            md.file_metadata().key_value_metadata(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        Ok(Arc::new(schema))
+    })
+    .await
+    .map_err(|e| wh(format!("reading a Parquet footer: {e}")))?
+}
+
+#[async_trait]
+impl Warehouse for RedshiftWarehouse {
+    fn describe(&self) -> String {
+        format!("redshift-data://{}", self.what())
+    }
+
+    async fn load(&self, batch: &LoadBatch, files: Arc<dyn ObjectStore>) -> Result<LoadOutcome> {
+        if self.is_loaded(&batch.batch_id).await? {
+            return Ok(LoadOutcome::AlreadyLoaded);
+        }
+        if batch.files.is_empty() {
+            let sql = format!(
+                "INSERT INTO {} (batch_id, table_name, run_id, files, rows_staged, loaded_at) SELECT {}, {}, {}, 0, 0, GETDATE() WHERE NOT EXISTS (SELECT 1 FROM {} WHERE batch_id = {})",
+                super::LEDGER_TABLE,
+                plan::quote_literal(&batch.batch_id, Dialect::Redshift),
+                plan::quote_literal(&batch.table, Dialect::Redshift),
+                plan::quote_literal(&batch.run_id, Dialect::Redshift),
+                super::LEDGER_TABLE,
+                plan::quote_literal(&batch.batch_id, Dialect::Redshift),
+            );
+            self.execute(&sql).await?;
+            return Ok(LoadOutcome::Loaded {
+                rows_staged: 0,
+                rows_in_table: 0,
+            });
+        }
+        let sqls = self
+            .statements(batch, &files)
+            .await
+            .map_err(|e| wh(format!("load batch {}: {e}", batch.batch_id)))?;
+        // A fresh token per attempt: the SDK's own retries of this request are idempotent, while
+        // a deliberate retry of a failed load runs again.
+        let token = format!(
+            "{:x}-{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+            std::process::id()
+        );
+        self.execute_batch(sqls, &token)
+            .await
+            .map_err(|e| wh(format!("load batch {}: {e}", batch.batch_id)))?;
+        let in_table = self
+            .scalar(&format!(
+                "SELECT count(*) FROM {}",
+                quote_ident(&batch.table)
+            ))
+            .await
+            .unwrap_or(0);
+        Ok(LoadOutcome::Loaded {
+            rows_staged: batch.rows(),
+            rows_in_table: in_table.max(0) as u64,
+        })
+    }
+
+    async fn is_loaded(&self, batch_id: &str) -> Result<bool> {
+        Ok(self
+            .scalar(&plan::is_loaded_sql(batch_id, Dialect::Redshift))
+            .await?
+            > 0)
+    }
+
+    async fn query(&self, sql: &str) -> Result<QueryResult> {
+        let (id, has_rows) = self.execute(sql).await?;
+        if !has_rows {
+            return Ok(QueryResult::default());
+        }
+        self.results(&id).await
+    }
+}

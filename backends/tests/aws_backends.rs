@@ -1,0 +1,280 @@
+//! The shared backend suites against a local moto server (SQS, S3) and the real PostgreSQL,
+//! plus what only the AWS implementations do: payloads over the SQS limit, batch deletes of a
+//! message delivered twice, multipart uploads, streaming ranged reads, SSE-KMS, clear errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backends::BackendError;
+use backends::object_store::{LocalStore, ObjectStore, S3Store};
+use backends::queue::{Queue, SqsQueue};
+use backends::state::ObjectStateStore;
+use backends::testkit;
+use backends::warehouse::PostgresWarehouse;
+
+async fn sqs_queue(endpoint: &str, vis: u32, max_receive: u32) -> SqsQueue {
+    let sdk = testkit::sdk_config(endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let (url, _) =
+        testkit::create_queue_with_dlq(&sqs, &testkit::unique("q"), vis, max_receive).await;
+    SqsQueue::connect(sqs, &url, None, Duration::from_secs(vis.into()))
+        .await
+        .unwrap()
+}
+
+async fn s3_store(endpoint: &str, prefix: &str, kms: Option<String>) -> (S3Store, String) {
+    let sdk = testkit::sdk_config(endpoint).await;
+    let s3 = testkit::s3_client(&sdk);
+    let bucket = testkit::unique("b");
+    testkit::create_bucket(&s3, &bucket).await;
+    let store = S3Store::new(s3, &format!("s3://{bucket}/{prefix}"), kms).unwrap();
+    (store, bucket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_queue_passes_the_suite() {
+    let Some(ep) = testkit::aws_endpoint() else {
+        return;
+    };
+    let make = || -> Box<dyn Queue> {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(async { Box::new(sqs_queue(&ep, 1, 2).await) as Box<dyn Queue> })
+        })
+    };
+    backends::queue::suite::run_all(&make, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_bodies_over_the_limit_travel_through_the_object_store() {
+    let Some(ep) = testkit::aws_endpoint() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let payloads: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+    let q = sqs_queue(&ep, 5, 3)
+        .await
+        .with_payload_store(payloads.clone(), 1024);
+    let big = format!("{{\"v\":1,\"data\":\"{}\"}}", "x".repeat(300_000));
+    q.send_batch(vec![big.clone(), "small".into()])
+        .await
+        .unwrap();
+    assert_eq!(payloads.list("payloads/").await.unwrap().len(), 1);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(q.receive(10, Duration::from_secs(1)).await.unwrap());
+    }
+    let m = got
+        .iter()
+        .find(|m| m.body.len() > 1000)
+        .expect("big body resolved");
+    assert_eq!(m.body, big);
+    let receipts: Vec<String> = got.iter().map(|m| m.receipt.clone()).collect();
+    q.delete_batch(&receipts).await.unwrap();
+    assert!(
+        payloads.list("payloads/").await.unwrap().is_empty(),
+        "the stored payload is removed with its message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_batch_delete_of_a_message_delivered_twice() {
+    let Some(ep) = testkit::aws_endpoint() else {
+        return;
+    };
+    let q = sqs_queue(&ep, 1, 5).await;
+    q.send_batch(vec!["twice".into()]).await.unwrap();
+    let first = q
+        .receive(1, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .remove(0);
+    let mut second = Vec::new();
+    while second.is_empty() {
+        second = q.receive(1, Duration::from_secs(2)).await.unwrap();
+    }
+    assert_eq!(first.message_id, second[0].message_id);
+    assert_eq!(second[0].receive_count, 2, "receive count is exposed");
+    q.delete_batch(&[first.receipt.clone(), second[0].receipt.clone()])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(q.receive(1, Duration::ZERO).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_missing_queue_and_unreachable_endpoint_are_clear_errors() {
+    let Some(ep) = testkit::aws_endpoint() else {
+        return;
+    };
+    let sdk = testkit::sdk_config(&ep).await;
+    let url = format!("{ep}/000000000000/no-such-queue");
+    let err = SqsQueue::connect(
+        aws_sdk_sqs::Client::new(&sdk),
+        &url,
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no-such-queue") && msg.contains("does not exist"),
+        "{msg}"
+    );
+    assert!(!err.is_retryable());
+
+    // Nothing listens on port 9 of loopback.
+    let sdk = testkit::sdk_config("http://127.0.0.1:9").await;
+    let err = SqsQueue::connect(
+        aws_sdk_sqs::Client::new(&sdk),
+        "http://127.0.0.1:9/000000000000/q",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("cannot reach"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_passes_the_suite() {
+    let Some(ep) = testkit::aws_endpoint() else {
+        return;
+    };
+    let (store, _) = s3_store(&ep, "root/", None).await;
+    store.check().await.unwrap();
+    backends::object_store::suite::run_all(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_multipart_upload_streaming_reads_and_sse_kms() {
+    let Some(ep) = testkit::aws_endpoint() else {
+        return;
+    };
+    let kms = "arn:aws:kms:us-east-1:000000000000:key/tributary-test".to_string();
+    let (store, bucket) = s3_store(&ep, "lake", Some(kms.clone())).await;
+    let store = store.with_part_bytes(5 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("big.bin");
+    let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&f, &data).unwrap();
+    assert_eq!(
+        store.put_file("t/big.bin", &f).await.unwrap(),
+        data.len() as u64
+    );
+    assert_eq!(
+        store.head("t/big.bin").await.unwrap(),
+        Some(data.len() as u64)
+    );
+    let sdk = testkit::sdk_config(&ep).await;
+    let head = testkit::s3_client(&sdk)
+        .head_object()
+        .bucket(&bucket)
+        .key("lake/t/big.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+    );
+    assert_eq!(head.ssekms_key_id(), Some(kms.as_str()));
+    // A streaming read over several 8 MiB windows, and a range across a window boundary.
+    let (all, part) = tokio::task::block_in_place(|| {
+        use std::io::Read;
+        let mut all = Vec::new();
+        store
+            .open_read("t/big.bin", None)
+            .unwrap()
+            .read_to_end(&mut all)
+            .unwrap();
+        let mut part = Vec::new();
+        store
+            .open_read(
+                "t/big.bin",
+                Some(protocol::ByteRange {
+                    start: (8 << 20) - 10,
+                    end: (8 << 20) + 10,
+                }),
+            )
+            .unwrap()
+            .read_to_end(&mut part)
+            .unwrap();
+        (all, part)
+    });
+    assert!(all == data, "streamed bytes equal the file");
+    assert_eq!(part, data[(8 << 20) - 10..(8 << 20) + 10]);
+    assert_eq!(
+        store.url("t/big.bin").unwrap(),
+        format!("s3://{bucket}/lake/t/big.bin")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_missing_bucket_is_a_clear_error() {
+    let Some(ep) = testkit::aws_endpoint() else {
+        return;
+    };
+    let sdk = testkit::sdk_config(&ep).await;
+    let store = S3Store::new(
+        testkit::s3_client(&sdk),
+        "s3://no-such-bucket-tributary/x",
+        None,
+    )
+    .unwrap();
+    let err = store.check().await.unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!err.is_retryable());
+    let err = store.get("k").await.unwrap_err();
+    assert!(
+        !matches!(err, BackendError::NotFound { .. }) && err.to_string().contains("NoSuchBucket"),
+        "a missing bucket is not a missing object: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_state_store_on_s3_passes_the_state_suite() {
+    let Some(ep) = testkit::aws_endpoint() else {
+        return;
+    };
+    let (store, bucket) = s3_store(&ep, "state/", None).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
+    let state = ObjectStateStore::new(store);
+    let sdk = testkit::sdk_config(&ep).await;
+    let client = testkit::s3_client(&sdk);
+    let reopen = move || -> Box<dyn backends::state::StateStore> {
+        Box::new(ObjectStateStore::new(Arc::new(
+            S3Store::new(client.clone(), &format!("s3://{bucket}/state/"), None).unwrap(),
+        )))
+    };
+    backends::state::suite::run_all(&state, &reopen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_warehouse_passes_the_suite() {
+    let Some(pg) = testkit::postgres() else {
+        return;
+    };
+    let conn = testkit::postgres_schema(&pg, &testkit::unique("whsuite")).await;
+    let wh = PostgresWarehouse::connect(&conn, false).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+    backends::warehouse::suite::run_all(&wh, files).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_is_a_clear_error() {
+    let err = PostgresWarehouse::connect(
+        "host=127.0.0.1 port=9 user=x dbname=y connect_timeout=2",
+        false,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("connecting to postgresql://x@127.0.0.1/y"),
+        "{err}"
+    );
+}

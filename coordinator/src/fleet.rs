@@ -1,0 +1,857 @@
+//! `coordinator serve --config FILE`: the fleet coordinator.
+//!
+//! ```text
+//!  cron / POST /api/runs ──▶ plan (list S3 source, shard) ──▶ state: plan, run ──▶ SQS tasks
+//!  SQS results ──▶ state: runs/RUN/done/SHARD (then delete the messages)
+//!            ──▶ batches per table (rows or time window) ──▶ state: batch ──▶ warehouse.load
+//!                (staging → COPY → merge → ledger, one transaction) ──▶ state: loaded
+//! ```
+//!
+//! One loop owns all decisions (no locks between planning, completions and loads). Its state is a
+//! [`StateStore`] — by default objects under `<storage.files>/state/` in S3, so a coordinator pod
+//! can be rescheduled anywhere — with the same layout as local mode (`pipelines/NAME/current`,
+//! `runs/RUN/{run.json,plan.bin,enqueued,done/,failed/,batches/,loaded/}`). On start it resumes
+//! every run named by a `pipelines/NAME/current` key: tasks are re-sent if the run had not
+//! finished enqueueing, recorded batches are loaded again (the warehouse ledger skips those that
+//! committed), and completions keep arriving from the queue. Completion messages are deleted only
+//! after their record is durable, and recording is idempotent, so a redelivered completion is
+//! harmless.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use backends::state::{FileStateStore, ObjectStateStore, StateStore};
+use backends::warehouse::{PostgresWarehouse, RedshiftWarehouse, Warehouse};
+use protocol::{
+    Counts, Message, ObjectRef, PipelineSpec, ResultMessage, ShardDescriptor, ShardPlan,
+    TaskMessage, TaskOutcome,
+};
+use serde::{Deserialize, Serialize};
+use worker::config::Pipeline;
+use worker::settings::{FleetBackends, FleetSettings, WarehouseKind};
+
+use crate::planner::plan_shards;
+use crate::run::{DoneRecord, Fault, Loader, RunRecord, fault, now, splittable};
+
+/// A pipeline the coordinator knows, and its schedule.
+struct Scheduled {
+    pipeline: Pipeline,
+    cron: Option<croner::Cron>,
+    cron_text: Option<String>,
+}
+
+/// A run in progress.
+struct ActiveRun {
+    record: RunRecord,
+    shards: BTreeMap<String, ShardDescriptor>,
+    done: BTreeMap<String, DoneRecord>,
+    failed: BTreeMap<String, String>,
+    loader: Loader,
+    oldest_unbatched: Option<Instant>,
+    next_load_try: Instant,
+}
+
+/// What the API shows of a pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineView {
+    pub name: String,
+    pub table: String,
+    pub cron: Option<String>,
+    pub next_run: Option<String>,
+    pub current_run: Option<String>,
+}
+
+/// Live view shared with the HTTP API.
+#[derive(Default)]
+struct Shared {
+    runs: BTreeMap<String, RunRecord>,
+    pipelines: Vec<PipelineView>,
+    ready: bool,
+}
+
+type Trigger = (String, tokio::sync::oneshot::Sender<Result<String, String>>);
+
+pub struct Coordinator {
+    settings: FleetSettings,
+    state: Arc<dyn StateStore>,
+    backends: FleetBackends,
+    warehouse: Option<Arc<dyn Warehouse>>,
+    pipelines: BTreeMap<String, Scheduled>,
+    runs: BTreeMap<String, ActiveRun>,
+    shared: Arc<Mutex<Shared>>,
+    last_dead_letter_check: Instant,
+}
+
+/// Opens the state store named by the settings.
+pub fn open_state(
+    s: &FleetSettings,
+    backends: &FleetBackends,
+) -> anyhow::Result<Arc<dyn StateStore>> {
+    let url = s
+        .coordinator
+        .state
+        .clone()
+        .unwrap_or_else(|| format!("{}/state", s.storage.files.trim_end_matches('/')));
+    Ok(if url.starts_with("s3://") {
+        Arc::new(ObjectStateStore::new(backends.store(&url)?))
+    } else {
+        Arc::new(FileStateStore::new(
+            url.strip_prefix("file://").unwrap_or(&url),
+        )?)
+    })
+}
+
+/// Opens the configured warehouse.
+pub async fn open_warehouse(
+    s: &FleetSettings,
+    backends: &FleetBackends,
+) -> anyhow::Result<Option<Arc<dyn Warehouse>>> {
+    let w = &s.warehouse;
+    Ok(match w.kind {
+        WarehouseKind::None => None,
+        WarehouseKind::Postgres => Some(Arc::new(
+            PostgresWarehouse::connect(
+                w.postgres.as_deref().context("warehouse.postgres")?,
+                w.postgres_is_redshift,
+            )
+            .await?,
+        )),
+        WarehouseKind::RedshiftData => {
+            let client = aws_sdk_redshiftdata::Client::new(&backends.sdk);
+            Some(Arc::new(
+                RedshiftWarehouse::connect(
+                    client,
+                    w.redshift.clone().context("warehouse.redshift")?,
+                )
+                .await?,
+            ))
+        }
+    })
+}
+
+fn parse_cron(expr: &str) -> anyhow::Result<croner::Cron> {
+    expr.parse::<croner::Cron>()
+        .map_err(|e| anyhow::anyhow!("cron {expr:?}: {e}"))
+}
+
+impl Coordinator {
+    /// Loads and validates every pipeline, opens the backends and the warehouse: any problem
+    /// is reported before anything runs.
+    pub async fn open(settings: FleetSettings, base: &Path) -> anyhow::Result<Coordinator> {
+        let mut pipelines = BTreeMap::new();
+        for sp in &settings.coordinator.pipelines {
+            let path = if sp.file.is_absolute() {
+                sp.file.clone()
+            } else {
+                base.join(&sp.file)
+            };
+            let p = worker::config::load_file(&path)?;
+            worker::plan::Plan::build(&p)?;
+            if !p.file.source.location.starts_with("s3://")
+                && !Path::new(&p.resolve(&p.file.source.location)).is_dir()
+            {
+                bail!(
+                    "{}: source.location {:?} must be an s3:// prefix (or a local folder shared with the workers)",
+                    p.path,
+                    p.file.source.location
+                );
+            }
+            let name = p.name().to_string();
+            if pipelines.contains_key(&name) {
+                bail!("two pipelines are named {name:?}");
+            }
+            let cron = sp.cron.as_deref().map(parse_cron).transpose()?;
+            pipelines.insert(
+                name,
+                Scheduled {
+                    pipeline: p,
+                    cron,
+                    cron_text: sp.cron.clone(),
+                },
+            );
+        }
+        let backends = FleetBackends::open(&settings).await?;
+        let state = open_state(&settings, &backends)?;
+        let warehouse = open_warehouse(&settings, &backends).await?;
+        Ok(Coordinator {
+            settings,
+            state,
+            backends,
+            warehouse,
+            pipelines,
+            runs: BTreeMap::new(),
+            shared: Arc::default(),
+            last_dead_letter_check: Instant::now() - Duration::from_secs(3600),
+        })
+    }
+
+    fn source_url(&self, p: &Pipeline) -> String {
+        let loc = &p.file.source.location;
+        if loc.starts_with("s3://") {
+            loc.clone()
+        } else {
+            p.resolve(loc).display().to_string()
+        }
+    }
+
+    /// Plans a run of `name`, records it, and enqueues its tasks.
+    async fn start_run(&mut self, name: &str) -> anyhow::Result<String> {
+        let sched = self
+            .pipelines
+            .get(name)
+            .with_context(|| format!("no pipeline named {name:?}"))?;
+        let current_key = format!("pipelines/{name}/current");
+        if let Some(id) = self.state.get(&current_key).await? {
+            bail!(
+                "pipeline {name} already has a run in progress: {}",
+                String::from_utf8_lossy(&id)
+            );
+        }
+        let p = &sched.pipeline;
+        let source_url = self.source_url(p);
+        let source = self.backends.store(&source_url)?;
+        let glob = globset::Glob::new(&p.file.source.glob)?.compile_matcher();
+        let objects: Vec<ObjectRef> = source
+            .list("")
+            .await?
+            .into_iter()
+            .filter(|o| glob.is_match(&o.key))
+            .collect();
+        if objects.is_empty() {
+            bail!(
+                "no source objects: nothing under {source_url} matches glob {:?}",
+                p.file.source.glob
+            );
+        }
+        let shard_bytes = self
+            .settings
+            .coordinator
+            .shard_bytes
+            .unwrap_or(p.file.source.shard_bytes.get());
+        let shards = plan_shards(&objects, shard_bytes, &splittable(p));
+        let run_id = format!(
+            "{name}-{}-{:04x}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+            std::process::id() & 0xffff
+        );
+        let plan = ShardPlan {
+            run_id: run_id.clone(),
+            pipeline: name.to_string(),
+            shards,
+        };
+        let table = p.table().to_string();
+        let record = RunRecord {
+            run_id: run_id.clone(),
+            pipeline: name.to_string(),
+            table: table.clone(),
+            status: "running".into(),
+            started_at: now(),
+            finished_at: None,
+            source: source_url,
+            output: self.backends.lake_url.clone(),
+            output_prefix: table,
+            shards: plan.shards.len(),
+            source_bytes: objects.iter().map(|o| o.size).sum(),
+            counts: Counts::default(),
+            batches_loaded: 0,
+            failed_shards: Vec::new(),
+            shards_done: 0,
+            last_error: None,
+            load_failures: 0,
+        };
+        self.state
+            .put(
+                &format!("runs/{run_id}/plan.bin"),
+                &protocol::encode_binary(&plan),
+            )
+            .await?;
+        self.state
+            .put(
+                &format!("runs/{run_id}/run.json"),
+                &serde_json::to_vec_pretty(&record)?,
+            )
+            .await?;
+        self.state.put(&current_key, run_id.as_bytes()).await?;
+        tracing::info!(run = %run_id, pipeline = name, shards = plan.shards.len(), "run planned");
+        self.activate(record, plan).await?;
+        Ok(run_id)
+    }
+
+    /// Takes a recorded run into the loop: enqueues what was never enqueued, reads completions.
+    async fn activate(&mut self, record: RunRecord, plan: ShardPlan) -> anyhow::Result<()> {
+        let run_id = record.run_id.clone();
+        let sched = self.pipelines.get(&record.pipeline).with_context(|| {
+            format!(
+                "run {run_id} is of pipeline {}, which is not configured",
+                record.pipeline
+            )
+        })?;
+        let p = &sched.pipeline;
+        let mut done = BTreeMap::new();
+        for key in self.state.list(&format!("runs/{run_id}/done/")).await? {
+            let d: DoneRecord =
+                serde_json::from_slice(&self.state.get(&key).await?.unwrap_or_default())
+                    .with_context(|| format!("state {key} is corrupt"))?;
+            done.insert(key.rsplit('/').next().unwrap_or_default().to_string(), d);
+        }
+        let mut failed = BTreeMap::new();
+        for key in self.state.list(&format!("runs/{run_id}/failed/")).await? {
+            let why = String::from_utf8_lossy(&self.state.get(&key).await?.unwrap_or_default())
+                .to_string();
+            failed.insert(key.rsplit('/').next().unwrap_or_default().to_string(), why);
+        }
+        let enqueued_key = format!("runs/{run_id}/enqueued");
+        if self.state.get(&enqueued_key).await?.is_none() {
+            let spec = PipelineSpec {
+                name: p.name().to_string(),
+                toml: p.text.clone(),
+                base_dir: p.base_dir.display().to_string(),
+            };
+            let mut bodies: Vec<String> = plan
+                .shards
+                .iter()
+                .filter(|s| !done.contains_key(&s.shard_id) && !failed.contains_key(&s.shard_id))
+                .map(|s| {
+                    Message::Task(TaskMessage {
+                        task_id: format!("{run_id}/{}", s.shard_id),
+                        run_id: run_id.clone(),
+                        pipeline: spec.clone(),
+                        shard: s.clone(),
+                        output_prefix: record.output_prefix.clone(),
+                        quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
+                        manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
+                        source_url: Some(record.source.clone()),
+                        output_url: Some(record.output.clone()),
+                    })
+                    .to_body()
+                })
+                .collect();
+            if fault() == Some(Fault::DuplicateTasks) {
+                let copy = bodies.clone();
+                bodies.extend(copy);
+            }
+            self.backends.tasks.send_batch(bodies).await?;
+            self.state.put(&enqueued_key, now().as_bytes()).await?;
+        }
+        let mut loader = Loader::new(
+            self.state.clone(),
+            self.backends.files.clone(),
+            &run_id,
+            &record.table,
+            p,
+            self.settings.coordinator.batch_rows,
+            self.warehouse.clone(),
+            self.backends.store(&record.output)?,
+        )
+        .await?;
+        let shards: BTreeMap<String, ShardDescriptor> = plan
+            .shards
+            .into_iter()
+            .map(|s| (s.shard_id.clone(), s))
+            .collect();
+        // Batches recorded before a restart are loaded again (the ledger skips committed ones).
+        let mut next_load_try = Instant::now();
+        let mut record = record;
+        if let Err(e) = loader.flush_recorded().await {
+            record.last_error = Some(format!("{e:#}"));
+            record.load_failures += 1;
+            next_load_try = Instant::now() + Duration::from_secs(2);
+        }
+        self.runs.insert(
+            run_id,
+            ActiveRun {
+                record,
+                shards,
+                done,
+                failed,
+                loader,
+                oldest_unbatched: None,
+                next_load_try,
+            },
+        );
+        Ok(())
+    }
+
+    /// Resumes every unfinished run recorded in state.
+    async fn resume_all(&mut self) -> anyhow::Result<()> {
+        let names: Vec<String> = self.pipelines.keys().cloned().collect();
+        for name in names {
+            let Some(id) = self.state.get(&format!("pipelines/{name}/current")).await? else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(&id).to_string();
+            let rec: RunRecord = serde_json::from_slice(
+                &self
+                    .state
+                    .get(&format!("runs/{id}/run.json"))
+                    .await?
+                    .with_context(|| format!("run {id} has no run.json"))?,
+            )?;
+            let plan: ShardPlan = protocol::decode_binary(
+                &self
+                    .state
+                    .get(&format!("runs/{id}/plan.bin"))
+                    .await?
+                    .with_context(|| format!("run {id} has no plan"))?,
+            )?;
+            tracing::info!(run = %id, "resuming run");
+            self.activate(rec, plan).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads completions from the results queue and records them durably, then deletes them.
+    async fn consume_results(&mut self) -> anyhow::Result<usize> {
+        let got = self
+            .backends
+            .results
+            .receive(10, Duration::from_secs(1))
+            .await?;
+        let n = got.len();
+        let mut handled = Vec::new();
+        for m in got {
+            let r = match Message::from_body(&m.body) {
+                Ok(Message::Result(r)) => r,
+                Ok(_) => {
+                    self.backends
+                        .results
+                        .dead_letter(
+                            &m.receipt,
+                            &format!("message {}: not a result message", m.message_id),
+                        )
+                        .await?;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(message_id = %m.message_id, error = %e, "dead-lettering an undecodable result");
+                    self.backends
+                        .results
+                        .dead_letter(&m.receipt, &format!("message {}: {e}", m.message_id))
+                        .await?;
+                    continue;
+                }
+            };
+            self.record_result(r).await?;
+            handled.push(m.receipt);
+        }
+        // Deleted only once recorded: a crash before this line redelivers them (harmless).
+        self.backends.results.delete_batch(&handled).await?;
+        Ok(n)
+    }
+
+    async fn record_result(&mut self, r: ResultMessage) -> anyhow::Result<()> {
+        let Some(run) = self.runs.get_mut(&r.run_id) else {
+            tracing::warn!(run = %r.run_id, shard = %r.shard_id, "result for a run that is not active; ignored");
+            return Ok(());
+        };
+        if !run.shards.contains_key(&r.shard_id) || run.done.contains_key(&r.shard_id) {
+            return Ok(()); // unknown shard, or a duplicate completion
+        }
+        match r.outcome {
+            TaskOutcome::Succeeded {
+                manifest_key,
+                counts,
+            } => {
+                let d = DoneRecord {
+                    manifest_key,
+                    counts,
+                };
+                self.state
+                    .put(
+                        &format!("runs/{}/done/{}", r.run_id, r.shard_id),
+                        &serde_json::to_vec(&d)?,
+                    )
+                    .await?;
+                run.failed.remove(&r.shard_id);
+                run.done.insert(r.shard_id.clone(), d);
+                run.oldest_unbatched.get_or_insert_with(Instant::now);
+                tracing::info!(run = %r.run_id, shard = %r.shard_id, done = run.done.len(), of = run.shards.len(), "shard done");
+                if let Some(Fault::CrashAfterShards(n)) = fault()
+                    && run.done.len() == n
+                {
+                    std::process::abort();
+                }
+            }
+            TaskOutcome::Failed { error } => {
+                self.state
+                    .put(
+                        &format!("runs/{}/failed/{}", r.run_id, r.shard_id),
+                        error.as_bytes(),
+                    )
+                    .await?;
+                tracing::error!(run = %r.run_id, shard = %r.shard_id, %error, "shard failed");
+                run.failed.insert(r.shard_id, error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tasks the queue gave up on (redelivered too often) fail their shard, with the reason.
+    async fn check_dead_letters(&mut self) -> anyhow::Result<()> {
+        if self.last_dead_letter_check.elapsed() < Duration::from_secs(10) || self.runs.is_empty() {
+            return Ok(());
+        }
+        self.last_dead_letter_check = Instant::now();
+        for dl in self.backends.tasks.dead_letters().await? {
+            let Ok(Message::Task(t)) = Message::from_body(&dl.body) else {
+                continue;
+            };
+            if let Some(run) = self.runs.get_mut(&t.run_id)
+                && !run.done.contains_key(&t.shard.shard_id)
+                && !run.failed.contains_key(&t.shard.shard_id)
+            {
+                let why = format!("dead-lettered: {}", dl.reason);
+                self.state
+                    .put(
+                        &format!("runs/{}/failed/{}", t.run_id, t.shard.shard_id),
+                        why.as_bytes(),
+                    )
+                    .await?;
+                run.failed.insert(t.shard.shard_id.clone(), why);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes batches by size or time window, loads them, and finishes complete runs.
+    async fn advance_runs(&mut self) -> anyhow::Result<()> {
+        let window = Duration::from_secs(self.settings.coordinator.batch_window_secs);
+        let attempts = self.settings.coordinator.load_attempts;
+        let mut finished = Vec::new();
+        for (id, run) in self.runs.iter_mut() {
+            let complete = run.done.len() + run.failed.len() >= run.shards.len();
+            if Instant::now() >= run.next_load_try {
+                let all = complete || run.oldest_unbatched.is_some_and(|t| t.elapsed() >= window);
+                let shards: BTreeMap<String, &ShardDescriptor> =
+                    run.shards.iter().map(|(k, v)| (k.clone(), v)).collect();
+                let result = async {
+                    run.loader.flush_recorded().await?;
+                    run.loader.add_done(&run.done, &shards, all).await
+                }
+                .await;
+                match result {
+                    Ok(()) => {
+                        if all {
+                            run.oldest_unbatched = None;
+                        }
+                        run.record.last_error = None;
+                    }
+                    Err(e) => {
+                        run.record.load_failures += 1;
+                        let backoff = if run.record.load_failures >= attempts {
+                            Duration::from_secs(300)
+                        } else {
+                            Duration::from_secs(1 << run.record.load_failures.min(6))
+                        };
+                        tracing::error!(run = %id, error = %format!("{e:#}"), failures = run.record.load_failures, retry_in_s = backoff.as_secs(), "load failed; will retry");
+                        run.record.last_error = Some(format!("{e:#}"));
+                        run.next_load_try = Instant::now() + backoff;
+                        continue;
+                    }
+                }
+            } else {
+                continue;
+            }
+            run.record.shards_done = run.done.len();
+            run.record.batches_loaded = run.loader.loaded_total;
+            let mut counts = Counts::default();
+            for d in run.done.values() {
+                counts.add(&d.counts);
+            }
+            run.record.counts = counts;
+            run.record.failed_shards = run
+                .failed
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if complete {
+                run.record.status = if run.failed.is_empty() {
+                    "completed"
+                } else {
+                    "failed"
+                }
+                .into();
+                run.record.finished_at = Some(now());
+                finished.push(id.clone());
+            }
+            self.state
+                .put(
+                    &format!("runs/{id}/run.json"),
+                    &serde_json::to_vec_pretty(&run.record)?,
+                )
+                .await?;
+        }
+        for id in finished {
+            let run = self.runs.remove(&id).expect("finished run");
+            self.state
+                .delete(&format!("pipelines/{}/current", run.record.pipeline))
+                .await?;
+            tracing::info!(run = %id, status = %run.record.status, rows_out = run.record.counts.rows_out, batches = run.record.batches_loaded, "run finished");
+            self.shared
+                .lock()
+                .expect("shared")
+                .runs
+                .insert(id, run.record);
+        }
+        Ok(())
+    }
+
+    /// Starts the runs whose cron time has come (once per fire time, across restarts).
+    async fn fire_schedules(&mut self) -> anyhow::Result<()> {
+        let now_t = chrono::Utc::now();
+        let mut due = Vec::new();
+        for (name, s) in &self.pipelines {
+            let Some(cron) = &s.cron else { continue };
+            let key = format!("pipelines/{name}/last_fire");
+            let last = match self.state.get(&key).await? {
+                Some(v) => chrono::DateTime::parse_from_rfc3339(&String::from_utf8_lossy(&v))
+                    .map(|d| d.with_timezone(&chrono::Utc))
+                    .unwrap_or(now_t),
+                None => {
+                    // First start: schedule from now, do not fire for the past.
+                    self.state.put(&key, now_t.to_rfc3339().as_bytes()).await?;
+                    continue;
+                }
+            };
+            if let Ok(next) = cron.find_next_occurrence(&last, false)
+                && next <= now_t
+            {
+                due.push((name.clone(), next));
+            }
+        }
+        for (name, at) in due {
+            self.state
+                .put(
+                    &format!("pipelines/{name}/last_fire"),
+                    at.to_rfc3339().as_bytes(),
+                )
+                .await?;
+            match self.start_run(&name).await {
+                Ok(id) => tracing::info!(pipeline = %name, run = %id, "scheduled run started"),
+                Err(e) => {
+                    tracing::warn!(pipeline = %name, error = %format!("{e:#}"), "scheduled run not started")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let mut sh = self.shared.lock().expect("shared");
+        for (id, run) in &self.runs {
+            let mut r = run.record.clone();
+            r.shards_done = run.done.len();
+            sh.runs.insert(id.clone(), r);
+        }
+        sh.pipelines = self
+            .pipelines
+            .iter()
+            .map(|(name, s)| PipelineView {
+                name: name.clone(),
+                table: s.pipeline.table().to_string(),
+                cron: s.cron_text.clone(),
+                next_run: s
+                    .cron
+                    .as_ref()
+                    .and_then(|c| c.find_next_occurrence(&chrono::Utc::now(), false).ok())
+                    .map(|t| t.to_rfc3339()),
+                current_run: self
+                    .runs
+                    .values()
+                    .find(|r| &r.record.pipeline == name)
+                    .map(|r| r.record.run_id.clone()),
+            })
+            .collect();
+        sh.ready = true;
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn serve(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        // Runs already finished, for the API.
+        for key in self.state.list("runs/").await? {
+            if key.ends_with("/run.json")
+                && let Ok(Some(b)) = self.state.get(&key).await
+                && let Ok(r) = serde_json::from_slice::<RunRecord>(&b)
+            {
+                self.shared
+                    .lock()
+                    .expect("shared")
+                    .runs
+                    .insert(r.run_id.clone(), r);
+            }
+        }
+        self.resume_all().await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Trigger>(16);
+        let addr = api::serve(&self.settings.coordinator.listen, self.shared.clone(), tx).await?;
+        tracing::info!(%addr, pipelines = self.pipelines.len(), resumed = self.runs.len(), "coordinator serving");
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            self.publish();
+            let step = async {
+                while let Ok((name, reply)) = rx.try_recv() {
+                    let r = self.start_run(&name).await.map_err(|e| format!("{e:#}"));
+                    let _ = reply.send(r);
+                }
+                self.fire_schedules().await?;
+                if !self.runs.is_empty() {
+                    // Drain what is waiting, then move runs forward.
+                    for _ in 0..20 {
+                        if self.consume_results().await? < 10 {
+                            break;
+                        }
+                    }
+                    self.check_dead_letters().await?;
+                }
+                self.advance_runs().await?;
+                anyhow::Ok(())
+            };
+            let r = tokio::select! {
+                _ = &mut shutdown => break,
+                r = step => r,
+            };
+            match r {
+                Ok(()) => backoff = Duration::from_millis(500),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "coordinator step failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            }
+            if self.runs.is_empty() {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                    Some((name, reply)) = rx.recv() => {
+                        let r = self.start_run(&name).await.map_err(|e| format!("{e:#}"));
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+        }
+        tracing::info!("coordinator stopped; unfinished runs resume on the next start");
+        Ok(())
+    }
+}
+
+/// The coordinator's HTTP API.
+mod api {
+    use super::*;
+    use axum::Json;
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    #[derive(Clone)]
+    struct Api {
+        shared: Arc<Mutex<Shared>>,
+        trigger: tokio::sync::mpsc::Sender<Trigger>,
+    }
+
+    #[derive(Deserialize)]
+    struct TriggerBody {
+        pipeline: String,
+    }
+
+    pub async fn serve(
+        addr: &str,
+        shared: Arc<Mutex<Shared>>,
+        trigger: tokio::sync::mpsc::Sender<Trigger>,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let api = Api { shared, trigger };
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route("/readyz", axum::routing::get(ready))
+            .route("/api/runs", axum::routing::get(list_runs).post(start_run))
+            .route("/api/runs/{id}", axum::routing::get(get_run))
+            .route("/api/pipelines", axum::routing::get(list_pipelines))
+            .with_state(api);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        });
+        Ok(local)
+    }
+
+    async fn ready(State(api): State<Api>) -> impl IntoResponse {
+        if api.shared.lock().expect("shared").ready {
+            (StatusCode::OK, "ready\n")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        }
+    }
+
+    async fn list_runs(State(api): State<Api>) -> Json<Vec<RunRecord>> {
+        let sh = api.shared.lock().expect("shared");
+        let mut runs: Vec<RunRecord> = sh.runs.values().cloned().collect();
+        runs.sort_by(|a, b| {
+            b.started_at
+                .cmp(&a.started_at)
+                .then(b.run_id.cmp(&a.run_id))
+        });
+        Json(runs)
+    }
+
+    async fn get_run(
+        State(api): State<Api>,
+        UrlPath(id): UrlPath<String>,
+    ) -> axum::response::Response {
+        match api.shared.lock().expect("shared").runs.get(&id) {
+            Some(r) => Json(r.clone()).into_response(),
+            None => (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"error": format!("no run {id}")})),
+            )
+                .into_response(),
+        }
+    }
+
+    async fn list_pipelines(State(api): State<Api>) -> Json<Vec<PipelineView>> {
+        Json(api.shared.lock().expect("shared").pipelines.clone())
+    }
+
+    async fn start_run(
+        State(api): State<Api>,
+        Json(body): Json<TriggerBody>,
+    ) -> axum::response::Response {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if api.trigger.send((body.pipeline, tx)).await.is_err() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"error": "coordinator is stopping"})),
+            )
+                .into_response();
+        }
+        match rx.await {
+            Ok(Ok(id)) => {
+                (StatusCode::CREATED, Json(serde_json::json!({"run_id": id}))).into_response()
+            }
+            Ok(Err(e)) => {
+                (StatusCode::CONFLICT, Json(serde_json::json!({"error": e}))).into_response()
+            }
+            Err(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"error": "coordinator is stopping"})),
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// Loads the settings (file and environment) for `coordinator serve`.
+pub fn load_settings(config: Option<&Path>) -> anyhow::Result<(FleetSettings, PathBuf)> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Ok(FleetSettings::load(config, &env)?)
+}

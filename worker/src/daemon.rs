@@ -1,0 +1,363 @@
+//! The task life cycle shared by every worker (the fleet daemon and the in-process workers of
+//! local mode), and the fleet daemon itself (`worker --config FILE`).
+//!
+//! One delivery: decode (undecodable or unknown version: dead-letter with the reason) → visibility
+//! heartbeat while the engine runs → outputs, quarantine and manifest durable → result message →
+//! delete the task. Nothing is acknowledged before it is durable: a worker killed at any point
+//! leaves the task to reappear after its visibility timeout, and a redone task overwrites its own
+//! outputs with the same keys. A retryable failure (I/O, throttling) leaves the task to reappear;
+//! a permanent one (corrupt input, missing object, bad pipeline) is reported as failed and
+//! dead-lettered with the reason.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backends::object_store::ObjectStore;
+use backends::queue::{Queue, Received};
+use protocol::{Message, ResultMessage, TaskMessage, TaskOutcome};
+
+use crate::WorkerError;
+use crate::settings::{FleetBackends, FleetSettings};
+
+/// Gives a task its source and output stores.
+pub type StoreResolver = Arc<
+    dyn Fn(&TaskMessage) -> Result<(Arc<dyn ObjectStore>, Arc<dyn ObjectStore>), WorkerError>
+        + Send
+        + Sync,
+>;
+
+/// What a worker needs to run tasks.
+#[derive(Clone)]
+pub struct TaskEnv {
+    pub tasks: Arc<dyn Queue>,
+    pub results: Arc<dyn Queue>,
+    /// Manifests and quarantine files.
+    pub files: Arc<dyn ObjectStore>,
+    pub stores: StoreResolver,
+    pub visibility: Duration,
+}
+
+/// How one delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Succeeded,
+    /// Reported as failed and dead-lettered.
+    Failed,
+    /// Left on the queue to be redone.
+    Retry,
+    /// Not a task this build can read: dead-lettered.
+    DeadLettered,
+}
+
+/// Runs one delivery to its end. `scratch` must not be shared with a concurrent task.
+pub async fn handle_delivery(env: &TaskEnv, m: &Received, scratch: &std::path::Path) -> Handled {
+    let task = match Message::from_body(&m.body) {
+        Ok(Message::Task(t)) => t,
+        Ok(other) => {
+            let kind = match other {
+                Message::Result(_) => "result",
+                _ => "command",
+            };
+            let reason = format!(
+                "message {}: a {kind} message on the tasks queue",
+                m.message_id
+            );
+            tracing::error!(message_id = %m.message_id, %reason, "dead-lettering");
+            let _ = env.tasks.dead_letter(&m.receipt, &reason).await;
+            return Handled::DeadLettered;
+        }
+        Err(e) => {
+            let reason = format!("message {}: {e}", m.message_id);
+            tracing::error!(message_id = %m.message_id, %reason, "dead-lettering an undecodable message");
+            if let Err(e) = env.tasks.dead_letter(&m.receipt, &reason).await {
+                tracing::warn!(error = %e, "could not dead-letter; the queue's redrive policy will");
+            }
+            return Handled::DeadLettered;
+        }
+    };
+    let span = tracing::info_span!(
+        "task",
+        pipeline = %task.pipeline.name,
+        run = %task.run_id,
+        task = %task.task_id,
+        shard = %task.shard.shard_id,
+        attempt = m.receive_count
+    );
+    use tracing::Instrument;
+    run_task(env, m, task, scratch).instrument(span).await
+}
+
+async fn run_task(
+    env: &TaskEnv,
+    m: &Received,
+    task: TaskMessage,
+    scratch: &std::path::Path,
+) -> Handled {
+    tracing::info!(bytes = task.shard.bytes(), "task started");
+    // Visibility heartbeat: extends at a third of the timeout, stops when the task ends.
+    let hb_queue = env.tasks.clone();
+    let receipt = m.receipt.clone();
+    let vis = env.visibility;
+    let heartbeat = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(vis / 3).await;
+            if let Err(e) = hb_queue.extend_visibility(&receipt, vis).await {
+                tracing::warn!(error = %e, "visibility heartbeat failed; the task may be redelivered");
+                if !e.is_retryable() {
+                    break;
+                }
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let result = match (env.stores)(&task) {
+        Ok((source, output)) => {
+            crate::execute_task(&task, source, output, env.files.clone(), scratch).await
+        }
+        Err(e) => Err(e),
+    };
+    heartbeat.abort();
+    let outcome = match result {
+        Ok(manifest) => {
+            tracing::info!(
+                rows_out = manifest.counts.rows_out,
+                files = manifest.outputs.len(),
+                secs = started.elapsed().as_secs_f64(),
+                "task succeeded"
+            );
+            TaskOutcome::Succeeded {
+                manifest_key: task.manifest_key.clone(),
+                counts: manifest.counts,
+            }
+        }
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(error = %e, "task failed; it will be redone after its visibility timeout");
+            return Handled::Retry;
+        }
+        Err(e) => {
+            let reason = format!("shard {}: {e}", task.shard.shard_id);
+            tracing::error!(error = %reason, "task failed permanently");
+            TaskOutcome::Failed { error: reason }
+        }
+    };
+    let reason = match &outcome {
+        TaskOutcome::Failed { error } => Some(error.clone()),
+        _ => None,
+    };
+    let body = Message::Result(ResultMessage {
+        task_id: task.task_id.clone(),
+        run_id: task.run_id.clone(),
+        shard_id: task.shard.shard_id.clone(),
+        outcome,
+    })
+    .to_body();
+    if let Err(e) = env.results.send_batch(vec![body]).await {
+        tracing::warn!(error = %e, "could not report the result; the task will be redone");
+        return Handled::Retry;
+    }
+    if let Some(reason) = reason {
+        if let Err(e) = env.tasks.dead_letter(&m.receipt, &reason).await {
+            tracing::warn!(error = %e, "could not dead-letter the failed task");
+        }
+        return Handled::Failed;
+    }
+    if let Err(e) = env.tasks.delete(&m.receipt).await {
+        tracing::warn!(error = %e, "could not delete the finished task; it may be redone (harmless)");
+    }
+    Handled::Succeeded
+}
+
+/// Liveness and readiness of a daemon, served on its health address.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+}
+
+/// Serves `/healthz` (the process is alive) and `/readyz` (ready and not draining).
+pub async fn serve_health(
+    addr: &str,
+    health: Arc<Health>,
+    extra: axum::Router,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use axum::http::StatusCode;
+    let h = health.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let h = h.clone();
+                async move {
+                    if h.ready.load(Ordering::SeqCst) && !h.draining.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+        .merge(extra);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "health server stopped");
+        }
+    });
+    Ok(local)
+}
+
+/// The fleet worker: pulls tasks from SQS with bounded concurrency until `shutdown` resolves,
+/// then drains (see [`FleetSettings::worker`]'s `shutdown_grace_secs`).
+pub async fn run_daemon(
+    settings: FleetSettings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let ws = settings.worker.clone();
+    let backends = FleetBackends::open(&settings).await?;
+    let health = Arc::new(Health::default());
+    let addr = serve_health(&ws.health_addr, health.clone(), axum::Router::new()).await?;
+    tracing::info!(%addr, concurrency = ws.concurrency, tasks = %settings.queues.tasks_url, "worker started");
+
+    let cache: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = Arc::default();
+    let b2 = backends.clone();
+    let stores: StoreResolver = Arc::new(move |t: &TaskMessage| {
+        let get = |url: &Option<String>, what: &str| -> Result<Arc<dyn ObjectStore>, WorkerError> {
+            let url = url.as_deref().ok_or_else(|| {
+                WorkerError::Config(format!("task {} has no {what} location", t.task_id))
+            })?;
+            let mut c = cache.lock().expect("store cache");
+            if let Some(s) = c.get(url) {
+                return Ok(s.clone());
+            }
+            let s = b2.store(url)?;
+            c.insert(url.to_string(), s.clone());
+            Ok(s)
+        };
+        Ok((get(&t.source_url, "source")?, get(&t.output_url, "output")?))
+    });
+    let env = TaskEnv {
+        tasks: backends.tasks.clone(),
+        results: backends.results.clone(),
+        files: backends.files.clone(),
+        stores,
+        visibility: Duration::from_secs(settings.queues.visibility_timeout_secs),
+    };
+    std::fs::create_dir_all(&ws.scratch_dir)?;
+    let slots: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new((0..ws.concurrency).rev().collect()));
+    let inflight: Arc<Mutex<HashMap<String, String>>> = Arc::default(); // receipt → task
+    let mut running = tokio::task::JoinSet::new();
+    health.ready.store(true, Ordering::SeqCst);
+
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        while running.try_join_next().is_some() {}
+        let free = slots.lock().expect("slots").len();
+        if free == 0 {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = running.join_next() => continue,
+            }
+        }
+        // Short long-polls, so that SIGTERM is noticed within seconds and never while a
+        // receive is half done (a received message is always handed to a task).
+        let got = tokio::select! {
+            _ = &mut shutdown => break,
+            r = env.tasks.receive(free.min(10), Duration::from_secs(5)) => r,
+        };
+        let got = match got {
+            Ok(g) => {
+                backoff = Duration::from_millis(200);
+                g
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "receiving tasks failed");
+                health.ready.store(
+                    !e.is_retryable() || backoff < Duration::from_secs(10),
+                    Ordering::SeqCst,
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        health.ready.store(true, Ordering::SeqCst);
+        for m in got {
+            let slot = slots
+                .lock()
+                .expect("slots")
+                .pop()
+                .expect("a free slot per message");
+            let scratch = ws.scratch_dir.join(format!("slot{slot}"));
+            let env = env.clone();
+            let slots = slots.clone();
+            let inflight = inflight.clone();
+            inflight
+                .lock()
+                .expect("inflight")
+                .insert(m.receipt.clone(), m.message_id.clone());
+            running.spawn(async move {
+                let _ = std::fs::remove_dir_all(&scratch);
+                let outcome = handle_delivery(&env, &m, &scratch).await;
+                tracing::debug!(?outcome, message_id = %m.message_id, "delivery handled");
+                inflight.lock().expect("inflight").remove(&m.receipt);
+                slots.lock().expect("slots").push(slot);
+            });
+        }
+    }
+
+    // Drain: stop receiving, let in-flight tasks finish within the grace period, then release
+    // what is left so another worker takes it at once.
+    health.draining.store(true, Ordering::SeqCst);
+    let n = running.len();
+    tracing::info!(
+        in_flight = n,
+        grace_secs = ws.shutdown_grace_secs,
+        "draining"
+    );
+    let grace = Duration::from_secs(ws.shutdown_grace_secs);
+    let drained = tokio::time::timeout(grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    if !drained {
+        let left: Vec<(String, String)> = inflight
+            .lock()
+            .expect("inflight")
+            .iter()
+            .map(|(r, id)| (r.clone(), id.clone()))
+            .collect();
+        running.abort_all();
+        for (receipt, id) in left {
+            tracing::warn!(message_id = %id, "grace period over: releasing the task to the queue");
+            let _ = env.tasks.extend_visibility(&receipt, Duration::ZERO).await;
+        }
+    }
+    tracing::info!(drained, "worker stopped");
+    Ok(())
+}
+
+/// Resolves when the process gets SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

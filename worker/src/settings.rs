@@ -1,0 +1,564 @@
+//! The fleet configuration file shared by `worker --config FILE` and
+//! `coordinator serve --config FILE`, and the backends it opens.
+//!
+//! Every setting can also come from the environment as `TRIBUTARY_<SECTION>_<KEY>` (for example
+//! `TRIBUTARY_QUEUES_TASKS_URL`, `TRIBUTARY_WORKER_CONCURRENCY`,
+//! `TRIBUTARY_WAREHOUSE_REDSHIFT_IAM_ROLE`); the environment wins over the file. Unknown keys, in
+//! the file or the environment, are refused with their name before anything starts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backends::aws::AwsSettings;
+use backends::object_store::{LocalStore, ObjectStore, S3Store};
+use backends::queue::{Queue, SqsQueue};
+use backends::warehouse::RedshiftSettings;
+use serde::{Deserialize, Serialize};
+
+/// Sections that may be set from the environment, and their nested tables.
+const SECTIONS: &[&str] = &[
+    "aws",
+    "queues",
+    "storage",
+    "worker",
+    "coordinator",
+    "warehouse",
+];
+const NESTED: &[(&str, &str)] = &[("warehouse", "redshift")];
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    #[serde(default)]
+    pub aws: AwsSettings,
+    pub queues: QueueSettings,
+    pub storage: StorageSettings,
+    #[serde(default)]
+    pub worker: WorkerSettings,
+    #[serde(default)]
+    pub coordinator: CoordinatorSettings,
+    #[serde(default)]
+    pub warehouse: WarehouseSettings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Coordinator → workers.
+    pub tasks_url: String,
+    /// Workers → coordinator.
+    pub results_url: String,
+    /// Dead-letter queues; default: the queue's redrive policy target.
+    #[serde(default)]
+    pub tasks_dead_letter_url: Option<String>,
+    #[serde(default)]
+    pub results_dead_letter_url: Option<String>,
+    /// How long a received task stays invisible; the worker's heartbeat extends it every third.
+    #[serde(default = "default_visibility")]
+    pub visibility_timeout_secs: u64,
+    /// Bodies larger than this go to the object store (`payloads/`), the message carries a pointer.
+    #[serde(default = "default_inline")]
+    pub max_inline_bytes: usize,
+}
+
+fn default_visibility() -> u64 {
+    60
+}
+fn default_inline() -> usize {
+    backends::queue::SQS_DEFAULT_MAX_BYTES
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Manifests, quarantine files, large queue payloads, load manifests (and the coordinator's
+    /// state unless `coordinator.state` says otherwise): `s3://bucket/prefix` or a local folder.
+    pub files: String,
+    /// Root of the Parquet lake: tables are written under `<lake>/<table>/`.
+    pub lake: String,
+    /// KMS key for SSE-KMS on every object written to S3.
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Tasks processed at once by one worker process.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Memory the process may use; `concurrency` × 512 MiB must fit (a shard's engine stays under
+    /// 512 MiB, see BENCHMARKS.md).
+    #[serde(default)]
+    pub max_memory_mb: Option<u64>,
+    /// Threads of the CPU pool (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default = "default_scratch")]
+    pub scratch_dir: PathBuf,
+    /// Address of `/healthz` and `/readyz`.
+    #[serde(default = "default_worker_health")]
+    pub health_addr: String,
+    /// After SIGTERM: how long in-flight tasks may run before they are released to the queue.
+    /// Keep it below the pod's terminationGracePeriodSeconds.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_concurrency() -> usize {
+    1
+}
+fn default_scratch() -> PathBuf {
+    std::env::temp_dir().join("tributary-worker")
+}
+fn default_worker_health() -> String {
+    "0.0.0.0:8081".into()
+}
+fn default_grace() -> u64 {
+    90
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            concurrency: default_concurrency(),
+            max_memory_mb: None,
+            threads: None,
+            scratch_dir: default_scratch(),
+            health_addr: default_worker_health(),
+            shutdown_grace_secs: default_grace(),
+        }
+    }
+}
+
+/// A pipeline the coordinator runs, and when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledPipeline {
+    /// The pipeline file (relative to the configuration file).
+    pub file: PathBuf,
+    /// A cron expression (5 or 6 fields, UTC); none: runs only when triggered.
+    #[serde(default)]
+    pub cron: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSettings {
+    #[serde(default)]
+    pub pipelines: Vec<ScheduledPipeline>,
+    /// Where run state lives: `s3://…` or a local folder. Default: `<storage.files>/state/`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Address of the HTTP API.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// A load batch closes when it holds this many rows…
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: u64,
+    /// …or when its oldest shard finished this long ago.
+    #[serde(default = "default_batch_window")]
+    pub batch_window_secs: u64,
+    /// Attempts of one load batch before the run is marked failed (it can be resumed).
+    #[serde(default = "default_load_attempts")]
+    pub load_attempts: u32,
+    /// Split inputs into byte ranges of this size (default: each pipeline's source.shard_bytes).
+    #[serde(default)]
+    pub shard_bytes: Option<u64>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_batch_rows() -> u64 {
+    5_000_000
+}
+fn default_batch_window() -> u64 {
+    120
+}
+fn default_load_attempts() -> u32 {
+    5
+}
+
+impl Default for CoordinatorSettings {
+    fn default() -> Self {
+        CoordinatorSettings {
+            pipelines: Vec::new(),
+            state: None,
+            listen: default_listen(),
+            batch_rows: default_batch_rows(),
+            batch_window_secs: default_batch_window(),
+            load_attempts: default_load_attempts(),
+            shard_bytes: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WarehouseKind {
+    /// Parquet only.
+    #[default]
+    None,
+    /// PostgreSQL wire protocol (PostgreSQL, or Redshift's Postgres-compatible endpoint).
+    Postgres,
+    /// Redshift through the Data API.
+    RedshiftData,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseSettings {
+    #[serde(default)]
+    pub kind: WarehouseKind,
+    /// For `postgres`: a connection string (`host=… user=… dbname=…` or `postgresql://…`).
+    /// The password is best given as `PGPASSWORD`-style secret through the environment.
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// For `postgres`: speak Redshift's SQL dialect over the wire.
+    #[serde(default)]
+    pub postgres_is_redshift: bool,
+    #[serde(default)]
+    pub redshift: Option<RedshiftSettings>,
+}
+
+/// A configuration error, naming the file or variable and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct SettingsError {
+    pub source_name: String,
+    pub message: String,
+}
+
+fn err(source_name: impl Into<String>, message: impl Into<String>) -> SettingsError {
+    SettingsError {
+        source_name: source_name.into(),
+        message: message.into(),
+    }
+}
+
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match raw {
+        "true" => return toml::Value::Boolean(true),
+        "false" => return toml::Value::Boolean(false),
+        _ => {}
+    }
+    toml::Value::String(raw.to_string())
+}
+
+impl FleetSettings {
+    /// Reads the file (if any), overlays `TRIBUTARY_*` variables from `env`, and validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<(FleetSettings, PathBuf), SettingsError> {
+        let (mut root, base, name) = match file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| err(f.display().to_string(), format!("cannot read: {e}")))?;
+                let v: toml::Table = toml::from_str(&text)
+                    .map_err(|e| err(f.display().to_string(), e.to_string()))?;
+                let base = f
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                (v, base, f.display().to_string())
+            }
+            None => (
+                toml::Table::new(),
+                PathBuf::from("."),
+                "environment".to_string(),
+            ),
+        };
+        let mut keys: Vec<&String> = env.keys().collect();
+        keys.sort();
+        for var in keys {
+            let Some(rest) = var.strip_prefix("TRIBUTARY_") else {
+                continue;
+            };
+            let lower = rest.to_ascii_lowercase();
+            let Some(section) = SECTIONS
+                .iter()
+                .find(|s| lower.starts_with(&format!("{s}_")))
+            else {
+                continue;
+            };
+            let mut key = lower[section.len() + 1..].to_string();
+            let mut table = root
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .ok_or_else(|| err(var, format!("[{section}] is not a table")))?;
+            for (s, nested) in NESTED {
+                if s == section && key.starts_with(&format!("{nested}_")) {
+                    key = key[nested.len() + 1..].to_string();
+                    table = table
+                        .entry(nested.to_string())
+                        .or_insert_with(|| toml::Value::Table(Default::default()))
+                        .as_table_mut()
+                        .ok_or_else(|| err(var, format!("[{section}.{nested}] is not a table")))?;
+                }
+            }
+            let raw = &env[var];
+            // Strings that look like numbers stay strings where the field is a string.
+            let value = if key.ends_with("_url") || key.ends_with("_arn") || key == "postgres" {
+                toml::Value::String(raw.clone())
+            } else {
+                env_value(raw)
+            };
+            table.insert(key, value);
+        }
+        let s: FleetSettings = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| err(&name, e.to_string()))?;
+        s.validate().map_err(|m| err(&name, m))?;
+        Ok((s, base))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, url) in [
+            ("queues.tasks_url", &self.queues.tasks_url),
+            ("queues.results_url", &self.queues.results_url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "{field} {url:?} is not a queue URL (https://sqs.…)"
+                ));
+            }
+        }
+        if self.queues.visibility_timeout_secs < 3 || self.queues.visibility_timeout_secs > 43_200 {
+            return Err("queues.visibility_timeout_secs must be between 3 and 43200".into());
+        }
+        if self.storage.files.is_empty() || self.storage.lake.is_empty() {
+            return Err("storage.files and storage.lake are required".into());
+        }
+        let w = &self.worker;
+        if w.concurrency == 0 {
+            return Err("worker.concurrency must be at least 1".into());
+        }
+        if let Some(mb) = w.max_memory_mb
+            && (w.concurrency as u64) * 512 > mb
+        {
+            return Err(format!(
+                "worker.concurrency {} needs {} MiB but worker.max_memory_mb is {mb}: lower the concurrency",
+                w.concurrency,
+                w.concurrency * 512
+            ));
+        }
+        let c = &self.coordinator;
+        for p in &c.pipelines {
+            if let Some(expr) = &p.cron {
+                expr.parse::<croner::Cron>().map_err(|e| {
+                    format!(
+                        "coordinator.pipelines: cron {expr:?} of {}: {e}",
+                        p.file.display()
+                    )
+                })?;
+            }
+        }
+        if c.batch_rows == 0 || c.load_attempts == 0 {
+            return Err(
+                "coordinator.batch_rows and coordinator.load_attempts must be positive".into(),
+            );
+        }
+        match self.warehouse.kind {
+            WarehouseKind::None => {}
+            WarehouseKind::Postgres => {
+                if self.warehouse.postgres.is_none() {
+                    return Err("warehouse.kind = \"postgres\" needs warehouse.postgres (a connection string)".into());
+                }
+            }
+            WarehouseKind::RedshiftData => match &self.warehouse.redshift {
+                None => {
+                    return Err(
+                        "warehouse.kind = \"redshift-data\" needs [warehouse.redshift]".into(),
+                    );
+                }
+                Some(r) => r.validate()?,
+            },
+        }
+        Ok(())
+    }
+}
+
+/// The opened backends of a fleet process.
+#[derive(Debug, Clone)]
+pub struct FleetBackends {
+    pub sdk: aws_config::SdkConfig,
+    pub files: Arc<dyn ObjectStore>,
+    pub lake_url: String,
+    pub tasks: Arc<dyn Queue>,
+    pub results: Arc<dyn Queue>,
+    pub kms_key_id: Option<String>,
+}
+
+/// Opens `s3://…` as S3 and anything else as a local folder.
+pub fn open_store(
+    sdk: &aws_config::SdkConfig,
+    url: &str,
+    kms: Option<String>,
+) -> Result<Arc<dyn ObjectStore>, backends::BackendError> {
+    if url.starts_with("s3://") {
+        let client = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(sdk)
+                .force_path_style(true)
+                .build(),
+        );
+        Ok(Arc::new(S3Store::new(client, url, kms)?))
+    } else {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        Ok(Arc::new(LocalStore::new(path)?))
+    }
+}
+
+impl FleetBackends {
+    pub async fn open(s: &FleetSettings) -> Result<FleetBackends, backends::BackendError> {
+        let sdk = s.aws.sdk_config().await;
+        let files = open_store(&sdk, &s.storage.files, s.storage.kms_key_id.clone())?;
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let vis = Duration::from_secs(s.queues.visibility_timeout_secs);
+        let tasks = SqsQueue::connect(
+            sqs.clone(),
+            &s.queues.tasks_url,
+            s.queues.tasks_dead_letter_url.clone(),
+            vis,
+        )
+        .await?
+        .with_payload_store(files.clone(), s.queues.max_inline_bytes);
+        let results = SqsQueue::connect(
+            sqs,
+            &s.queues.results_url,
+            s.queues.results_dead_letter_url.clone(),
+            vis,
+        )
+        .await?
+        .with_payload_store(files.clone(), s.queues.max_inline_bytes);
+        Ok(FleetBackends {
+            sdk,
+            files,
+            lake_url: s.storage.lake.clone(),
+            tasks: Arc::new(tasks),
+            results: Arc::new(results),
+            kms_key_id: s.storage.kms_key_id.clone(),
+        })
+    }
+
+    /// The store of a task's source (`s3://…` or a local folder).
+    pub fn store(&self, url: &str) -> Result<Arc<dyn ObjectStore>, backends::BackendError> {
+        open_store(&self.sdk, url, self.kms_key_id.clone())
+    }
+}
+
+/// Sets up logging for a binary: `TRIBUTARY_LOG` is the filter (default `default_filter`),
+/// `TRIBUTARY_LOG_FORMAT=json` gives one JSON object per line (with the span fields — pipeline,
+/// run, task, shard — on every line of task work); anything else gives text. Logs go to stderr.
+pub fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
+        .unwrap_or_else(|_| default_filter.into());
+    let json = std::env::var("TRIBUTARY_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[queues]
+tasks_url = "http://127.0.0.1:5000/000000000000/tasks"
+results_url = "http://127.0.0.1:5000/000000000000/results"
+[storage]
+files = "s3://bucket/tributary"
+lake = "s3://bucket/lake"
+[worker]
+concurrency = 2
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<FleetSettings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("fleet.toml");
+        std::fs::write(&f, text).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        FleetSettings::load(Some(&f), &env).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let s = load(
+            BASE,
+            &[
+                ("TRIBUTARY_WORKER_CONCURRENCY", "3"),
+                ("TRIBUTARY_QUEUES_VISIBILITY_TIMEOUT_SECS", "30"),
+                ("TRIBUTARY_WAREHOUSE_KIND", "redshift-data"),
+                ("TRIBUTARY_WAREHOUSE_REDSHIFT_WORKGROUP_NAME", "wg"),
+                ("TRIBUTARY_WAREHOUSE_REDSHIFT_DATABASE", "dev"),
+                (
+                    "TRIBUTARY_WAREHOUSE_REDSHIFT_IAM_ROLE",
+                    "arn:aws:iam::1:role/r",
+                ),
+                ("TRIBUTARY_FAULT", "ignored: not a settings section"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.worker.concurrency, 3);
+        assert_eq!(s.queues.visibility_timeout_secs, 30);
+        assert_eq!(s.warehouse.kind, WarehouseKind::RedshiftData);
+        assert_eq!(
+            s.warehouse.redshift.unwrap().workgroup_name.as_deref(),
+            Some("wg")
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_their_name() {
+        let e = load(BASE, &[("TRIBUTARY_WORKER_CONCURENCY", "3")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("concurency"), "{e}");
+        let e = load(
+            &BASE.replace("http://127.0.0.1:5000/000000000000/tasks", "tasks"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("fleet.toml") && e.contains("queues.tasks_url"),
+            "{e}"
+        );
+        let e = load(BASE, &[("TRIBUTARY_WORKER_MAX_MEMORY_MB", "600")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_memory_mb"), "{e}");
+        let e = load(
+            &format!("{BASE}\n[coordinator]\npipelines = [{{ file = \"p.toml\", cron = \"61 * * * *\" }}]\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cron") && e.contains("p.toml"), "{e}");
+        let e = load(BASE, &[("TRIBUTARY_WAREHOUSE_KIND", "postgres")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("warehouse.postgres"), "{e}");
+    }
+}
