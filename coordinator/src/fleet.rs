@@ -528,7 +528,9 @@ impl Coordinator {
                 let shards: BTreeMap<String, &ShardDescriptor> =
                     run.shards.iter().map(|(k, v)| (k.clone(), v)).collect();
                 let result = async {
-                    run.loader.flush_recorded().await?;
+                    if run.loader.has_unloaded() {
+                        run.loader.flush_recorded().await?;
+                    }
                     run.loader.add_done(&run.done, &shards, all).await
                 }
                 .await;

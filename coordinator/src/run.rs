@@ -648,6 +648,8 @@ pub(crate) struct Loader {
     batched: BTreeSet<String>,
     next_seq: usize,
     loaded: usize,
+    /// Batches known to be loaded (their count is the run's `batches_loaded`).
+    loaded_ids: BTreeSet<String>,
     pub(crate) loaded_total: usize,
 }
 
@@ -675,6 +677,7 @@ impl Loader {
             batched: BTreeSet::new(),
             next_seq: 0,
             loaded: 0,
+            loaded_ids: BTreeSet::new(),
             loaded_total: 0,
         };
         for key in state.list(&format!("runs/{run_id}/batches/")).await? {
@@ -683,6 +686,11 @@ impl Loader {
             l.next_seq += 1;
         }
         Ok(l)
+    }
+
+    /// Whether a recorded batch still waits for its load (after a failed attempt).
+    pub(crate) fn has_unloaded(&self) -> bool {
+        self.loaded_ids.len() < self.next_seq
     }
 
     /// Loads every recorded batch that is not marked loaded (the ledger skips committed ones).
@@ -700,9 +708,13 @@ impl Loader {
     }
 
     async fn load(&mut self, b: &LoadBatch) -> anyhow::Result<()> {
+        if self.loaded_ids.contains(&b.batch_id) {
+            return Ok(());
+        }
         let mark = format!("runs/{}/loaded/{}", self.run_id, b.batch_id);
         if self.state.get(&mark).await?.is_some() {
-            self.loaded_total += 1;
+            self.loaded_ids.insert(b.batch_id.clone());
+            self.loaded_total = self.loaded_ids.len();
             return Ok(());
         }
         if let Some(w) = &self.warehouse {
@@ -720,7 +732,8 @@ impl Loader {
             }
         }
         self.state.put(&mark, now().as_bytes()).await?;
-        self.loaded_total += 1;
+        self.loaded_ids.insert(b.batch_id.clone());
+        self.loaded_total = self.loaded_ids.len();
         Ok(())
     }
 

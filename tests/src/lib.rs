@@ -2,6 +2,8 @@
 //! binary (built on first use) as a child process, with fault injection through
 //! `TRIBUTARY_FAULT`.
 
+pub mod fleet;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -231,6 +231,17 @@ pub async fn execute_task(
     let mut outputs = Vec::with_capacity(out.files.len());
     for f in &out.files {
         let bytes = output.put_file(&f.key, &f.local).await?;
+        // Test hook: stop dead in the middle of a shard (one output written, no manifest), so a
+        // test can kill -9 this process there.
+        if std::env::var("TRIBUTARY_FAULT").as_deref() == Ok("hang_mid_shard") {
+            eprintln!(
+                "FAULT: hanging mid-shard {} after writing {}",
+                task.shard.shard_id, f.key
+            );
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            }
+        }
         outputs.push(OutputFile {
             key: f.key.clone(),
             partition: f.partition.clone(),

@@ -461,8 +461,10 @@ pub fn init_logging(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIBUTARY_LOG")
         .unwrap_or_else(|_| default_filter.into());
     let json = std::env::var("TRIBUTARY_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder

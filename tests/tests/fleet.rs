@@ -1,0 +1,280 @@
+//! The fleet across real processes: a moto server (SQS, S3), one `coordinator serve`, at least two
+//! `worker --config` processes, and the real PostgreSQL as warehouse. The reference workload is
+//! split into at least 8 byte-range shards; the warehouse table must equal the embedded run's.
+//! Each fault test injects one fault.
+//!
+//! Needs moto, PostgreSQL and Python (numpy) for the workload generator: `scripts/test` provides
+//! all three; without them the tests fail under CI and are skipped elsewhere.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tributary_tests::fleet::*;
+
+const ROWS: usize = 30_000;
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The input file and a shard size that splits it into 10 byte ranges.
+fn input() -> Option<(PathBuf, u64)> {
+    let python = python()?;
+    let f = workload_file(&python, ROWS);
+    let size = std::fs::metadata(&f).expect("input").len();
+    Some((f, size / 10 + 1))
+}
+
+fn setup(name: &str) -> Option<(Fleet, PathBuf, u64)> {
+    let (f, shard) = input()?;
+    let fleet = Fleet::new(name, &f, shard)?;
+    Some((fleet, f, shard))
+}
+
+/// Every Parquet key in the lake, and the outputs the run's manifests list.
+fn lake_and_manifests(f: &Fleet, run: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let lake: BTreeSet<String> = f
+        .s3_keys("lake/")
+        .into_iter()
+        .filter(|k| k.ends_with(".parquet"))
+        .collect();
+    let mut listed = BTreeSet::new();
+    for key in f.s3_keys(&format!("tributary/manifests/{run}/")) {
+        let m: serde_json::Value = serde_json::from_slice(&f.s3_get(&key)).expect("manifest");
+        for o in m["outputs"].as_array().expect("outputs") {
+            listed.insert(format!("lake/{}", o["key"].as_str().expect("key")));
+        }
+    }
+    (lake, listed)
+}
+
+/// The checks every fleet test ends with: completed, ≥ 8 shards, the embedded run's table,
+/// each batch loaded once, and no data file that no manifest lists.
+fn assert_run_matches_embedded(
+    f: &Fleet,
+    run: &str,
+    input: &Path,
+    shard: u64,
+) -> serde_json::Value {
+    let rec = f.wait_run(run, RUN_TIMEOUT);
+    assert_eq!(rec["status"], "completed", "{rec:#}\n{}", f.logs());
+    assert!(rec["shards"].as_u64().unwrap() >= 8, "{rec:#}");
+    let fleet = fleet_table(f);
+    let embedded = embedded_table(input, shard);
+    assert_eq!(fleet.len(), embedded.len(), "row count");
+    assert!(
+        fleet == embedded,
+        "the fleet's table differs from the embedded run's"
+    );
+    let dup = f.pg_rows(
+        "SELECT batch_id, count(*) FROM _tributary_load_ledger GROUP BY batch_id HAVING count(*) > 1",
+    );
+    assert!(dup.is_empty(), "batches loaded twice: {dup:?}");
+    let ledger = f.pg_rows("SELECT count(*) FROM _tributary_load_ledger")[0][0]
+        .clone()
+        .unwrap();
+    assert_eq!(
+        ledger,
+        rec["batches_loaded"].to_string(),
+        "one ledger row per batch"
+    );
+    let (lake, listed) = lake_and_manifests(f, run);
+    assert_eq!(
+        lake, listed,
+        "every Parquet file in the lake is one a manifest lists"
+    );
+    rec
+}
+
+#[test]
+fn a_fleet_run_loads_the_same_table_as_the_embedded_run() {
+    let Some((mut f, input, shard)) = setup("fleet-main") else {
+        return;
+    };
+    f.start_coordinator(None);
+    let w0 = f.start_worker(None);
+    let w1 = f.start_worker(None);
+    let run = f.trigger();
+    let rec = assert_run_matches_embedded(&f, &run, &input, shard);
+    assert!(rec["batches_loaded"].as_u64().unwrap() >= 2, "{rec:#}");
+    // Both workers took part.
+    for w in [w0, w1] {
+        assert!(
+            f.procs[w].log.lock().unwrap().contains("task succeeded"),
+            "{} did no task:\n{}",
+            f.procs[w].name,
+            f.logs()
+        );
+    }
+    // A worker drains and exits 0 on SIGTERM.
+    f.procs[w0].sigterm();
+    let st = f.procs[w0].child.wait().unwrap();
+    assert!(st.success(), "worker exit status {st}");
+    assert!(f.procs[w0].log.lock().unwrap().contains("worker stopped"));
+}
+
+#[test]
+fn a_worker_killed_mid_shard_has_its_task_redone_with_identical_output() {
+    let Some((mut f, input, shard)) = setup("fleet-kill-worker") else {
+        return;
+    };
+    f.start_coordinator(None);
+    let doomed = f.start_worker(Some("hang_mid_shard"));
+    let run = f.trigger();
+    assert!(
+        f.procs[doomed].wait_for_log("FAULT: hanging mid-shard", Duration::from_secs(120)),
+        "the worker never reached the middle of a shard:\n{}",
+        f.logs()
+    );
+    f.procs[doomed].kill9();
+    let survivor = f.start_worker(None);
+    assert_run_matches_embedded(&f, &run, &input, shard);
+    let log = f.procs[survivor].log.lock().unwrap().clone();
+    assert!(
+        log.contains("attempt=2"),
+        "the killed task was delivered again:\n{log}"
+    );
+}
+
+#[test]
+fn a_coordinator_killed_mid_run_resumes_and_loads_each_batch_once() {
+    let Some((mut f, input, shard)) = setup("fleet-kill-coord") else {
+        return;
+    };
+    let c = f.start_coordinator(Some("crash_after_shards=4"));
+    f.start_worker(None);
+    f.start_worker(None);
+    let run = f.trigger();
+    let st = f.procs[c].child.wait().unwrap();
+    assert!(!st.success(), "the coordinator crashed as injected");
+    f.start_coordinator(None);
+    assert_run_matches_embedded(&f, &run, &input, shard);
+    assert!(
+        f.logs().contains("resuming run"),
+        "the restarted coordinator resumed the run:\n{}",
+        f.logs()
+    );
+}
+
+#[test]
+fn a_coordinator_killed_between_a_load_commit_and_its_record_does_not_load_twice() {
+    let Some((mut f, input, shard)) = setup("fleet-kill-commit") else {
+        return;
+    };
+    let c = f.start_coordinator(Some("crash_after_load_commit"));
+    f.start_worker(None);
+    f.start_worker(None);
+    let run = f.trigger();
+    let st = f.procs[c].child.wait().unwrap();
+    assert!(!st.success(), "the coordinator crashed as injected");
+    f.start_coordinator(None);
+    assert_run_matches_embedded(&f, &run, &input, shard);
+}
+
+#[test]
+fn poison_messages_are_dead_lettered_with_reasons_and_work_carries_on() {
+    let Some((mut f, input, shard)) = setup("fleet-poison") else {
+        return;
+    };
+    // A task whose source object is gone: a well-formed task for a shard of a deleted object.
+    let pipeline = std::fs::read_to_string(f.dir.path().join("workload.toml")).unwrap();
+    let gone = protocol::Message::Task(protocol::TaskMessage {
+        task_id: "orphan/s00000".into(),
+        run_id: "orphan".into(),
+        pipeline: protocol::PipelineSpec {
+            name: "workload".into(),
+            toml: pipeline,
+            base_dir: f.dir.path().display().to_string(),
+        },
+        shard: protocol::ShardDescriptor {
+            shard_id: "s00000".into(),
+            index: 0,
+            inputs: vec![protocol::ShardInput {
+                object: protocol::ObjectRef {
+                    key: "deleted.ndjson".into(),
+                    size: 1000,
+                },
+                range: None,
+            }],
+        },
+        output_prefix: "web_events".into(),
+        quarantine_prefix: "quarantine/workload/orphan".into(),
+        manifest_key: "manifests/orphan/s00000.json".into(),
+        source_url: Some(format!("s3://{}/raw/", f.bucket)),
+        output_url: Some(format!("s3://{}/lake", f.bucket)),
+    })
+    .to_body();
+    f.send_tasks(&[
+        "this is not json".into(),
+        r#"{"v":99,"kind":"task","task_id":"x"}"#.into(),
+        gone,
+    ]);
+    f.start_coordinator(None);
+    f.start_worker(None);
+    f.start_worker(None);
+    let run = f.trigger();
+    assert_run_matches_embedded(&f, &run, &input, shard);
+    let dead = f.dead_letters();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(dead.len(), 3, "{reasons:#?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("not valid JSON")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unsupported protocol version 99")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("deleted.ndjson") && r.contains("not found")),
+        "{reasons:#?}"
+    );
+}
+
+#[test]
+fn the_same_task_delivered_twice_at_once_gives_one_set_of_outputs() {
+    let Some((mut f, input, shard)) = setup("fleet-twice") else {
+        return;
+    };
+    f.start_coordinator(Some("duplicate_tasks"));
+    f.start_worker(None);
+    f.start_worker(None);
+    let run = f.trigger();
+    let rec = assert_run_matches_embedded(&f, &run, &input, shard);
+    let shards = rec["shards"].as_u64().unwrap() as usize;
+    let done = f.logs().matches("task succeeded").count();
+    assert!(
+        done > shards,
+        "some tasks really ran twice ({done} runs of {shards} shards)"
+    );
+}
+
+#[test]
+fn a_failing_load_statement_is_retried_and_the_ledger_prevents_a_double_load() {
+    let Some((mut f, input, shard)) = setup("fleet-load-fail") else {
+        return;
+    };
+    f.start_coordinator(None); // creates the ledger
+    // The first ledger insert fails, rolling back its whole load transaction. A sequence is not
+    // transactional, so the failure happens exactly once.
+    f.pg_exec(
+        "CREATE SEQUENCE fault_seq;
+         CREATE FUNCTION fail_once() RETURNS trigger AS $$
+         BEGIN
+           IF nextval('fault_seq') = 1 THEN
+             RAISE EXCEPTION 'injected failure: ledger insert refused';
+           END IF;
+           RETURN NEW;
+         END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER fail_once BEFORE INSERT ON _tributary_load_ledger
+           FOR EACH ROW EXECUTE FUNCTION fail_once();",
+    );
+    f.start_worker(None);
+    f.start_worker(None);
+    let run = f.trigger();
+    let rec = assert_run_matches_embedded(&f, &run, &input, shard);
+    assert!(rec["load_failures"].as_u64().unwrap() >= 1, "{rec:#}");
+    assert!(f.logs().contains("injected failure"), "{}", f.logs());
+}
