@@ -179,7 +179,7 @@ fn resolve_source(p: &Pipeline, over: Option<&Path>) -> anyhow::Result<(PathBuf,
             let l = &p.file.source.location;
             if l.starts_with("s3://") {
                 bail!(
-                    "{}: source.location {l:?}: S3 sources need the AWS backends, which this build does not have yet; use a local folder or --source",
+                    "{}: source.location {l:?}: `coordinator run` reads local folders; run S3 sources with `coordinator serve` (the fleet), or pass --source",
                     p.path
                 );
             }

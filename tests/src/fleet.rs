@@ -259,6 +259,22 @@ postgres = "{pg}"
         })
     }
 
+    /// Gives the pipeline a cron schedule (before the coordinator starts).
+    pub fn set_cron(&self, expr: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let text = text.replace(
+            r#"pipelines = [{ file = "workload.toml" }]"#,
+            &format!(r#"pipelines = [{{ file = "workload.toml", cron = "{expr}" }}]"#),
+        );
+        std::fs::write(&self.config, text).expect("config");
+    }
+
+    /// `GET` on the coordinator's API.
+    pub fn get(&self, path: &str) -> Option<serde_json::Value> {
+        self.api_get(path)
+            .and_then(|t| serde_json::from_str(&t).ok())
+    }
+
     fn spawn(&mut self, name: String, mut cmd: Command) -> usize {
         cmd.env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")

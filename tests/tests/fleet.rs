@@ -68,7 +68,9 @@ fn assert_run_matches_embedded(
         "SELECT batch_id, count(*) FROM _tributary_load_ledger GROUP BY batch_id HAVING count(*) > 1",
     );
     assert!(dup.is_empty(), "batches loaded twice: {dup:?}");
-    let ledger = f.pg_rows("SELECT count(*) FROM _tributary_load_ledger")[0][0]
+    let ledger = f.pg_rows(&format!(
+        "SELECT count(*) FROM _tributary_load_ledger WHERE run_id = '{run}'"
+    ))[0][0]
         .clone()
         .unwrap();
     assert_eq!(
@@ -102,6 +104,24 @@ fn a_fleet_run_loads_the_same_table_as_the_embedded_run() {
             "{} did no task:\n{}",
             f.procs[w].name,
             f.logs()
+        );
+    }
+    // Health endpoints of a worker (its address is in its start-up line).
+    let log = f.procs[w0].log.lock().unwrap().clone();
+    let addr = log
+        .split("addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the worker logs its health address")
+        .to_string();
+    for (path, want) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("http://{addr}{path}")])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(want),
+            "{path}: {out:?}"
         );
     }
     // A worker drains and exits 0 on SIGTERM.
@@ -277,4 +297,32 @@ fn a_failing_load_statement_is_retried_and_the_ledger_prevents_a_double_load() {
     let rec = assert_run_matches_embedded(&f, &run, &input, shard);
     assert!(rec["load_failures"].as_u64().unwrap() >= 1, "{rec:#}");
     assert!(f.logs().contains("injected failure"), "{}", f.logs());
+}
+
+#[test]
+fn a_cron_schedule_starts_runs_without_a_trigger() {
+    let Some((mut f, input, shard)) = setup("fleet-cron") else {
+        return;
+    };
+    f.set_cron("*/2 * * * * *");
+    f.start_coordinator(None);
+    f.start_worker(None);
+    let pipelines = f.get("/api/pipelines").expect("pipelines");
+    assert_eq!(pipelines[0]["cron"], "*/2 * * * * *", "{pipelines:#}");
+    assert!(pipelines[0]["next_run"].as_str().is_some(), "{pipelines:#}");
+    let t0 = std::time::Instant::now();
+    let run = loop {
+        if let Some(runs) = f.get("/api/runs")
+            && let Some(id) = runs[0]["run_id"].as_str()
+        {
+            break id.to_string();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no scheduled run:\n{}",
+            f.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_run_matches_embedded(&f, &run, &input, shard);
 }

@@ -505,6 +505,14 @@ concurrency = 2
     }
 
     #[test]
+    fn the_example_fleet_file_is_valid() {
+        let f = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet.toml");
+        let (s, _) = FleetSettings::load(Some(&f), &HashMap::new()).unwrap();
+        assert_eq!(s.warehouse.kind, WarehouseKind::RedshiftData);
+        assert_eq!(s.coordinator.pipelines.len(), 2);
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let s = load(
             BASE,
