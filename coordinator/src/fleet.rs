@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use worker::config::Pipeline;
 use worker::settings::{FleetBackends, FleetSettings, WarehouseKind};
 
+use crate::metrics::METRICS;
 use crate::planner::plan_shards;
 use crate::run::{DoneRecord, Fault, Loader, RunRecord, fault, now, splittable};
 
@@ -83,6 +84,7 @@ pub struct Coordinator {
     runs: BTreeMap<String, ActiveRun>,
     shared: Arc<Mutex<Shared>>,
     last_dead_letter_check: Instant,
+    last_depth_poll: Instant,
 }
 
 /// Opens the state store named by the settings.
@@ -185,6 +187,7 @@ impl Coordinator {
             runs: BTreeMap::new(),
             shared: Arc::default(),
             last_dead_letter_check: Instant::now() - Duration::from_secs(3600),
+            last_depth_poll: Instant::now() - Duration::from_secs(3600),
         })
     }
 
@@ -276,6 +279,7 @@ impl Coordinator {
             .await?;
         self.state.put(&current_key, run_id.as_bytes()).await?;
         tracing::info!(run = %run_id, pipeline = name, shards = plan.shards.len(), "run planned");
+        METRICS.runs.with_label_values(&[name, "started"]).inc();
         self.activate(record, plan).await?;
         Ok(run_id)
     }
@@ -467,6 +471,10 @@ impl Coordinator {
                     .await?;
                 run.failed.remove(&r.shard_id);
                 run.done.insert(r.shard_id.clone(), d);
+                METRICS
+                    .shards
+                    .with_label_values(&[&run.record.pipeline, "succeeded"])
+                    .inc();
                 run.oldest_unbatched.get_or_insert_with(Instant::now);
                 tracing::info!(run = %r.run_id, shard = %r.shard_id, done = run.done.len(), of = run.shards.len(), "shard done");
                 if let Some(Fault::CrashAfterShards(n)) = fault()
@@ -483,6 +491,10 @@ impl Coordinator {
                     )
                     .await?;
                 tracing::error!(run = %r.run_id, shard = %r.shard_id, %error, "shard failed");
+                METRICS
+                    .shards
+                    .with_label_values(&[&run.record.pipeline, "failed"])
+                    .inc();
                 run.failed.insert(r.shard_id, error);
             }
         }
@@ -592,6 +604,10 @@ impl Coordinator {
                 .delete(&format!("pipelines/{}/current", run.record.pipeline))
                 .await?;
             tracing::info!(run = %id, status = %run.record.status, rows_out = run.record.counts.rows_out, batches = run.record.batches_loaded, "run finished");
+            METRICS
+                .runs
+                .with_label_values(&[&run.record.pipeline, &run.record.status])
+                .inc();
             self.shared
                 .lock()
                 .expect("shared")
@@ -642,7 +658,32 @@ impl Coordinator {
     }
 
     fn publish(&self) {
+        let now_t = chrono::Utc::now();
+        let age = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|d| (now_t - d.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0)
+                .ok()
+        };
+        METRICS.active_runs.set(self.runs.len() as i64);
+        METRICS.oldest_task_age.set(
+            self.runs
+                .values()
+                .filter(|r| r.done.len() + r.failed.len() < r.shards.len())
+                .filter_map(|r| age(&r.record.started_at))
+                .fold(0.0, f64::max),
+        );
         let mut sh = self.shared.lock().expect("shared");
+        for name in self.pipelines.keys() {
+            if let Some(lag) = sh
+                .runs
+                .values()
+                .filter(|r| &r.pipeline == name && r.status == "completed")
+                .filter_map(|r| age(&r.started_at))
+                .reduce(f64::min)
+            {
+                METRICS.freshness_lag.with_label_values(&[name]).set(lag);
+            }
+        }
         for (id, run) in &self.runs {
             let mut r = run.record.clone();
             r.shards_done = run.done.len();
@@ -702,6 +743,11 @@ impl Coordinator {
                     let _ = reply.send(r);
                 }
                 self.fire_schedules().await?;
+                if self.last_depth_poll.elapsed() >= Duration::from_secs(10) {
+                    self.last_depth_poll = Instant::now();
+                    METRICS.depth("tasks", &self.backends.tasks.depth().await?);
+                    METRICS.depth("results", &self.backends.results.depth().await?);
+                }
                 if !self.runs.is_empty() {
                     // Drain what is waiting, then move runs forward.
                     for _ in 0..20 {
@@ -774,7 +820,8 @@ mod api {
             .route("/api/runs", axum::routing::get(list_runs).post(start_run))
             .route("/api/runs/{id}", axum::routing::get(get_run))
             .route("/api/pipelines", axum::routing::get(list_pipelines))
-            .with_state(api);
+            .with_state(api)
+            .merge(worker::metrics::route(vec![&METRICS.registry]));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;

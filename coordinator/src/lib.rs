@@ -11,5 +11,6 @@
 pub mod demo;
 pub mod fleet;
 pub mod local_worker;
+pub mod metrics;
 pub mod planner;
 pub mod run;

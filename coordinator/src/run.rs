@@ -718,10 +718,18 @@ impl Loader {
             return Ok(());
         }
         if let Some(w) = &self.warehouse {
-            let outcome = w
-                .load(b, self.output.clone())
-                .await
-                .with_context(|| format!("loading batch {}", b.batch_id))?;
+            let started = std::time::Instant::now();
+            let result = w.load(b, self.output.clone()).await;
+            crate::metrics::METRICS.load(
+                &self.table,
+                match &result {
+                    Ok(LoadOutcome::Loaded { .. }) => "loaded",
+                    Ok(LoadOutcome::AlreadyLoaded) => "already_loaded",
+                    Err(_) => "failed",
+                },
+                started.elapsed(),
+            );
+            let outcome = result.with_context(|| format!("loading batch {}", b.batch_id))?;
             tracing::info!(batch = %b.batch_id, ?outcome, "load batch");
             if matches!(outcome, LoadOutcome::Loaded { .. }) {
                 self.loaded += 1;

@@ -269,6 +269,21 @@ postgres = "{pg}"
         std::fs::write(&self.config, text).expect("config");
     }
 
+    /// The coordinator's `/metrics` text.
+    pub fn coordinator_metrics(&self) -> String {
+        self.api_get("/metrics").expect("coordinator /metrics")
+    }
+
+    /// The health address a worker logged at start-up.
+    pub fn worker_addr(&self, i: usize) -> String {
+        let log = self.procs[i].log.lock().expect("log").clone();
+        log.split("addr=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("the worker logs its health address")
+            .to_string()
+    }
+
     /// `GET` on the coordinator's API.
     pub fn get(&self, path: &str) -> Option<serde_json::Value> {
         self.api_get(path)
@@ -638,4 +653,56 @@ pub fn embedded_table(input: &Path, shard_bytes: u64) -> Vec<Vec<Option<String>>
         .expect("cache")
         .push((input.to_path_buf(), shard_bytes, rows.clone()));
     rows
+}
+
+/// A tool from the environment (set by scripts/test), or `None` outside CI.
+pub fn tool(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ if std::env::var("TRIBUTARY_REQUIRE_SERVICES").is_ok() || std::env::var("CI").is_ok() => {
+            panic!("{var} is not set (scripts/test sets it)")
+        }
+        _ => {
+            eprintln!("SKIPPED: set {var} (scripts/test does)");
+            None
+        }
+    }
+}
+
+/// `promtool check metrics` on a scrape: panics with promtool's complaints.
+pub fn promtool_check_metrics(promtool: &str, scrape: &str) {
+    use std::io::Write;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scrape.as_bytes())
+        .expect("write scrape");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of one sample line (`name{labels} value`) of a scrape, matching all `parts`.
+pub fn sample(scrape: &str, name: &str, parts: &[&str]) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                && parts.iter().all(|p| l.contains(p))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

@@ -106,14 +106,85 @@ fn a_fleet_run_loads_the_same_table_as_the_embedded_run() {
             f.logs()
         );
     }
-    // Health endpoints of a worker (its address is in its start-up line).
-    let log = f.procs[w0].log.lock().unwrap().clone();
-    let addr = log
-        .split("addr=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("the worker logs its health address")
-        .to_string();
+    // Metrics of the coordinator and of a worker, checked by promtool.
+    let c = f.coordinator_metrics();
+    let pl = "pipeline=\"workload\"";
+    assert_eq!(
+        sample(
+            &c,
+            "tributary_coordinator_runs_total",
+            &[pl, "status=\"completed\""]
+        ),
+        Some(1.0),
+        "{c}"
+    );
+    assert_eq!(
+        sample(
+            &c,
+            "tributary_coordinator_runs_total",
+            &[pl, "status=\"started\""]
+        ),
+        Some(1.0)
+    );
+    assert!(sample(&c, "tributary_coordinator_shards_total", &[pl, "succeeded"]).unwrap() >= 8.0);
+    let loaded = sample(
+        &c,
+        "tributary_load_batches_total",
+        &["web_events", "outcome=\"loaded\""],
+    )
+    .unwrap();
+    assert_eq!(loaded, rec["batches_loaded"].as_f64().unwrap());
+    assert_eq!(
+        sample(&c, "tributary_load_seconds_count", &["web_events"]),
+        Some(loaded)
+    );
+    assert!(
+        sample(
+            &c,
+            "tributary_queue_messages",
+            &["queue=\"tasks\"", "visible"]
+        )
+        .is_some()
+    );
+    assert!(sample(&c, "tributary_freshness_lag_seconds", &[pl]).unwrap() >= 0.0);
+    assert_eq!(
+        sample(&c, "tributary_coordinator_active_runs", &[]),
+        Some(0.0)
+    );
+    let addr = f.worker_addr(w0);
+    let w = String::from_utf8(
+        std::process::Command::new("curl")
+            .args(["-sf", &format!("http://{addr}/metrics")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let done: f64 = [w0, w1]
+        .iter()
+        .map(|&i| {
+            let a = f.worker_addr(i);
+            let text = String::from_utf8(
+                std::process::Command::new("curl")
+                    .args(["-sf", &format!("http://{a}/metrics")])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap();
+            sample(&text, "tributary_worker_tasks_total", &[pl, "succeeded"]).unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(done, rec["shards"].as_f64().unwrap(), "{w}");
+    assert_eq!(
+        sample(&w, "tributary_worker_tasks_in_flight", &[]),
+        Some(0.0)
+    );
+    if let Some(promtool) = tool("TRIBUTARY_PROMTOOL") {
+        promtool_check_metrics(&promtool, &c);
+        promtool_check_metrics(&promtool, &w);
+    }
+    // Health endpoints of a worker.
     for (path, want) in [("/healthz", "ok"), ("/readyz", "ready")] {
         let out = std::process::Command::new("curl")
             .args(["-sf", &format!("http://{addr}{path}")])
@@ -296,6 +367,11 @@ fn a_failing_load_statement_is_retried_and_the_ledger_prevents_a_double_load() {
     let run = f.trigger();
     let rec = assert_run_matches_embedded(&f, &run, &input, shard);
     assert!(rec["load_failures"].as_u64().unwrap() >= 1, "{rec:#}");
+    let c = f.coordinator_metrics();
+    assert!(
+        sample(&c, "tributary_load_batches_total", &["outcome=\"failed\""]).unwrap() >= 1.0,
+        "{c}"
+    );
     assert!(f.logs().contains("injected failure"), "{}", f.logs());
 }
 
@@ -325,4 +401,79 @@ fn a_cron_schedule_starts_runs_without_a_trigger() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_run_matches_embedded(&f, &run, &input, shard);
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_worker_and_the_coordinator() {
+    let Some(prometheus) = tool("TRIBUTARY_PROMETHEUS") else {
+        return;
+    };
+    let Some((mut f, input, shard)) = setup("fleet-prometheus") else {
+        return;
+    };
+    f.start_coordinator(None);
+    let w = f.start_worker(None);
+    let run = f.trigger();
+    assert_run_matches_embedded(&f, &run, &input, shard);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api = f.api.trim_start_matches("http://").to_string();
+    let config = f.dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tributary-coordinator\n    static_configs: [{{targets: ['{api}']}}]\n  - job_name: tributary-worker\n    static_configs: [{{targets: ['{}']}}]\n",
+            f.worker_addr(w)
+        ),
+    )
+    .unwrap();
+    let mut server = std::process::Command::new(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            f.dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    let query = |q: &str| -> Option<serde_json::Value> {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "--get",
+                &format!("http://127.0.0.1:{port}/api/v1/query"),
+                "--data-urlencode",
+                &format!("query={q}"),
+            ])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let r = v["data"]["result"].as_array()?.first()?.clone();
+        Some(r)
+    };
+    let t0 = std::time::Instant::now();
+    let mut got = (None, None);
+    while t0.elapsed() < Duration::from_secs(60) && (got.0.is_none() || got.1.is_none()) {
+        got = (
+            query("sum(tributary_worker_tasks_total{outcome=\"succeeded\"})"),
+            query("tributary_coordinator_runs_total{status=\"completed\"}"),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let (worker, coord) = (
+        got.0.expect("Prometheus answers for the worker"),
+        got.1.expect("Prometheus answers for the coordinator"),
+    );
+    assert!(
+        worker["value"][1].as_str().unwrap().parse::<f64>().unwrap() >= 8.0,
+        "{worker}"
+    );
+    assert_eq!(coord["value"][1], "1", "{coord}");
 }

@@ -19,6 +19,7 @@ use backends::queue::{Queue, Received};
 use protocol::{Message, ResultMessage, TaskMessage, TaskOutcome};
 
 use crate::WorkerError;
+use crate::metrics::METRICS;
 use crate::settings::{FleetBackends, FleetSettings};
 
 /// Gives a task its source and output stores.
@@ -70,6 +71,7 @@ pub async fn handle_delivery(env: &TaskEnv, m: &Received, scratch: &std::path::P
         }
         Err(e) => {
             let reason = format!("message {}: {e}", m.message_id);
+            METRICS.task("unknown", "dead_lettered");
             tracing::error!(message_id = %m.message_id, %reason, "dead-lettering an undecodable message");
             if let Err(e) = env.tasks.dead_letter(&m.receipt, &reason).await {
                 tracing::warn!(error = %e, "could not dead-letter; the queue's redrive policy will");
@@ -86,7 +88,23 @@ pub async fn handle_delivery(env: &TaskEnv, m: &Received, scratch: &std::path::P
         attempt = m.receive_count
     );
     use tracing::Instrument;
-    run_task(env, m, task, scratch).instrument(span).await
+    let name = task.pipeline.name.clone();
+    METRICS.task(&name, "started");
+    METRICS.in_flight.inc();
+    let started = std::time::Instant::now();
+    let handled = run_task(env, m, task, scratch).instrument(span).await;
+    METRICS.in_flight.dec();
+    METRICS.stage(&name, "task", started.elapsed());
+    METRICS.task(
+        &name,
+        match handled {
+            Handled::Succeeded => "succeeded",
+            Handled::Failed => "failed",
+            Handled::Retry => "retried",
+            Handled::DeadLettered => "dead_lettered",
+        },
+    );
+    handled
 }
 
 async fn run_task(
@@ -221,7 +239,12 @@ pub async fn run_daemon(
     let ws = settings.worker.clone();
     let backends = FleetBackends::open(&settings).await?;
     let health = Arc::new(Health::default());
-    let addr = serve_health(&ws.health_addr, health.clone(), axum::Router::new()).await?;
+    let addr = serve_health(
+        &ws.health_addr,
+        health.clone(),
+        crate::metrics::route(vec![&METRICS.registry]),
+    )
+    .await?;
     tracing::info!(%addr, concurrency = ws.concurrency, tasks = %settings.queues.tasks_url, "worker started");
 
     let cache: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = Arc::default();
@@ -359,5 +382,224 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backends::object_store::LocalStore;
+    use backends::queue::MemoryQueue;
+    use protocol::{ObjectRef, PipelineSpec, ShardDescriptor, ShardInput};
+
+    const PIPELINE: &str = r#"
+[pipeline]
+name = "metrics_test"
+[source]
+location = "."
+format = "ndjson"
+[[columns]]
+name = "id"
+type = "string"
+required = true
+[[columns]]
+name = "n"
+type = "int64"
+[[columns]]
+name = "kind"
+type = "string"
+[[steps]]
+op = "filter"
+bucket = "unwanted"
+drop_if_any = [{ column = "kind", equals = "heartbeat" }]
+[[steps]]
+op = "dedupe"
+keys = ["id"]
+[output]
+columns = ["id", "n"]
+"#;
+
+    fn task(key: &str, size: u64) -> String {
+        Message::Task(TaskMessage {
+            task_id: format!("r1/{key}"),
+            run_id: "r1".into(),
+            pipeline: PipelineSpec {
+                name: "metrics_test".into(),
+                toml: PIPELINE.into(),
+                base_dir: ".".into(),
+            },
+            shard: ShardDescriptor {
+                shard_id: "s00000".into(),
+                index: 0,
+                inputs: vec![ShardInput {
+                    object: ObjectRef {
+                        key: key.into(),
+                        size,
+                    },
+                    range: None,
+                }],
+            },
+            output_prefix: "t".into(),
+            quarantine_prefix: "q".into(),
+            manifest_key: format!("m/{key}.json"),
+            source_url: None,
+            output_url: None,
+        })
+        .to_body()
+    }
+
+    fn value(name: &str, labels: &[(&str, &str)]) -> f64 {
+        for fam in METRICS.registry.gather() {
+            if fam.name() != name {
+                continue;
+            }
+            for m in fam.get_metric() {
+                let ok = labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                });
+                if ok {
+                    if m.get_histogram().get_sample_count() > 0 {
+                        return m.get_histogram().get_sample_count() as f64;
+                    }
+                    if fam.get_field_type() == prometheus::proto::MetricType::COUNTER {
+                        return m.get_counter().get_value();
+                    }
+                    return m.get_gauge().get_value();
+                }
+            }
+        }
+        0.0
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_task_metric_moves_when_its_event_happens() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = "{\"id\":\"a\",\"n\":1}\n{\"id\":\"a\",\"n\":2}\nnot json\n{\"id\":\"b\",\"n\":\"x\"}\n{\"id\":\"c\",\"kind\":\"heartbeat\"}\n{\"id\":\"d\",\"n\":4}\n";
+        std::fs::write(dir.path().join("in.ndjson"), data).unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("t", Duration::from_secs(30), 3));
+        let results: Arc<dyn Queue> = Arc::new(MemoryQueue::new("r", Duration::from_secs(30), 3));
+        let s2 = store.clone();
+        let mut env = TaskEnv {
+            tasks: tasks.clone(),
+            results,
+            files: store.clone(),
+            stores: Arc::new(move |_| Ok((s2.clone(), s2.clone()))),
+            visibility: Duration::from_secs(30),
+        };
+        let p: &[(&str, &str)] = &[("pipeline", "metrics_test")];
+        fn with<'a>(extra: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
+            vec![("pipeline", "metrics_test"), extra]
+        }
+        let before = |n: &str, l: (&str, &str)| value(n, &with(l));
+
+        let (started0, ok0) = (
+            before("tributary_worker_tasks_total", ("outcome", "started")),
+            before("tributary_worker_tasks_total", ("outcome", "succeeded")),
+        );
+        tasks
+            .send_batch(vec![task("in.ndjson", data.len() as u64)])
+            .await
+            .unwrap();
+        let m = tasks
+            .receive(1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .remove(0);
+        let scratch = dir.path().join("scratch");
+        assert_eq!(
+            handle_delivery(&env, &m, &scratch).await,
+            Handled::Succeeded
+        );
+        let get = |n: &str, l: (&str, &str)| value(n, &with(l));
+        assert_eq!(
+            get("tributary_worker_tasks_total", ("outcome", "started")),
+            started0 + 1.0
+        );
+        assert_eq!(
+            get("tributary_worker_tasks_total", ("outcome", "succeeded")),
+            ok0 + 1.0
+        );
+        for (kind, at_least) in [
+            ("in", 6.0),
+            ("out", 2.0),
+            ("filtered", 1.0),
+            ("deduplicated", 1.0),
+            ("rejected", 1.0),
+            ("malformed", 1.0),
+        ] {
+            assert!(
+                get("tributary_worker_rows_total", ("kind", kind)) >= at_least,
+                "rows {kind}"
+            );
+        }
+        assert!(get("tributary_worker_bytes_total", ("direction", "read")) >= data.len() as f64);
+        assert!(get("tributary_worker_bytes_total", ("direction", "written")) > 0.0);
+        assert!(value("tributary_worker_parquet_files_total", p) >= 1.0);
+        for stage in ["task", "extract", "transform", "write", "upload"] {
+            assert!(
+                get("tributary_worker_stage_seconds", ("stage", stage)) >= 1.0,
+                "stage {stage} observed"
+            );
+        }
+        assert_eq!(METRICS.in_flight.get(), 0);
+
+        // A shard whose object is gone fails (and is dead-lettered).
+        let failed0 = get("tributary_worker_tasks_total", ("outcome", "failed"));
+        tasks
+            .send_batch(vec![task("gone.ndjson", 10)])
+            .await
+            .unwrap();
+        let m = tasks
+            .receive(1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(handle_delivery(&env, &m, &scratch).await, Handled::Failed);
+        assert_eq!(
+            get("tributary_worker_tasks_total", ("outcome", "failed")),
+            failed0 + 1.0
+        );
+
+        // A retryable failure leaves the task for later.
+        let retried0 = get("tributary_worker_tasks_total", ("outcome", "retried"));
+        env.stores = Arc::new(|_| {
+            Err(WorkerError::Read {
+                key: "x".into(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "slow"),
+            })
+        });
+        tasks.send_batch(vec![task("in.ndjson", 10)]).await.unwrap();
+        let m = tasks
+            .receive(1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(handle_delivery(&env, &m, &scratch).await, Handled::Retry);
+        assert_eq!(
+            get("tributary_worker_tasks_total", ("outcome", "retried")),
+            retried0 + 1.0
+        );
+
+        // A body that is not a task is dead-lettered under pipeline "unknown".
+        let dl = |v: &[(&str, &str)]| value("tributary_worker_tasks_total", v);
+        let unknown = [("pipeline", "unknown"), ("outcome", "dead_lettered")];
+        let dead0 = dl(&unknown);
+        tasks.send_batch(vec!["garbage".into()]).await.unwrap();
+        let m = tasks.receive(10, Duration::from_secs(1)).await.unwrap();
+        let m = m.into_iter().find(|m| m.body == "garbage").unwrap();
+        assert_eq!(
+            handle_delivery(&env, &m, &scratch).await,
+            Handled::DeadLettered
+        );
+        assert_eq!(dl(&unknown), dead0 + 1.0);
+        // The text format renders.
+        let text = crate::metrics::render(&[&METRICS.registry]);
+        assert!(
+            text.contains("tributary_worker_tasks_in_flight 0"),
+            "{text}"
+        );
     }
 }

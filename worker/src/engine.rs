@@ -1816,10 +1816,24 @@ pub struct ShardState {
     pub seen: KeySet,
     pub writers: Writers,
     pub quarantine: Quarantine,
+    pub times: StageTimes,
+}
+
+/// Time spent per stage of a shard (for the stage-duration metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes {
+    /// Reading, decompressing and splitting the source (the reader thread's own work, without
+    /// the time it waited for the transform to take a chunk).
+    pub extract: std::time::Duration,
+    /// Parsing, steps, dedupe, partitioning, quarantine.
+    pub transform: std::time::Duration,
+    /// Building and encoding Parquet.
+    pub write: std::time::Duration,
 }
 
 /// Processes one chunk: parse and steps in parallel, dedupe in order, write.
 pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<(), WorkerError> {
+    let started = std::time::Instant::now();
     for (offset, line, len, head) in &chunk.oversized {
         st.counts.lines_total += 1;
         st.counts.malformed += 1;
@@ -1888,11 +1902,15 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
         p.counts.rows_out = p.rows.len() as u64;
         st.counts.add(&p.counts);
     }
+    let writing = std::time::Instant::now();
+    st.times.transform += writing - started;
     // In row order: pieces are in chunk order, and each piece's groups keep row order.
     for (dir, values, batch) in parted.into_iter().flatten() {
         st.writers.write(&dir, &values, batch)?;
     }
-    st.writers.enforce_budget()
+    let r = st.writers.enforce_budget();
+    st.times.write += writing.elapsed();
+    r
 }
 
 /// Reads a Parquet input and feeds it to the same pipeline, record batch by record batch.

@@ -12,6 +12,7 @@ pub mod bridge;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod metrics;
 pub mod plan;
 pub mod settings;
 pub mod transform;
@@ -100,6 +101,7 @@ pub struct ShardOutput {
     pub files: Vec<WrittenFile>,
     pub quarantine: Option<(PathBuf, u64)>,
     pub counts: Counts,
+    pub times: engine::StageTimes,
 }
 
 /// Runs the engine over a shard's inputs. Blocking and CPU-heavy: call it on the rayon pool
@@ -121,6 +123,7 @@ pub fn run_shard_blocking(
         quarantine: engine::Quarantine::new(
             scratch.join(format!("{}.quarantine.ndjson", shard.shard_id)),
         ),
+        times: Default::default(),
     };
     for (is_reject, b) in &plan.buckets {
         let m = if *is_reject {
@@ -157,8 +160,15 @@ pub fn run_shard_blocking(
         let reader = std::thread::Builder::new()
             .name("shard-reader".into())
             .spawn(move || {
-                let mut send = |c: engine::Chunk| tx.send(c).is_ok();
-                match format {
+                let started = std::time::Instant::now();
+                let mut blocked = std::time::Duration::ZERO;
+                let mut send = |c: engine::Chunk| {
+                    let t = std::time::Instant::now();
+                    let ok = tx.send(c).is_ok();
+                    blocked += t.elapsed();
+                    ok
+                };
+                let r = match format {
                     Format::JsonArray => engine::read_json_array(
                         &*reader_source,
                         &reader_input,
@@ -174,7 +184,8 @@ pub fn run_shard_blocking(
                         skip_header,
                         &mut send,
                     ),
-                }
+                };
+                (r, started.elapsed().saturating_sub(blocked))
             })
             .map_err(|e| WorkerError::Read {
                 key: input.object.key.clone(),
@@ -188,20 +199,25 @@ pub fn run_shard_blocking(
             }
         }
         drop(rx);
-        let read_result = reader.join().map_err(|_| WorkerError::Corrupt {
+        let (read_result, extract) = reader.join().map_err(|_| WorkerError::Corrupt {
             key: input.object.key.clone(),
             detail: "reader thread panicked".into(),
         })?;
+        st.times.extract += extract;
         if let Some(e) = failed {
             return Err(e);
         }
         read_result?;
     }
     debug_assert!(st.counts.reconciles(), "{:?}", st.counts);
+    let t = std::time::Instant::now();
+    let files = st.writers.finish()?;
+    st.times.write += t.elapsed();
     Ok(ShardOutput {
-        files: st.writers.finish()?,
+        files,
         quarantine: st.quarantine.finish()?,
         counts: st.counts,
+        times: st.times,
     })
 }
 
@@ -228,6 +244,12 @@ pub async fn execute_task(
     let out =
         bridge::run_cpu(move || run_shard_blocking(&p2, &pipeline, source, &shard, &prefix, &s2))
             .await??;
+    let m = &metrics::METRICS;
+    let name = task.pipeline.name.as_str();
+    m.stage(name, "extract", out.times.extract);
+    m.stage(name, "transform", out.times.transform);
+    m.stage(name, "write", out.times.write);
+    let upload_started = std::time::Instant::now();
     let mut outputs = Vec::with_capacity(out.files.len());
     for f in &out.files {
         let bytes = output.put_file(&f.key, &f.local).await?;
@@ -264,6 +286,15 @@ pub async fn execute_task(
         });
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    m.stage(name, "upload", upload_started.elapsed());
+    m.shard(
+        name,
+        &out.counts,
+        task.shard.bytes(),
+        outputs.iter().map(|o| o.bytes).sum::<u64>()
+            + quarantine.iter().map(|q| q.bytes).sum::<u64>(),
+        outputs.len(),
+    );
     let manifest = ShardManifest {
         v: protocol::PROTOCOL_VERSION,
         run_id: task.run_id.clone(),
