@@ -730,7 +730,7 @@ impl Loader {
                 started.elapsed(),
             );
             let outcome = result.with_context(|| format!("loading batch {}", b.batch_id))?;
-            tracing::info!(batch = %b.batch_id, ?outcome, "load batch");
+            tracing::info!(run = %self.run_id, table = %self.table, batch = %b.batch_id, ?outcome, "load batch");
             if matches!(outcome, LoadOutcome::Loaded { .. }) {
                 self.loaded += 1;
                 // Test hook: die between the warehouse commit and recording it.

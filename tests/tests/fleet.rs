@@ -195,6 +195,24 @@ fn a_fleet_run_loads_the_same_table_as_the_embedded_run() {
             "{path}: {out:?}"
         );
     }
+    // No seeded PII or secret in any process's log.
+    let all: String = f
+        .procs
+        .iter()
+        .map(|p| p.log.lock().unwrap().clone())
+        .collect();
+    let key = std::fs::read_to_string(repo().join("examples/workload.key")).unwrap();
+    assert!(!all.contains(&key), "the hashing key appears in the logs");
+    let data = std::fs::read_to_string(&input).unwrap();
+    for email in data
+        .split("\"email\":\"")
+        .skip(1)
+        .filter_map(|r| r.split('"').next())
+        .filter(|e| e.contains('@'))
+        .take(500)
+    {
+        assert!(!all.contains(email), "email {email} appears in the logs");
+    }
     // A worker drains and exits 0 on SIGTERM.
     f.procs[w0].sigterm();
     let st = f.procs[w0].child.wait().unwrap();
