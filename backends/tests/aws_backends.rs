@@ -278,3 +278,142 @@ async fn postgres_unreachable_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// The Redshift plan's SQL (everything but the COPY from S3) on a real SQL engine: PostgreSQL
+/// with a GETDATE() shim, the COPY replaced by inserting the file's rows into the file-shaped
+/// table. Proves the staging, dedupe, merge and ledger statements do what the Data API transport
+/// relies on, including that a second run of the same batch changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() {
+    use arrow::datatypes::{DataType, Field, Schema};
+    use backends::warehouse::plan::{self, Dialect, LoadPlan};
+    use protocol::{LoadBatch, LoadFile, OutputFile, SourcePosition};
+    let Some(pg) = testkit::postgres() else {
+        return;
+    };
+    let conn = testkit::postgres_schema(&pg, &testkit::unique("rsplan")).await;
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE FUNCTION getdate() RETURNS timestamp AS 'SELECT now()::timestamp' LANGUAGE sql",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(&plan::ledger_ddl(Dialect::Redshift))
+        .await
+        .unwrap();
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("val", DataType::Int64, true),
+    ]);
+    let file = |key: &str, object: &str, offset| LoadFile {
+        file: OutputFile {
+            key: key.into(),
+            partition: vec![("day".into(), "2025-05-01".into())],
+            rows: 2,
+            bytes: 100,
+        },
+        shard_index: 0,
+        position: SourcePosition {
+            object: object.into(),
+            offset,
+        },
+    };
+    // Each batch: (id, files with their rows).
+    let batches: Vec<(LoadBatch, Vec<Vec<(&str, i64)>>)> = vec![
+        (
+            LoadBatch {
+                batch_id: "r1-t-b0001".into(),
+                run_id: "r1".into(),
+                table: "events".into(),
+                merge_keys: vec!["id".into()],
+                shards: vec!["s1".into()],
+                files: vec![file("p1.parquet", "raw/x", 500)],
+            },
+            vec![vec![("b", 20), ("c", 30)]],
+        ),
+        (
+            LoadBatch {
+                batch_id: "r1-t-b0000".into(),
+                run_id: "r1".into(),
+                table: "events".into(),
+                merge_keys: vec!["id".into()],
+                shards: vec!["s0".into(), "s2".into()],
+                // Two groups; key "a" appears in both: the earlier position (0) wins.
+                files: vec![
+                    file("p0.parquet", "raw/x", 0),
+                    file("p2.parquet", "raw/x", 900),
+                ],
+            },
+            vec![vec![("a", 1), ("b", 2)], vec![("a", 99), ("d", 4)]],
+        ),
+    ];
+    let run = |b: &LoadBatch, rows: &Vec<Vec<(&str, i64)>>, existing: Vec<String>| {
+        let cols = plan::columns_for(&schema, &["day".into()], Dialect::Redshift).unwrap();
+        let lp = LoadPlan::new(b, cols, &existing, Dialect::Redshift);
+        let mut sqls = lp.before_data.clone();
+        sqls.extend(plan::redshift_file_stage_ddl(&lp));
+        for (g, group) in plan::file_groups(b).iter().enumerate() {
+            let [copy, insert, delete] =
+                plan::redshift_copy_group(&lp, b, group, "s3://lake/m", "arn:aws:iam::1:role/r");
+            assert!(copy.starts_with("COPY _tributary_file_stage FROM"));
+            let values = rows[g]
+                .iter()
+                .map(|(id, v)| format!("('{id}', {v})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            sqls.push(format!("INSERT INTO _tributary_file_stage VALUES {values}"));
+            sqls.push(insert);
+            sqls.push(delete);
+        }
+        sqls.extend(lp.after_data.clone());
+        assert!(sqls.len() <= plan::REDSHIFT_MAX_STATEMENTS);
+        sqls
+    };
+    let table = || async {
+        client
+            .query("SELECT id, val FROM events ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect::<Vec<_>>()
+    };
+    for pass in 0..2 {
+        for (b, rows) in &batches {
+            let existing: Vec<String> = client
+                .query(
+                    &plan::existing_columns_sql("events", Dialect::Redshift),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+            let sqls = run(b, rows, existing);
+            // One transaction, as BatchExecuteStatement runs it.
+            client
+                .batch_execute(&format!("BEGIN; {}; COMMIT", sqls.join(";\n")))
+                .await
+                .unwrap_or_else(|e| panic!("pass {pass} batch {}: {e:?}", b.batch_id));
+        }
+        let want = vec![
+            ("a".to_string(), 1),
+            ("b".to_string(), 2),
+            ("c".to_string(), 30),
+            ("d".to_string(), 4),
+        ];
+        assert_eq!(table().await, want, "pass {pass}");
+        let ledger: i64 = client
+            .query_one("SELECT count(*) FROM _tributary_load_ledger", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(ledger, 2, "pass {pass}: one ledger row per batch");
+    }
+}

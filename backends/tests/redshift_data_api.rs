@@ -387,7 +387,7 @@ async fn a_load_is_one_polled_transaction_with_copy_merge_and_ledger() {
         let copy = sqls.iter().find(|s| s.starts_with("COPY")).unwrap();
         assert_eq!(
             *copy,
-            "COPY _tributary_staging (\"id\", \"val\") FROM 's3://lake/_tributary/manifests/run-1-events-b0000/g0000.manifest' IAM_ROLE 'arn:aws:iam::123456789012:role/tributary-copy' FORMAT AS PARQUET MANIFEST"
+            "COPY _tributary_file_stage FROM 's3://lake/_tributary/manifests/run-1-events-b0000/g0000.manifest' IAM_ROLE 'arn:aws:iam::123456789012:role/tributary-copy' FORMAT AS PARQUET MANIFEST"
         );
         assert!(
             sqls.last()

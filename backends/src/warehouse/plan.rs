@@ -6,8 +6,10 @@
 //! LOCK ledger                                   -- loads of one warehouse are serialised
 //! CREATE TABLE IF NOT EXISTS target (...)       -- + ALTER TABLE ADD COLUMN for new columns
 //! DROP/CREATE TEMP TABLE staging (LIKE target)
-//! <data step>                                   -- transport: COPY FROM 's3://…' (Redshift Data
-//!                                               --   API) or COPY FROM STDIN (PostgreSQL wire)
+//! <data step>                                   -- transport: per file group COPY FROM 's3://…'
+//!                                               --   into a file-shaped table, then INSERT …
+//!                                               --   SELECT into staging (Redshift Data API), or
+//!                                               --   COPY FROM STDIN (PostgreSQL wire)
 //! DELETE FROM staging WHERE batch in ledger     -- a batch already loaded changes nothing
 //! CREATE TEMP TABLE batch AS first row per key  -- earliest source position wins
 //! DELETE FROM batch USING target …              -- keys the target has at an earlier position
@@ -34,6 +36,7 @@ use crate::{BackendError, Result};
 
 pub const STAGING_TABLE: &str = "_tributary_staging";
 pub const BATCH_TABLE: &str = "_tributary_batch";
+pub const FILE_STAGE_TABLE: &str = "_tributary_file_stage";
 /// Redshift's Data API takes at most 40 statements per `BatchExecuteStatement`.
 pub const REDSHIFT_MAX_STATEMENTS: usize = 40;
 
@@ -303,48 +306,57 @@ pub fn file_groups(batch: &LoadBatch) -> Vec<FileGroup<'_>> {
     groups
 }
 
-/// Redshift's data step for one group: COPY the group's manifest, then set the columns the
-/// files do not carry on the rows just copied (the only rows whose batch column is NULL).
+/// Redshift's COPY from Parquet maps columns by position and needs as many table columns as the
+/// file has, so each group is copied into a file-shaped table first. Its DDL (appended to the
+/// plan's `before_data` by the Redshift transport).
+pub fn redshift_file_stage_ddl(plan: &LoadPlan) -> [String; 2] {
+    let cols = plan
+        .columns
+        .iter()
+        .filter(|c| c.in_file)
+        .map(|c| format!("{} {}", quote_ident(&c.name), c.sql_type))
+        .collect::<Vec<_>>()
+        .join(", ");
+    [
+        format!("DROP TABLE IF EXISTS {FILE_STAGE_TABLE}"),
+        format!("CREATE TEMP TABLE {FILE_STAGE_TABLE} ({cols})"),
+    ]
+}
+
+/// Redshift's data step for one group: COPY the group's manifest into the file-shaped table,
+/// move its rows into staging with the partition values and lineage of the group, empty it
+/// (DELETE, not TRUNCATE: TRUNCATE would commit the transaction).
 pub fn redshift_copy_group(
     plan: &LoadPlan,
     batch: &LoadBatch,
     group: &FileGroup<'_>,
     manifest_url: &str,
     iam_role: &str,
-) -> [String; 2] {
+) -> [String; 3] {
     let d = Dialect::Redshift;
     let copy = format!(
-        "COPY {STAGING_TABLE} ({}) FROM {} IAM_ROLE {} FORMAT AS PARQUET MANIFEST",
-        quote_list(&plan.file_columns()),
+        "COPY {FILE_STAGE_TABLE} FROM {} IAM_ROLE {} FORMAT AS PARQUET MANIFEST",
         quote_literal(manifest_url, d),
         quote_literal(iam_role, d)
     );
-    let mut sets: Vec<String> = group
-        .partition
-        .iter()
-        .map(|(k, v)| format!("{} = {}", quote_ident(k), quote_literal(v, d)))
-        .collect();
-    sets.push(format!(
-        "{} = {}",
-        quote_ident(SOURCE_OBJECT_COLUMN),
-        quote_literal(&group.object, d)
-    ));
-    sets.push(format!(
-        "{} = {}",
-        quote_ident(SOURCE_OFFSET_COLUMN),
-        group.offset
-    ));
-    sets.push(format!(
-        "{} = {}",
-        quote_ident(BATCH_COLUMN),
-        quote_literal(&batch.batch_id, d)
-    ));
-    let fill = format!(
-        "UPDATE {STAGING_TABLE} SET {} WHERE {} IS NULL",
-        sets.join(", "),
-        quote_ident(BATCH_COLUMN)
+    let mut names: Vec<String> = plan.file_columns().iter().map(|c| quote_ident(c)).collect();
+    let mut values: Vec<String> = names.clone();
+    for (k, v) in &group.partition {
+        names.push(quote_ident(k));
+        values.push(quote_literal(v, d));
+    }
+    names.push(quote_ident(SOURCE_OBJECT_COLUMN));
+    values.push(quote_literal(&group.object, d));
+    names.push(quote_ident(SOURCE_OFFSET_COLUMN));
+    values.push(group.offset.to_string());
+    names.push(quote_ident(BATCH_COLUMN));
+    values.push(quote_literal(&batch.batch_id, d));
+    let insert = format!(
+        "INSERT INTO {STAGING_TABLE} ({}) SELECT {} FROM {FILE_STAGE_TABLE}",
+        names.join(", "),
+        values.join(", ")
     );
-    [copy, fill]
+    [copy, insert, format!("DELETE FROM {FILE_STAGE_TABLE}")]
 }
 
 /// Redshift's COPY manifest for a group (`content_length` is required for Parquet).
@@ -505,6 +517,7 @@ mod tests {
         let groups = file_groups(&b);
         assert_eq!(groups.len(), 2);
         let mut all = plan.before_data.clone();
+        all.extend(redshift_file_stage_ddl(&plan));
         all.extend(redshift_copy_group(
             &plan,
             &b,
@@ -523,8 +536,11 @@ ALTER TABLE "web events" ADD COLUMN "_tributary_source_offset" BIGINT;
 ALTER TABLE "web events" ADD COLUMN "_tributary_batch_id" VARCHAR(1024);
 DROP TABLE IF EXISTS _tributary_staging;
 CREATE TEMP TABLE _tributary_staging (LIKE "web events");
-COPY _tributary_staging ("event_id", "amount", "ts") FROM 's3://lake/_manifests/run-1-events-b0003/g000.manifest' IAM_ROLE 'arn:aws:iam::123456789012:role/tributary-copy' FORMAT AS PARQUET MANIFEST;
-UPDATE _tributary_staging SET "day" = '2025-05-01', "_tributary_source_object" = 'raw/o''brien.ndjson', "_tributary_source_offset" = 0, "_tributary_batch_id" = 'run-1-events-b0003' WHERE "_tributary_batch_id" IS NULL;
+DROP TABLE IF EXISTS _tributary_file_stage;
+CREATE TEMP TABLE _tributary_file_stage ("event_id" VARCHAR(65535), "amount" DECIMAL(18,2), "ts" TIMESTAMP);
+COPY _tributary_file_stage FROM 's3://lake/_manifests/run-1-events-b0003/g000.manifest' IAM_ROLE 'arn:aws:iam::123456789012:role/tributary-copy' FORMAT AS PARQUET MANIFEST;
+INSERT INTO _tributary_staging ("event_id", "amount", "ts", "day", "_tributary_source_object", "_tributary_source_offset", "_tributary_batch_id") SELECT "event_id", "amount", "ts", '2025-05-01', 'raw/o''brien.ndjson', 0, 'run-1-events-b0003' FROM _tributary_file_stage;
+DELETE FROM _tributary_file_stage;
 DELETE FROM _tributary_staging WHERE EXISTS (SELECT 1 FROM _tributary_load_ledger WHERE batch_id = 'run-1-events-b0003');
 DROP TABLE IF EXISTS _tributary_batch;
 CREATE TEMP TABLE _tributary_batch AS SELECT "event_id", "amount", "ts", "day", "_tributary_source_object", "_tributary_source_offset", "_tributary_batch_id" FROM (SELECT "event_id", "amount", "ts", "day", "_tributary_source_object", "_tributary_source_offset", "_tributary_batch_id", ROW_NUMBER() OVER (PARTITION BY "event_id" ORDER BY "_tributary_source_object", "_tributary_source_offset") AS _tributary_rank FROM _tributary_staging) AS ranked WHERE _tributary_rank = 1;

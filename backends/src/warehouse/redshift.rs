@@ -2,8 +2,9 @@
 //!
 //! One load = one `BatchExecuteStatement` (one transaction): the [`super::plan::LoadPlan`] with,
 //! as data step, per group of files (same partition values and source position) a `COPY …
-//! FORMAT AS PARQUET MANIFEST IAM_ROLE …` of a manifest written next to the Parquet, followed by
-//! an `UPDATE` that fills the partition and lineage columns. The statement is polled with
+//! FORMAT AS PARQUET MANIFEST IAM_ROLE …` of a manifest written next to the Parquet into a
+//! file-shaped temp table (Redshift maps Parquet columns by position and needs the column counts
+//! to match), then an `INSERT … SELECT` into staging that adds the partition and lineage columns. The statement is polled with
 //! `DescribeStatement` (backoff from `poll_initial` to `poll_max`) until it finishes, fails
 //! (Redshift's error text is returned), is aborted, or the deadline passes (it is then
 //! cancelled). Provisioned clusters (`cluster_identifier` + `db_user` or `secret_arn`) and
@@ -348,6 +349,7 @@ impl RedshiftWarehouse {
         let lp = LoadPlan::new(batch, columns, &existing, Dialect::Redshift);
         let groups = plan::file_groups(batch);
         let mut sqls = lp.before_data.clone();
+        sqls.extend(plan::redshift_file_stage_ddl(&lp));
         for (n, g) in groups.iter().enumerate() {
             let mut entries = Vec::new();
             for f in &g.files {
