@@ -323,8 +323,9 @@ async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() 
             offset,
         },
     };
-    // Each batch: (id, files with their rows).
-    let batches: Vec<(LoadBatch, Vec<Vec<(&str, i64)>>)> = vec![
+    // Each batch, with the rows of each of its file groups.
+    type GroupRows = Vec<Vec<(&'static str, i64)>>;
+    let batches: Vec<(LoadBatch, GroupRows)> = vec![
         (
             LoadBatch {
                 batch_id: "r1-t-b0001".into(),
@@ -352,7 +353,7 @@ async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() 
             vec![vec![("a", 1), ("b", 2)], vec![("a", 99), ("d", 4)]],
         ),
     ];
-    let run = |b: &LoadBatch, rows: &Vec<Vec<(&str, i64)>>, existing: Vec<String>| {
+    let run = |b: &LoadBatch, rows: &GroupRows, existing: Vec<String>| {
         let cols = plan::columns_for(&schema, &["day".into()], Dialect::Redshift).unwrap();
         let lp = LoadPlan::new(b, cols, &existing, Dialect::Redshift);
         let mut sqls = lp.before_data.clone();
