@@ -306,7 +306,27 @@ impl FleetSettings {
             }
             let raw = &env[var];
             // Strings that look like numbers stay strings where the field is a string.
-            let value = if key.ends_with("_url") || key.ends_with("_arn") || key == "postgres" {
+            let value = if *section == "coordinator" && key == "pipelines" {
+                // `file[=cron];file[=cron]…`
+                toml::Value::Array(
+                    raw.split(';')
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty())
+                        .map(|e| {
+                            let mut t = toml::Table::new();
+                            let (file, cron) = match e.split_once('=') {
+                                Some((f, c)) => (f.trim(), Some(c.trim())),
+                                None => (e, None),
+                            };
+                            t.insert("file".into(), toml::Value::String(file.into()));
+                            if let Some(c) = cron {
+                                t.insert("cron".into(), toml::Value::String(c.into()));
+                            }
+                            toml::Value::Table(t)
+                        })
+                        .collect(),
+                )
+            } else if key.ends_with("_url") || key.ends_with("_arn") || key == "postgres" {
                 toml::Value::String(raw.clone())
             } else {
                 env_value(raw)
@@ -527,9 +547,20 @@ concurrency = 2
                     "arn:aws:iam::1:role/r",
                 ),
                 ("TRIBUTARY_FAULT", "ignored: not a settings section"),
+                (
+                    "TRIBUTARY_COORDINATOR_PIPELINES",
+                    "web.toml=0 */15 * * * *; pos.toml",
+                ),
             ],
         )
         .unwrap();
+        assert_eq!(s.coordinator.pipelines.len(), 2);
+        assert_eq!(
+            s.coordinator.pipelines[0].cron.as_deref(),
+            Some("0 */15 * * * *")
+        );
+        assert_eq!(s.coordinator.pipelines[1].file, PathBuf::from("pos.toml"));
+        assert_eq!(s.coordinator.pipelines[1].cron, None);
         assert_eq!(s.worker.concurrency, 3);
         assert_eq!(s.queues.visibility_timeout_secs, 30);
         assert_eq!(s.warehouse.kind, WarehouseKind::RedshiftData);
