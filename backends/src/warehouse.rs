@@ -138,6 +138,22 @@ pub(crate) fn format_micros(us: i64) -> String {
     )
 }
 
+/// A timestamp column's value at `i` in microseconds since the epoch, whatever its unit.
+pub(crate) fn timestamp_micros(
+    col: &dyn arrow::array::Array,
+    unit: &arrow::datatypes::TimeUnit,
+    i: usize,
+) -> i64 {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{self as t, TimeUnit};
+    match unit {
+        TimeUnit::Second => col.as_primitive::<t::TimestampSecondType>().value(i) * 1_000_000,
+        TimeUnit::Millisecond => col.as_primitive::<t::TimestampMillisecondType>().value(i) * 1000,
+        TimeUnit::Microsecond => col.as_primitive::<t::TimestampMicrosecondType>().value(i),
+        TimeUnit::Nanosecond => col.as_primitive::<t::TimestampNanosecondType>().value(i) / 1000,
+    }
+}
+
 pub mod plan;
 mod postgres;
 mod redshift;

@@ -35,7 +35,7 @@ use worker::settings::{FleetBackends, FleetSettings, WarehouseKind};
 
 use crate::metrics::METRICS;
 use crate::planner::plan_shards;
-use crate::run::{DoneRecord, Fault, Loader, RunRecord, fault, now, splittable};
+use crate::run::{DoneRecord, Fault, Loader, RunRecord, fault, now, record_new_run, splittable};
 
 /// A pipeline the coordinator knows, and its schedule.
 struct Scheduled {
@@ -246,38 +246,15 @@ impl Coordinator {
             shards,
         };
         let table = p.table().to_string();
-        let record = RunRecord {
-            run_id: run_id.clone(),
-            pipeline: name.to_string(),
-            table: table.clone(),
-            status: "running".into(),
-            started_at: now(),
-            finished_at: None,
-            source: source_url,
-            output: self.backends.lake_url.clone(),
-            output_prefix: table,
-            shards: plan.shards.len(),
-            source_bytes: objects.iter().map(|o| o.size).sum(),
-            counts: Counts::default(),
-            batches_loaded: 0,
-            failed_shards: Vec::new(),
-            shards_done: 0,
-            last_error: None,
-            load_failures: 0,
-        };
-        self.state
-            .put(
-                &format!("runs/{run_id}/plan.bin"),
-                &protocol::encode_binary(&plan),
-            )
-            .await?;
-        self.state
-            .put(
-                &format!("runs/{run_id}/run.json"),
-                &serde_json::to_vec_pretty(&record)?,
-            )
-            .await?;
-        self.state.put(&current_key, run_id.as_bytes()).await?;
+        let record = RunRecord::started(
+            &plan,
+            &table,
+            source_url,
+            self.backends.lake_url.clone(),
+            table.clone(),
+            objects.iter().map(|o| o.size).sum(),
+        );
+        record_new_run(&*self.state, &plan, &record).await?;
         tracing::info!(run = %run_id, pipeline = name, shards = plan.shards.len(), "run planned");
         METRICS.runs.with_label_values(&[name, "started"]).inc();
         self.activate(record, plan).await?;
@@ -822,16 +799,7 @@ mod api {
             .route("/api/pipelines", axum::routing::get(list_pipelines))
             .with_state(api)
             .merge(worker::metrics::route(vec![&METRICS.registry]));
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        let local = listener.local_addr()?;
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "API server stopped");
-            }
-        });
-        Ok(local)
+        worker::daemon::serve_router(addr, app, "API server").await
     }
 
     async fn ready(State(api): State<Api>) -> impl IntoResponse {

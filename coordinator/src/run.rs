@@ -97,6 +97,67 @@ pub struct RunRecord {
     pub load_failures: u32,
 }
 
+impl RunRecord {
+    /// The record of a run that is being started.
+    pub(crate) fn started(
+        plan: &ShardPlan,
+        table: &str,
+        source: String,
+        output: String,
+        output_prefix: String,
+        source_bytes: u64,
+    ) -> RunRecord {
+        RunRecord {
+            run_id: plan.run_id.clone(),
+            pipeline: plan.pipeline.clone(),
+            table: table.to_string(),
+            status: "running".into(),
+            started_at: now(),
+            finished_at: None,
+            source,
+            output,
+            output_prefix,
+            shards: plan.shards.len(),
+            source_bytes,
+            counts: Counts::default(),
+            batches_loaded: 0,
+            failed_shards: Vec::new(),
+            shards_done: 0,
+            last_error: None,
+            load_failures: 0,
+        }
+    }
+}
+
+/// Records a new run durably: its shard plan, its record, and that it is its pipeline's
+/// current run (the key a restart resumes from).
+pub(crate) async fn record_new_run(
+    state: &dyn StateStore,
+    plan: &ShardPlan,
+    record: &RunRecord,
+) -> anyhow::Result<()> {
+    let run_id = &plan.run_id;
+    state
+        .put(
+            &format!("runs/{run_id}/plan.bin"),
+            &protocol::encode_binary(plan),
+        )
+        .await?;
+    state
+        .put(
+            &format!("runs/{run_id}/run.json"),
+            &serde_json::to_vec_pretty(record)?,
+        )
+        .await?;
+    state
+        .put(
+            &format!("pipelines/{}/current", plan.pipeline),
+            run_id.as_bytes(),
+        )
+        .await?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DoneRecord {
     pub(crate) manifest_key: String,
@@ -327,38 +388,15 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
                 pipeline: name.clone(),
                 shards,
             };
-            let rec = RunRecord {
-                run_id: run_id.clone(),
-                pipeline: name.clone(),
-                table: table.clone(),
-                status: "running".into(),
-                started_at: now(),
-                finished_at: None,
-                source: source_dir.display().to_string(),
-                output: output_root.display().to_string(),
-                output_prefix: output_prefix.clone(),
-                shards: plan.shards.len(),
-                source_bytes: objects.iter().map(|o| o.size).sum(),
-                counts: Counts::default(),
-                batches_loaded: 0,
-                failed_shards: Vec::new(),
-                shards_done: 0,
-                last_error: None,
-                load_failures: 0,
-            };
-            dd.state
-                .put(
-                    &format!("runs/{run_id}/plan.bin"),
-                    &protocol::encode_binary(&plan),
-                )
-                .await?;
-            dd.state
-                .put(
-                    &format!("runs/{run_id}/run.json"),
-                    &serde_json::to_vec_pretty(&rec)?,
-                )
-                .await?;
-            dd.state.put(&current_key, run_id.as_bytes()).await?;
+            let rec = RunRecord::started(
+                &plan,
+                &table,
+                source_dir.display().to_string(),
+                output_root.display().to_string(),
+                output_prefix.clone(),
+                objects.iter().map(|o| o.size).sum(),
+            );
+            record_new_run(&*dd.state, &plan, &rec).await?;
             (rec, plan)
         }
     };

@@ -218,13 +218,22 @@ pub async fn serve_health(
             }),
         )
         .merge(extra);
+    serve_router(addr, app, "health server").await
+}
+
+/// Binds `addr` and serves `app` in the background; returns the bound address (port 0 picks one).
+pub async fn serve_router(
+    addr: &str,
+    app: axum::Router,
+    what: &'static str,
+) -> anyhow::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{what}: cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "health server stopped");
+            tracing::error!(error = %e, "{what} stopped");
         }
     });
     Ok(local)

@@ -25,7 +25,7 @@
 //! condition on `WHEN MATCHED`, which "keep the earliest position" needs).
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Schema};
 use protocol::{LoadBatch, LoadFile};
 
 use super::{
@@ -423,18 +423,7 @@ pub fn render_value(col: &dyn Array, i: usize) -> Result<Option<String>> {
             format_decimal(col.as_primitive::<t::Decimal128Type>().value(i), *s)
         }
         DataType::Timestamp(unit, _) => {
-            let raw = match unit {
-                TimeUnit::Second => {
-                    col.as_primitive::<t::TimestampSecondType>().value(i) * 1_000_000
-                }
-                TimeUnit::Millisecond => {
-                    col.as_primitive::<t::TimestampMillisecondType>().value(i) * 1000
-                }
-                TimeUnit::Microsecond => col.as_primitive::<t::TimestampMicrosecondType>().value(i),
-                TimeUnit::Nanosecond => {
-                    col.as_primitive::<t::TimestampNanosecondType>().value(i) / 1000
-                }
-            };
+            let raw = super::timestamp_micros(col, unit, i);
             format_micros(raw)
         }
         DataType::Date32 => format_days(col.as_primitive::<t::Date32Type>().value(i)),
@@ -445,7 +434,7 @@ pub fn render_value(col: &dyn Array, i: usize) -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::Field;
+    use arrow::datatypes::{Field, TimeUnit};
     use protocol::{OutputFile, SourcePosition};
 
     fn batch(merge_keys: &[&str]) -> LoadBatch {

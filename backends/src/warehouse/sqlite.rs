@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use arrow::array::{Array, AsArray, RecordBatchReader};
-use arrow::datatypes::{DataType, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Schema};
 use async_trait::async_trait;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use protocol::LoadBatch;
@@ -126,18 +126,7 @@ fn value_at(col: &dyn Array, i: usize) -> Result<Value> {
             Value::Text(format_decimal(v, *s))
         }
         DataType::Timestamp(unit, _) => {
-            let raw = match unit {
-                TimeUnit::Second => {
-                    col.as_primitive::<t::TimestampSecondType>().value(i) * 1_000_000
-                }
-                TimeUnit::Millisecond => {
-                    col.as_primitive::<t::TimestampMillisecondType>().value(i) * 1000
-                }
-                TimeUnit::Microsecond => col.as_primitive::<t::TimestampMicrosecondType>().value(i),
-                TimeUnit::Nanosecond => {
-                    col.as_primitive::<t::TimestampNanosecondType>().value(i) / 1000
-                }
-            };
+            let raw = super::timestamp_micros(col, unit, i);
             Value::Text(format_micros(raw))
         }
         DataType::Date32 => {
