@@ -516,6 +516,21 @@ postgres = "{pg}"
         })
     }
 
+    pub fn s3_put(&self, key: &str, data: Vec<u8>) {
+        let (ep, bucket, key) = (self.endpoint.clone(), self.bucket.clone(), key.to_string());
+        self.rt.block_on(async move {
+            let sdk = testkit::sdk_config(&ep).await;
+            testkit::s3_client(&sdk)
+                .put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .body(aws_sdk_s3::primitives::ByteStream::from(data))
+                .send()
+                .await
+                .expect("put");
+        });
+    }
+
     pub fn s3_delete(&self, key: &str) {
         let (ep, bucket, key) = (self.endpoint.clone(), self.bucket.clone(), key.to_string());
         self.rt.block_on(async move {

@@ -495,3 +495,56 @@ fn a_real_prometheus_scrapes_the_worker_and_the_coordinator() {
     );
     assert_eq!(coord["value"][1], "1", "{coord}");
 }
+
+#[test]
+fn a_shard_whose_object_vanished_fails_with_its_reason_and_the_rest_is_loaded() {
+    let Some((mut f, input, shard)) = setup("fleet-vanished") else {
+        return;
+    };
+    // A second, small source object: planned into a shard of its own, then deleted before any
+    // worker runs.
+    let data = std::fs::read_to_string(&input).unwrap();
+    let extra: String = data.lines().take(50).map(|l| format!("{l}\n")).collect();
+    f.s3_put("raw/extra.ndjson", extra.into_bytes());
+    f.start_coordinator(None);
+    let run = f.trigger();
+    f.s3_delete("raw/extra.ndjson");
+    f.start_worker(None);
+    f.start_worker(None);
+    let rec = f.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(rec["status"], "failed", "{rec:#}");
+    let failed = rec["failed_shards"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{rec:#}");
+    let why = failed[0][1].as_str().unwrap();
+    assert!(
+        why.contains("extra.ndjson") && why.contains("not found"),
+        "{why}"
+    );
+    // Nothing else is lost: every other shard is loaded, exactly as the embedded run of the
+    // remaining object.
+    assert_eq!(fleet_table(&f), embedded_table(&input, shard));
+    let c = f.coordinator_metrics();
+    assert_eq!(
+        sample(
+            &c,
+            "tributary_coordinator_shards_total",
+            &["outcome=\"failed\""]
+        ),
+        Some(1.0),
+        "{c}"
+    );
+    assert_eq!(
+        sample(
+            &c,
+            "tributary_coordinator_runs_total",
+            &["status=\"failed\""]
+        ),
+        Some(1.0)
+    );
+    // The failed task is in the dead-letter queue with the same reason.
+    let dead = f.dead_letters();
+    assert!(
+        dead.iter().any(|d| d.reason.contains("extra.ndjson")),
+        "{dead:#?}"
+    );
+}
