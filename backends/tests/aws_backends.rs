@@ -418,3 +418,65 @@ async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() 
         assert_eq!(ledger, 2, "pass {pass}: one ledger row per batch");
     }
 }
+
+/// S3 answers from a scripted local server: throttling (503 SlowDown) is retried with backoff
+/// until it succeeds; access denied fails at once, not retryable, with a hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_throttling_is_retried_and_access_denied_is_fatal() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let calls = Arc::new(AtomicU32::new(0));
+    let c2 = calls.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let calls = c2.clone();
+        async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let xml = |code: &str, msg: &str| {
+                format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{msg}</Message><RequestId>r{n}</RequestId></Error>")
+            };
+            if uri.path().ends_with("/denied") {
+                return (
+                    axum::http::StatusCode::FORBIDDEN,
+                    [("content-type", "application/xml")],
+                    xml("AccessDenied", "Access Denied"),
+                );
+            }
+            if n < 2 {
+                return (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    [("content-type", "application/xml")],
+                    xml("SlowDown", "Please reduce your request rate."),
+                );
+            }
+            (
+                axum::http::StatusCode::OK,
+                [("content-type", "application/octet-stream")],
+                "payload".to_string(),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let sdk = testkit::sdk_config(&format!("http://{addr}")).await;
+    let store = S3Store::new(testkit::s3_client(&sdk), "s3://bucket/p", None).unwrap();
+    assert_eq!(store.get("object").await.unwrap(), b"payload");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "two throttled answers, then success"
+    );
+
+    let before = calls.load(Ordering::SeqCst);
+    let err = store.get("denied").await.unwrap_err();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "access denied is not retried"
+    );
+    assert!(!err.is_retryable(), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("AccessDenied") && msg.contains("HTTP 403") && msg.contains("IAM policy"),
+        "{msg}"
+    );
+}
