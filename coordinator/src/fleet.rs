@@ -34,8 +34,7 @@ use worker::config::Pipeline;
 use worker::settings::{FleetBackends, FleetSettings, WarehouseKind};
 
 use crate::metrics::METRICS;
-use crate::planner::plan_shards;
-use crate::run::{DoneRecord, Fault, Loader, RunRecord, fault, now, record_new_run, splittable};
+use crate::run::{DoneRecord, Fault, Loader, RunRecord, fault, now, plan_run, record_new_run};
 
 /// A pipeline the coordinator knows, and its schedule.
 struct Scheduled {
@@ -234,17 +233,8 @@ impl Coordinator {
             .coordinator
             .shard_bytes
             .unwrap_or(p.file.source.shard_bytes.get());
-        let shards = plan_shards(&objects, shard_bytes, &splittable(p));
-        let run_id = format!(
-            "{name}-{}-{:04x}",
-            chrono::Utc::now().format("%Y%m%dT%H%M%S"),
-            std::process::id() & 0xffff
-        );
-        let plan = ShardPlan {
-            run_id: run_id.clone(),
-            pipeline: name.to_string(),
-            shards,
-        };
+        let plan = plan_run(p, &objects, shard_bytes);
+        let run_id = plan.run_id.clone();
         let table = p.table().to_string();
         let record = RunRecord::started(
             &plan,

@@ -129,6 +129,24 @@ impl RunRecord {
     }
 }
 
+/// A new run of `p` over `objects`: a run id unique across processes and restarts (time to the
+/// millisecond, process id, and a per-process sequence), and its shards.
+pub(crate) fn plan_run(p: &Pipeline, objects: &[ObjectRef], shard_bytes: u64) -> ShardPlan {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let run_id = format!(
+        "{}-{}-{:04x}{seq:02x}",
+        p.name(),
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"),
+        std::process::id() & 0xffff
+    );
+    ShardPlan {
+        run_id,
+        pipeline: p.name().to_string(),
+        shards: plan_shards(objects, shard_bytes, &splittable(p)),
+    }
+}
+
 /// Records a new run durably: its shard plan, its record, and that it is its pipeline's
 /// current run (the key a restart resumes from).
 pub(crate) async fn record_new_run(
@@ -377,17 +395,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
             let shard_bytes = opts
                 .shard_size
                 .unwrap_or(pipeline.file.source.shard_bytes.get());
-            let shards = plan_shards(&objects, shard_bytes, &splittable(&pipeline));
-            let run_id = format!(
-                "{name}-{}-{:04x}",
-                chrono::Utc::now().format("%Y%m%dT%H%M%S"),
-                std::process::id() & 0xffff
-            );
-            let plan = ShardPlan {
-                run_id: run_id.clone(),
-                pipeline: name.clone(),
-                shards,
-            };
+            let plan = plan_run(&pipeline, &objects, shard_bytes);
             let rec = RunRecord::started(
                 &plan,
                 &table,
