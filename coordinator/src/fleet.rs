@@ -387,6 +387,7 @@ impl Coordinator {
             let r = match Message::from_body(&m.body) {
                 Ok(Message::Result(r)) => r,
                 Ok(_) => {
+                    METRICS.dead_lettered.with_label_values(&["results"]).inc();
                     self.backends
                         .results
                         .dead_letter(
@@ -397,6 +398,7 @@ impl Coordinator {
                     continue;
                 }
                 Err(e) => {
+                    METRICS.dead_lettered.with_label_values(&["results"]).inc();
                     tracing::error!(message_id = %m.message_id, error = %e, "dead-lettering an undecodable result");
                     self.backends
                         .results

@@ -547,11 +547,12 @@ postgres = "{pg}"
 
     /// Sends raw bodies to the tasks queue.
     pub fn send_tasks(&self, bodies: &[String]) {
-        let (ep, url, bodies) = (
-            self.endpoint.clone(),
-            self.tasks_url.clone(),
-            bodies.to_vec(),
-        );
+        self.send_to(&self.tasks_url.clone(), bodies);
+    }
+
+    /// Sends raw bodies to a queue.
+    pub fn send_to(&self, url: &str, bodies: &[String]) {
+        let (ep, url, bodies) = (self.endpoint.clone(), url.to_string(), bodies.to_vec());
         self.rt.block_on(async move {
             let sdk = testkit::sdk_config(&ep).await;
             let sqs = aws_sdk_sqs::Client::new(&sdk);

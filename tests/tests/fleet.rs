@@ -316,11 +316,27 @@ fn poison_messages_are_dead_lettered_with_reasons_and_work_carries_on() {
         r#"{"v":99,"kind":"task","task_id":"x"}"#.into(),
         gone,
     ]);
+    // And a completion the coordinator cannot read.
+    f.send_to(
+        &f.results_url.clone(),
+        &["{\"v\":1,\"kind\":\"result\"}".into()],
+    );
     f.start_coordinator(None);
     f.start_worker(None);
     f.start_worker(None);
     let run = f.trigger();
     assert_run_matches_embedded(&f, &run, &input, shard);
+    let c = f.coordinator_metrics();
+    assert_eq!(
+        sample(
+            &c,
+            "tributary_coordinator_messages_dead_lettered_total",
+            &["queue=\"results\""]
+        ),
+        Some(1.0),
+        "{c}\n{}",
+        f.logs()
+    );
     let dead = f.dead_letters();
     let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
     assert_eq!(dead.len(), 3, "{reasons:#?}");
