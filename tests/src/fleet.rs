@@ -137,6 +137,7 @@ pub struct Fleet {
     pub config: PathBuf,
     pub procs: Vec<Proc>,
     rt: tokio::runtime::Runtime,
+    s3: aws_sdk_s3::Client,
     workers: usize,
 }
 
@@ -162,7 +163,7 @@ impl Fleet {
             .expect("runtime");
         let unique = testkit::unique(name);
         let bucket = unique.replace('_', "-").to_ascii_lowercase();
-        let (tasks_url, tasks_dlq, results_url, pg) = rt.block_on(async {
+        let (tasks_url, tasks_dlq, results_url, pg, s3) = rt.block_on(async {
             let sdk = testkit::sdk_config(&endpoint).await;
             let sqs = aws_sdk_sqs::Client::new(&sdk);
             let s3 = testkit::s3_client(&sdk);
@@ -184,7 +185,7 @@ impl Fleet {
             let (r, _) =
                 testkit::create_queue_with_dlq(&sqs, &format!("{bucket}-results"), 10, 5).await;
             let pg = testkit::postgres_schema(&pg, &bucket).await;
-            (t, tdlq, r, pg)
+            (t, tdlq, r, pg, s3)
         });
         let dir = tempfile::tempdir().expect("temp dir");
         let pipeline = std::fs::read_to_string(repo().join("examples/workload.toml"))
@@ -254,6 +255,7 @@ postgres = "{pg}"
             api: format!("http://127.0.0.1:{port}"),
             config,
             procs: Vec::new(),
+            s3,
             rt,
             workers: 0,
         })
@@ -462,14 +464,8 @@ postgres = "{pg}"
 
     /// Every key under `prefix` in the test bucket.
     pub fn s3_keys(&self, prefix: &str) -> Vec<String> {
-        let (ep, bucket, prefix) = (
-            self.endpoint.clone(),
-            self.bucket.clone(),
-            prefix.to_string(),
-        );
+        let (s3, bucket, prefix) = (self.s3.clone(), self.bucket.clone(), prefix.to_string());
         self.rt.block_on(async move {
-            let sdk = testkit::sdk_config(&ep).await;
-            let s3 = testkit::s3_client(&sdk);
             let mut keys = Vec::new();
             let mut token = None;
             loop {
@@ -497,11 +493,9 @@ postgres = "{pg}"
     }
 
     pub fn s3_get(&self, key: &str) -> Vec<u8> {
-        let (ep, bucket, key) = (self.endpoint.clone(), self.bucket.clone(), key.to_string());
+        let (s3, bucket, key) = (self.s3.clone(), self.bucket.clone(), key.to_string());
         self.rt.block_on(async move {
-            let sdk = testkit::sdk_config(&ep).await;
-            testkit::s3_client(&sdk)
-                .get_object()
+            s3.get_object()
                 .bucket(&bucket)
                 .key(&key)
                 .send()
@@ -517,11 +511,9 @@ postgres = "{pg}"
     }
 
     pub fn s3_put(&self, key: &str, data: Vec<u8>) {
-        let (ep, bucket, key) = (self.endpoint.clone(), self.bucket.clone(), key.to_string());
+        let (s3, bucket, key) = (self.s3.clone(), self.bucket.clone(), key.to_string());
         self.rt.block_on(async move {
-            let sdk = testkit::sdk_config(&ep).await;
-            testkit::s3_client(&sdk)
-                .put_object()
+            s3.put_object()
                 .bucket(&bucket)
                 .key(&key)
                 .body(aws_sdk_s3::primitives::ByteStream::from(data))
@@ -532,11 +524,9 @@ postgres = "{pg}"
     }
 
     pub fn s3_delete(&self, key: &str) {
-        let (ep, bucket, key) = (self.endpoint.clone(), self.bucket.clone(), key.to_string());
+        let (s3, bucket, key) = (self.s3.clone(), self.bucket.clone(), key.to_string());
         self.rt.block_on(async move {
-            let sdk = testkit::sdk_config(&ep).await;
-            testkit::s3_client(&sdk)
-                .delete_object()
+            s3.delete_object()
                 .bucket(&bucket)
                 .key(&key)
                 .send()

@@ -243,12 +243,11 @@ fn a_worker_killed_mid_shard_has_its_task_redone_with_identical_output() {
     );
 }
 
-#[test]
-fn a_coordinator_killed_mid_run_resumes_and_loads_each_batch_once() {
-    let Some((mut f, input, shard)) = setup("fleet-kill-coord") else {
-        return;
-    };
-    let c = f.start_coordinator(Some("crash_after_shards=4"));
+/// Starts a coordinator with `fault` (a crash), waits for it to die, restarts it and checks the
+/// run against the embedded one. Returns the fleet for more checks.
+fn crash_and_restart_coordinator(name: &str, fault: &str) -> Option<Fleet> {
+    let (mut f, input, shard) = setup(name)?;
+    let c = f.start_coordinator(Some(fault));
     f.start_worker(None);
     f.start_worker(None);
     let run = f.trigger();
@@ -256,6 +255,14 @@ fn a_coordinator_killed_mid_run_resumes_and_loads_each_batch_once() {
     assert!(!st.success(), "the coordinator crashed as injected");
     f.start_coordinator(None);
     assert_run_matches_embedded(&f, &run, &input, shard);
+    Some(f)
+}
+
+#[test]
+fn a_coordinator_killed_mid_run_resumes_and_loads_each_batch_once() {
+    let Some(f) = crash_and_restart_coordinator("fleet-kill-coord", "crash_after_shards=4") else {
+        return;
+    };
     assert!(
         f.logs().contains("resuming run"),
         "the restarted coordinator resumed the run:\n{}",
@@ -265,17 +272,7 @@ fn a_coordinator_killed_mid_run_resumes_and_loads_each_batch_once() {
 
 #[test]
 fn a_coordinator_killed_between_a_load_commit_and_its_record_does_not_load_twice() {
-    let Some((mut f, input, shard)) = setup("fleet-kill-commit") else {
-        return;
-    };
-    let c = f.start_coordinator(Some("crash_after_load_commit"));
-    f.start_worker(None);
-    f.start_worker(None);
-    let run = f.trigger();
-    let st = f.procs[c].child.wait().unwrap();
-    assert!(!st.success(), "the coordinator crashed as injected");
-    f.start_coordinator(None);
-    assert_run_matches_embedded(&f, &run, &input, shard);
+    crash_and_restart_coordinator("fleet-kill-commit", "crash_after_load_commit");
 }
 
 #[test]

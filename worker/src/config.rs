@@ -938,7 +938,8 @@ merge_keys = ["id"]
             "demo/pos_sales.toml",
             "demo/billing.toml",
         ] {
-            let text = std::fs::read_to_string(dir.join(f)).unwrap();
+            let text = std::fs::read_to_string(dir.join(f))
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()));
             if let Err(e) = parse(&text, f, dir.clone()) {
                 panic!("{e}");
             }
