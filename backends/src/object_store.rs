@@ -45,6 +45,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     fn url(&self, _key: &str) -> Option<String> {
         None
     }
+    /// Checks at start-up that the store exists and answers (S3: `HeadBucket`), so a wrong
+    /// bucket fails the process before any work is accepted.
+    async fn check_access(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A folder on local disk.

@@ -49,6 +49,12 @@ pub struct QueueDepth {
 #[async_trait]
 pub trait Queue: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
+    /// How many deliveries a message gets before the queue dead-letters it (the redrive policy's
+    /// `maxReceiveCount`), when known. A consumer on the last delivery dead-letters a message it
+    /// cannot finish itself, so the reason travels with it.
+    fn max_receive_count(&self) -> Option<u32> {
+        None
+    }
     /// Enqueues bodies; returns their message ids in order.
     async fn send_batch(&self, bodies: Vec<String>) -> Result<Vec<String>>;
     /// Up to `max` messages, waiting up to `wait` for the first one (long polling).
@@ -184,6 +190,10 @@ impl MemoryQueue {
 impl Queue for MemoryQueue {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn max_receive_count(&self) -> Option<u32> {
+        Some(self.max_receive_count)
     }
 
     async fn send_batch(&self, bodies: Vec<String>) -> Result<Vec<String>> {

@@ -163,7 +163,7 @@ pub use redshift::{RedshiftSettings, RedshiftWarehouse};
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite;
 #[cfg(feature = "embedded-warehouse")]
-pub use sqlite::SqliteWarehouse;
+pub use sqlite::{SqliteWarehouse, query_file};
 
 /// The shared test suite every [`Warehouse`] must pass. It writes its own Parquet files into
 /// `files`.
@@ -229,6 +229,7 @@ pub mod suite {
                 .map(|f| format!("s{}", f.shard_index))
                 .collect(),
             files,
+            masked_columns: vec![],
         }
     }
 

@@ -21,6 +21,8 @@ enum Script {
     Finish,
     /// FAILED with an error text; nothing commits.
     Fail,
+    /// FAILED as a COPY that hit bad data does (rows in STL_LOAD_ERRORS); nothing commits.
+    FailLoad,
     /// ABORTED; nothing commits.
     Abort,
     /// Commits at once but reports STARTED forever (the client's deadline passes).
@@ -156,6 +158,12 @@ async fn handle(
                             "ERROR: Spectrum Scan Error: S3 access denied for s3://lake/t/a.parquet",
                         ),
                     ),
+                    Script::FailLoad => (
+                        "FAILED",
+                        Some(
+                            "ERROR: Load into table '_tributary_file_stage' failed. Check 'stl_load_errors' system table for details.",
+                        ),
+                    ),
                     Script::Abort => ("ABORTED", None),
                     _ => ("FINISHED", None),
                 }
@@ -183,6 +191,29 @@ async fn handle(
                 .get(&id)
                 .map(|s| s.sqls[0].clone())
                 .unwrap_or_default();
+            if sql.contains("FROM stl_load_errors") {
+                let file = "s3://lake/t/day=2025-05-01/a.parquet";
+                let row = |line: i64, col: &str, ty: &str, raw: &str, why: &str| {
+                    serde_json::json!([
+                        {"stringValue": file}, {"longValue": line}, {"stringValue": col},
+                        {"stringValue": ty}, {"stringValue": raw}, {"stringValue": why}
+                    ])
+                };
+                let named = sql.contains(&format!("'{file}'"));
+                let records = if named {
+                    vec![
+                        row(2, "val", "int8", "4111111111111111", "Overflow for INT8"),
+                        row(3, "id", "varchar", "b\u{0}", "Invalid null byte"),
+                    ]
+                } else {
+                    vec![]
+                };
+                return ok(serde_json::json!({
+                    "Records": records,
+                    "ColumnMetadata": [{"name": "btrim"}, {"name": "line_number"}, {"name": "btrim"}, {"name": "btrim"}, {"name": "btrim"}, {"name": "btrim"}],
+                    "TotalNumRows": 2
+                }));
+            }
             if sql.contains("information_schema.columns") {
                 return ok(
                     serde_json::json!({"Records": [], "ColumnMetadata": [{"name": "column_name"}], "TotalNumRows": 0}),
@@ -338,6 +369,7 @@ async fn files_and_batch(id: &str) -> (tempfile::TempDir, Arc<dyn ObjectStore>, 
                 offset: 0,
             },
         }],
+        masked_columns: vec!["val".into()],
     };
     (dir, files, batch)
 }
@@ -461,6 +493,46 @@ async fn a_failed_statement_surfaces_redshift_error_and_the_retry_loads_once() {
         wh.load(&batch, files).await.unwrap(),
         LoadOutcome::AlreadyLoaded
     );
+}
+
+/// Issue 8: a failed COPY surfaces the load-error rows (file, line, column, type, raw value),
+/// with the value of a hashed column masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_copy_surfaces_its_load_error_rows_with_hashed_values_masked() {
+    let (ep, fake) = start_fake().await;
+    let wh = RedshiftWarehouse::connect(client(&ep), settings())
+        .await
+        .unwrap();
+    let (_dir, files, batch) = files_and_batch("run-1-events-b0002").await;
+    fake.lock().unwrap().batch_script = vec![Script::FailLoad];
+    let err = wh.load(&batch, files).await.unwrap_err().to_string();
+    assert!(err.contains("stl_load_errors"), "{err}");
+    assert!(err.contains("load errors (STL_LOAD_ERRORS)"), "{err}");
+    assert!(
+        err.contains(
+            "s3://lake/t/day=2025-05-01/a.parquet line 2, column val (int8), value masked"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("4111111111111111"),
+        "a hashed value leaked: {err}"
+    );
+    assert!(
+        err.contains("line 3, column id (varchar), value \"b\\0\": Invalid null byte"),
+        "{err}"
+    );
+    // The query asked for exactly the batch's files.
+    let asked = fake
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .filter(|(op, r)| {
+            op == "ExecuteStatement" && r["Sql"].as_str().unwrap_or("").contains("stl_load_errors")
+        })
+        .count();
+    assert_eq!(asked, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -296,6 +296,7 @@ impl Coordinator {
                         manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
                         source_url: Some(record.source.clone()),
                         output_url: Some(record.output.clone()),
+                        files_url: Some(self.backends.files_url.clone()),
                     })
                     .to_body()
                 })
@@ -423,7 +424,9 @@ impl Coordinator {
         if !run.shards.contains_key(&r.shard_id) || run.done.contains_key(&r.shard_id) {
             return Ok(()); // unknown shard, or a duplicate completion
         }
-        match r.outcome {
+        let outcome =
+            verify_manifest(&*self.backends.files, &self.backends.files_url, r.outcome).await?;
+        match outcome {
             TaskOutcome::Succeeded {
                 manifest_key,
                 counts,
@@ -558,6 +561,10 @@ impl Coordinator {
                 }
                 .into();
                 run.record.finished_at = Some(now());
+                let lake = self.backends.store(&run.record.output)?;
+                crate::commit::commit_run(&run.record, &run.done, &*self.backends.files, &*lake)
+                    .await
+                    .with_context(|| format!("committing run {id} to the lake"))?;
                 finished.push(id.clone());
             }
             self.state
@@ -857,6 +864,33 @@ mod api {
                 .into_response(),
         }
     }
+}
+
+/// A success is trusted only once its manifest can be read where this coordinator looks for it
+/// (`storage.files`): a worker that wrote elsewhere, or a manifest that is gone or corrupt, fails
+/// the shard with the reason instead of failing its load batch over and over. A retryable read
+/// error (throttling, an unreachable endpoint) is returned, so the completion is read again.
+async fn verify_manifest(
+    files: &dyn backends::object_store::ObjectStore,
+    files_url: &str,
+    outcome: TaskOutcome,
+) -> anyhow::Result<TaskOutcome> {
+    let TaskOutcome::Succeeded { manifest_key, .. } = &outcome else {
+        return Ok(outcome);
+    };
+    let why = match files.get(manifest_key).await {
+        Ok(bytes) => match protocol::ShardManifest::from_json(&String::from_utf8_lossy(&bytes)) {
+            Ok(_) => return Ok(outcome),
+            Err(e) => format!("is not a valid manifest: {e}"),
+        },
+        Err(e) if e.is_retryable() => return Err(e.into()),
+        Err(e) => format!("cannot be read: {e}"),
+    };
+    Ok(TaskOutcome::Failed {
+        error: format!(
+            "the worker reported success, but manifest {manifest_key} in storage.files ({files_url}) {why}"
+        ),
+    })
 }
 
 /// Loads the settings (file and environment) for `coordinator serve`.

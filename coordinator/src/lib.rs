@@ -3,11 +3,13 @@
 //!
 //! * [`planner`]: source listing → shards (grouping small files, splitting large ones).
 //! * [`run`]: a pipeline run in local mode, durable and resumable.
+//! * [`commit`]: a run's end in the lake: unlisted files removed, the commit record written.
 //! * [`local_worker`]: the in-process worker loop on the embedded queue.
 //! * [`fleet`]: `coordinator serve`, the fleet coordinator on SQS, S3 and a SQL warehouse, with
 //!   its HTTP API.
 //! * [`demo`]: the demo's sample sources and pipeline files.
 
+pub mod commit;
 pub mod demo;
 pub mod fleet;
 pub mod local_worker;

@@ -93,11 +93,14 @@ enum Command {
         #[arg(long, env = "TRIBUTARY_SERVER")]
         server: String,
     },
-    /// Run a SQL query against the embedded warehouse.
+    /// Run a SQL query against the embedded warehouse (read-only unless --write).
     Sql {
         query: String,
         #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
         data_dir: PathBuf,
+        /// Allow statements that change the warehouse (DELETE, UPDATE, DROP, …).
+        #[arg(long)]
+        write: bool,
     },
 }
 
@@ -371,7 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             run,
             server: None,
         } => {
-            let dd = DataDir::open(&data_dir)?;
+            let dd = DataDir::open_existing(&data_dir)?;
             let mut runs = dd.runs().await?;
             if let Some(id) = &run {
                 runs.retain(|r| &r.run_id == id);
@@ -399,16 +402,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Sql { query, data_dir } => {
-            let dd = DataDir::open(&data_dir)?;
-            if !dd.warehouse_path.exists() {
-                anyhow::bail!(
-                    "no warehouse at {} (run a pipeline first)",
-                    dd.warehouse_path.display()
-                );
-            }
-            let wh = dd.warehouse()?;
-            println!("{}", wh.query(&query).await?.to_table());
+        Command::Sql {
+            query,
+            data_dir,
+            write,
+        } => {
+            let root = DataDir::existing_root(&data_dir)?;
+            let result =
+                tokio::task::block_in_place(|| coordinator::run::sql_query(&root, &query, write))?;
+            println!("{}", result.to_table());
         }
     }
     Ok(())

@@ -176,10 +176,11 @@ pub(crate) async fn record_new_run(
     Ok(())
 }
 
+/// A finished shard, as recorded in state (`runs/RUN/done/SHARD`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct DoneRecord {
-    pub(crate) manifest_key: String,
-    pub(crate) counts: Counts,
+pub struct DoneRecord {
+    pub manifest_key: String,
+    pub counts: Counts,
 }
 
 /// What a finished run reports.
@@ -221,6 +222,30 @@ impl DataDir {
         })
     }
 
+    /// The canonical root of a data dir that must already exist (`status`, `sql`): a missing one
+    /// is an error that says so, and nothing is created.
+    pub fn existing_root(root: &Path) -> anyhow::Result<PathBuf> {
+        if !root.is_dir() {
+            bail!(
+                "data dir {} does not exist (run a pipeline first, or pass --data-dir)",
+                root.display()
+            );
+        }
+        Ok(root.canonicalize()?)
+    }
+
+    /// Opens a data dir that must already exist, creating nothing in it.
+    pub fn open_existing(root: &Path) -> anyhow::Result<DataDir> {
+        let root = Self::existing_root(root)?;
+        if !root.join("state").is_dir() {
+            bail!(
+                "{} is not a Tributary data dir (it has no state/; run a pipeline first)",
+                root.display()
+            );
+        }
+        Self::open(&root)
+    }
+
     #[cfg(feature = "embedded-warehouse")]
     pub fn warehouse(&self) -> anyhow::Result<Arc<dyn Warehouse>> {
         Ok(Arc::new(backends::warehouse::SqliteWarehouse::open(
@@ -248,6 +273,32 @@ impl DataDir {
         }
         Ok(out)
     }
+}
+
+/// `coordinator sql` on the embedded warehouse of the data dir at `root` (read-only unless
+/// `write`; see [`backends::warehouse::query_file`]).
+#[cfg(feature = "embedded-warehouse")]
+pub fn sql_query(
+    root: &Path,
+    sql: &str,
+    write: bool,
+) -> anyhow::Result<backends::warehouse::QueryResult> {
+    Ok(backends::warehouse::query_file(
+        &root.join("warehouse.db"),
+        sql,
+        write,
+    )?)
+}
+
+#[cfg(not(feature = "embedded-warehouse"))]
+pub fn sql_query(
+    _root: &Path,
+    _sql: &str,
+    _write: bool,
+) -> anyhow::Result<backends::warehouse::QueryResult> {
+    bail!(
+        "this coordinator was built without the embedded warehouse (feature `embedded-warehouse`)"
+    )
 }
 
 /// Resolves the source: a folder (listed with the glob) or one file.
@@ -473,6 +524,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
                 manifest_key: manifest_key(&s.shard_id),
                 source_url: None,
                 output_url: None,
+                files_url: None,
             })
             .to_body()
         })
@@ -493,11 +545,17 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let mut workers = Vec::new();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (src2, out2) = (source.clone(), output.clone());
+    let files2 = dd.files.clone();
     let env = worker::daemon::TaskEnv {
         tasks: tasks.clone(),
         results: results.clone(),
-        files: dd.files.clone(),
-        stores: Arc::new(move |_| Ok((src2.clone(), out2.clone()))),
+        stores: Arc::new(move |_| {
+            Ok(worker::TaskStores {
+                source: src2.clone(),
+                output: out2.clone(),
+                files: files2.clone(),
+            })
+        }),
         visibility: Duration::from_secs(30),
     };
     for w in 0..opts.workers.max(1) {
@@ -614,6 +672,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         "failed".into()
     };
     record.finished_at = Some(now());
+    crate::commit::commit_run(&record, &done, &*dd.files, &*output).await?;
     dd.state
         .put(
             &format!("runs/{run_id}/run.json"),
@@ -688,6 +747,7 @@ pub(crate) struct Loader {
     run_id: String,
     table: String,
     merge_keys: Vec<String>,
+    masked_columns: Vec<String>,
     batch_rows: u64,
     warehouse: Option<Arc<dyn Warehouse>>,
     output: Arc<dyn ObjectStore>,
@@ -717,6 +777,7 @@ impl Loader {
             run_id: run_id.into(),
             table: table.into(),
             merge_keys: p.file.load.merge_keys.clone(),
+            masked_columns: p.masked_columns(),
             batch_rows: batch_rows.max(1),
             warehouse,
             output,
@@ -832,6 +893,7 @@ impl Loader {
             merge_keys: self.merge_keys.clone(),
             shards: ids.clone(),
             files,
+            masked_columns: self.masked_columns.clone(),
         };
         // Record the batch before loading it: a retry after a crash loads the same batch id.
         let key = format!("runs/{}/batches/b{:04}.json", self.run_id, self.next_seq);

@@ -124,6 +124,11 @@ pub struct TaskMessage {
     /// Root of the output store (`s3://bucket/lake`); absent in local mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_url: Option<String>,
+    /// Root of the store the coordinator reads manifests and quarantine files from (its
+    /// `storage.files`): the worker writes there, whatever its own settings say, so the two
+    /// cannot disagree. Absent in local mode (and from older coordinators: the worker's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_url: Option<String>,
 }
 
 /// Worker → coordinator: how a task ended.
@@ -296,6 +301,29 @@ impl Counts {
     }
 }
 
+/// The tag that makes a task's Parquet file names unique: `RUN-SHARD`. Files are named
+/// `part-RUN-SHARD-NNNNN.parquet`, so a later run never overwrites an earlier run's files while a
+/// redone shard of the same run replaces its own.
+pub fn part_file_tag(run_id: &str, shard_id: &str) -> String {
+    format!("{run_id}-{shard_id}")
+}
+
+/// Whether `key` names a Parquet file written by a task of `run_id` (see [`part_file_tag`]).
+pub fn is_part_file_of_run(key: &str, run_id: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let Some(rest) = name
+        .strip_prefix("part-")
+        .and_then(|r| r.strip_prefix(run_id))
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_suffix(".parquet"))
+    else {
+        return false;
+    };
+    // What is left is `SHARD-NNNNN`, with no further dash in the shard id.
+    matches!(rest.split_once('-'), Some((shard, seq))
+        if !shard.is_empty() && !shard.contains('-') && !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// One Parquet file a shard wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputFile {
@@ -347,6 +375,51 @@ impl ShardManifest {
     }
 }
 
+/// Where a run's commit record lives in the lake, relative to the lake root.
+pub fn run_commit_key(run_id: &str) -> String {
+    format!("_tributary/commits/{run_id}.json")
+}
+
+/// The commit record of a run, written to the lake (`_tributary/commits/RUN.json`, see
+/// [`run_commit_key`]) once the run has ended and its loads are done. It lists every Parquet
+/// file of the run a reader may trust: exactly the files of the shard manifests that finished.
+/// Files of the run that are not listed (a shard that failed half-way, an attempt that was
+/// abandoned) were deleted before the record was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCommit {
+    pub v: u32,
+    pub run_id: String,
+    pub pipeline: String,
+    pub table: String,
+    /// `completed`, or `failed` when some shards failed (their rows are in no listed file).
+    pub status: String,
+    pub committed_at: String,
+    /// Keys relative to the lake root, in key order.
+    pub files: Vec<OutputFile>,
+    pub rows: u64,
+    /// Shards that failed, with the reason.
+    pub failed_shards: Vec<(String, String)>,
+    /// Files of the run that no manifest listed, deleted before this record was written.
+    pub removed: Vec<String>,
+}
+
+impl RunCommit {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("commit records always serialise")
+    }
+    pub fn from_json(text: &str) -> Result<Self, ProtocolError> {
+        let c: RunCommit =
+            serde_json::from_str(text).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        if c.v != PROTOCOL_VERSION {
+            return Err(ProtocolError::UnsupportedVersion {
+                found: u64::from(c.v),
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        Ok(c)
+    }
+}
+
 /// A file in a load batch, with the source position its rows come from (used by the MERGE to keep
 /// the earliest copy of a key across shards).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,6 +440,10 @@ pub struct LoadBatch {
     pub merge_keys: Vec<String>,
     pub shards: Vec<String>,
     pub files: Vec<LoadFile>,
+    /// Columns whose values are hashed (personal data): a load error names them but never shows
+    /// their raw value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked_columns: Vec<String>,
 }
 
 impl LoadBatch {
@@ -463,6 +540,7 @@ mod tests {
             manifest_key: "manifests/r1/s00003.json".into(),
             source_url: Some("s3://raw/web/".into()),
             output_url: None,
+            files_url: Some("s3://files/tributary".into()),
         })
     }
 
@@ -596,6 +674,28 @@ mod tests {
         assert!(matches!(
             decode_binary::<ShardPlan>(&bytes[..bytes.len() - 3]),
             Err(ProtocolError::BadBinary(_))
+        ));
+    }
+
+    #[test]
+    fn part_files_are_recognised_per_run() {
+        let run = "web-20261202T064601123-1a2b00";
+        let tag = part_file_tag(run, "s00003");
+        let key = format!("lake/web/event_date=2026-12-01/part-{tag}-00000.parquet");
+        assert!(is_part_file_of_run(&key, run));
+        assert!(!is_part_file_of_run(&key, "web-20261202T064601123-1a2b0"));
+        assert!(!is_part_file_of_run(&key, "web-20261202T064601123"));
+        assert!(!is_part_file_of_run(
+            "lake/web/part-s00003-00000.parquet",
+            run
+        ));
+        assert!(!is_part_file_of_run(
+            &format!("lake/web/part-{tag}-00000.parquet.tmp"),
+            run
+        ));
+        assert!(!is_part_file_of_run(
+            &format!("lake/web/_tributary/commits/{run}.json"),
+            run
         ));
     }
 

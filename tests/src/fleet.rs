@@ -61,25 +61,37 @@ pub fn workload_file(python: &str, rows: usize) -> PathBuf {
     static FILE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     FILE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        let bench = std::env::var("TRIBUTARY_BENCH_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| repo().join("../shared/bench"));
-        let f = dir.path().join("events.ndjson");
-        let out = Command::new(python)
-            .arg(bench.join("gen_events.py"))
-            .args(["--rows", &rows.to_string(), "--seed", "42", "--out"])
-            .arg(&f)
-            .output()
-            .expect("python runs");
-        assert!(
-            out.status.success(),
-            "gen_events.py: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let f = generate_workload(python, rows, 42, &dir.path().join("events.ndjson"));
         (dir, f)
     })
     .1
     .clone()
+}
+
+/// Writes the reference workload's `rows` rows of `seed` to `out` (`gen_events.py`): the same
+/// (rows, seed) always gives the same bytes, and different seeds give different event ids.
+pub fn generate_workload(python: &str, rows: usize, seed: u64, out: &Path) -> PathBuf {
+    let bench = std::env::var("TRIBUTARY_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("../shared/bench"));
+    let done = Command::new(python)
+        .arg(bench.join("gen_events.py"))
+        .args([
+            "--rows",
+            &rows.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .expect("python runs");
+    assert!(
+        done.status.success(),
+        "gen_events.py: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    out.to_path_buf()
 }
 
 fn free_port() -> u16 {
@@ -103,6 +115,18 @@ impl Proc {
             .args(["-9", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to exit; whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     pub fn sigterm(&mut self) {
@@ -139,10 +163,19 @@ pub struct Fleet {
     rt: tokio::runtime::Runtime,
     s3: aws_sdk_s3::Client,
     workers: usize,
+    /// Names of the worker containers started (removed on drop).
+    containers: Vec<String>,
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        for name in &self.containers {
+            let _ = Command::new("podman")
+                .args(["rm", "-f", "-t", "0", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         for p in &mut self.procs {
             let _ = p.child.kill();
             let _ = p.child.wait();
@@ -258,6 +291,7 @@ postgres = "{pg}"
             s3,
             rt,
             workers: 0,
+            containers: Vec::new(),
         })
     }
 
@@ -362,6 +396,100 @@ postgres = "{pg}"
         }
         self.workers += 1;
         self.spawn(format!("worker{}", self.workers - 1), cmd)
+    }
+
+    /// Starts a worker as a container of `image` (`podman run --network host`, non-root, read-only
+    /// root filesystem, no capabilities), reading this fleet's config and pipeline folder mounted
+    /// read-only at the same path; its scratch is a tmpfs. Returns its index in `procs` (the
+    /// podman client, whose stderr is the container's).
+    pub fn start_worker_container(&mut self, image: &str) -> usize {
+        let name = format!("{}-w{}", self.bucket, self.workers);
+        let dir = self.dir.path().display().to_string();
+        let mut cmd = Command::new("podman");
+        cmd.args(["run", "--rm", "--name", &name, "--network", "host"])
+            .args(["--read-only", "--cap-drop", "ALL"])
+            .args(["--security-opt", "no-new-privileges", "--tmpfs", "/tmp"])
+            .args(["-v", &format!("{dir}:{dir}:ro")])
+            .args([
+                "-e",
+                "AWS_ACCESS_KEY_ID=testing",
+                "-e",
+                "AWS_SECRET_ACCESS_KEY=testing",
+            ])
+            .args([
+                "-e",
+                "AWS_EC2_METADATA_DISABLED=true",
+                "-e",
+                "TRIBUTARY_LOG=info",
+            ])
+            .args(["-e", "TRIBUTARY_WORKER_SCRATCH_DIR=/tmp/scratch"])
+            .args(["-e", "TRIBUTARY_WORKER_THREADS=1"])
+            .arg(image)
+            .arg("--config")
+            .arg(&self.config);
+        self.containers.push(name.clone());
+        self.workers += 1;
+        self.spawn(format!("container-{name}"), cmd)
+    }
+
+    /// Starts a worker with extra environment variables (settings overrides).
+    pub fn start_worker_with_env(&mut self, env: &[(&str, &str)]) -> usize {
+        let mut cmd = Command::new(worker_bin());
+        cmd.arg("--config").arg(&self.config);
+        cmd.env(
+            "TRIBUTARY_WORKER_SCRATCH_DIR",
+            self.dir.path().join(format!("scratch{}", self.workers)),
+        );
+        cmd.env("TRIBUTARY_WORKER_THREADS", "1");
+        cmd.env_remove("TRIBUTARY_FAULT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.workers += 1;
+        self.spawn(format!("worker{}", self.workers - 1), cmd)
+    }
+
+    /// Runs `coordinator serve` or `worker` with this fleet's config and extra environment until
+    /// it exits (a process that should refuse to start); kills it after `timeout`.
+    pub fn run_to_exit(
+        &self,
+        bin: &str,
+        env: &[(&str, String)],
+        timeout: Duration,
+    ) -> std::process::Output {
+        let mut cmd = match bin {
+            "coordinator" => {
+                let mut c = Command::new(coordinator_bin());
+                c.arg("serve");
+                c
+            }
+            _ => Command::new(worker_bin()),
+        };
+        cmd.arg("--config")
+            .arg(&self.config)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env(
+                "TRIBUTARY_WORKER_SCRATCH_DIR",
+                self.dir.path().join("scratch-refused"),
+            )
+            .env_remove("TRIBUTARY_FAULT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("process starts");
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        child.wait_with_output().expect("output")
     }
 
     fn api_get(&self, path: &str) -> Option<String> {

@@ -13,12 +13,12 @@ pub fn coordinator_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf();
+        // target/<profile>/deps/<test> (a test) or target/<profile>/<bin> (the chaos binary)
+        // → target/<profile>
+        let mut profile_dir = exe.parent().expect("target dir").to_path_buf();
+        if profile_dir.file_name().is_some_and(|n| n == "deps") {
+            profile_dir = profile_dir.parent().expect("target dir").to_path_buf();
+        }
         let profile = profile_dir
             .file_name()
             .and_then(|n| n.to_str())

@@ -204,3 +204,58 @@ fn bad_config_and_missing_sources_are_refused_before_anything_runs() {
             .success()
     );
 }
+
+/// Regression (issue 8): `coordinator sql "DELETE FROM …"` deleted rows of the embedded warehouse.
+#[test]
+fn sql_refuses_write_statements_unless_write_is_given() {
+    let (dir, p) = setup(&[(
+        "a.ndjson",
+        b"{\"id\":\"a\",\"n\":1}\n{\"id\":\"b\",\"n\":2}\n".to_vec(),
+    )]);
+    let data = dir.path().join("data");
+    ok(&run(&p, &data));
+    let dd = data.to_str().unwrap();
+    let count = || table(&data, "SELECT count(*) AS n FROM bad");
+    let before = count();
+    assert_eq!(before.lines().nth(2).map(str::trim), Some("2"));
+    for stmt in ["DELETE FROM bad", "DROP TABLE bad", "UPDATE bad SET n = 0"] {
+        let out = coordinator(&["sql", "--data-dir", dd, stmt], None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stmt} was accepted");
+        assert!(
+            err.contains("read-only") && err.contains("--write") && err.contains(stmt),
+            "{err}"
+        );
+    }
+    assert_eq!(count(), before, "nothing changed");
+    let out = ok(&coordinator(
+        &[
+            "sql",
+            "--data-dir",
+            dd,
+            "--write",
+            "DELETE FROM bad WHERE id = 'a'",
+        ],
+        None,
+    ));
+    assert!(out.contains("rows_changed") && out.contains('1'), "{out}");
+    assert_eq!(count().lines().nth(2).map(str::trim), Some("1"));
+}
+
+/// Regression (issue 8): `sql` and `status` on a missing `--data-dir` created it before failing.
+#[test]
+fn sql_and_status_on_a_missing_data_dir_say_so_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-data");
+    let dd = missing.to_str().unwrap();
+    for args in [
+        vec!["sql", "--data-dir", dd, "SELECT 1"],
+        vec!["status", "--data-dir", dd],
+    ] {
+        let out = coordinator(&args, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains("does not exist") && err.contains(dd), "{err}");
+        assert!(!missing.exists(), "{args:?} created {dd}");
+    }
+}

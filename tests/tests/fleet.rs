@@ -29,13 +29,20 @@ fn setup(name: &str) -> Option<(Fleet, PathBuf, u64)> {
     Some((fleet, f, shard))
 }
 
-/// Every Parquet key in the lake, and the outputs the run's manifests list.
+/// Every Parquet key of the run in the lake, and the outputs the run's manifests list.
 fn lake_and_manifests(f: &Fleet, run: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let lake: BTreeSet<String> = f
         .s3_keys("lake/")
         .into_iter()
-        .filter(|k| k.ends_with(".parquet"))
+        .filter(|k| protocol::is_part_file_of_run(k, run))
         .collect();
+    let others = f
+        .s3_keys("lake/")
+        .into_iter()
+        .filter(|k| k.ends_with(".parquet") && !protocol::is_part_file_of_run(k, run))
+        .filter(|k| !k.contains("/part-workload-"))
+        .count();
+    assert_eq!(others, 0, "every Parquet file in the lake belongs to a run");
     let mut listed = BTreeSet::new();
     for key in f.s3_keys(&format!("tributary/manifests/{run}/")) {
         let m: serde_json::Value = serde_json::from_slice(&f.s3_get(&key)).expect("manifest");
@@ -306,6 +313,7 @@ fn poison_messages_are_dead_lettered_with_reasons_and_work_carries_on() {
         manifest_key: "manifests/orphan/s00000.json".into(),
         source_url: Some(format!("s3://{}/raw/", f.bucket)),
         output_url: Some(format!("s3://{}/lake", f.bucket)),
+        files_url: Some(format!("s3://{}/tributary", f.bucket)),
     })
     .to_body();
     f.send_tasks(&[
@@ -560,4 +568,214 @@ fn a_shard_whose_object_vanished_fails_with_its_reason_and_the_rest_is_loaded() 
         dead.iter().any(|d| d.reason.contains("extra.ndjson")),
         "{dead:#?}"
     );
+}
+
+/// Rows of each Parquet file under `lake/` in the test bucket, read from the footers.
+fn lake_rows(f: &Fleet) -> std::collections::BTreeMap<String, u64> {
+    use parquet::file::reader::FileReader;
+    f.s3_keys("lake/")
+        .into_iter()
+        .filter(|k| k.ends_with(".parquet"))
+        .map(|k| {
+            let bytes = bytes::Bytes::from(f.s3_get(&k));
+            let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes)
+                .expect("a Parquet file");
+            let rows = reader.metadata().file_metadata().num_rows() as u64;
+            (k, rows)
+        })
+        .collect()
+}
+
+/// Regression (issue 8), on S3: every incremental run overwrote the previous run's
+/// `part-s00000-NNNNN.parquet` in the partitions they shared.
+#[test]
+fn two_runs_into_the_same_lake_keep_both_runs_files_and_the_table_is_their_union() {
+    let Some(python) = python() else { return };
+    let inputs = tempfile::tempdir().unwrap();
+    let a = generate_workload(&python, 8_000, 7, &inputs.path().join("events-a.ndjson"));
+    let b = generate_workload(&python, 8_000, 8, &inputs.path().join("events-b.ndjson"));
+    let shard = std::fs::metadata(&a).unwrap().len() / 4 + 1;
+    let Some(mut f) = Fleet::new("fleet-two-runs", &a, shard) else {
+        return;
+    };
+    f.start_coordinator(None);
+    f.start_worker(None);
+    f.start_worker(None);
+    let first = f.trigger();
+    let rec1 = f.wait_run(&first, RUN_TIMEOUT);
+    assert_eq!(rec1["status"], "completed", "{rec1:#}\n{}", f.logs());
+    let after_first = lake_rows(&f);
+    // The next increment: a new object, the old one gone from the source.
+    f.s3_delete("raw/events-a.ndjson");
+    f.s3_put("raw/events-b.ndjson", std::fs::read(&b).unwrap());
+    let second = f.trigger();
+    let rec2 = f.wait_run(&second, RUN_TIMEOUT);
+    assert_eq!(rec2["status"], "completed", "{rec2:#}\n{}", f.logs());
+    let after_second = lake_rows(&f);
+    for (k, rows) in &after_first {
+        assert_eq!(
+            after_second.get(k),
+            Some(rows),
+            "{k} was overwritten or lost"
+        );
+    }
+    let dirs = |m: &std::collections::BTreeMap<String, u64>| -> BTreeSet<String> {
+        m.keys()
+            .map(|k| k.rsplit_once('/').unwrap().0.to_string())
+            .collect()
+    };
+    assert!(!dirs(&after_first).is_disjoint(&dirs(&after_second)));
+    let rows_out =
+        rec1["counts"]["rows_out"].as_u64().unwrap() + rec2["counts"]["rows_out"].as_u64().unwrap();
+    assert_eq!(
+        after_second.values().sum::<u64>(),
+        rows_out,
+        "both runs' rows"
+    );
+    // One commit record per run, listing exactly the lake's files.
+    let mut listed = std::collections::BTreeMap::new();
+    for run in [&first, &second] {
+        let c: serde_json::Value =
+            serde_json::from_slice(&f.s3_get(&format!("lake/_tributary/commits/{run}.json")))
+                .expect("a commit record");
+        assert_eq!(c["status"], "completed");
+        for file in c["files"].as_array().unwrap() {
+            listed.insert(
+                format!("lake/{}", file["key"].as_str().unwrap()),
+                file["rows"].as_u64().unwrap(),
+            );
+        }
+    }
+    assert_eq!(listed, after_second);
+    // The table is the union: what one embedded run over both objects loads.
+    assert_eq!(fleet_table(&f), embedded_table(inputs.path(), shard));
+}
+
+/// Issue 8: a panic in a CPU job aborted the whole worker process.
+#[test]
+fn a_shard_that_panics_is_dead_lettered_with_the_panic_and_the_worker_serves_the_rest() {
+    let Some((mut f, _input, _shard)) = setup("fleet-panic") else {
+        return;
+    };
+    f.start_coordinator(None);
+    let w = f.start_worker(Some("panic_in_shard=s00003"));
+    let run = f.trigger();
+    let rec = f.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(rec["status"], "failed", "{rec:#}");
+    let failed = rec["failed_shards"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{rec:#}");
+    assert_eq!(failed[0][0], "s00003");
+    let why = failed[0][1].as_str().unwrap();
+    assert!(
+        why.contains("panicked: injected panic in shard s00003"),
+        "{why}"
+    );
+    assert_eq!(
+        rec["shards_done"].as_u64().unwrap() + 1,
+        rec["shards"].as_u64().unwrap(),
+        "every other shard was done by the same worker"
+    );
+    assert!(
+        f.procs[w].child.try_wait().unwrap().is_none(),
+        "the worker is still running"
+    );
+    assert!(
+        f.dead_letters()
+            .iter()
+            .any(|d| d.reason.contains("panicked")),
+        "dead-lettered with the panic as the reason"
+    );
+}
+
+/// Issue 8: a worker whose own `storage.files` differs from the coordinator's writes its
+/// manifests where the task says, so the coordinator finds them.
+#[test]
+fn workers_write_manifests_where_the_task_says() {
+    let Some((mut f, input, shard)) = setup("fleet-files-url") else {
+        return;
+    };
+    f.start_coordinator(None);
+    let elsewhere = format!("s3://{}/elsewhere", f.bucket);
+    f.start_worker_with_env(&[("TRIBUTARY_STORAGE_FILES", &elsewhere)]);
+    let run = f.trigger();
+    assert_run_matches_embedded(&f, &run, &input, shard);
+    assert!(f.s3_keys("elsewhere/manifests/").is_empty());
+}
+
+/// Issue 8: a missing bucket or queue, or an unreachable endpoint, stops a process at start
+/// with an error naming the setting (and the address dialled).
+#[test]
+fn missing_buckets_queues_and_endpoints_are_refused_at_start_by_setting() {
+    let Some((f, _input, _shard)) = setup("fleet-bad-settings") else {
+        return;
+    };
+    let missing_queue = f.tasks_url.replace("-tasks", "-no-such-queue");
+    // (binary, environment, what its error must say)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<String>);
+    let cases: Vec<Case> = vec![
+        (
+            "coordinator",
+            vec![(
+                "TRIBUTARY_STORAGE_FILES",
+                "s3://no-such-bucket-tributary/x".into(),
+            )],
+            vec!["storage.files".into(), "does not exist".into()],
+        ),
+        (
+            "worker",
+            vec![(
+                "TRIBUTARY_STORAGE_LAKE",
+                "s3://no-such-bucket-tributary/lake".into(),
+            )],
+            vec!["storage.lake".into(), "does not exist".into()],
+        ),
+        (
+            "worker",
+            vec![("TRIBUTARY_QUEUES_TASKS_URL", missing_queue.clone())],
+            vec!["queues.tasks_url".into(), "queue does not exist".into()],
+        ),
+        (
+            "coordinator",
+            vec![
+                ("TRIBUTARY_AWS_ENDPOINT_URL", "http://127.0.0.1:9".into()),
+                ("TRIBUTARY_AWS_MAX_ATTEMPTS", "1".into()),
+            ],
+            vec!["dialled 127.0.0.1:9, from aws.endpoint_url".into()],
+        ),
+    ];
+    for (bin, env, wants) in cases {
+        let out = f.run_to_exit(bin, &env, Duration::from_secs(60));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin} {env:?} started:\n{err}");
+        for w in &wants {
+            assert!(
+                err.contains(w.as_str()),
+                "{bin} {env:?}: wanted {w:?} in:\n{err}"
+            );
+        }
+    }
+}
+
+/// The image built from the repository's Dockerfile runs the fleet's workers: two worker
+/// containers (`--network host`, non-root, read-only root) against moto and PostgreSQL load the
+/// same table as the embedded run. `TRIBUTARY_TEST_IMAGE` names the image (scripts/test builds
+/// `localhost/tributary:test` with scripts/build-image).
+#[test]
+fn workers_in_containers_load_the_same_table_as_the_embedded_run() {
+    let Some(image) = tool("TRIBUTARY_TEST_IMAGE") else {
+        return;
+    };
+    let Some((mut f, input, shard)) = setup("fleet-containers") else {
+        return;
+    };
+    f.start_coordinator(None);
+    let w0 = f.start_worker_container(&image);
+    let w1 = f.start_worker_container(&image);
+    let run = f.trigger();
+    assert_run_matches_embedded(&f, &run, &input, shard);
+    let worked = [w0, w1]
+        .iter()
+        .filter(|&&w| f.procs[w].log.lock().unwrap().contains("task succeeded"))
+        .count();
+    assert!(worked >= 1, "no container did a task:\n{}", f.logs());
 }

@@ -3,6 +3,15 @@
 //! Parsing, transforms and Parquet encoding never run on tokio threads: async code calls
 //! [`run_cpu`], which runs the closure on the global rayon pool and hands the result back over a
 //! oneshot channel, keeping the caller's tracing span.
+//!
+//! A panic inside the closure is caught on the pool thread and comes back as
+//! [`WorkerError::Panicked`] with the panic message: it fails that task (which is retried, and
+//! dead-lettered with the message once it has used its deliveries), while the process, the pool
+//! and every other task in flight carry on. Without this, rayon aborts the process on a panic in
+//! a spawned job.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::WorkerError;
 
@@ -15,18 +24,62 @@ where
     let span = tracing::Span::current();
     rayon::spawn(move || {
         let _guard = span.enter();
-        let _ = tx.send(f());
+        // The closure owns everything it touches and nothing is shared after a panic, so no
+        // broken invariant can be observed: asserting unwind safety is sound here.
+        let result = catch_unwind(AssertUnwindSafe(f)).map_err(|p| WorkerError::Panicked {
+            message: panic_message(p.as_ref()),
+        });
+        let _ = tx.send(result);
     });
-    rx.await.map_err(|_| WorkerError::Cancelled)
+    rx.await.map_err(|_| WorkerError::Cancelled)?
+}
+
+/// The text of a panic payload (`panic!("…")` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-text payload".to_string()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[tokio::test]
     async fn runs_off_the_async_threads() {
-        let on_rayon = super::run_cpu(|| rayon::current_thread_index().is_some())
+        let on_rayon = run_cpu(|| rayon::current_thread_index().is_some())
             .await
             .unwrap();
         assert!(on_rayon);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_an_error_and_the_pool_keeps_serving() {
+        let err = run_cpu(|| -> u32 { panic!("shard s00007 hit a bug") })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WorkerError::Panicked { message } if message == "shard s00007 hit a bug"),
+            "{err:?}"
+        );
+        assert!(err.is_retryable());
+        let n = 3;
+        let formatted = run_cpu(move || -> u32 { panic!("row {n} is odd") })
+            .await
+            .unwrap_err();
+        assert!(
+            formatted.to_string().contains("row 3 is odd"),
+            "{formatted}"
+        );
+        // Many jobs after the panics: the pool threads are all still there.
+        let mut sum = 0;
+        for i in 0..(2 * rayon::current_num_threads() as u32 + 4) {
+            sum += run_cpu(move || i).await.unwrap();
+        }
+        assert!(sum > 0);
     }
 }

@@ -490,6 +490,23 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Columns that hold personal data in hashed form (the input and output of every `hash`
+    /// step): error messages never show their values.
+    pub fn masked_columns(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for step in &self.file.steps {
+            if let Step::Hash(h) = step {
+                out.push(h.column.clone());
+                if let Some(o) = &h.output {
+                    out.push(o.clone());
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn name(&self) -> &str {
         &self.file.pipeline.name
     }

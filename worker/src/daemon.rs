@@ -18,24 +18,18 @@ use backends::object_store::ObjectStore;
 use backends::queue::{Queue, Received};
 use protocol::{Message, ResultMessage, TaskMessage, TaskOutcome};
 
-use crate::WorkerError;
 use crate::metrics::METRICS;
 use crate::settings::{FleetBackends, FleetSettings};
+use crate::{TaskStores, WorkerError};
 
-/// Gives a task its source and output stores.
-pub type StoreResolver = Arc<
-    dyn Fn(&TaskMessage) -> Result<(Arc<dyn ObjectStore>, Arc<dyn ObjectStore>), WorkerError>
-        + Send
-        + Sync,
->;
+/// Gives a task its stores: source, output, and manifests + quarantine.
+pub type StoreResolver = Arc<dyn Fn(&TaskMessage) -> Result<TaskStores, WorkerError> + Send + Sync>;
 
 /// What a worker needs to run tasks.
 #[derive(Clone)]
 pub struct TaskEnv {
     pub tasks: Arc<dyn Queue>,
     pub results: Arc<dyn Queue>,
-    /// Manifests and quarantine files.
-    pub files: Arc<dyn ObjectStore>,
     pub stores: StoreResolver,
     pub visibility: Duration,
 }
@@ -131,9 +125,7 @@ async fn run_task(
     });
     let started = std::time::Instant::now();
     let result = match (env.stores)(&task) {
-        Ok((source, output)) => {
-            crate::execute_task(&task, source, output, env.files.clone(), scratch).await
-        }
+        Ok(stores) => crate::execute_task(&task, stores, scratch).await,
         Err(e) => Err(e),
     };
     heartbeat.abort();
@@ -150,9 +142,17 @@ async fn run_task(
                 counts: manifest.counts,
             }
         }
-        Err(e) if e.is_retryable() => {
+        Err(e) if e.is_retryable() && !last_delivery(env.tasks.as_ref(), m) => {
             tracing::warn!(error = %e, "task failed; it will be redone after its visibility timeout");
             return Handled::Retry;
+        }
+        Err(e) if e.is_retryable() => {
+            let reason = format!(
+                "shard {}: {e} (on each of {} deliveries)",
+                task.shard.shard_id, m.receive_count
+            );
+            tracing::error!(error = %reason, "task failed on its last delivery");
+            TaskOutcome::Failed { error: reason }
         }
         Err(e) => {
             let reason = format!("shard {}: {e}", task.shard.shard_id);
@@ -185,6 +185,13 @@ async fn run_task(
         tracing::warn!(error = %e, "could not delete the finished task; it may be redone (harmless)");
     }
     Handled::Succeeded
+}
+
+/// Whether this is the message's last delivery before the queue would dead-letter it.
+fn last_delivery(queue: &dyn Queue, m: &Received) -> bool {
+    queue
+        .max_receive_count()
+        .is_some_and(|max| m.receive_count >= max)
 }
 
 /// Liveness and readiness of a daemon, served on its health address.
@@ -256,31 +263,15 @@ pub async fn run_daemon(
     .await?;
     tracing::info!(%addr, concurrency = ws.concurrency, tasks = %settings.queues.tasks_url, "worker started");
 
-    let cache: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = Arc::default();
-    let b2 = backends.clone();
-    let stores: StoreResolver = Arc::new(move |t: &TaskMessage| {
-        let get = |url: &Option<String>, what: &str| -> Result<Arc<dyn ObjectStore>, WorkerError> {
-            let url = url.as_deref().ok_or_else(|| {
-                WorkerError::Config(format!("task {} has no {what} location", t.task_id))
-            })?;
-            let mut c = cache.lock().expect("store cache");
-            if let Some(s) = c.get(url) {
-                return Ok(s.clone());
-            }
-            let s = b2.store(url)?;
-            c.insert(url.to_string(), s.clone());
-            Ok(s)
-        };
-        Ok((get(&t.source_url, "source")?, get(&t.output_url, "output")?))
-    });
     let env = TaskEnv {
         tasks: backends.tasks.clone(),
         results: backends.results.clone(),
-        files: backends.files.clone(),
-        stores,
+        stores: fleet_store_resolver(backends.clone()),
         visibility: Duration::from_secs(settings.queues.visibility_timeout_secs),
     };
     std::fs::create_dir_all(&ws.scratch_dir)?;
+    // A killed predecessor may have left task scratch (quarantine rows among it): remove it.
+    clear_slots(&ws.scratch_dir);
     let slots: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new((0..ws.concurrency).rev().collect()));
     let inflight: Arc<Mutex<HashMap<String, String>>> = Arc::default(); // receipt → task
     let mut running = tokio::task::JoinSet::new();
@@ -335,7 +326,6 @@ pub async fn run_daemon(
                 .expect("inflight")
                 .insert(m.receipt.clone(), m.message_id.clone());
             running.spawn(async move {
-                let _ = std::fs::remove_dir_all(&scratch);
                 let outcome = handle_delivery(&env, &m, &scratch).await;
                 tracing::debug!(?outcome, message_id = %m.message_id, "delivery handled");
                 inflight.lock().expect("inflight").remove(&m.receipt);
@@ -372,8 +362,59 @@ pub async fn run_daemon(
             let _ = env.tasks.extend_visibility(&receipt, Duration::ZERO).await;
         }
     }
+    // Tasks given back were aborted; their CPU jobs may still be writing when the process
+    // exits, so their scratch is removed here rather than left to them.
+    clear_slots(&ws.scratch_dir);
     tracing::info!(drained, "worker stopped");
     Ok(())
+}
+
+/// Removes every task slot's scratch folder (`slotN/`) under the worker's scratch dir, and only
+/// those: the dir may be shared with other files.
+fn clear_slots(scratch_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(scratch_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let is_slot = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("slot"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if is_slot && let Err(err) = std::fs::remove_dir_all(e.path()) {
+            tracing::warn!(path = %e.path().display(), error = %err, "could not remove scratch");
+        }
+    }
+}
+
+/// The fleet's stores for a task: the locations the task names (the coordinator's view), each
+/// opened once and cached. The manifest and quarantine store is the task's `files_url`, or this
+/// worker's `storage.files` for a task from an older coordinator that does not name one.
+fn fleet_store_resolver(backends: FleetBackends) -> StoreResolver {
+    let cache: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = Arc::default();
+    Arc::new(move |t: &TaskMessage| {
+        let get = |url: &Option<String>, what: &str| -> Result<Arc<dyn ObjectStore>, WorkerError> {
+            let url = url.as_deref().ok_or_else(|| {
+                WorkerError::Config(format!("task {} has no {what} location", t.task_id))
+            })?;
+            let mut c = cache.lock().expect("store cache");
+            if let Some(s) = c.get(url) {
+                return Ok(s.clone());
+            }
+            let s = backends.store(url)?;
+            c.insert(url.to_string(), s.clone());
+            Ok(s)
+        };
+        let files = match &t.files_url {
+            Some(_) => get(&t.files_url, "files")?,
+            None => backends.files.clone(),
+        };
+        Ok(TaskStores {
+            source: get(&t.source_url, "source")?,
+            output: get(&t.output_url, "output")?,
+            files,
+        })
+    })
 }
 
 /// Resolves when the process gets SIGTERM or SIGINT.
@@ -429,6 +470,10 @@ columns = ["id", "n"]
 "#;
 
     fn task(key: &str, size: u64) -> String {
+        task_of_shard(key, size, "s00000")
+    }
+
+    fn task_of_shard(key: &str, size: u64, shard_id: &str) -> String {
         Message::Task(TaskMessage {
             task_id: format!("r1/{key}"),
             run_id: "r1".into(),
@@ -438,7 +483,7 @@ columns = ["id", "n"]
                 base_dir: ".".into(),
             },
             shard: ShardDescriptor {
-                shard_id: "s00000".into(),
+                shard_id: shard_id.into(),
                 index: 0,
                 inputs: vec![ShardInput {
                     object: ObjectRef {
@@ -453,6 +498,7 @@ columns = ["id", "n"]
             manifest_key: format!("m/{key}.json"),
             source_url: None,
             output_url: None,
+            files_url: None,
         })
         .to_body()
     }
@@ -482,6 +528,113 @@ columns = ["id", "n"]
         0.0
     }
 
+    /// Issue 8: one panicking shard aborted the whole worker process.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_shard_fails_its_task_with_the_message_and_the_worker_goes_on() {
+        // Only shard s09999 panics (the hook matches the shard id), so tests running beside this
+        // one in the same process are not affected.
+        // SAFETY: set once, before any thread of this test reads the environment; nextest runs
+        // each test in its own process.
+        unsafe { std::env::set_var("TRIBUTARY_FAULT", "panic_in_shard=s09999") };
+        let dir = tempfile::tempdir().unwrap();
+        let data = "{\"id\":\"a\",\"n\":1}\n";
+        std::fs::write(dir.path().join("in.ndjson"), data).unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("t", Duration::from_secs(30), 2));
+        let results: Arc<dyn Queue> = Arc::new(MemoryQueue::new("r", Duration::from_secs(30), 3));
+        let s2 = store.clone();
+        let env = TaskEnv {
+            tasks: tasks.clone(),
+            results: results.clone(),
+            stores: Arc::new(move |_| {
+                Ok(TaskStores {
+                    source: s2.clone(),
+                    output: s2.clone(),
+                    files: s2.clone(),
+                })
+            }),
+            visibility: Duration::from_secs(30),
+        };
+        let size = data.len() as u64;
+        tasks
+            .send_batch(vec![task_of_shard("in.ndjson", size, "s09999")])
+            .await
+            .unwrap();
+        let scratch = dir.path().join("scratch");
+        // First delivery: retried.
+        let m = tasks
+            .receive(1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(handle_delivery(&env, &m, &scratch).await, Handled::Retry);
+        tasks
+            .extend_visibility(&m.receipt, Duration::ZERO)
+            .await
+            .unwrap();
+        // Last delivery: failed and dead-lettered, with the panic message as the reason.
+        let m = tasks
+            .receive(1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(m.receive_count, 2);
+        assert_eq!(handle_delivery(&env, &m, &scratch).await, Handled::Failed);
+        let dead = tasks.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert!(
+            dead[0]
+                .reason
+                .contains("panicked: injected panic in shard s09999"),
+            "{}",
+            dead[0].reason
+        );
+        let reported = results.receive(10, Duration::from_secs(1)).await.unwrap();
+        assert!(
+            reported[0].body.contains("panicked"),
+            "{}",
+            reported[0].body
+        );
+        // The same worker goes on serving other tasks, and no scratch is left behind.
+        tasks
+            .send_batch(vec![task("in.ndjson", size)])
+            .await
+            .unwrap();
+        let m = tasks
+            .receive(1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            handle_delivery(&env, &m, &scratch).await,
+            Handled::Succeeded
+        );
+        let left: Vec<_> = std::fs::read_dir(&scratch)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "scratch left behind: {left:?}");
+    }
+
+    #[test]
+    fn clear_slots_removes_task_scratch_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["slot0/r1-s00000", "slot12", "slotx", "keep"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("slot0/r1-s00000/s00000.quarantine.ndjson"),
+            "{}",
+        )
+        .unwrap();
+        clear_slots(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["keep", "slotx"]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_task_metric_moves_when_its_event_happens() {
         let dir = tempfile::tempdir().unwrap();
@@ -494,8 +647,13 @@ columns = ["id", "n"]
         let mut env = TaskEnv {
             tasks: tasks.clone(),
             results,
-            files: store.clone(),
-            stores: Arc::new(move |_| Ok((s2.clone(), s2.clone()))),
+            stores: Arc::new(move |_| {
+                Ok(TaskStores {
+                    source: s2.clone(),
+                    output: s2.clone(),
+                    files: s2.clone(),
+                })
+            }),
             visibility: Duration::from_secs(30),
         };
         let p: &[(&str, &str)] = &[("pipeline", "metrics_test")];
@@ -571,6 +729,11 @@ columns = ["id", "n"]
             get("tributary_worker_tasks_total", ("outcome", "failed")),
             failed0 + 1.0
         );
+        // Scratch of the succeeded and the failed task is gone.
+        let left: Vec<_> = std::fs::read_dir(&scratch)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "scratch left behind: {left:?}");
 
         // A retryable failure leaves the task for later.
         let retried0 = get("tributary_worker_tasks_total", ("outcome", "retried"));

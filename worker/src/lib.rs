@@ -55,6 +55,10 @@ pub enum WorkerError {
     Step { step: String, detail: String },
     #[error("the CPU pool dropped the task")]
     Cancelled,
+    /// A bug: code on the CPU pool panicked. Retried (the task may land on a healthier worker),
+    /// then dead-lettered with this message.
+    #[error("panicked: {message}")]
+    Panicked { message: String },
 }
 
 impl WorkerError {
@@ -89,7 +93,10 @@ impl WorkerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             WorkerError::Backend(b) => b.is_retryable(),
-            WorkerError::Read { .. } | WorkerError::Write { .. } | WorkerError::Cancelled => true,
+            WorkerError::Read { .. }
+            | WorkerError::Write { .. }
+            | WorkerError::Cancelled
+            | WorkerError::Panicked { .. } => true,
             _ => false,
         }
     }
@@ -104,6 +111,74 @@ pub struct ShardOutput {
     pub times: engine::StageTimes,
 }
 
+/// Where a shard's Parquet files go and how they are named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputNaming {
+    /// Key prefix of the table (`COLUMN=VALUE/` folders go under it); empty for the store root.
+    pub prefix: String,
+    /// The part of every file name that makes it unique: `RUN-SHARD` for queue tasks, so a later
+    /// run never overwrites an earlier run's files while a redone shard replaces its own
+    /// (`part-RUN-SHARD-00000.parquet`).
+    pub file_tag: String,
+}
+
+impl OutputNaming {
+    /// The naming of a queue task's outputs.
+    pub fn for_task(task: &TaskMessage) -> OutputNaming {
+        OutputNaming {
+            prefix: task.output_prefix.clone(),
+            file_tag: protocol::part_file_tag(&task.run_id, &task.shard.shard_id),
+        }
+    }
+}
+
+/// A task's scratch folder, removed when the last holder lets go of it: when the task succeeds,
+/// fails, or is dropped mid-way (a drain that gives the task back aborts its future; the CPU job
+/// holds its own handle and removes the folder when it ends). Quarantine rows (raw records,
+/// possibly with personal data) never outlive their task on local disk.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(path: PathBuf) -> Arc<ScratchDir> {
+        Arc::new(ScratchDir(path))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.0.display(), error = %e, "could not remove scratch")
+            }
+        }
+    }
+}
+
+/// The stores of one task: where it reads, where its Parquet goes, and where its manifest and
+/// quarantine go (the coordinator's `storage.files`, as the task names it).
+#[derive(Clone)]
+pub struct TaskStores {
+    pub source: Arc<dyn ObjectStore>,
+    pub output: Arc<dyn ObjectStore>,
+    pub files: Arc<dyn ObjectStore>,
+}
+
+/// Test hook: `TRIBUTARY_FAULT=panic_in_shard=SHARD` panics inside the CPU job of that shard, as a
+/// bug in a step would (the crash trials and the fleet tests use it).
+fn injected_panic(shard_id: &str) {
+    if let Ok(v) = std::env::var("TRIBUTARY_FAULT")
+        && v.strip_prefix("panic_in_shard=") == Some(shard_id)
+    {
+        panic!("injected panic in shard {shard_id} (TRIBUTARY_FAULT)");
+    }
+}
+
 /// Runs the engine over a shard's inputs. Blocking and CPU-heavy: call it on the rayon pool
 /// (through [`bridge::run_cpu`]).
 pub fn run_shard_blocking(
@@ -111,15 +186,16 @@ pub fn run_shard_blocking(
     pipeline: &config::Pipeline,
     source: Arc<dyn ObjectStore>,
     shard: &ShardDescriptor,
-    output_prefix: &str,
+    output: &OutputNaming,
     scratch: &Path,
 ) -> Result<ShardOutput, WorkerError> {
     std::fs::create_dir_all(scratch).map_err(|e| WorkerError::write(scratch, e))?;
+    injected_panic(&shard.shard_id);
     let src = &pipeline.file.source;
     let mut st = ShardState {
         counts: Counts::default(),
         seen: Default::default(),
-        writers: engine::Writers::new(plan, scratch, output_prefix, &shard.shard_id),
+        writers: engine::Writers::new(plan, scratch, &output.prefix, &output.file_tag),
         quarantine: engine::Quarantine::new(
             scratch.join(format!("{}.quarantine.ndjson", shard.shard_id)),
         ),
@@ -199,9 +275,12 @@ pub fn run_shard_blocking(
             }
         }
         drop(rx);
-        let (read_result, extract) = reader.join().map_err(|_| WorkerError::Corrupt {
-            key: input.object.key.clone(),
-            detail: "reader thread panicked".into(),
+        let (read_result, extract) = reader.join().map_err(|p| WorkerError::Panicked {
+            message: format!(
+                "reading {}: {}",
+                input.object.key,
+                bridge::panic_message(p.as_ref())
+            ),
         })?;
         st.times.extract += extract;
         if let Some(e) = failed {
@@ -225,9 +304,7 @@ pub fn run_shard_blocking(
 /// presence means every file it lists is durable).
 pub async fn execute_task(
     task: &TaskMessage,
-    source: Arc<dyn ObjectStore>,
-    output: Arc<dyn ObjectStore>,
-    state_files: Arc<dyn ObjectStore>,
+    stores: TaskStores,
     scratch: &Path,
 ) -> Result<ShardManifest, WorkerError> {
     let pipeline = config::parse(
@@ -237,13 +314,19 @@ pub async fn execute_task(
     )
     .map_err(|e| WorkerError::Config(e.to_string()))?;
     let plan = Arc::new(Plan::build(&pipeline)?);
-    let scratch = scratch.join(format!("{}-{}", task.run_id, task.shard.shard_id));
+    let TaskStores {
+        source,
+        output,
+        files: state_files,
+    } = stores;
+    let scratch = ScratchDir::new(scratch.join(format!("{}-{}", task.run_id, task.shard.shard_id)));
     let shard = task.shard.clone();
-    let prefix = task.output_prefix.clone();
+    let naming = OutputNaming::for_task(task);
     let (p2, s2) = (plan.clone(), scratch.clone());
-    let out =
-        bridge::run_cpu(move || run_shard_blocking(&p2, &pipeline, source, &shard, &prefix, &s2))
-            .await??;
+    let out = bridge::run_cpu(move || {
+        run_shard_blocking(&p2, &pipeline, source, &shard, &naming, s2.path())
+    })
+    .await??;
     let m = &metrics::METRICS;
     let name = task.pipeline.name.as_str();
     m.stage(name, "extract", out.times.extract);
@@ -285,7 +368,7 @@ pub async fn execute_task(
             bytes,
         });
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
     m.stage(name, "upload", upload_started.elapsed());
     m.shard(
         name,
@@ -354,6 +437,24 @@ columns = ["id", "n", "ts", "amount", "os"]
 "#;
 
     #[test]
+    fn scratch_is_removed_when_its_last_holder_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r1-s00000");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("s00000.quarantine.ndjson"), "raw rows").unwrap();
+        let task_side = ScratchDir::new(path.clone());
+        let cpu_side = task_side.clone();
+        // The task's future is dropped first (a drain gave it back) …
+        drop(task_side);
+        assert!(path.exists(), "the CPU job still uses it");
+        // … then the CPU job ends.
+        drop(cpu_side);
+        assert!(!path.exists());
+        // Never created (the job never started): nothing to do, no error.
+        drop(ScratchDir::new(dir.path().join("never")));
+    }
+
+    #[test]
     fn parquet_sources_with_nested_columns_run_through_the_same_steps() {
         let dir = tempfile::tempdir().unwrap();
         let os = StringArray::from(vec![Some("linux"), None, Some("ios"), Some("mac")]);
@@ -416,8 +517,19 @@ columns = ["id", "n", "ts", "amount", "os"]
                 range: None,
             }],
         };
-        let out = run_shard_blocking(&plan, &p, store, &shard, "out", &dir.path().join("scratch"))
-            .unwrap();
+        let naming = OutputNaming {
+            prefix: "out".into(),
+            file_tag: "s00000".into(),
+        };
+        let out = run_shard_blocking(
+            &plan,
+            &p,
+            store,
+            &shard,
+            &naming,
+            &dir.path().join("scratch"),
+        )
+        .unwrap();
         assert_eq!(
             (
                 out.counts.lines_total,

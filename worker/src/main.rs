@@ -131,7 +131,11 @@ fn run() -> anyhow::Result<()> {
             std::fs::create_dir_all(&output)?;
             let scratch = output.join(".tributary-scratch");
             let started = std::time::Instant::now();
-            let out = worker::run_shard_blocking(&plan, &p, source, &shard, "", &scratch)?;
+            let naming = worker::OutputNaming {
+                prefix: String::new(),
+                file_tag: shard.shard_id.clone(),
+            };
+            let out = worker::run_shard_blocking(&plan, &p, source, &shard, &naming, &scratch)?;
             for f in &out.files {
                 let dst = output.join(&f.key);
                 std::fs::create_dir_all(dst.parent().expect("partition folder"))?;

@@ -251,6 +251,41 @@ fn env_value(raw: &str) -> toml::Value {
     toml::Value::String(raw.to_string())
 }
 
+fn deserialize(root: &toml::Table) -> Result<FleetSettings, toml::de::Error> {
+    toml::Value::Table(root.clone()).try_into()
+}
+
+/// Which environment variable makes the settings fail to decode: the first one without which
+/// the error goes away or changes. `None` when the file alone is at fault.
+fn culprit_variable<'a>(
+    root: &toml::Table,
+    from_env: &'a [(String, String)],
+    error: &toml::de::Error,
+) -> Option<&'a (String, String)> {
+    let text = error.to_string();
+    from_env.iter().find(|(dotted, _)| {
+        let mut without = root.clone();
+        remove_dotted(&mut without, dotted);
+        match deserialize(&without) {
+            Ok(_) => true,
+            Err(e) => e.to_string() != text,
+        }
+    })
+}
+
+fn remove_dotted(root: &mut toml::Table, dotted: &str) {
+    let parts: Vec<&str> = dotted.split('.').collect();
+    let (last, path) = parts.split_last().expect("a dotted key has a part");
+    let mut table = root;
+    for p in path {
+        match table.get_mut(*p).and_then(toml::Value::as_table_mut) {
+            Some(t) => table = t,
+            None => return,
+        }
+    }
+    table.remove(*last);
+}
+
 impl FleetSettings {
     /// Reads the file (if any), overlays `TRIBUTARY_*` variables from `env`, and validates.
     pub fn load(
@@ -277,6 +312,8 @@ impl FleetSettings {
         };
         let mut keys: Vec<&String> = env.keys().collect();
         keys.sort();
+        // (section.key, variable) of every setting the environment gave.
+        let mut from_env: Vec<(String, String)> = Vec::new();
         for var in keys {
             let Some(rest) = var.strip_prefix("TRIBUTARY_") else {
                 continue;
@@ -294,8 +331,10 @@ impl FleetSettings {
                 .or_insert_with(|| toml::Value::Table(Default::default()))
                 .as_table_mut()
                 .ok_or_else(|| err(var, format!("[{section}] is not a table")))?;
+            let mut dotted = section.to_string();
             for (s, nested) in NESTED {
                 if s == section && key.starts_with(&format!("{nested}_")) {
+                    dotted = format!("{section}.{nested}");
                     key = key[nested.len() + 1..].to_string();
                     table = table
                         .entry(nested.to_string())
@@ -331,12 +370,23 @@ impl FleetSettings {
             } else {
                 env_value(raw)
             };
+            from_env.push((format!("{dotted}.{key}"), var.clone()));
             table.insert(key, value);
         }
-        let s: FleetSettings = toml::Value::Table(root)
-            .try_into()
-            .map_err(|e: toml::de::Error| err(&name, e.to_string()))?;
-        s.validate().map_err(|m| err(&name, m))?;
+        let s = deserialize(&root).map_err(|e| match culprit_variable(&root, &from_env, &e) {
+            Some((dotted, var)) => err(var, format!("{dotted}: {e}")),
+            None => err(&name, e.to_string()),
+        })?;
+        s.validate().map_err(|m| {
+            // A message names its field; if the environment set that field, name the variable.
+            match from_env
+                .iter()
+                .find(|(dotted, _)| m.contains(dotted.as_str()))
+            {
+                Some((_, var)) => err(var, m),
+                None => err(&name, m),
+            }
+        })?;
         Ok((s, base))
     }
 
@@ -411,6 +461,8 @@ impl FleetSettings {
 pub struct FleetBackends {
     pub sdk: aws_config::SdkConfig,
     pub files: Arc<dyn ObjectStore>,
+    /// `storage.files`, as configured (tasks carry it to the workers).
+    pub files_url: String,
     pub lake_url: String,
     pub tasks: Arc<dyn Queue>,
     pub results: Arc<dyn Queue>,
@@ -437,9 +489,27 @@ pub fn open_store(
 }
 
 impl FleetBackends {
+    /// Opens the queues and stores of the settings and checks each before anything runs
+    /// (`GetQueueAttributes` on both queues, `HeadBucket` on `storage.files` and `storage.lake`);
+    /// a failure names its setting (and, for an unreachable endpoint, the address dialled).
     pub async fn open(s: &FleetSettings) -> Result<FleetBackends, backends::BackendError> {
         let sdk = s.aws.sdk_config().await;
-        let files = open_store(&sdk, &s.storage.files, s.storage.kms_key_id.clone())?;
+        let endpoint = s.aws.endpoint_url.as_deref();
+        let named = |setting: &str, value: &str| {
+            let (setting, value) = (setting.to_string(), value.to_string());
+            move |e: backends::BackendError| e.at_setting(&setting, &value, endpoint)
+        };
+        let files = open_store(&sdk, &s.storage.files, s.storage.kms_key_id.clone())
+            .map_err(named("storage.files", &s.storage.files))?;
+        files
+            .check_access()
+            .await
+            .map_err(named("storage.files", &s.storage.files))?;
+        open_store(&sdk, &s.storage.lake, None)
+            .map_err(named("storage.lake", &s.storage.lake))?
+            .check_access()
+            .await
+            .map_err(named("storage.lake", &s.storage.lake))?;
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let vis = Duration::from_secs(s.queues.visibility_timeout_secs);
         let tasks = SqsQueue::connect(
@@ -448,7 +518,8 @@ impl FleetBackends {
             s.queues.tasks_dead_letter_url.clone(),
             vis,
         )
-        .await?
+        .await
+        .map_err(named("queues.tasks_url", &s.queues.tasks_url))?
         .with_payload_store(files.clone(), s.queues.max_inline_bytes);
         let results = SqsQueue::connect(
             sqs,
@@ -456,11 +527,13 @@ impl FleetBackends {
             s.queues.results_dead_letter_url.clone(),
             vis,
         )
-        .await?
+        .await
+        .map_err(named("queues.results_url", &s.queues.results_url))?
         .with_payload_store(files.clone(), s.queues.max_inline_bytes);
         Ok(FleetBackends {
             sdk,
             files,
+            files_url: s.storage.files.clone(),
             lake_url: s.storage.lake.clone(),
             tasks: Arc::new(tasks),
             results: Arc::new(results),
@@ -568,6 +641,46 @@ concurrency = 2
             s.warehouse.redshift.unwrap().workgroup_name.as_deref(),
             Some("wg")
         );
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_names_the_variable() {
+        let e = load(BASE, &[("TRIBUTARY_WORKER_CONCURRENCY", "two")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("TRIBUTARY_WORKER_CONCURRENCY: worker.concurrency"),
+            "{e}"
+        );
+        assert!(!e.contains("fleet.toml"), "{e}");
+        let e = load(BASE, &[("TRIBUTARY_WORKER_CONCURRENCY", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("TRIBUTARY_WORKER_CONCURRENCY: "), "{e}");
+        let e = load(BASE, &[("TRIBUTARY_QUEUES_TASKS_URL", "tasks")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("TRIBUTARY_QUEUES_TASKS_URL: "), "{e}");
+        let e = load(
+            BASE,
+            &[("TRIBUTARY_WAREHOUSE_REDSHIFT_POLL_MAX_MS", "soon")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(
+                "TRIBUTARY_WAREHOUSE_REDSHIFT_POLL_MAX_MS: warehouse.redshift.poll_max_ms"
+            ),
+            "{e}"
+        );
+        // A bad value in the file is still reported against the file.
+        let e = load(
+            &BASE.replace("concurrency = 2", "concurrency = \"two\""),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("fleet.toml"), "{e}");
     }
 
     #[test]

@@ -244,6 +244,10 @@ impl S3Store {
 
 #[async_trait]
 impl ObjectStore for S3Store {
+    async fn check_access(&self) -> Result<()> {
+        self.check().await
+    }
+
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }

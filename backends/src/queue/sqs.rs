@@ -413,6 +413,10 @@ impl Queue for SqsQueue {
         &self.name
     }
 
+    fn max_receive_count(&self) -> Option<u32> {
+        self.max_receive_count
+    }
+
     async fn send_batch(&self, bodies: Vec<String>) -> Result<Vec<String>> {
         let mut prepared = Vec::with_capacity(bodies.len());
         for b in bodies {

@@ -477,6 +477,7 @@ mod tests {
                     4096,
                 ),
             ],
+            masked_columns: vec![],
         }
     }
 

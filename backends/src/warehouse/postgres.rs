@@ -39,9 +39,53 @@ fn pg_err(context: &str, e: tokio_postgres::Error) -> BackendError {
             db.message(),
             db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
         ),
-        None => e.to_string(),
+        None => error_chain(&e),
     };
     BackendError::Warehouse(format!("{context}: {detail}"))
+}
+
+/// An error and its causes (`error connecting to server: Connection refused (os error 111)`):
+/// tokio-postgres keeps the cause out of its own message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// `postgresql://user@host:port/db` of a connection config (never the password), for messages.
+fn describe_config(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                tokio_postgres::config::Host::Tcp(s) => format!("{s}:{port}"),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(p) => format!("{}:{port}", p.display()),
+            }
+        })
+        .collect();
+    format!(
+        "postgresql://{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        if hosts.is_empty() {
+            "localhost:5432".to_string()
+        } else {
+            hosts.join(",")
+        },
+        config.get_dbname().unwrap_or("")
+    )
 }
 
 impl PostgresWarehouse {
@@ -52,21 +96,7 @@ impl PostgresWarehouse {
         let config: tokio_postgres::Config = conn.parse().map_err(|e| {
             BackendError::Warehouse(format!("invalid PostgreSQL connection string: {e}"))
         })?;
-        let describe = format!(
-            "postgresql://{}@{}/{}",
-            config.get_user().unwrap_or(""),
-            config
-                .get_hosts()
-                .iter()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(s) => s.clone(),
-                    #[cfg(unix)]
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(","),
-            config.get_dbname().unwrap_or("")
-        );
+        let describe = describe_config(&config);
         let wh = PostgresWarehouse {
             config,
             describe,
@@ -347,5 +377,42 @@ impl Warehouse for PostgresWarehouse {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8: a connection error dropped the port and the cause ("error connecting to server").
+    #[tokio::test]
+    async fn a_connection_error_names_host_port_and_cause() {
+        // A port nothing listens on: bind one, then close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = PostgresWarehouse::connect(
+            &format!("host=127.0.0.1 port={port} user=nobody dbname=x connect_timeout=2"),
+            false,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(err.to_lowercase().contains("refused"), "{err}");
+    }
+
+    #[test]
+    fn descriptions_never_carry_the_password() {
+        let c: tokio_postgres::Config =
+            "host=db.internal port=5439 user=loader password=s3cret dbname=dw"
+                .parse()
+                .unwrap();
+        let d = describe_config(&c);
+        assert_eq!(d, "postgresql://loader@db.internal:5439/dw");
+        let c: tokio_postgres::Config = "postgresql://u:pw@h:6000/db".parse().unwrap();
+        assert_eq!(describe_config(&c), "postgresql://u@h:6000/db");
     }
 }

@@ -442,6 +442,89 @@ async fn read_footer_schema(
     .map_err(|e| wh(format!("reading a Parquet footer: {e}")))?
 }
 
+impl RedshiftWarehouse {
+    /// The rows Redshift recorded for a failed COPY of this batch's files: `STL_LOAD_ERRORS` on a
+    /// provisioned cluster, `SYS_LOAD_ERROR_DETAIL` where STL tables do not exist (serverless).
+    /// Rendered for the batch's error (and so for status and the log); a hashed column's raw
+    /// value is masked. Empty when neither view answers.
+    async fn load_error_rows(&self, batch: &LoadBatch, files: &Arc<dyn ObjectStore>) -> String {
+        let urls: Vec<String> = batch
+            .files
+            .iter()
+            .filter_map(|f| files.url(&f.file.key))
+            .map(|u| plan::quote_literal(&u, Dialect::Redshift))
+            .collect();
+        if urls.is_empty() {
+            return String::new();
+        }
+        let list = urls.join(", ");
+        let queries = [
+            (
+                "STL_LOAD_ERRORS",
+                format!(
+                    "SELECT trim(filename), line_number, trim(colname), trim(type), trim(raw_field_value), trim(err_reason) FROM stl_load_errors WHERE trim(filename) IN ({list}) ORDER BY starttime DESC LIMIT {LOAD_ERROR_ROWS}"
+                ),
+            ),
+            (
+                "SYS_LOAD_ERROR_DETAIL",
+                format!(
+                    "SELECT trim(file_name), line_number, trim(column_name), trim(column_type), NULL, trim(error_message) FROM sys_load_error_detail WHERE trim(file_name) IN ({list}) ORDER BY start_time DESC LIMIT {LOAD_ERROR_ROWS}"
+                ),
+            ),
+        ];
+        for (view, sql) in queries {
+            match self.query(&sql).await {
+                Ok(r) if !r.rows.is_empty() => {
+                    return format_load_errors(view, &r.rows, &batch.masked_columns);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(view, error = %e, "load errors not readable"),
+            }
+        }
+        String::new()
+    }
+}
+
+/// How many load-error rows a batch error shows.
+const LOAD_ERROR_ROWS: usize = 10;
+
+/// Whether Redshift's error text points at its load-error tables (a COPY that failed on data).
+fn mentions_load_errors(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("stl_load_errors")
+        || t.contains("sys_load_error_detail")
+        || t.contains("load into table")
+}
+
+/// Renders load-error rows (`file, line, column, type, raw value, reason`) as one text:
+/// `; load errors (STL_LOAD_ERRORS): s3://…/part-….parquet line 7, column amount (numeric), value "x": reason`.
+/// Values of `masked` columns are never shown.
+pub fn format_load_errors(view: &str, rows: &[Vec<Option<String>>], masked: &[String]) -> String {
+    let cell = |r: &[Option<String>], i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let column = cell(r, 2);
+            let value = match r.get(4).cloned().flatten() {
+                _ if masked.iter().any(|m| m.eq_ignore_ascii_case(column.trim())) => {
+                    ", value masked (hashed column)".to_string()
+                }
+                Some(v) => format!(", value {v:?}"),
+                None => String::new(),
+            };
+            format!(
+                "{} line {}, column {} ({}){value}: {}",
+                cell(r, 0),
+                cell(r, 1),
+                column,
+                cell(r, 3),
+                cell(r, 5)
+            )
+        })
+        .collect();
+    format!("; load errors ({view}): {}", lines.join("; "))
+}
+
 #[async_trait]
 impl Warehouse for RedshiftWarehouse {
     fn describe(&self) -> String {
@@ -482,9 +565,13 @@ impl Warehouse for RedshiftWarehouse {
                 .as_nanos(),
             std::process::id()
         );
-        self.execute_batch(sqls, &token)
-            .await
-            .map_err(|e| wh(format!("load batch {}: {e}", batch.batch_id)))?;
+        if let Err(e) = self.execute_batch(sqls, &token).await {
+            let mut text = format!("load batch {}: {e}", batch.batch_id);
+            if mentions_load_errors(&text) {
+                text.push_str(&self.load_error_rows(batch, &files).await);
+            }
+            return Err(wh(text));
+        }
         let in_table = self
             .scalar(&format!(
                 "SELECT count(*) FROM {}",
@@ -511,5 +598,52 @@ impl Warehouse for RedshiftWarehouse {
             return Ok(QueryResult::default());
         }
         self.results(&id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_errors_name_file_line_column_type_and_mask_hashed_values() {
+        let rows = vec![
+            vec![
+                Some("s3://lake/t/part-r-s00000-00000.parquet".into()),
+                Some("7".into()),
+                Some("amount".into()),
+                Some("numeric".into()),
+                Some("1e999".into()),
+                Some("Overflow for NUMERIC(18,2)".into()),
+            ],
+            vec![
+                Some("s3://lake/t/part-r-s00000-00000.parquet".into()),
+                Some("9".into()),
+                Some("email_sha256".into()),
+                Some("varchar".into()),
+                Some("alice@example.com".into()),
+                Some("String length exceeds DDL length".into()),
+            ],
+        ];
+        let text = format_load_errors("STL_LOAD_ERRORS", &rows, &["email_sha256".into()]);
+        assert!(
+            text.starts_with("; load errors (STL_LOAD_ERRORS): "),
+            "{text}"
+        );
+        assert!(
+            text.contains("part-r-s00000-00000.parquet line 7, column amount (numeric), value \"1e999\": Overflow"),
+            "{text}"
+        );
+        assert!(
+            text.contains("column email_sha256 (varchar), value masked"),
+            "{text}"
+        );
+        assert!(!text.contains("alice"), "{text}");
+        assert!(mentions_load_errors(
+            "ERROR: Load into table 'x' failed. Check 'stl_load_errors' system table for details."
+        ));
+        assert!(!mentions_load_errors(
+            "ERROR: permission denied for relation x"
+        ));
     }
 }

@@ -312,6 +312,73 @@ fn load_batch(
     })
 }
 
+/// `coordinator sql`: runs one statement on the warehouse file at `path`.
+///
+/// Read-only unless `write`: the file is opened with `SQLITE_OPEN_READ_ONLY` (so no statement,
+/// `ATTACH` or `PRAGMA` can change it) and a statement that would write is refused before it runs,
+/// with a message naming it. A missing file is an error; nothing is created.
+pub fn query_file(path: &std::path::Path, sql: &str, write: bool) -> Result<QueryResult> {
+    use rusqlite::OpenFlags;
+    if !path.is_file() {
+        return Err(wh_err(format!(
+            "no warehouse at {} (run a pipeline first)",
+            path.display()
+        )));
+    }
+    let flags = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| wh_err(format!("open {}: {e}", path.display())))?;
+    let mut st = conn.prepare(sql).map_err(wh_err)?;
+    if !write && !st.readonly() {
+        return Err(wh_err(format!(
+            "refusing to run {:?}: `coordinator sql` is read-only; pass --write to change the warehouse",
+            statement_head(sql)
+        )));
+    }
+    let columns: Vec<String> = st.column_names().into_iter().map(String::from).collect();
+    let rows = collect_rows(&mut st, columns.len())?;
+    if columns.is_empty() && write {
+        return Ok(QueryResult {
+            columns: vec!["rows_changed".into()],
+            rows: vec![vec![Some(conn.changes().to_string())]],
+        });
+    }
+    Ok(QueryResult { columns, rows })
+}
+
+/// The first words of a statement, for error messages.
+fn statement_head(sql: &str) -> String {
+    let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
+
+fn collect_rows(st: &mut rusqlite::Statement<'_>, n: usize) -> Result<Vec<Vec<Option<String>>>> {
+    let mut rows = Vec::new();
+    let mut q = st.query([]).map_err(wh_err)?;
+    while let Some(r) = q.next().map_err(wh_err)? {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let v: Value = r.get(i).map_err(wh_err)?;
+            out.push(match v {
+                Value::Null => None,
+                Value::Integer(i) => Some(i.to_string()),
+                Value::Real(f) => Some(f.to_string()),
+                Value::Text(t) => Some(t),
+                Value::Blob(b) => Some(format!("<{} bytes>", b.len())),
+            });
+        }
+        rows.push(out);
+    }
+    Ok(rows)
+}
+
 use std::io::Read;
 
 #[async_trait]
@@ -349,23 +416,7 @@ impl Warehouse for SqliteWarehouse {
         self.call(move |c| {
             let mut st = c.prepare(&sql).map_err(wh_err)?;
             let columns: Vec<String> = st.column_names().into_iter().map(String::from).collect();
-            let n = columns.len();
-            let mut rows = Vec::new();
-            let mut q = st.query([]).map_err(wh_err)?;
-            while let Some(r) = q.next().map_err(wh_err)? {
-                let mut out = Vec::with_capacity(n);
-                for i in 0..n {
-                    let v: Value = r.get(i).map_err(wh_err)?;
-                    out.push(match v {
-                        Value::Null => None,
-                        Value::Integer(i) => Some(i.to_string()),
-                        Value::Real(f) => Some(f.to_string()),
-                        Value::Text(t) => Some(t),
-                        Value::Blob(b) => Some(format!("<{} bytes>", b.len())),
-                    });
-                }
-                rows.push(out);
-            }
+            let rows = collect_rows(&mut st, columns.len())?;
             Ok(QueryResult { columns, rows })
         })
         .await
@@ -384,6 +435,50 @@ mod tests {
         let files: Arc<dyn ObjectStore> =
             Arc::new(LocalStore::new(dir.path().join("files")).unwrap());
         super::super::suite::run_all(&wh, files).await;
+    }
+
+    #[tokio::test]
+    async fn sql_is_read_only_unless_write_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wh.db");
+        let wh = SqliteWarehouse::open(&path).unwrap();
+        wh.call(|c| {
+            c.execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1), (2);")
+                .map_err(wh_err)
+        })
+        .await
+        .unwrap();
+        drop(wh);
+        let read = query_file(&path, "SELECT count(*) FROM t", false).unwrap();
+        assert_eq!(read.rows, vec![vec![Some("2".to_string())]]);
+        for stmt in [
+            "DELETE FROM t",
+            "drop table t",
+            "INSERT INTO t VALUES (3)",
+            "CREATE TABLE u (y)",
+            "UPDATE t SET x = 0",
+        ] {
+            let err = query_file(&path, stmt, false).unwrap_err().to_string();
+            assert!(
+                err.contains("read-only") && err.contains("--write"),
+                "{err}"
+            );
+        }
+        let after = query_file(&path, "SELECT count(*) FROM t", false).unwrap();
+        assert_eq!(after.rows, vec![vec![Some("2".to_string())]]);
+        let changed = query_file(&path, "DELETE FROM t WHERE x = 1", true).unwrap();
+        assert_eq!(changed.rows, vec![vec![Some("1".to_string())]]);
+    }
+
+    #[test]
+    fn sql_on_a_missing_warehouse_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope").join("wh.db");
+        let err = query_file(&path, "SELECT 1", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no warehouse at"), "{err}");
+        assert!(!dir.path().join("nope").exists());
     }
 
     #[test]
