@@ -1378,6 +1378,11 @@ fn key_bytes(cols: &[&ArrayRef], row: usize, out: &mut Vec<u8>) {
 }
 
 fn dedupe(piece: &mut Piece, slots: &[usize], seen: &mut KeySet) -> Result<(), WorkerError> {
+    // A piece left with no rows (all malformed, rejected or filtered) never had its later
+    // columns built: nothing to dedupe.
+    if piece.rows.is_empty() {
+        return Ok(());
+    }
     let cols: Vec<&ArrayRef> = slots
         .iter()
         .map(|s| piece.cols[*s].as_ref().expect("set"))

@@ -6,12 +6,14 @@
 //! * [`engine`]: the streaming shard engine (reader thread → parallel pieces on rayon → Parquet).
 //! * [`transform`]: the vectorised column transforms.
 //! * [`bridge`]: the one way async code reaches the CPU pool.
+//! * [`harness`]: one shard of arbitrary bytes through the engine (fuzz targets, property tests).
 //! * [`execute_task`]: a queue task end to end — engine, uploads, manifest last.
 
 pub mod bridge;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod harness;
 pub mod metrics;
 pub mod plan;
 pub mod settings;

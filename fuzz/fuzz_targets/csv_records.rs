@@ -1,0 +1,19 @@
+//! CSV records (with a header) through the whole engine: counts reconcile or the shard fails
+//! cleanly.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+use worker::harness::{InputFormat, RecordHarness};
+
+static H: OnceLock<RecordHarness> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let h = H.get_or_init(|| RecordHarness::new(InputFormat::Csv));
+    let (start, body) = match data.split_first() {
+        Some((s, rest)) => (u64::from(*s % 8), rest),
+        None => (0, data),
+    };
+    let mut input = b"id,n,x,ok,amount,ts,day,ip,email\n".to_vec();
+    input.extend_from_slice(body);
+    let _ = h.run(&input, start);
+});
