@@ -2,6 +2,7 @@
 //! binary (built on first use) as a child process, with fault injection through
 //! `TRIBUTARY_FAULT`.
 
+pub mod chaos;
 pub mod fleet;
 
 use std::path::{Path, PathBuf};
