@@ -898,3 +898,74 @@ pub fn load_settings(config: Option<&Path>) -> anyhow::Result<(FleetSettings, Pa
     let env: HashMap<String, String> = std::env::vars().collect();
     Ok(FleetSettings::load(config, &env)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backends::object_store::{LocalStore, ObjectStore};
+
+    fn success(key: &str) -> TaskOutcome {
+        TaskOutcome::Succeeded {
+            manifest_key: key.into(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// Issue 8: a coordinator whose storage.files differed from the workers' retried the load of
+    /// manifests it could not read forever; now the shard fails with the reason.
+    #[tokio::test]
+    async fn a_reported_manifest_that_cannot_be_read_fails_its_shard_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = LocalStore::new(dir.path()).unwrap();
+        let url = "s3://coordinator-bucket/tributary";
+        let gone = verify_manifest(&files, url, success("manifests/r/s00001.json"))
+            .await
+            .unwrap();
+        let TaskOutcome::Failed { error } = gone else {
+            panic!("a missing manifest must fail the shard: {gone:?}")
+        };
+        assert!(
+            error.contains("manifests/r/s00001.json")
+                && error.contains(url)
+                && error.contains("cannot be read"),
+            "{error}"
+        );
+        files
+            .put("manifests/r/bad.json", b"{not a manifest".to_vec())
+            .await
+            .unwrap();
+        let bad = verify_manifest(&files, url, success("manifests/r/bad.json"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&bad, TaskOutcome::Failed { error } if error.contains("is not a valid manifest")),
+            "{bad:?}"
+        );
+        let m = protocol::ShardManifest {
+            v: protocol::PROTOCOL_VERSION,
+            run_id: "r".into(),
+            pipeline: "p".into(),
+            table: "t".into(),
+            shard: ShardDescriptor {
+                shard_id: "s00002".into(),
+                index: 2,
+                inputs: vec![],
+            },
+            outputs: vec![],
+            quarantine: vec![],
+            counts: Counts::default(),
+            schema_digest: String::new(),
+        };
+        files
+            .put("manifests/r/s00002.json", m.to_json().into_bytes())
+            .await
+            .unwrap();
+        let ok = success("manifests/r/s00002.json");
+        assert_eq!(verify_manifest(&files, url, ok.clone()).await.unwrap(), ok);
+        let failed = TaskOutcome::Failed { error: "x".into() };
+        assert_eq!(
+            verify_manifest(&files, url, failed.clone()).await.unwrap(),
+            failed
+        );
+    }
+}

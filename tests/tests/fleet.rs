@@ -779,3 +779,125 @@ fn workers_in_containers_load_the_same_table_as_the_embedded_run() {
         .count();
     assert!(worked >= 1, "no container did a task:\n{}", f.logs());
 }
+
+/// Issue 8: a task whose manifest location the worker cannot write to fails with the reason
+/// (dead-lettered, and reported), and the worker goes on.
+#[test]
+fn a_task_naming_a_bucket_the_worker_cannot_write_fails_with_the_reason() {
+    let Some((mut f, input, _shard)) = setup("fleet-unwritable") else {
+        return;
+    };
+    let pipeline = std::fs::read_to_string(f.dir.path().join("workload.toml")).unwrap();
+    let name = input.file_name().unwrap().to_string_lossy().to_string();
+    let size = std::fs::metadata(&input).unwrap().len();
+    let task = protocol::Message::Task(protocol::TaskMessage {
+        task_id: "elsewhere/s00000".into(),
+        run_id: "elsewhere".into(),
+        pipeline: protocol::PipelineSpec {
+            name: "workload".into(),
+            toml: pipeline,
+            base_dir: f.dir.path().display().to_string(),
+        },
+        shard: protocol::ShardDescriptor {
+            shard_id: "s00000".into(),
+            index: 0,
+            inputs: vec![protocol::ShardInput {
+                object: protocol::ObjectRef { key: name, size },
+                range: Some(protocol::ByteRange {
+                    start: 0,
+                    end: size.min(20_000),
+                }),
+            }],
+        },
+        output_prefix: "web_events".into(),
+        quarantine_prefix: "quarantine/workload/elsewhere".into(),
+        manifest_key: "manifests/elsewhere/s00000.json".into(),
+        source_url: Some(format!("s3://{}/raw/", f.bucket)),
+        output_url: Some(format!("s3://{}/lake", f.bucket)),
+        files_url: Some("s3://no-such-bucket-tributary/tributary".into()),
+    })
+    .to_body();
+    f.send_tasks(&[task]);
+    let w = f.start_worker(None);
+    assert!(
+        f.procs[w].wait_for_log("task failed", Duration::from_secs(60)),
+        "{}",
+        f.logs()
+    );
+    let t0 = std::time::Instant::now();
+    let dead = loop {
+        let d = f.dead_letters();
+        if !d.is_empty() || t0.elapsed() > Duration::from_secs(30) {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert!(
+        dead[0].reason.contains("no-such-bucket-tributary")
+            && dead[0].reason.contains("NoSuchBucket"),
+        "{}",
+        dead[0].reason
+    );
+    assert!(
+        f.procs[w].child.try_wait().unwrap().is_none(),
+        "the worker is still running"
+    );
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Issue 8: a task handed back at the end of a drain left its quarantine file (raw rows with
+/// e-mail addresses) in the worker's scratch dir.
+#[test]
+fn a_task_given_back_at_the_end_of_a_drain_leaves_no_scratch() {
+    let Some((mut f, input, shard)) = setup("fleet-drain-scratch") else {
+        return;
+    };
+    f.start_coordinator(None);
+    let scratch = f.dir.path().join(format!("scratch{}", 0));
+    let w = f.start_worker(Some("hang_mid_shard"));
+    let run = f.trigger();
+    assert!(
+        f.procs[w].wait_for_log("FAULT: hanging mid-shard", Duration::from_secs(120)),
+        "{}",
+        f.logs()
+    );
+    assert!(
+        files_under(&scratch)
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".quarantine.ndjson")),
+        "the hanging task holds its quarantine in scratch: {:?}",
+        files_under(&scratch)
+    );
+    f.procs[w].sigterm();
+    let st = f.procs[w].child.wait().unwrap();
+    assert!(st.success(), "worker exit status {st}");
+    assert!(
+        f.procs[w]
+            .log
+            .lock()
+            .unwrap()
+            .contains("releasing the task to the queue"),
+        "{}",
+        f.logs()
+    );
+    let left = files_under(&scratch);
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+    f.start_worker(None);
+    assert_run_matches_embedded(&f, &run, &input, shard);
+}
