@@ -22,6 +22,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Magic bytes at the start of every bincode document.
 const BINARY_MAGIC: &[u8; 4] = b"TRB1";
 
+/// The largest binary document [`decode_binary`] reads (256 MiB: a shard plan of about two million
+/// shards). It also bounds what a corrupt length prefix can make the decoder allocate.
+pub const MAX_BINARY_BYTES: usize = 256 << 20;
+
 /// Why a message or document could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -483,7 +487,16 @@ pub fn decode_binary<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
             supported: PROTOCOL_VERSION,
         });
     }
-    let (value, used) = bincode::serde::decode_from_slice(&bytes[8..], bincode::config::standard())
+    if bytes.len() - 8 > MAX_BINARY_BYTES {
+        return Err(ProtocolError::BadBinary(format!(
+            "{} bytes is over the limit of {MAX_BINARY_BYTES}",
+            bytes.len() - 8
+        )));
+    }
+    // The limit makes bincode refuse a length prefix larger than it before allocating (a
+    // corrupt document claiming terabytes aborted the process).
+    let config = bincode::config::standard().with_limit::<MAX_BINARY_BYTES>();
+    let (value, used) = bincode::serde::decode_from_slice(&bytes[8..], config)
         .map_err(|e| ProtocolError::BadBinary(e.to_string()))?;
     if used != bytes.len() - 8 {
         return Err(ProtocolError::BadBinary(format!(
@@ -675,6 +688,33 @@ mod tests {
             decode_binary::<ShardPlan>(&bytes[..bytes.len() - 3]),
             Err(ProtocolError::BadBinary(_))
         ));
+    }
+
+    /// Found by the protocol_decode fuzz target: a shard plan whose string length prefix claimed
+    /// ~4.9 × 10^18 bytes made bincode allocate it, aborting the process (a corrupt plan.bin
+    /// would have killed the coordinator on every restart).
+    #[test]
+    fn regression_a_length_prefix_claiming_exabytes_is_an_error_not_an_abort() {
+        let mut bytes = BINARY_MAGIC.to_vec();
+        bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        // run_id: a varint length of 0x446e696f6c6b7200 (0xfd = u64 follows), then nothing.
+        bytes.push(0xfd);
+        bytes.extend_from_slice(&0x446e_696f_6c6b_7200u64.to_le_bytes());
+        bytes.extend_from_slice(b"rkloinDexad");
+        let err = decode_binary::<ShardPlan>(&bytes).unwrap_err();
+        assert!(matches!(err, ProtocolError::BadBinary(_)), "{err:?}");
+        // The same shape in a nested string (the fuzz artifact's place).
+        let plan = ShardPlan {
+            run_id: "r".into(),
+            pipeline: "p".into(),
+            shards: vec![shard()],
+        };
+        let mut good = encode_binary(&plan);
+        let at = good.len() - 20;
+        good.truncate(at);
+        good.push(0xfd);
+        good.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_binary::<ShardPlan>(&good).is_err());
     }
 
     #[test]
