@@ -138,7 +138,6 @@ pub fn host_port(url: &str) -> String {
 
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 
-
 /// The civil date (year, month, day) of a count of days since 1970-01-01 (Howard Hinnant's
 /// algorithm), for rendering dates without a calendar library.
 pub fn civil_from_days(days: i64) -> (i64, u32, u32) {

@@ -213,6 +213,7 @@ impl DataDir {
         std::fs::create_dir_all(root)
             .with_context(|| format!("creating data dir {}", root.display()))?;
         let root = root.canonicalize()?;
+        check_writable(&root)?;
         Ok(DataDir {
             state: Arc::new(FileStateStore::new(root.join("state"))?),
             files: Arc::new(LocalStore::new(root.join("files"))?),
@@ -273,6 +274,34 @@ impl DataDir {
         }
         Ok(out)
     }
+}
+
+/// Fails with a hint when this process cannot write into the data dir (typically a folder
+/// mounted into the container, which runs as uid 65532, owned by another user).
+fn check_writable(root: &Path) -> anyhow::Result<()> {
+    let probe = root.join(format!(".tributary-write-check-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!(
+            "data dir {} is not writable by this process (uid {}): {e}; give that user the folder \
+             (for a folder mounted into the image: chown 65532 it on the host) or pass another --data-dir",
+            root.display(),
+            current_uid().map_or_else(|| "unknown".to_string(), |u| u.to_string())
+        ),
+    }
+}
+
+/// The real uid of this process, from /proc (no libc call needed).
+fn current_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
 }
 
 /// `coordinator sql` on the embedded warehouse of the data dir at `root` (read-only unless
@@ -903,5 +932,42 @@ impl Loader {
         self.next_seq += 1;
         self.batched.extend(ids);
         self.load(&batch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_a_data_dir_checks_it_is_writable_and_leaves_no_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let dd = DataDir::open(&root).unwrap();
+        let names: Vec<String> = std::fs::read_dir(&dd.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains("write-check")),
+            "{names:?}"
+        );
+        assert!(current_uid().is_some());
+    }
+
+    #[test]
+    fn an_existing_data_dir_is_required_by_status_and_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DataDir::open_existing(&dir.path().join("nope"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(!dir.path().join("nope").exists());
+        let err = DataDir::open_existing(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a Tributary data dir"), "{err}");
     }
 }

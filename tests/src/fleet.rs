@@ -383,19 +383,10 @@ postgres = "{pg}"
 
     /// Starts a `worker --config` process; returns its index in `procs`.
     pub fn start_worker(&mut self, fault: Option<&str>) -> usize {
-        let mut cmd = Command::new(worker_bin());
-        cmd.arg("--config").arg(&self.config);
-        cmd.env(
-            "TRIBUTARY_WORKER_SCRATCH_DIR",
-            self.dir.path().join(format!("scratch{}", self.workers)),
-        );
-        cmd.env("TRIBUTARY_WORKER_THREADS", "1");
-        cmd.env_remove("TRIBUTARY_FAULT");
-        if let Some(f) = fault {
-            cmd.env("TRIBUTARY_FAULT", f);
+        match fault {
+            Some(f) => self.start_worker_with_env(&[("TRIBUTARY_FAULT", f)]),
+            None => self.start_worker_with_env(&[]),
         }
-        self.workers += 1;
-        self.spawn(format!("worker{}", self.workers - 1), cmd)
     }
 
     /// Starts a worker as a container of `image` (`podman run --network host`, non-root, read-only

@@ -503,6 +503,27 @@ columns = ["id", "n"]
         .to_body()
     }
 
+    /// A task environment on the embedded queues whose every store is `store`.
+    fn local_env(
+        store: &Arc<dyn ObjectStore>,
+        tasks: &Arc<dyn Queue>,
+        results: &Arc<dyn Queue>,
+    ) -> TaskEnv {
+        let s2 = store.clone();
+        TaskEnv {
+            tasks: tasks.clone(),
+            results: results.clone(),
+            stores: Arc::new(move |_| {
+                Ok(TaskStores {
+                    source: s2.clone(),
+                    output: s2.clone(),
+                    files: s2.clone(),
+                })
+            }),
+            visibility: Duration::from_secs(30),
+        }
+    }
+
     fn value(name: &str, labels: &[(&str, &str)]) -> f64 {
         for fam in METRICS.registry.gather() {
             if fam.name() != name {
@@ -542,19 +563,7 @@ columns = ["id", "n"]
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
         let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("t", Duration::from_secs(30), 2));
         let results: Arc<dyn Queue> = Arc::new(MemoryQueue::new("r", Duration::from_secs(30), 3));
-        let s2 = store.clone();
-        let env = TaskEnv {
-            tasks: tasks.clone(),
-            results: results.clone(),
-            stores: Arc::new(move |_| {
-                Ok(TaskStores {
-                    source: s2.clone(),
-                    output: s2.clone(),
-                    files: s2.clone(),
-                })
-            }),
-            visibility: Duration::from_secs(30),
-        };
+        let env = local_env(&store, &tasks, &results);
         let size = data.len() as u64;
         tasks
             .send_batch(vec![task_of_shard("in.ndjson", size, "s09999")])
@@ -643,19 +652,7 @@ columns = ["id", "n"]
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
         let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("t", Duration::from_secs(30), 3));
         let results: Arc<dyn Queue> = Arc::new(MemoryQueue::new("r", Duration::from_secs(30), 3));
-        let s2 = store.clone();
-        let mut env = TaskEnv {
-            tasks: tasks.clone(),
-            results,
-            stores: Arc::new(move |_| {
-                Ok(TaskStores {
-                    source: s2.clone(),
-                    output: s2.clone(),
-                    files: s2.clone(),
-                })
-            }),
-            visibility: Duration::from_secs(30),
-        };
+        let mut env = local_env(&store, &tasks, &results);
         let p: &[(&str, &str)] = &[("pipeline", "metrics_test")];
         fn with<'a>(extra: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
             vec![("pipeline", "metrics_test"), extra]
