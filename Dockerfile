@@ -23,6 +23,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM scratch AS prebuilt
 COPY dist/worker dist/coordinator /out/
 
+# The stage named by BINARIES (a local stage, not a registry image, so it has no tag to pin).
+# checkov:skip=CKV_DOCKER_7: ${BINARIES} names a stage of this file, not a registry image
 # hadolint ignore=DL3006
 FROM ${BINARIES} AS binaries
 
