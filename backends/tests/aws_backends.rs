@@ -273,8 +273,9 @@ async fn postgres_unreachable_is_a_clear_error() {
     .await
     .unwrap_err()
     .to_string();
+    // Host, port and the cause (issue 8: the port and the cause were dropped).
     assert!(
-        err.contains("connecting to postgresql://x@127.0.0.1/y"),
+        err.contains("connecting to postgresql://x@127.0.0.1:9/y") && err.contains("refused"),
         "{err}"
     );
 }
