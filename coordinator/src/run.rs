@@ -396,7 +396,7 @@ pub(crate) fn splittable(p: &Pipeline) -> impl Fn(&ObjectRef) -> bool + '_ {
 pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let pipeline = worker::config::load_file(&opts.pipeline)?;
     // Fail on bad key files or reference files before anything runs.
-    worker::plan::Plan::build(&pipeline)?;
+    let compiled = worker::plan::Plan::build(&pipeline)?;
     let dd = DataDir::open(&opts.data_dir)?;
     let name = pipeline.name().to_string();
     let table = pipeline.table().to_string();
@@ -472,6 +472,14 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
                     pipeline.file.source.glob
                 );
             }
+            // A declared CSV column missing from a header fails the run here, naming both.
+            worker::engine::check_csv_headers(
+                &compiled,
+                &pipeline.file.source,
+                &store,
+                objects.iter().map(|o| o.key.as_str()),
+            )
+            .with_context(|| format!("source {}", source_dir.display()))?;
             let shard_bytes = opts
                 .shard_size
                 .unwrap_or(pipeline.file.source.shard_bytes.get());

@@ -205,6 +205,51 @@ fn bad_config_and_missing_sources_are_refused_before_anything_runs() {
     );
 }
 
+/// Regression (issue 9): a misspelled CSV header name (`Kunde_EMail`) validated and ran, with the
+/// column silently all NULL. Now the run fails at its start, naming the column and the file.
+#[test]
+fn a_declared_csv_column_missing_from_the_header_fails_the_run_naming_it() {
+    let (dir, p) = setup(&[(
+        "sales.csv",
+        b"Bon_Nr;Kunde_Email\n1;a@example.com\n".to_vec(),
+    )]);
+    let pipeline = r#"
+[pipeline]
+name = "pos"
+[source]
+location = "in"
+glob = "*.csv"
+format = "csv"
+[source.csv]
+delimiter = ";"
+[[columns]]
+name = "receipt"
+path = "Bon_Nr"
+type = "string"
+[[columns]]
+name = "email"
+path = "Kunde_EMail"
+type = "string"
+[output]
+columns = ["receipt", "email"]
+"#;
+    std::fs::write(&p, pipeline).unwrap();
+    let data = dir.path().join("data");
+    let out = run(&p, &data);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("\"Kunde_EMail\" (column \"email\")") && err.contains("sales.csv"),
+        "{err}"
+    );
+    assert!(err.contains("Kunde_Email"), "the header is shown: {err}");
+    assert!(!data.join("state/runs").exists(), "no run was recorded");
+
+    std::fs::write(&p, pipeline.replace("Kunde_EMail", "Kunde_Email")).unwrap();
+    let out = ok(&run(&p, &data));
+    assert_eq!(stats(&out)["rows_out"], 1, "{out}");
+}
+
 /// Regression (issue 8): `coordinator sql "DELETE FROM …"` deleted rows of the embedded warehouse.
 #[test]
 fn sql_refuses_write_statements_unless_write_is_given() {

@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder,
-    Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -37,6 +38,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use crate::config::{Codec, ColumnType, Compression, Format, OnError, OnMissing};
 use crate::transform;
 use crate::{WorkerError, plan::Plan, plan::StepOp};
+use pipeline::values;
 
 pub const CHUNK_BYTES: usize = 4 << 20;
 const PIECE_ROWS: usize = 4096;
@@ -54,7 +56,10 @@ pub const INVALID_VALUE: &str = "invalid_value";
 pub fn arrow_type(t: ColumnType) -> DataType {
     match t {
         ColumnType::String => DataType::Utf8,
+        ColumnType::Int16 => DataType::Int16,
+        ColumnType::Int32 => DataType::Int32,
         ColumnType::Int64 => DataType::Int64,
+        ColumnType::Float32 => DataType::Float32,
         ColumnType::Float64 => DataType::Float64,
         ColumnType::Bool => DataType::Boolean,
         ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
@@ -66,7 +71,10 @@ pub fn arrow_type(t: ColumnType) -> DataType {
 /// A typed column being built row by row.
 pub enum ColBuilder {
     Str(StringBuilder),
+    I16(Int16Builder),
+    I32(Int32Builder),
     I64(Int64Builder),
+    F32(Float32Builder),
     F64(Float64Builder),
     Bool(BooleanBuilder),
     Dec(Decimal128Builder, u8, i8),
@@ -91,7 +99,10 @@ pub enum Val<'a> {
 enum Cell {
     Null,
     Str,
+    I16(i16),
+    I32(i32),
     I64(i64),
+    F32(f32),
     F64(f64),
     Bool(bool),
     Dec(i128),
@@ -103,7 +114,10 @@ impl ColBuilder {
     pub fn new(t: ColumnType, cap: usize) -> Self {
         match t {
             ColumnType::String => ColBuilder::Str(StringBuilder::with_capacity(cap, cap * 16)),
+            ColumnType::Int16 => ColBuilder::I16(Int16Builder::with_capacity(cap)),
+            ColumnType::Int32 => ColBuilder::I32(Int32Builder::with_capacity(cap)),
             ColumnType::Int64 => ColBuilder::I64(Int64Builder::with_capacity(cap)),
+            ColumnType::Float32 => ColBuilder::F32(Float32Builder::with_capacity(cap)),
             ColumnType::Float64 => ColBuilder::F64(Float64Builder::with_capacity(cap)),
             ColumnType::Bool => ColBuilder::Bool(BooleanBuilder::with_capacity(cap)),
             ColumnType::Decimal { precision, scale } => ColBuilder::Dec(
@@ -123,7 +137,10 @@ impl ColBuilder {
     fn ty(&self) -> &'static str {
         match self {
             ColBuilder::Str(_) => "string",
+            ColBuilder::I16(_) => "int16",
+            ColBuilder::I32(_) => "int32",
             ColBuilder::I64(_) => "int64",
+            ColBuilder::F32(_) => "float32",
             ColBuilder::F64(_) => "float64",
             ColBuilder::Bool(_) => "bool",
             ColBuilder::Dec(..) => "decimal",
@@ -135,7 +152,10 @@ impl ColBuilder {
     pub fn append_null(&mut self) {
         match self {
             ColBuilder::Str(b) => b.append_null(),
+            ColBuilder::I16(b) => b.append_null(),
+            ColBuilder::I32(b) => b.append_null(),
             ColBuilder::I64(b) => b.append_null(),
+            ColBuilder::F32(b) => b.append_null(),
             ColBuilder::F64(b) => b.append_null(),
             ColBuilder::Bool(b) => b.append_null(),
             ColBuilder::Dec(b, ..) => b.append_null(),
@@ -149,15 +169,28 @@ impl ColBuilder {
         let bad = || format!("expected {}, got {:?}", self.ty(), truncate(s, 80));
         Ok(match self {
             ColBuilder::Str(_) => Cell::Str,
+            ColBuilder::I16(_) => Cell::I16(s.parse().map_err(|_| bad())?),
+            ColBuilder::I32(_) => Cell::I32(s.parse().map_err(|_| bad())?),
             ColBuilder::I64(_) => Cell::I64(s.parse().map_err(|_| bad())?),
+            ColBuilder::F32(_) => Cell::F32(s.parse().map_err(|_| bad())?),
             ColBuilder::F64(_) => Cell::F64(s.parse().map_err(|_| bad())?),
-            ColBuilder::Bool(_) => Cell::Bool(transform::parse_bool(s).ok_or_else(bad)?),
+            ColBuilder::Bool(_) => Cell::Bool(values::parse_bool(s).ok_or_else(bad)?),
             ColBuilder::Dec(_, p, sc) => {
-                Cell::Dec(transform::parse_decimal(s, *p, *sc).ok_or_else(bad)?)
+                Cell::Dec(values::parse_decimal(s, *p, *sc).ok_or_else(bad)?)
             }
-            ColBuilder::Ts(_) => Cell::Ts(transform::parse_timestamp_text(s).ok_or_else(bad)?),
-            ColBuilder::Date(_) => Cell::Date(transform::parse_date(s).ok_or_else(bad)?),
+            ColBuilder::Ts(_) => Cell::Ts(values::parse_timestamp_text(s).ok_or_else(bad)?),
+            ColBuilder::Date(_) => Cell::Date(values::parse_date(s).ok_or_else(bad)?),
         })
+    }
+
+    /// Text under its column's rules: the column's timestamp or date format and zone, else the
+    /// plain parser after rewriting numbers from the column's locale.
+    fn rule_cell(&self, s: &str, rules: &pipeline::values::TextRules) -> Result<Cell, String> {
+        match (self, &rules.timestamp, &rules.date) {
+            (ColBuilder::Ts(_), Some(r), _) => r.parse(s).map(Cell::Ts),
+            (ColBuilder::Date(_), _, Some(d)) => d.parse(s).map(Cell::Date),
+            _ => self.text_cell(&rules.number(s)),
+        }
     }
 
     fn val_cell(&self, v: &Val<'_>) -> Result<Cell, String> {
@@ -171,25 +204,44 @@ impl ColBuilder {
                 _ => Err(format!("expected {}, got {b}", self.ty())),
             },
             Val::I64(i) => match self {
+                ColBuilder::I16(_) => i16::try_from(*i)
+                    .map(Cell::I16)
+                    .map_err(|_| format!("{i} does not fit int16")),
+                ColBuilder::I32(_) => i32::try_from(*i)
+                    .map(Cell::I32)
+                    .map_err(|_| format!("{i} does not fit int32")),
                 ColBuilder::I64(_) => Ok(Cell::I64(*i)),
+                ColBuilder::F32(_) => Ok(Cell::F32(*i as f32)),
                 ColBuilder::F64(_) => Ok(Cell::F64(*i as f64)),
-                ColBuilder::Dec(_, p, s) => transform::parse_decimal(&i.to_string(), *p, *s)
+                ColBuilder::Dec(_, p, s) => values::parse_decimal(&i.to_string(), *p, *s)
                     .map(Cell::Dec)
                     .ok_or_else(|| format!("{i} does not fit decimal({p},{s})")),
                 ColBuilder::Str(_) => Ok(Cell::Str),
                 _ => Err(format!("expected {}, got {i}", self.ty())),
             },
             Val::U64(u) => match self {
+                ColBuilder::I16(_) => i16::try_from(*u)
+                    .map(Cell::I16)
+                    .map_err(|_| format!("{u} does not fit int16")),
+                ColBuilder::I32(_) => i32::try_from(*u)
+                    .map(Cell::I32)
+                    .map_err(|_| format!("{u} does not fit int32")),
                 ColBuilder::I64(_) => i64::try_from(*u)
                     .map(Cell::I64)
                     .map_err(|_| format!("{u} does not fit int64")),
+                ColBuilder::F32(_) => Ok(Cell::F32(*u as f32)),
                 ColBuilder::F64(_) => Ok(Cell::F64(*u as f64)),
                 ColBuilder::Str(_) => Ok(Cell::Str),
                 _ => Err(format!("expected {}, got {u}", self.ty())),
             },
             Val::F64(f) => match self {
                 ColBuilder::F64(_) => Ok(Cell::F64(*f)),
-                ColBuilder::Dec(_, p, s) => transform::parse_decimal(&f.to_string(), *p, *s)
+                // JSON numbers are read as f64; the float32 nearest to it.
+                ColBuilder::F32(_) if f.is_finite() && f.abs() <= f64::from(f32::MAX) => {
+                    Ok(Cell::F32(*f as f32))
+                }
+                ColBuilder::F32(_) => Err(format!("{f} does not fit float32")),
+                ColBuilder::Dec(_, p, s) => values::parse_decimal(&f.to_string(), *p, *s)
                     .map(Cell::Dec)
                     .ok_or_else(|| format!("{f} does not fit decimal({p},{s})")),
                 ColBuilder::Str(_) => Ok(Cell::Str),
@@ -202,7 +254,10 @@ impl ColBuilder {
         match (self, cell) {
             (b, Cell::Null) => b.append_null(),
             (ColBuilder::Str(b), Cell::Str) => b.append_value(text),
+            (ColBuilder::I16(b), Cell::I16(v)) => b.append_value(v),
+            (ColBuilder::I32(b), Cell::I32(v)) => b.append_value(v),
             (ColBuilder::I64(b), Cell::I64(v)) => b.append_value(v),
+            (ColBuilder::F32(b), Cell::F32(v)) => b.append_value(v),
             (ColBuilder::F64(b), Cell::F64(v)) => b.append_value(v),
             (ColBuilder::Bool(b), Cell::Bool(v)) => b.append_value(v),
             (ColBuilder::Dec(b, ..), Cell::Dec(v)) => b.append_value(v),
@@ -222,13 +277,37 @@ impl ColBuilder {
     pub fn finish(&mut self) -> ArrayRef {
         match self {
             ColBuilder::Str(b) => Arc::new(b.finish()),
+            ColBuilder::I16(b) => Arc::new(b.finish()),
+            ColBuilder::I32(b) => Arc::new(b.finish()),
             ColBuilder::I64(b) => Arc::new(b.finish()),
+            ColBuilder::F32(b) => Arc::new(b.finish()),
             ColBuilder::F64(b) => Arc::new(b.finish()),
             ColBuilder::Bool(b) => Arc::new(b.finish()),
             ColBuilder::Dec(b, ..) => Arc::new(b.finish()),
             ColBuilder::Ts(b) => Arc::new(b.finish().with_timezone("UTC")),
             ColBuilder::Date(b) => Arc::new(b.finish()),
         }
+    }
+}
+
+/// Where a CSV row's text for a declared column is: a field of the row (`start..end` in its
+/// field buffer), or the column's `default`.
+#[derive(Clone, Copy)]
+enum CsvText {
+    Field(usize, usize),
+    Default(usize),
+}
+
+/// A JSON value under its column's rules: a string listed in `null_values` (when set) is null,
+/// and a null takes the `default` (parsed like a value, by `rule_cell`).
+fn apply_text_rules(rules: &pipeline::values::TextRules, v: &mut Val<'_>) {
+    if let Val::Str(s) = v
+        && rules.is_null_json(s)
+    {
+        *v = Val::Null;
+    }
+    if let (Val::Null, Some(d)) = (&*v, &rules.default) {
+        *v = Val::Str(std::borrow::Cow::Owned(d.clone()));
     }
 }
 
@@ -585,6 +664,30 @@ pub fn read_csv_header(
     Ok(fields)
 }
 
+/// Checks that the header of every CSV object holds the declared columns, before a run starts
+/// (the worker checks again per shard). Nothing to do for other formats or headerless CSV.
+pub fn check_csv_headers<'k>(
+    plan: &Plan,
+    source: &crate::config::SourceSection,
+    store: &dyn backends::object_store::ObjectStore,
+    keys: impl IntoIterator<Item = &'k str>,
+) -> Result<(), WorkerError> {
+    if plan.format != Format::Csv || !source.csv.header {
+        return Ok(());
+    }
+    for key in keys {
+        let header = read_csv_header(
+            store,
+            key,
+            source.compression,
+            plan.csv_delimiter,
+            plan.csv_quote,
+        )?;
+        plan.check_csv_header(&header, key)?;
+    }
+    Ok(())
+}
+
 /// Splits one CSV record into fields (quotes doubled inside quoted fields).
 fn split_csv(
     line: &[u8],
@@ -907,8 +1010,8 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
         .delimiter(plan.csv_delimiter)
         .quote(plan.csv_quote)
         .build();
-    // For CSV: (start, end) in `field_buf` of each declared column's text.
-    let mut csv_texts: Vec<(usize, usize)> = Vec::with_capacity(declared);
+    // For CSV: where each declared column's text is.
+    let mut csv_texts: Vec<CsvText> = Vec::with_capacity(declared);
     let csv_header = chunk.header.as_deref().map(Vec::as_slice).unwrap_or(&[]);
     let csv_map: Vec<Option<usize>> = (0..declared)
         .map(|c| plan.csv_index(csv_header, c))
@@ -954,6 +1057,7 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                     Ok(()) => {
                         let mut r = Ok(());
                         for (c, (name, _, required)) in plan.declared.iter().enumerate() {
+                            apply_text_rules(&plan.text_rules[c], &mut slots[c]);
                             if *required && matches!(slots[c], Val::Null) {
                                 r = Err((
                                     true,
@@ -961,7 +1065,11 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                                 ));
                                 break;
                             }
-                            match builders[c].val_cell(&slots[c]) {
+                            let cell = match &slots[c] {
+                                Val::Str(s) => builders[c].rule_cell(s, &plan.text_rules[c]),
+                                v => builders[c].val_cell(v),
+                            };
+                            match cell {
                                 Ok(cell) => {
                                     texts.push(match &slots[c] {
                                         Val::Str(s) => s.clone(),
@@ -1012,8 +1120,14 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                         Ok(all) => {
                             let mut r = Ok(());
                             for (c, (name, _, required)) in plan.declared.iter().enumerate() {
+                                let rules = &plan.text_rules[c];
                                 let span = csv_map[c].map(|j| fields[j]);
-                                let v = span.map(|(a, b)| &all[a..b]).filter(|s| !s.is_empty());
+                                let given = span
+                                    .map(|(a, b)| (&all[a..b], CsvText::Field(a, b)))
+                                    .filter(|(s, _)| !rules.is_null(s));
+                                let v = given.or_else(|| {
+                                    rules.default.as_deref().map(|d| (d, CsvText::Default(c)))
+                                });
                                 match v {
                                     None if *required => {
                                         r = Err((
@@ -1024,12 +1138,12 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                                     }
                                     None => {
                                         cells.push(Cell::Null);
-                                        csv_texts.push((0, 0));
+                                        csv_texts.push(CsvText::Field(0, 0));
                                     }
-                                    Some(s) => match builders[c].text_cell(s) {
+                                    Some((s, at)) => match builders[c].rule_cell(s, rules) {
                                         Ok(cell) => {
                                             cells.push(cell);
-                                            csv_texts.push(span.expect("present"));
+                                            csv_texts.push(at);
                                         }
                                         Err(e) => {
                                             r = Err((false, format!("field {name:?}: {e}")));
@@ -1049,8 +1163,11 @@ fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Pie
                 // Validated as UTF-8 above.
                 let all = std::str::from_utf8(&field_buf).unwrap_or_default();
                 for (c, cell) in cells.drain(..).enumerate() {
-                    let (a, b) = csv_texts[c];
-                    builders[c].push(cell, &all[a..b]);
+                    let text = match csv_texts[c] {
+                        CsvText::Field(a, b) => &all[a..b],
+                        CsvText::Default(d) => plan.text_rules[d].default.as_deref().unwrap_or(""),
+                    };
+                    builders[c].push(cell, text);
                 }
                 piece.rows.push(i as u32);
             }

@@ -205,9 +205,12 @@ mod tests {
         let c = h.run(data, 0).unwrap();
         assert_eq!((c.lines_total, c.malformed, c.rows_out), (3, 1, 1));
         let h = RecordHarness::new(InputFormat::Csv);
-        let data = b"id,n,ts\nb,2,2026-12-01T10:00:00Z\nc,x,\n\"d\"\"\",3,2026-01-01T00:00:00Z\n";
+        let data = b"id,n,x,ok,amount,ts,day,ip,email\nb,2,,,,2026-12-01T10:00:00Z,,,\nc,x,,,,,,,\n\"d\"\"\",3,,,,2026-01-01T00:00:00Z,,,\n";
         let c = h.run(data, 0).unwrap();
         assert_eq!(c.lines_total, 3);
+        // A header without a declared column fails the shard, naming it.
+        let e = h.run(b"id,n,ts\nb,2,\n", 0).unwrap_err().to_string();
+        assert!(e.contains("in.csv") && e.contains("\"amount\""), "{e}");
     }
 
     /// Found by the property test below: a piece whose rows were all dropped before the dedupe

@@ -217,13 +217,15 @@ pub fn run_shard_blocking(
             continue;
         }
         let header = if plan.format == Format::Csv && src.csv.header {
-            Some(Arc::new(engine::read_csv_header(
+            let header = engine::read_csv_header(
                 &*source,
                 &input.object.key,
                 src.compression,
                 plan.csv_delimiter,
                 plan.csv_quote,
-            )?))
+            )?;
+            plan.check_csv_header(&header, &input.object.key)?;
+            Some(Arc::new(header))
         } else if plan.format == Format::Csv {
             Some(Arc::new(plan.declared_paths.clone()))
         } else {

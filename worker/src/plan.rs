@@ -127,6 +127,8 @@ pub struct Plan {
     /// Declared columns: (name, type, required); slot i is declared column i.
     pub declared: Vec<(String, ColumnType, bool)>,
     pub declared_paths: Vec<String>,
+    /// How each declared column reads text: null values, default, number locale.
+    pub text_rules: Vec<pipeline::values::TextRules>,
     pub slot_types: Vec<ColumnType>,
     pub json_tree: JsonTree,
     pub csv_delimiter: u8,
@@ -149,6 +151,40 @@ impl Plan {
         header.iter().position(|h| h == want)
     }
 
+    /// Refuses a CSV header that lacks a declared column: a misspelled header name would
+    /// otherwise run with the column silently all NULL. Names the column, its header name, the
+    /// file and what the header holds.
+    pub fn check_csv_header(&self, header: &[String], key: &str) -> Result<(), WorkerError> {
+        let missing: Vec<String> = (0..self.declared.len())
+            .filter(|&c| self.csv_index(header, c).is_none())
+            .map(|c| {
+                let (name, path) = (&self.declared[c].0, &self.declared_paths[c]);
+                if name == path {
+                    format!("{name:?}")
+                } else {
+                    format!("{path:?} (column {name:?})")
+                }
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<&str> = header.iter().take(40).map(String::as_str).collect();
+        Err(WorkerError::Corrupt {
+            key: key.into(),
+            detail: format!(
+                "the CSV header has no {}; it holds {:?}{} (a column's header name is its `path`, else its `name`)",
+                missing.join(", "),
+                shown,
+                if header.len() > shown.len() {
+                    " …"
+                } else {
+                    ""
+                }
+            ),
+        })
+    }
+
     pub fn build(p: &Pipeline) -> Result<Plan, WorkerError> {
         let f = &p.file;
         let err = |step: usize, op: &str, detail: String| {
@@ -158,7 +194,11 @@ impl Plan {
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut declared = Vec::new();
         let mut paths = Vec::new();
-        for c in &f.columns {
+        let mut text_rules = Vec::new();
+        for (i, c) in f.columns.iter().enumerate() {
+            text_rules.push(pipeline::columns::text_rules(c).map_err(|(key, m)| {
+                WorkerError::Config(format!("{}: columns[{i}].{key}: {m}", p.path))
+            })?);
             names.insert(c.name.clone(), slot_types.len());
             slot_types.push(c.ty);
             declared.push((c.name.clone(), c.ty, c.required));
@@ -387,6 +427,7 @@ impl Plan {
             format: f.source.format,
             declared,
             declared_paths: paths,
+            text_rules,
             slot_types,
             json_tree,
             csv_delimiter: f.source.csv.delimiter.as_bytes()[0],

@@ -101,6 +101,11 @@ fn sql_type(dt: &DataType) -> Result<&'static str> {
     })
 }
 
+/// The f64 with the same shortest decimal form as `v` (a float32 stored in a REAL column).
+fn float32_as_f64(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
+}
+
 fn value_at(col: &dyn Array, i: usize) -> Result<Value> {
     if col.is_null(i) {
         return Ok(Value::Null);
@@ -119,7 +124,10 @@ fn value_at(col: &dyn Array, i: usize) -> Result<Value> {
         DataType::UInt32 => Value::Integer(col.as_primitive::<t::UInt32Type>().value(i).into()),
         DataType::UInt64 => Value::Integer(col.as_primitive::<t::UInt64Type>().value(i) as i64),
         DataType::Boolean => Value::Integer(col.as_boolean().value(i).into()),
-        DataType::Float32 => Value::Real(col.as_primitive::<t::Float32Type>().value(i).into()),
+        // Through its shortest decimal form, so 0.1f32 reads back as 0.1, not 0.10000000149011612.
+        DataType::Float32 => Value::Real(float32_as_f64(
+            col.as_primitive::<t::Float32Type>().value(i),
+        )),
         DataType::Float64 => Value::Real(col.as_primitive::<t::Float64Type>().value(i)),
         DataType::Decimal128(_, s) => {
             let v = col.as_primitive::<t::Decimal128Type>().value(i);
@@ -435,6 +443,13 @@ mod tests {
         let files: Arc<dyn ObjectStore> =
             Arc::new(LocalStore::new(dir.path().join("files")).unwrap());
         super::super::suite::run_all(&wh, files).await;
+    }
+
+    #[test]
+    fn a_float32_is_stored_as_the_decimal_it_shows() {
+        assert_eq!(float32_as_f64(0.1), 0.1);
+        assert_eq!(float32_as_f64(-1234.5), -1234.5);
+        assert_eq!(float32_as_f64(f32::MAX), 3.4028235e38);
     }
 
     #[tokio::test]

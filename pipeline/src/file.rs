@@ -1,0 +1,501 @@
+//! The serde model of a pipeline file: every section and key with its default.
+//!
+//! Unknown keys are refused everywhere (`deny_unknown_fields`), so a misspelled key never runs
+//! silently with its default. Cross-references are checked in [`crate::validate`].
+
+use std::num::NonZeroU64;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    pub pipeline: PipelineSection,
+    pub source: SourceSection,
+    /// The declared, typed input schema.
+    pub columns: Vec<ColumnDecl>,
+    /// Curation and transform steps, run in order on every row.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    pub output: OutputSection,
+    #[serde(default)]
+    pub load: LoadSection,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Letters, digits, `_` and `-`.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Ndjson,
+    Csv,
+    JsonArray,
+    Parquet,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Detected from the first bytes (gzip and zstd magic numbers).
+    #[default]
+    Auto,
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// A folder (relative to the pipeline file) or an `s3://bucket/prefix`.
+    pub location: String,
+    /// Glob matched against object keys relative to `location`.
+    #[serde(default = "default_glob")]
+    pub glob: String,
+    pub format: Format,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Longest line accepted (NDJSON, CSV); longer lines are quarantined without being held in memory.
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: NonZeroU64,
+    /// Files larger than this are split into byte ranges (NDJSON and uncompressed CSV only).
+    #[serde(default = "default_shard_bytes")]
+    pub shard_bytes: NonZeroU64,
+    #[serde(default)]
+    pub csv: CsvOptions,
+}
+
+fn default_glob() -> String {
+    "**/*".into()
+}
+fn default_max_line() -> NonZeroU64 {
+    NonZeroU64::new(64 << 20).expect("non-zero")
+}
+fn default_shard_bytes() -> NonZeroU64 {
+    NonZeroU64::new(256 << 20).expect("non-zero")
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvOptions {
+    #[serde(default = "yes")]
+    pub header: bool,
+    #[serde(default = "comma")]
+    pub delimiter: String,
+    #[serde(default = "dquote")]
+    pub quote: String,
+    /// Whether large CSV files may be split into byte ranges. Turn off when quoted fields can
+    /// hold line breaks.
+    #[serde(default = "yes")]
+    pub splittable: bool,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            header: true,
+            delimiter: ",".into(),
+            quote: "\"".into(),
+            splittable: true,
+        }
+    }
+}
+fn yes() -> bool {
+    true
+}
+fn comma() -> String {
+    ",".into()
+}
+fn dquote() -> String {
+    "\"".into()
+}
+
+/// A declared column type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ColumnType {
+    String,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Bool,
+    /// Exact: `precision` digits of which `scale` after the point.
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
+    /// Microseconds, UTC.
+    Timestamp,
+    Date,
+}
+
+/// The type names accepted in pipeline files, for messages.
+pub const TYPE_NAMES: &str =
+    "string, int16, int32, int64, float32, float64, bool, decimal(P,S), timestamp or date";
+
+impl ColumnType {
+    pub fn parse(s: &str) -> Option<ColumnType> {
+        let s = s.trim();
+        Some(match s {
+            "string" => ColumnType::String,
+            "int16" | "smallint" => ColumnType::Int16,
+            "int32" => ColumnType::Int32,
+            // `int` and `integer` have meant int64 since the first release; kept.
+            "int64" | "bigint" | "int" | "integer" => ColumnType::Int64,
+            "float32" | "real" => ColumnType::Float32,
+            "float64" | "float" | "double" => ColumnType::Float64,
+            "bool" | "boolean" => ColumnType::Bool,
+            "timestamp" => ColumnType::Timestamp,
+            "date" => ColumnType::Date,
+            _ => {
+                let inner = s.strip_prefix("decimal(")?.strip_suffix(')')?;
+                let (p, sc) = inner.split_once(',')?;
+                let precision: u8 = p.trim().parse().ok()?;
+                let scale: i8 = sc.trim().parse().ok()?;
+                if precision == 0 || precision > 38 || scale < 0 || scale as u8 > precision {
+                    return None;
+                }
+                ColumnType::Decimal { precision, scale }
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ColumnType::String => f.write_str("string"),
+            ColumnType::Int16 => f.write_str("int16"),
+            ColumnType::Int32 => f.write_str("int32"),
+            ColumnType::Int64 => f.write_str("int64"),
+            ColumnType::Float32 => f.write_str("float32"),
+            ColumnType::Float64 => f.write_str("float64"),
+            ColumnType::Bool => f.write_str("bool"),
+            ColumnType::Decimal { precision, scale } => write!(f, "decimal({precision},{scale})"),
+            ColumnType::Timestamp => f.write_str("timestamp"),
+            ColumnType::Date => f.write_str("date"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ColumnType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ColumnType::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("unknown type {s:?}: expected {TYPE_NAMES}"))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnDecl {
+    pub name: String,
+    /// Where the value is in a record: a key, or a dotted path into nested objects (`device.os`).
+    /// For CSV, the header name (defaults to `name`).
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    /// A record without this value (missing, null or one of `null_values`, and no `default`) is
+    /// malformed.
+    #[serde(default)]
+    pub required: bool,
+    /// Text values read as null (default: the empty string). Compared before any other rule.
+    #[serde(default)]
+    pub null_values: Option<Vec<String>>,
+    /// A literal used when the value is null (missing, JSON null or one of `null_values`).
+    #[serde(default)]
+    pub default: Option<toml::Value>,
+    /// Numeric columns: the character between the integer and the fraction (`","` for German
+    /// exports; default `"."`).
+    #[serde(default)]
+    pub decimal_separator: Option<String>,
+    /// Numeric columns: a grouping character removed before parsing (`"."` in `1.234,56`).
+    #[serde(default)]
+    pub thousands_separator: Option<String>,
+    /// `timestamp` and `date` columns: a chrono format (`"%d.%m.%Y %H:%M"`). Default: RFC 3339 /
+    /// ISO 8601 (timestamps), `YYYY-MM-DD` (dates).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// `timestamp` columns: the IANA zone of times written without an offset (`"Europe/Berlin"`);
+    /// default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// With `timezone`: a wall time that happens twice (autumn switch).
+    #[serde(default)]
+    pub on_ambiguous: Option<crate::time::Resolve>,
+    /// With `timezone`: a wall time that is skipped (spring switch).
+    #[serde(default)]
+    pub on_nonexistent: Option<crate::time::Resolve>,
+}
+
+impl ColumnDecl {
+    pub fn path(&self) -> &str {
+        self.path.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// What a fallible step does with a row it cannot handle.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Quarantine the row with the reason (counted in the step's bucket).
+    #[default]
+    Reject,
+    /// Keep the row with a null value.
+    Null,
+}
+
+fn rejected() -> String {
+    "rejected".into()
+}
+fn filtered() -> String {
+    "filtered".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Step {
+    /// Drop rows matching any of the conditions (counted in `bucket`).
+    Filter(FilterStep),
+    /// Keep the first row of each key (in source order); later ones count as duplicates.
+    Dedupe(DedupeStep),
+    Cast(CastStep),
+    Trim(CaseStep),
+    Upper(CaseStep),
+    Lower(CaseStep),
+    RegexReplace(RegexReplaceStep),
+    ParseTimestamp(ParseTimestampStep),
+    /// The UTC calendar date of a timestamp column.
+    Date(DateStep),
+    Hash(HashStep),
+    Ipv4Truncate(Ipv4TruncateStep),
+    Lookup(LookupStep),
+}
+
+impl Step {
+    pub fn op(&self) -> &'static str {
+        match self {
+            Step::Filter(_) => "filter",
+            Step::Dedupe(_) => "dedupe",
+            Step::Cast(_) => "cast",
+            Step::Trim(_) => "trim",
+            Step::Upper(_) => "upper",
+            Step::Lower(_) => "lower",
+            Step::RegexReplace(_) => "regex_replace",
+            Step::ParseTimestamp(_) => "parse_timestamp",
+            Step::Date(_) => "date",
+            Step::Hash(_) => "hash",
+            Step::Ipv4Truncate(_) => "ipv4_truncate",
+            Step::Lookup(_) => "lookup",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub column: String,
+    #[serde(default)]
+    pub equals: Option<String>,
+    #[serde(default)]
+    pub contains: Option<String>,
+    #[serde(default)]
+    pub is_null: Option<bool>,
+    /// ASCII case-insensitive comparison for `equals` and `contains`.
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterStep {
+    pub drop_if_any: Vec<Condition>,
+    #[serde(default = "filtered")]
+    pub bucket: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeStep {
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CastStep {
+    pub column: String,
+    pub to: ColumnType,
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default = "rejected")]
+    pub bucket: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseStep {
+    pub columns: Vec<String>,
+    /// For `trim` only: the characters removed from both ends (default: all whitespace).
+    #[serde(default)]
+    pub chars: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexReplaceStep {
+    pub column: String,
+    pub pattern: String,
+    pub replacement: String,
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParseTimestampStep {
+    pub column: String,
+    /// A chrono format with an offset (`%Y-%m-%dT%H:%M:%S%.3f%:z`), or `rfc3339`. The result is UTC.
+    pub format: String,
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default = "rejected")]
+    pub bucket: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DateStep {
+    pub column: String,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HashAlgorithm {
+    /// `hex(sha256(key || value))`: the key is a salt prefix.
+    SaltedSha256,
+    /// `hex(hmac_sha256(key, value))`.
+    HmacSha256,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashStep {
+    pub column: String,
+    #[serde(default)]
+    pub output: Option<String>,
+    pub algorithm: HashAlgorithm,
+    /// Environment variable holding the key.
+    #[serde(default)]
+    pub key_env: Option<String>,
+    /// File holding the key (relative to the pipeline file); one trailing newline is ignored.
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ipv4TruncateStep {
+    pub column: String,
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Leading octets kept; the rest become 0.
+    #[serde(default = "three")]
+    pub keep_octets: u8,
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default = "rejected")]
+    pub bucket: String,
+}
+fn three() -> u8 {
+    3
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    #[default]
+    Null,
+    Keep,
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupStep {
+    pub column: String,
+    /// A CSV file with a header (relative to the pipeline file).
+    pub file: String,
+    pub key_field: String,
+    pub value_field: String,
+    pub output: String,
+    #[serde(default)]
+    pub on_missing: OnMissing,
+    #[serde(default = "rejected")]
+    pub bucket: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    #[default]
+    Zstd,
+    Snappy,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// The data columns, in order (curation: everything else is dropped).
+    pub columns: Vec<String>,
+    /// Hive partition columns (`COLUMN=VALUE/` folders); they are not stored inside the files.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    #[serde(default)]
+    pub codec: Codec,
+    #[serde(default = "default_level")]
+    pub level: i32,
+    #[serde(default = "default_rg")]
+    pub row_group_rows: NonZeroU64,
+    /// A partition file is closed and a new one started past this size.
+    #[serde(default = "default_file_bytes")]
+    pub target_file_bytes: NonZeroU64,
+}
+fn default_level() -> i32 {
+    3
+}
+fn default_rg() -> NonZeroU64 {
+    NonZeroU64::new(122_880).expect("non-zero")
+}
+fn default_file_bytes() -> NonZeroU64 {
+    NonZeroU64::new(256 << 20).expect("non-zero")
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoadSection {
+    /// Target table (defaults to the pipeline name).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Merge keys: one row per key, the earliest in the source. Empty: append.
+    #[serde(default)]
+    pub merge_keys: Vec<String>,
+    /// Whether the coordinator loads this pipeline into the warehouse.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}

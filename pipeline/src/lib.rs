@@ -1,0 +1,31 @@
+//! Pipeline files: what a pipeline reads, how it curates and transforms rows, and where they go.
+//!
+//! Two phases, as in ripgrep's arguments: [`PipelineFile`] is the raw TOML (serde, unknown keys
+//! refused), and [`parse`] checks every cross-reference in a pure function and returns
+//! a [`Pipeline`] or a [`ConfigError`] naming the file, the line and the field
+//! (`steps[2] (hash).key_env`). Nothing touches the network or the source here; key files and
+//! reference files are read when a worker builds its plan.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`file`] | the serde model of a pipeline file (every key, its default) |
+//! | [`columns`] | a declared column's reading rules (nulls, default, number locale) |
+//! | [`entries`] | where each `[[columns]]` / `[[steps]]` entry starts, for errors at their own line |
+//! | [`validate`] | the pure checks, section by section and step by step |
+//! | [`validated`] | [`Pipeline`], the validated type the worker compiles into a plan |
+//! | [`values`] | text → typed value parsing shared by readers and steps |
+//!
+//! `examples/pipeline.example.toml` documents every key.
+
+pub mod columns;
+pub mod entries;
+pub mod error;
+pub mod file;
+pub mod time;
+pub mod validate;
+pub mod validated;
+pub mod values;
+
+pub use error::ConfigError;
+pub use file::*;
+pub use validated::{Pipeline, parse};

@@ -1,0 +1,579 @@
+//! Pure validation of a pipeline file: names, references between steps and columns, option
+//! ranges. Section by section; each step kind has its own check. Errors carry the field path and,
+//! inside `[[columns]]` and `[[steps]]`, the line (from [`Entries`]).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use crate::entries::Entries;
+use crate::validated::Pipeline;
+use crate::values::TimestampFormat;
+use crate::*;
+
+/// Letters, digits, `_` and `-`, 1 to 128 of them: pipeline, column, table and bucket names.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Counters every run has; a step's bucket may not take their names.
+const RESERVED_BUCKETS: [&str; 4] = ["lines_total", "malformed", "duplicates", "rows_out"];
+
+/// Makes errors for one file, with the line of every field that is inside an entry.
+struct Ctx<'a> {
+    file: &'a str,
+    entries: &'a Entries,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.file, field, message).at_line(self.entries.line_of_field(field))
+    }
+}
+
+/// The columns known at a point of the pipeline: declared ones, then step outputs, in order.
+#[derive(Default)]
+struct Columns(Vec<(String, ColumnType)>);
+
+impl Columns {
+    fn ty(&self, name: &str) -> Option<ColumnType> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| *t)
+    }
+}
+
+impl PipelineFile {
+    /// Pure validation: names, references between steps and columns, option ranges.
+    pub fn validate(
+        self,
+        file: &str,
+        base_dir: PathBuf,
+        text: &str,
+        entries: &Entries,
+    ) -> Result<Pipeline, ConfigError> {
+        let cx = Ctx { file, entries };
+        if !valid_name(&self.pipeline.name) {
+            return Err(cx.err(
+                "pipeline.name",
+                format!(
+                    "{:?} must be 1-128 letters, digits, '_' or '-'",
+                    self.pipeline.name
+                ),
+            ));
+        }
+        check_source(&cx, &self.source)?;
+        let mut cols = check_columns(&cx, &self.source, &self.columns)?;
+        let mut dedupes = 0;
+        for (i, step) in self.steps.iter().enumerate() {
+            dedupes += usize::from(matches!(step, Step::Dedupe(_)));
+            let s = StepCx {
+                cx: &cx,
+                f: format!("steps[{i}] ({})", step.op()),
+            };
+            s.check(step, &mut cols)?;
+        }
+        if dedupes > 1 {
+            return Err(cx.err("steps", "at most one dedupe step"));
+        }
+        check_output(&cx, &self.output, &cols)?;
+        check_load(&cx, &self.load, &self.output)?;
+        Ok(Pipeline {
+            file: self,
+            path: file.into(),
+            base_dir,
+            text: text.into(),
+            columns: cols.0,
+        })
+    }
+}
+
+fn check_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
+    if s.location.trim().is_empty() {
+        return Err(cx.err("source.location", "must not be empty"));
+    }
+    if let Err(e) = globset::Glob::new(&s.glob) {
+        return Err(cx.err("source.glob", format!("invalid glob: {e}")));
+    }
+    for (f, v) in [
+        ("source.csv.delimiter", &s.csv.delimiter),
+        ("source.csv.quote", &s.csv.quote),
+    ] {
+        if v.len() != 1 || !v.is_ascii() {
+            return Err(cx.err(f, format!("{v:?} must be exactly one ASCII character")));
+        }
+    }
+    Ok(())
+}
+
+fn check_columns(
+    cx: &Ctx,
+    source: &SourceSection,
+    decls: &[ColumnDecl],
+) -> Result<Columns, ConfigError> {
+    if decls.is_empty() {
+        return Err(cx.err("columns", "declare at least one column"));
+    }
+    let mut cols = Columns::default();
+    let mut paths = BTreeSet::new();
+    for (i, c) in decls.iter().enumerate() {
+        let f = format!("columns[{i}]");
+        if !valid_name(&c.name) {
+            return Err(cx.err(
+                &format!("{f}.name"),
+                format!("{:?} must be letters, digits, '_' or '-'", c.name),
+            ));
+        }
+        if cols.ty(&c.name).is_some() {
+            return Err(cx.err(
+                &format!("{f}.name"),
+                format!("column {:?} is declared twice", c.name),
+            ));
+        }
+        if c.path().split('.').any(str::is_empty) {
+            return Err(cx.err(
+                &format!("{f}.path"),
+                format!("{:?} is not a valid dotted path", c.path()),
+            ));
+        }
+        if !paths.insert(c.path().to_string()) {
+            return Err(cx.err(
+                &format!("{f}.path"),
+                format!("path {:?} is read by two columns", c.path()),
+            ));
+        }
+        if source.format == Format::Csv && c.path().contains('.') {
+            return Err(cx.err(
+                &format!("{f}.path"),
+                "CSV columns are flat: use the header name",
+            ));
+        }
+        crate::columns::text_rules(c).map_err(|(key, m)| cx.err(&format!("{f}.{key}"), m))?;
+        cols.0.push((c.name.clone(), c.ty));
+    }
+    // Paths must not be both a leaf and a parent (`device` and `device.os`).
+    for p in &paths {
+        if paths.iter().any(|q| q.starts_with(&format!("{p}."))) {
+            return Err(cx.err(
+                "columns",
+                format!("path {p:?} is both a value and an object of other paths"),
+            ));
+        }
+    }
+    Ok(cols)
+}
+
+/// Checks one step against the columns before it, and adds its outputs.
+struct StepCx<'a> {
+    cx: &'a Ctx<'a>,
+    /// `steps[i] (op)`.
+    f: String,
+}
+
+impl StepCx<'_> {
+    fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        self.cx.err(&format!("{}.{field}", self.f), message)
+    }
+
+    fn need(&self, cols: &Columns, name: &str, field: &str) -> Result<ColumnType, ConfigError> {
+        cols.ty(name)
+            .ok_or_else(|| self.err(field, format!("unknown column {name:?}")))
+    }
+
+    fn need_string(&self, cols: &Columns, name: &str, field: &str) -> Result<(), ConfigError> {
+        match self.need(cols, name, field)? {
+            ColumnType::String => Ok(()),
+            t => Err(self.err(
+                field,
+                format!("column {name:?} is {t}, this step needs a string"),
+            )),
+        }
+    }
+
+    fn out_name(&self, o: Option<&str>, field: &str) -> Result<(), ConfigError> {
+        match o {
+            Some(o) if !valid_name(o) => {
+                Err(self.err(field, format!("{o:?} is not a valid column name")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn bucket(&self, b: &str) -> Result<(), ConfigError> {
+        if !valid_name(b) || RESERVED_BUCKETS.contains(&b) {
+            return Err(self.err("bucket", format!("{b:?} is not a usable bucket name")));
+        }
+        Ok(())
+    }
+
+    /// A step that reads `column` (a string) and writes `output` (default: `column`) as `ty`.
+    fn string_to(
+        &self,
+        cols: &mut Columns,
+        column: &str,
+        output: Option<&str>,
+        ty: ColumnType,
+    ) -> Result<(), ConfigError> {
+        self.need_string(cols, column, "column")?;
+        self.out_name(output, "output")?;
+        cols.0.push((output.unwrap_or(column).to_string(), ty));
+        Ok(())
+    }
+
+    fn check(&self, step: &Step, cols: &mut Columns) -> Result<(), ConfigError> {
+        match step {
+            Step::Filter(s) => self.filter(s, cols),
+            Step::Dedupe(s) => self.dedupe(s, cols),
+            Step::Cast(s) => {
+                self.bucket(&s.bucket)?;
+                self.need(cols, &s.column, "column")?;
+                self.out_name(s.output.as_deref(), "output")?;
+                cols.0
+                    .push((s.output.clone().unwrap_or(s.column.clone()), s.to));
+                Ok(())
+            }
+            Step::Trim(s) | Step::Upper(s) | Step::Lower(s) => {
+                self.case(s, matches!(step, Step::Trim(_)), cols)
+            }
+            Step::RegexReplace(s) => {
+                if let Err(e) = regex::Regex::new(&s.pattern) {
+                    return Err(self.err("pattern", format!("invalid regex: {e}")));
+                }
+                self.string_to(cols, &s.column, s.output.as_deref(), ColumnType::String)
+            }
+            Step::ParseTimestamp(s) => {
+                self.bucket(&s.bucket)?;
+                TimestampFormat::new(&s.format).map_err(|m| self.err("format", m))?;
+                self.string_to(cols, &s.column, s.output.as_deref(), ColumnType::Timestamp)
+            }
+            Step::Date(s) => self.date(s, cols),
+            Step::Hash(s) => {
+                if s.key_env.is_some() == s.key_file.is_some() {
+                    return Err(self.err(
+                        "key_env",
+                        "set exactly one of key_env or key_file (keys are never inline)",
+                    ));
+                }
+                self.string_to(cols, &s.column, s.output.as_deref(), ColumnType::String)
+            }
+            Step::Ipv4Truncate(s) => {
+                self.bucket(&s.bucket)?;
+                if s.keep_octets > 3 {
+                    return Err(self.err("keep_octets", "must be 0 to 3"));
+                }
+                self.string_to(cols, &s.column, s.output.as_deref(), ColumnType::String)
+            }
+            Step::Lookup(s) => {
+                self.bucket(&s.bucket)?;
+                self.string_to(cols, &s.column, Some(&s.output), ColumnType::String)
+            }
+        }
+    }
+
+    fn filter(&self, s: &FilterStep, cols: &Columns) -> Result<(), ConfigError> {
+        self.bucket(&s.bucket)?;
+        if s.drop_if_any.is_empty() {
+            return Err(self.err("drop_if_any", "needs at least one condition"));
+        }
+        for (j, c) in s.drop_if_any.iter().enumerate() {
+            let set = [
+                c.equals.is_some(),
+                c.contains.is_some(),
+                c.is_null.is_some(),
+            ];
+            if set.iter().filter(|x| **x).count() != 1 {
+                return Err(self.err(
+                    &format!("drop_if_any[{j}]"),
+                    "set exactly one of equals, contains, is_null",
+                ));
+            }
+            let field = format!("drop_if_any[{j}].column");
+            if c.is_null.is_none() {
+                self.need_string(cols, &c.column, &field)?;
+            } else {
+                self.need(cols, &c.column, &field)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dedupe(&self, s: &DedupeStep, cols: &Columns) -> Result<(), ConfigError> {
+        if s.keys.is_empty() {
+            return Err(self.err("keys", "needs at least one key column"));
+        }
+        for k in &s.keys {
+            self.need(cols, k, "keys")?;
+        }
+        Ok(())
+    }
+
+    fn case(&self, s: &CaseStep, is_trim: bool, cols: &Columns) -> Result<(), ConfigError> {
+        if s.columns.is_empty() {
+            return Err(self.err("columns", "needs at least one column"));
+        }
+        if s.chars.is_some() && !is_trim {
+            return Err(self.err("chars", "only trim takes chars"));
+        }
+        for c in &s.columns {
+            self.need_string(cols, c, "columns")?;
+        }
+        Ok(())
+    }
+
+    fn date(&self, s: &DateStep, cols: &mut Columns) -> Result<(), ConfigError> {
+        match self.need(cols, &s.column, "column")? {
+            ColumnType::Timestamp => {}
+            t => {
+                return Err(self.err(
+                    "column",
+                    format!("column {:?} is {t}, date needs a timestamp", s.column),
+                ));
+            }
+        }
+        self.out_name(Some(&s.output), "output")?;
+        cols.0.push((s.output.clone(), ColumnType::Date));
+        Ok(())
+    }
+}
+
+fn check_output(cx: &Ctx, o: &OutputSection, cols: &Columns) -> Result<(), ConfigError> {
+    if o.columns.is_empty() {
+        return Err(cx.err("output.columns", "list at least one output column"));
+    }
+    let mut seen = BTreeSet::new();
+    for c in o.columns.iter().chain(o.partition_by.iter()) {
+        if cols.ty(c).is_none() {
+            return Err(cx.err("output.columns", format!("unknown column {c:?}")));
+        }
+        if !seen.insert(c) {
+            return Err(cx.err(
+                "output.columns",
+                format!("column {c:?} is listed twice (partition columns are not stored in files)"),
+            ));
+        }
+    }
+    for c in &o.partition_by {
+        if matches!(
+            cols.ty(c),
+            Some(ColumnType::Float32 | ColumnType::Float64 | ColumnType::Timestamp)
+        ) {
+            return Err(cx.err(
+                "output.partition_by",
+                format!("column {c:?}: partition by a string, integer, bool or date"),
+            ));
+        }
+    }
+    if o.codec == Codec::Zstd && !(1..=22).contains(&o.level) {
+        return Err(cx.err("output.level", "zstd level must be 1 to 22"));
+    }
+    if o.row_group_rows.get() > 1 << 24 {
+        return Err(cx.err("output.row_group_rows", "at most 16,777,216"));
+    }
+    Ok(())
+}
+
+fn check_load(cx: &Ctx, l: &LoadSection, o: &OutputSection) -> Result<(), ConfigError> {
+    if let Some(t) = &l.table
+        && !valid_name(t)
+    {
+        return Err(cx.err(
+            "load.table",
+            format!("{t:?} must be letters, digits, '_' or '-'"),
+        ));
+    }
+    for k in &l.merge_keys {
+        if !o.columns.contains(k) && !o.partition_by.contains(k) {
+            return Err(cx.err("load.merge_keys", format!("{k:?} is not an output column")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[pipeline]
+name = "t"
+[source]
+location = "in"
+format = "ndjson"
+[[columns]]
+name = "id"
+type = "string"
+required = true
+[[columns]]
+name = "os"
+path = "device.os"
+type = "string"
+[[columns]]
+name = "amount"
+type = "decimal(18,2)"
+[[steps]]
+op = "upper"
+columns = ["os"]
+[output]
+columns = ["id", "os", "amount"]
+[load]
+merge_keys = ["id"]
+"#;
+
+    fn check(text: &str) -> Result<Pipeline, ConfigError> {
+        crate::parse(text, "p.toml", PathBuf::from("."))
+    }
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for f in [
+            "pipeline.example.toml",
+            "workload.toml",
+            "workload_csv.toml",
+            "demo/web_events.toml",
+            "demo/pos_sales.toml",
+            "demo/billing.toml",
+        ] {
+            let text = std::fs::read_to_string(dir.join(f))
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()));
+            if let Err(e) = crate::parse(&text, f, dir.clone()) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn minimal_pipeline_is_valid() {
+        let p = check(MINIMAL).unwrap();
+        assert_eq!(p.table(), "t");
+        assert_eq!(
+            p.column_type("amount"),
+            Some(ColumnType::Decimal {
+                precision: 18,
+                scale: 2
+            })
+        );
+        assert_eq!(p.file.output.row_group_rows.get(), 122_880);
+    }
+
+    fn expect_err(text: &str, field: &str, needle: &str) {
+        let e = check(text).unwrap_err();
+        assert!(
+            e.line.is_some() || !field.starts_with("steps"),
+            "{e} has no line"
+        );
+        assert_eq!(e.file, "p.toml");
+        assert!(
+            e.field.contains(field),
+            "field {:?} does not contain {field:?} ({e})",
+            e.field
+        );
+        assert!(
+            e.to_string().contains(needle),
+            "{e} does not contain {needle:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        expect_err(
+            &MINIMAL.replace("format = \"ndjson\"", "format = \"ndjson\"\nfromat = 1"),
+            "source",
+            "fromat",
+        );
+        expect_err(
+            &MINIMAL.replace("columns = [\"os\"]", "columns = [\"os\"]\nlocale = \"tr\""),
+            "steps[0] (upper)",
+            "locale",
+        );
+        expect_err(
+            &MINIMAL.replace("type = \"decimal(18,2)\"", "type = \"money\""),
+            "columns[2]",
+            "unknown type",
+        );
+        expect_err(
+            &MINIMAL.replace("op = \"upper\"", "op = \"uppercase\""),
+            "steps[0]",
+            "uppercase",
+        );
+    }
+
+    #[test]
+    fn references_are_checked() {
+        expect_err(
+            &MINIMAL.replace("columns = [\"os\"]", "columns = [\"nope\"]"),
+            "steps[0] (upper).columns",
+            "unknown column \"nope\"",
+        );
+        expect_err(
+            &MINIMAL.replace("columns = [\"os\"]", "columns = [\"amount\"]"),
+            "steps[0]",
+            "needs a string",
+        );
+        expect_err(
+            &MINIMAL.replace("[\"id\", \"os\", \"amount\"]", "[\"id\", \"gone\"]"),
+            "output.columns",
+            "gone",
+        );
+        expect_err(
+            &MINIMAL.replace("merge_keys = [\"id\"]", "merge_keys = [\"x\"]"),
+            "load.merge_keys",
+            "\"x\"",
+        );
+        expect_err(
+            &MINIMAL.replace("name = \"t\"", "name = \"bad name\""),
+            "pipeline.name",
+            "bad name",
+        );
+        expect_err(
+            &MINIMAL.replace("path = \"device.os\"", "path = \"device..os\""),
+            "columns[1].path",
+            "dotted",
+        );
+    }
+
+    #[test]
+    fn secrets_are_never_inline() {
+        let t = MINIMAL.replace(
+            "[output]",
+            "[[steps]]\nop = \"hash\"\ncolumn = \"id\"\nalgorithm = \"hmac_sha256\"\n[output]",
+        );
+        expect_err(&t, "steps[1] (hash).key_env", "never inline");
+        let t = MINIMAL.replace(
+            "[output]",
+            "[[steps]]\nop = \"hash\"\ncolumn = \"id\"\nalgorithm = \"hmac_sha256\"\nkey = \"s3cr3t\"\n[output]",
+        );
+        expect_err(&t, "steps[1] (hash)", "unknown field `key`");
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        expect_err(&MINIMAL.replace("[output]", "[[steps]]\nop = \"regex_replace\"\ncolumn = \"id\"\npattern = \"(\"\nreplacement = \"\"\n[output]"), "steps[1] (regex_replace).pattern", "invalid regex");
+        expect_err(&MINIMAL.replace("[output]", "[[steps]]\nop = \"parse_timestamp\"\ncolumn = \"id\"\nformat = \"%Y-%m-%d\"\n[output]"), "format", "offset");
+        expect_err(
+            &MINIMAL.replace("[output]", "[output]\nlevel = 99"),
+            "output.level",
+            "1 to 22",
+        );
+        expect_err(
+            &MINIMAL.replace(
+                "format = \"ndjson\"",
+                "format = \"csv\"\n[source.csv]\ndelimiter = \";;\"",
+            ),
+            "source.csv.delimiter",
+            "one ASCII",
+        );
+        expect_err(
+            &MINIMAL.replace(
+                "format = \"ndjson\"",
+                "format = \"ndjson\"\nshard_bytes = 0",
+            ),
+            "source",
+            "zero",
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! Typed, locale-aware columns end to end (issue 9): a German point-of-sale export with `;`,
+//! decimal commas, thousands dots, an empty discount that defaults to 0, 32-bit quantities and
+//! Europe/Berlin wall times on both sides of the DST switches; then the same table with the
+//! quantity widened to int64 in a later run.
+
+use std::path::Path;
+
+use tributary_tests::*;
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "kasse"
+[source]
+location = "in"
+glob = "*.csv"
+format = "csv"
+[source.csv]
+delimiter = ";"
+[[columns]]
+name = "receipt"
+path = "Bon_Nr"
+type = "string"
+required = true
+[[columns]]
+name = "quantity"
+path = "Menge"
+type = "int32"
+[[columns]]
+name = "unit_price"
+path = "Preis"
+type = "decimal(12,2)"
+decimal_separator = ","
+thousands_separator = "."
+[[columns]]
+name = "discount"
+path = "Rabatt"
+type = "decimal(12,2)"
+decimal_separator = ","
+default = "0"
+[[columns]]
+name = "sold_at"
+path = "Zeit"
+type = "timestamp"
+format = "%d.%m.%Y %H:%M"
+timezone = "Europe/Berlin"
+on_ambiguous = "earliest"
+[[columns]]
+name = "note"
+path = "Hinweis"
+type = "string"
+null_values = ["", "-"]
+[output]
+columns = ["receipt", "quantity", "unit_price", "discount", "sold_at", "note"]
+[load]
+merge_keys = ["receipt"]
+"#;
+
+const SQL: &str = "SELECT receipt || '|' || quantity || '|' || printf('%.2f', unit_price) || '|' || \
+                   printf('%.2f', discount) || '|' || substr(sold_at, 1, 16) || '|' || coalesce(note, 'NULL') AS r FROM kasse ORDER BY receipt";
+
+fn rows(data: &Path) -> Vec<String> {
+    table(data, SQL)
+        .lines()
+        .skip(2)
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with('('))
+        .collect()
+}
+
+/// Every quarantine file of the data dir, concatenated.
+fn quarantine_text(data: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![data.join("files")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains("quarantine") {
+                out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn run(p: &Path, data: &Path) -> serde_json::Value {
+    let out = ok(&coordinator(
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--no-progress",
+        ],
+        None,
+    ));
+    stats(&out)
+}
+
+#[test]
+fn a_german_pos_export_is_read_with_its_locale_defaults_and_nulls() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(
+        dir.path().join("in/tag1.csv"),
+        "Bon_Nr;Menge;Preis;Rabatt;Zeit;Hinweis\n\
+         1;2;1.234,50;;28.03.2026 23:30;-\n\
+         2;1;0,99;0,10;25.10.2026 02:30;Gutschein\n\
+         3;x;1,00;;01.07.2026 12:00;\n\
+         4;99999999999;1,00;;29.03.2026 02:30;\n",
+    )
+    .unwrap();
+    let p = dir.path().join("kasse.toml");
+    std::fs::write(&p, PIPELINE).unwrap();
+    let data = dir.path().join("data");
+    let s = run(&p, &data);
+    assert_eq!(s["rows_out"], 2, "{s}");
+    assert_eq!(s["invalid_value"], 2, "x and a quantity past int32: {s}");
+    assert_eq!(
+        rows(&data),
+        [
+            "1|2|1234.50|0.00|2026-03-28 22:30|NULL",
+            "2|1|0.99|0.10|2026-10-25 00:30|Gutschein"
+        ]
+    );
+
+    // A later run declares the quantity int64 and brings a value past int32: both runs' rows
+    // are in the table. Receipt 4 now fits, but its time is in the spring DST gap: rejected.
+    std::fs::write(
+        dir.path().join("in/tag2.csv"),
+        "Bon_Nr;Menge;Preis;Rabatt;Zeit;Hinweis\n5;3000000000;2,00;;01.07.2026 12:00;\n",
+    )
+    .unwrap();
+    std::fs::write(&p, PIPELINE.replace("type = \"int32\"", "type = \"int64\"")).unwrap();
+    let s = run(&p, &data);
+    assert_eq!(s["rows_out"], 3, "both files under int64: {s}");
+    assert_eq!(s["invalid_value"], 2, "x, and 02:30 on 29 March: {s}");
+    assert_eq!(
+        rows(&data),
+        [
+            "1|2|1234.50|0.00|2026-03-28 22:30|NULL",
+            "2|1|0.99|0.10|2026-10-25 00:30|Gutschein",
+            "5|3000000000|2.00|0.00|2026-07-01 10:00|NULL"
+        ]
+    );
+    let q = quarantine_text(&data);
+    assert!(q.contains("nonexistent in Europe/Berlin"), "{q}");
+}
