@@ -16,13 +16,15 @@ use protocol::{OutputFile, RunCommit, ShardManifest};
 
 use crate::run::{DoneRecord, RunRecord, now};
 
-/// Sweeps the run's unlisted files under its table prefix and writes its commit record.
-/// Idempotent: a coordinator that dies half-way does it again on resume.
+/// Sweeps the run's unlisted files under its table prefix in `lake` and writes its commit record
+/// into `commits` (the lake itself, except for `coordinator run --output DIR`, whose DIR holds
+/// only partition folders). Idempotent: a coordinator that dies half-way does it again on resume.
 pub async fn commit_run(
     record: &RunRecord,
     done: &BTreeMap<String, DoneRecord>,
     files: &dyn ObjectStore,
     lake: &dyn ObjectStore,
+    commits: &dyn ObjectStore,
 ) -> anyhow::Result<RunCommit> {
     let mut listed: Vec<OutputFile> = Vec::new();
     for (shard, d) in done {
@@ -63,11 +65,12 @@ pub async fn commit_run(
         failed_shards: record.failed_shards.clone(),
         removed,
     };
-    lake.put(
-        &protocol::run_commit_key(&record.run_id),
-        commit.to_json().into_bytes(),
-    )
-    .await?;
+    commits
+        .put(
+            &protocol::run_commit_key(&record.run_id),
+            commit.to_json().into_bytes(),
+        )
+        .await?;
     Ok(commit)
 }
 
@@ -147,7 +150,7 @@ mod tests {
                 counts: Counts::default(),
             },
         )]);
-        let c = commit_run(&record(run), &done, &files, &lake)
+        let c = commit_run(&record(run), &done, &files, &lake, &lake)
             .await
             .unwrap();
         assert_eq!(
@@ -168,7 +171,7 @@ mod tests {
             c
         );
         // Again (a resumed coordinator): the same files, nothing more to remove.
-        let again = commit_run(&record(run), &done, &files, &lake)
+        let again = commit_run(&record(run), &done, &files, &lake, &lake)
             .await
             .unwrap();
         assert_eq!((again.files, again.removed.len()), (c.files, 0));

@@ -562,9 +562,15 @@ impl Coordinator {
                 .into();
                 run.record.finished_at = Some(now());
                 let lake = self.backends.store(&run.record.output)?;
-                crate::commit::commit_run(&run.record, &run.done, &*self.backends.files, &*lake)
-                    .await
-                    .with_context(|| format!("committing run {id} to the lake"))?;
+                crate::commit::commit_run(
+                    &run.record,
+                    &run.done,
+                    &*self.backends.files,
+                    &*lake,
+                    &*lake,
+                )
+                .await
+                .with_context(|| format!("committing run {id} to the lake"))?;
                 finished.push(id.clone());
             }
             self.state

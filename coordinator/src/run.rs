@@ -709,7 +709,14 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         "failed".into()
     };
     record.finished_at = Some(now());
-    crate::commit::commit_run(&record, &done, &*dd.files, &*output).await?;
+    // `--output DIR` holds only partition folders (the reference workload's contract): its
+    // commit record goes to the data dir's files.
+    let commits: &dyn ObjectStore = if opts.output.is_some() {
+        &*dd.files
+    } else {
+        &*output
+    };
+    crate::commit::commit_run(&record, &done, &*dd.files, &*output, commits).await?;
     dd.state
         .put(
             &format!("runs/{run_id}/run.json"),

@@ -118,10 +118,23 @@ fn workload_matches_the_peers_checksum_for_ndjson_and_csv() {
         .unwrap();
         assert_eq!(v["checksum"], "4d53d7cfa465c88d", "{format}: {v}");
         assert_eq!(v["problems"], serde_json::json!([]));
-        // Only partition folders in the output.
+        // Only partition folders in the output; the run's commit record is in the data dir and
+        // lists every file of the output.
+        let mut in_output = 0;
         for e in std::fs::read_dir(&out_dir).unwrap() {
-            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().to_string();
             assert!(name.starts_with("event_date="), "{name} in --output");
+            in_output += std::fs::read_dir(e.path()).unwrap().count();
         }
+        let commits: Vec<_> = std::fs::read_dir(data.join("files/_tributary/commits"))
+            .unwrap()
+            .collect();
+        assert_eq!(commits.len(), 1);
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(commits[0].as_ref().unwrap().path()).unwrap())
+                .unwrap();
+        assert_eq!(c["files"].as_array().unwrap().len(), in_output, "{c}");
+        assert_eq!(c["rows"], 173_896);
     }
 }
