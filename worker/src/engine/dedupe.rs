@@ -1,0 +1,170 @@
+//! Dedupe: exact, keep-first, over the whole shard.
+
+use super::*;
+
+/// The keys seen so far, stored once in an arena of 16 MiB blocks (no copy-on-grow spikes).
+pub struct KeySet {
+    pub(crate) blocks: Vec<Vec<u8>>,
+    /// Each key's place, packed: block (20 bits) | position (24 bits) | length (20 bits).
+    pub(crate) table: hashbrown::HashTable<u64>,
+    pub(crate) hasher: hashbrown::DefaultHashBuilder,
+}
+
+pub(crate) const BLOCK: usize = 16 << 20;
+/// Keys of this length or more are replaced by a SHA-256 digest of them (1 MiB keys do not occur
+/// in practice; the digest keeps the set small if one does).
+pub(crate) const MAX_KEY: usize = 1 << 20;
+
+impl Default for KeySet {
+    fn default() -> Self {
+        KeySet {
+            blocks: vec![Vec::with_capacity(BLOCK)],
+            table: hashbrown::HashTable::new(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+pub(crate) fn key_at(blocks: &[Vec<u8>], e: u64) -> &[u8] {
+    let (b, p, l) = (
+        (e >> 44) as usize,
+        ((e >> 20) & 0xFF_FFFF) as usize,
+        (e & 0xF_FFFF) as usize,
+    );
+    &blocks[b][p..p + l]
+}
+
+impl KeySet {
+    /// Inserts `key`; returns false if it was already there.
+    pub fn insert(&mut self, key: &[u8]) -> bool {
+        use sha2::Digest;
+        use std::hash::BuildHasher;
+        let digest;
+        let key = if key.len() >= MAX_KEY {
+            let mut d = vec![0xFE];
+            d.extend_from_slice(&sha2::Sha256::digest(key));
+            digest = d;
+            &digest[..]
+        } else {
+            key
+        };
+        let h = self.hasher.hash_one(key);
+        if self
+            .table
+            .find(h, |&e| key_at(&self.blocks, e) == key)
+            .is_some()
+        {
+            return false;
+        }
+        if self
+            .blocks
+            .last()
+            .is_some_and(|b| b.len() + key.len() > BLOCK)
+        {
+            self.blocks.push(Vec::with_capacity(BLOCK));
+        }
+        let block = self.blocks.len() - 1;
+        let b = self.blocks.last_mut().expect("one block");
+        let pos = b.len();
+        b.extend_from_slice(key);
+        let entry = ((block as u64) << 44) | ((pos as u64) << 20) | key.len() as u64;
+        let (blocks, hasher) = (&self.blocks, &self.hasher);
+        self.table
+            .insert_unique(h, entry, |&e| hasher.hash_one(key_at(blocks, e)));
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+pub(crate) fn key_bytes(cols: &[&ArrayRef], row: usize, out: &mut Vec<u8>) {
+    out.clear();
+    if let [c] = cols
+        && c.data_type() == &DataType::Utf8
+    {
+        // One string key: its bytes as they are; null as 0xFF, which no UTF-8 string holds.
+        if c.is_null(row) {
+            out.push(0xFF);
+        } else {
+            out.extend_from_slice(c.as_string::<i32>().value(row).as_bytes());
+        }
+        return;
+    }
+    for c in cols {
+        if c.is_null(row) {
+            out.push(0);
+            continue;
+        }
+        out.push(1);
+        match c.data_type() {
+            DataType::Utf8 => {
+                let s = c.as_string::<i32>().value(row).as_bytes();
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s);
+            }
+            _ => {
+                let v = arrow::util::display::array_value_to_string(c, row).unwrap_or_default();
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v.as_bytes());
+            }
+        }
+    }
+}
+
+pub(crate) fn dedupe(
+    piece: &mut Piece,
+    slots: &[usize],
+    seen: &mut KeySet,
+) -> Result<(), WorkerError> {
+    // A piece left with no rows (all malformed, rejected or filtered) never had its later
+    // columns built: nothing to dedupe.
+    if piece.rows.is_empty() {
+        return Ok(());
+    }
+    let cols: Vec<&ArrayRef> = slots
+        .iter()
+        .map(|s| piece.cols[*s].as_ref().expect("set"))
+        .collect();
+    let mut buf = Vec::new();
+    let mut keep = Vec::with_capacity(piece.rows.len());
+    for i in 0..piece.rows.len() {
+        key_bytes(&cols, i, &mut buf);
+        keep.push(seen.insert(&buf));
+    }
+    let dups = keep.iter().filter(|k| !**k).count() as u64;
+    piece.counts.duplicates += dups;
+    if dups > 0 {
+        piece.keep(&BooleanArray::from(keep))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod keyset_tests {
+    use super::KeySet;
+
+    #[test]
+    fn keyset_is_exact_across_blocks_and_long_keys() {
+        let mut k = KeySet::default();
+        for i in 0..200_000u32 {
+            assert!(k.insert(format!("key-{i}-{}", "x".repeat((i % 200) as usize)).as_bytes()));
+        }
+        for i in (0..200_000u32).step_by(7) {
+            assert!(!k.insert(format!("key-{i}-{}", "x".repeat((i % 200) as usize)).as_bytes()));
+        }
+        assert!(k.insert(b""));
+        assert!(!k.insert(b""));
+        let long = vec![b'a'; 2 << 20];
+        assert!(k.insert(&long));
+        assert!(!k.insert(&long));
+        let mut other = long.clone();
+        other[5] = b'b';
+        assert!(k.insert(&other));
+        assert!(k.blocks.len() > 1, "spans several 16 MiB blocks");
+    }
+}

@@ -1,0 +1,83 @@
+//! The shard engine: source bytes → records → Arrow → steps → partitioned Parquet + quarantine.
+//!
+//! ```text
+//!  reader thread ──sync_channel(2)──▶ engine loop (on the rayon pool)
+//!  (range-aligned read,               per chunk of ~8 MiB of lines:
+//!   gzip/zstd, line split,              pieces of 4,096 lines in parallel: parse → steps before dedupe
+//!   over-long lines skipped)            in order:                           dedupe (one key set per shard)
+//!                                       pieces in parallel:                 steps after dedupe → project → partition
+//!                                       partition writers:                  Parquet row groups to local files
+//! ```
+//! Memory is bounded by two chunks in flight, one row group per open partition file (flushed early
+//! when the total passes a budget) and the dedupe key set (the keys only, in an arena).
+//!
+//! Every line lands in exactly one bucket: `lines_total = malformed + rejected + filtered +
+//! duplicates + rows_out`; malformed and rejected lines go to the quarantine file with the reason
+//! and the source location.
+//!
+//! | module | holds |
+//! |---|---|
+//! | `columns` | the typed column builders and value conversion under a column's rules |
+//! | `read` | decoding and splitting a byte range into chunks of records; CSV headers |
+//! | `parse` | records → typed columns (the JSON path tree, CSV fields), in pieces of rows |
+//! | `steps` | the compiled steps over a piece |
+//! | `dedupe` | the shard's exact keep-first key set |
+//! | `write` | partitioning and the Parquet writers |
+//! | `quarantine` | the quarantine file |
+//! | `shard` | the loop that drives a shard's chunks through all of the above |
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder,
+    Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression as PqCompression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use protocol::{ByteRange, Counts, ShardInput};
+use rayon::prelude::*;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+use crate::config::{Codec, ColumnType, Compression, Format, OnError, OnMissing};
+use crate::transform;
+use crate::{WorkerError, plan::Plan, plan::StepOp};
+use pipeline::values;
+
+pub const CHUNK_BYTES: usize = 4 << 20;
+pub(crate) const PIECE_ROWS: usize = 4096;
+/// Encoded-but-unflushed row group bytes across all open partition files before the largest is
+/// flushed early.
+pub(crate) const WRITER_BUDGET: usize = 32 << 20;
+pub(crate) const DICTIONARY_PAGE_BYTES: usize = 128 << 10;
+/// A partition folder, its column values, and its rows.
+pub(crate) type PartBatch = (String, PartitionValues, RecordBatch);
+pub(crate) type PartitionValues = Vec<(String, String)>;
+
+pub const MALFORMED: &str = "malformed";
+pub const INVALID_VALUE: &str = "invalid_value";
+
+mod columns;
+mod dedupe;
+mod parse;
+mod quarantine;
+mod read;
+mod shard;
+mod steps;
+mod write;
+
+pub use columns::*;
+pub use dedupe::*;
+pub use parse::*;
+pub use quarantine::*;
+pub use read::*;
+pub use shard::*;
+pub(crate) use steps::*;
+pub use write::*;

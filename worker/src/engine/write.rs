@@ -1,0 +1,329 @@
+//! Writing partitioned Parquet.
+
+use super::*;
+
+/// Hive-style escaping of a partition value (as Hive and Spark do).
+pub fn escape_partition(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if c.is_control() || "\"#%'*/:=?\\{[]^".contains(c) {
+            for b in c.to_string().bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+pub(crate) fn partition_value(col: &ArrayRef, i: usize) -> String {
+    if col.is_null(i) {
+        return NULL_PARTITION.into();
+    }
+    match col.data_type() {
+        DataType::Utf8 => escape_partition(col.as_string::<i32>().value(i)),
+        _ => escape_partition(
+            &arrow::util::display::array_value_to_string(col, i).unwrap_or_default(),
+        ),
+    }
+}
+
+/// A written Parquet file, still in the scratch folder.
+#[derive(Debug, Clone)]
+pub struct WrittenFile {
+    pub key: String,
+    pub partition: Vec<(String, String)>,
+    pub rows: u64,
+    pub local: PathBuf,
+}
+
+pub(crate) struct OpenFile {
+    pub(crate) writer: ArrowWriter<BufWriter<File>>,
+    pub(crate) local: PathBuf,
+    pub(crate) key: String,
+    pub(crate) rows: u64,
+}
+
+pub(crate) struct PartitionWriter {
+    pub(crate) values: PartitionValues,
+    pub(crate) dir: String,
+    pub(crate) seq: u32,
+    pub(crate) open: Option<OpenFile>,
+    /// Rows waiting for a full row group, as Arrow batches.
+    pub(crate) pending: Vec<RecordBatch>,
+    pub(crate) pending_rows: usize,
+    pub(crate) pending_bytes: usize,
+}
+
+/// Partitioned Parquet output of one shard.
+///
+/// Rows are buffered per partition as Arrow batches and encoded a whole row group at a time, so
+/// the Parquet column encoders and their zstd contexts exist only while a row group is written,
+/// not once per open partition (31 partitions × 16 columns of zstd contexts is hundreds of MB).
+/// When the buffered rows of all partitions pass [`WRITER_BUDGET`], the largest buffer is written
+/// early as a smaller row group.
+pub struct Writers {
+    pub(crate) schema: SchemaRef,
+    pub(crate) props: WriterProperties,
+    pub(crate) scratch: PathBuf,
+    pub(crate) prefix: String,
+    pub(crate) shard_id: String,
+    pub(crate) target_bytes: u64,
+    pub(crate) row_group_rows: usize,
+    pub(crate) parts: BTreeMap<String, PartitionWriter>,
+    pub(crate) pending_bytes: usize,
+    pub(crate) opened: u64,
+    pub done: Vec<WrittenFile>,
+}
+
+impl Writers {
+    pub fn new(plan: &Plan, scratch: &Path, prefix: &str, shard_id: &str) -> Writers {
+        let o = &plan.output;
+        let compression = match o.codec {
+            Codec::Zstd => {
+                PqCompression::ZSTD(ZstdLevel::try_new(o.level).expect("validated level"))
+            }
+            Codec::Snappy => PqCompression::SNAPPY,
+            Codec::None => PqCompression::UNCOMPRESSED,
+        };
+        let props = WriterProperties::builder()
+            .set_compression(compression)
+            .set_max_row_group_row_count(Some(o.row_group_rows.get() as usize))
+            // High-cardinality columns fall back to plain encoding early.
+            .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
+            .set_created_by("tributary".into())
+            .build();
+        Writers {
+            schema: plan.output_schema.clone(),
+            props,
+            scratch: scratch.to_path_buf(),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            shard_id: shard_id.to_string(),
+            target_bytes: o.target_file_bytes.get(),
+            row_group_rows: o.row_group_rows.get() as usize,
+            parts: BTreeMap::new(),
+            pending_bytes: 0,
+            opened: 0,
+            done: Vec::new(),
+        }
+    }
+
+    pub(crate) fn write(
+        &mut self,
+        dir: &str,
+        values: &[(String, String)],
+        batch: RecordBatch,
+    ) -> Result<(), WorkerError> {
+        let pw = self
+            .parts
+            .entry(dir.to_string())
+            .or_insert_with(|| PartitionWriter {
+                values: values.to_vec(),
+                dir: dir.to_string(),
+                seq: 0,
+                open: None,
+                pending: Vec::new(),
+                pending_rows: 0,
+                pending_bytes: 0,
+            });
+        let bytes = batch.get_array_memory_size();
+        pw.pending_rows += batch.num_rows();
+        pw.pending_bytes += bytes;
+        pw.pending.push(batch);
+        self.pending_bytes += bytes;
+        if pw.pending_rows >= self.row_group_rows {
+            let d = dir.to_string();
+            self.flush_partition(&d, true)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the partition's buffered rows as row groups (only whole ones when `whole_only`).
+    pub(crate) fn flush_partition(
+        &mut self,
+        dir: &str,
+        whole_only: bool,
+    ) -> Result<(), WorkerError> {
+        let rg = self.row_group_rows;
+        let pw = self.parts.get_mut(dir).expect("partition exists");
+        if pw.pending_rows == 0 || (whole_only && pw.pending_rows < rg) {
+            return Ok(());
+        }
+        let mut pending: std::collections::VecDeque<RecordBatch> =
+            std::mem::take(&mut pw.pending).into();
+        self.pending_bytes -= pw.pending_bytes;
+        pw.pending_rows = 0;
+        pw.pending_bytes = 0;
+        loop {
+            let available: usize = pending.iter().map(RecordBatch::num_rows).sum();
+            if available == 0 || (whole_only && available < rg) {
+                // Keep the rest for a later row group (slices of small batches, no big copies).
+                pw.pending_rows = available;
+                pw.pending_bytes = pending.iter().map(RecordBatch::get_array_memory_size).sum();
+                self.pending_bytes += pw.pending_bytes;
+                pw.pending = pending.into();
+                break;
+            }
+            // Take exactly one row group's rows (or all that is left) from the front.
+            let mut group = Vec::new();
+            let mut rows = 0;
+            while rows < rg {
+                let Some(b) = pending.pop_front() else { break };
+                if rows + b.num_rows() > rg {
+                    let take = rg - rows;
+                    group.push(b.slice(0, take));
+                    pending.push_front(b.slice(take, b.num_rows() - take));
+                    rows += take;
+                } else {
+                    rows += b.num_rows();
+                    group.push(b);
+                }
+            }
+            let batch =
+                arrow::compute::concat_batches(&self.schema, &group).map_err(WorkerError::arrow)?;
+            drop(group);
+            if pw.open.is_none() {
+                let name = format!("part-{}-{:05}.parquet", self.shard_id, pw.seq);
+                let key = [self.prefix.as_str(), pw.dir.as_str(), name.as_str()]
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("/");
+                self.opened += 1;
+                let local = unique_path(
+                    self.scratch
+                        .join(format!("{}-{:06}.parquet", self.shard_id, self.opened)),
+                );
+                let f = File::create(&local).map_err(|e| WorkerError::write(&local, e))?;
+                let writer = ArrowWriter::try_new(
+                    BufWriter::with_capacity(1 << 20, f),
+                    self.schema.clone(),
+                    Some(self.props.clone()),
+                )
+                .map_err(WorkerError::parquet)?;
+                pw.open = Some(OpenFile {
+                    writer,
+                    local,
+                    key,
+                    rows: 0,
+                });
+                pw.seq += 1;
+            }
+            let of = pw.open.as_mut().expect("opened above");
+            of.writer.write(&batch).map_err(WorkerError::parquet)?;
+            of.writer.flush().map_err(WorkerError::parquet)?;
+            of.rows += rows as u64;
+            if of.writer.bytes_written() as u64 >= self.target_bytes {
+                let of = pw.open.take().expect("open");
+                self.done.push(close(of, &pw.values)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the biggest buffers early while the total is over budget.
+    pub(crate) fn enforce_budget(&mut self) -> Result<(), WorkerError> {
+        while self.pending_bytes > WRITER_BUDGET {
+            let biggest = self
+                .parts
+                .iter()
+                .max_by_key(|(_, p)| p.pending_bytes)
+                .map(|(d, _)| d.clone())
+                .expect("some partition holds the bytes");
+            self.flush_partition(&biggest, false)?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Vec<WrittenFile>, WorkerError> {
+        let dirs: Vec<String> = self.parts.keys().cloned().collect();
+        for d in dirs {
+            self.flush_partition(&d, false)?;
+            let pw = self.parts.get_mut(&d).expect("partition exists");
+            if let Some(of) = pw.open.take() {
+                self.done.push(close(of, &pw.values)?);
+            }
+        }
+        self.done.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(self.done)
+    }
+}
+
+pub(crate) fn unique_path(p: PathBuf) -> PathBuf {
+    if !p.exists() {
+        return p;
+    }
+    for i in 1.. {
+        let q = p.with_extension(format!("{i}.parquet"));
+        if !q.exists() {
+            return q;
+        }
+    }
+    unreachable!()
+}
+
+pub(crate) fn close(of: OpenFile, values: &[(String, String)]) -> Result<WrittenFile, WorkerError> {
+    let mut w = of.writer.into_inner().map_err(WorkerError::parquet)?;
+    w.flush().map_err(|e| WorkerError::write(&of.local, e))?;
+    Ok(WrittenFile {
+        key: of.key,
+        partition: values.to_vec(),
+        rows: of.rows,
+        local: of.local,
+    })
+}
+
+/// Projects a piece to the output columns and splits it by partition, in row order.
+pub(crate) fn partition_piece(plan: &Plan, piece: &Piece) -> Result<Vec<PartBatch>, WorkerError> {
+    if piece.rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cols: Vec<ArrayRef> = plan
+        .output_slots
+        .iter()
+        .map(|s| piece.cols[*s].clone().expect("set"))
+        .collect();
+    let batch =
+        RecordBatch::try_new(plan.output_schema.clone(), cols).map_err(WorkerError::arrow)?;
+    if plan.partition_slots.is_empty() {
+        return Ok(vec![(String::new(), Vec::new(), batch)]);
+    }
+    let pcols: Vec<&ArrayRef> = plan
+        .partition_slots
+        .iter()
+        .map(|s| piece.cols[*s].as_ref().expect("set"))
+        .collect();
+    let mut groups: Vec<(String, PartitionValues, Vec<u32>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for i in 0..piece.rows.len() {
+        let values: Vec<(String, String)> = plan
+            .partition_names
+            .iter()
+            .zip(&pcols)
+            .map(|(n, c)| (n.clone(), partition_value(c, i)))
+            .collect();
+        let dir = values
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("/");
+        let g = *index.entry(dir.clone()).or_insert_with(|| {
+            groups.push((dir, values, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].2.push(i as u32);
+    }
+    groups
+        .into_iter()
+        .map(|(dir, values, idx)| {
+            let idx = arrow::array::UInt32Array::from(idx);
+            let taken =
+                arrow::compute::take_record_batch(&batch, &idx).map_err(WorkerError::arrow)?;
+            Ok((dir, values, taken))
+        })
+        .collect()
+}
