@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use backends::state::{FileStateStore, ObjectStateStore, StateStore};
 use backends::warehouse::{PostgresWarehouse, RedshiftWarehouse, Warehouse};
+use pipeline::Pipeline;
 use protocol::{
     Counts, Message, ObjectRef, PipelineSpec, ResultMessage, ShardDescriptor, ShardPlan,
     TaskMessage, TaskOutcome,
 };
+use runtime::settings::{FleetBackends, FleetSettings, WarehouseKind};
 use serde::{Deserialize, Serialize};
-use worker::config::Pipeline;
-use worker::settings::{FleetBackends, FleetSettings, WarehouseKind};
 
 use crate::metrics::METRICS;
 use crate::run::{DoneRecord, Fault, Loader, RunRecord, fault, now, plan_run, record_new_run};
@@ -803,8 +803,8 @@ mod api {
             .route("/api/runs/{id}", axum::routing::get(get_run))
             .route("/api/pipelines", axum::routing::get(list_pipelines))
             .with_state(api)
-            .merge(worker::metrics::route(vec![&METRICS.registry]));
-        worker::daemon::serve_router(addr, app, "API server").await
+            .merge(runtime::metrics::route(vec![&METRICS.registry]));
+        runtime::http::serve_router(addr, app, "API server").await
     }
 
     async fn ready(State(api): State<Api>) -> impl IntoResponse {

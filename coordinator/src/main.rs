@@ -106,7 +106,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    worker::settings::init_logging(if matches!(cli.command, Command::Serve { .. }) {
+    runtime::logging::init_logging(if matches!(cli.command, Command::Serve { .. }) {
         "info"
     } else {
         "warn"
@@ -332,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let (settings, base) = coordinator::fleet::load_settings(config.as_deref())?;
             let c = coordinator::fleet::Coordinator::open(settings, &base).await?;
-            c.serve(worker::daemon::shutdown_signal()).await?;
+            c.serve(runtime::shutdown::shutdown_signal()).await?;
         }
         Command::Trigger { pipeline, server } => {
             let body = serde_json::json!({ "pipeline": pipeline });

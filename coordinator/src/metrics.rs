@@ -65,7 +65,7 @@ impl CoordinatorMetrics {
         );
         let load_seconds = HistogramVec::new(
             HistogramOpts::new("tributary_load_seconds", "Duration of load batches.")
-                .buckets(worker::metrics::duration_buckets()),
+                .buckets(runtime::metrics::duration_buckets()),
             &["table"],
         )
         .expect("metric");

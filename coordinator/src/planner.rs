@@ -137,7 +137,7 @@ mod tests {
                 worker::engine::read_lines(
                     &**store,
                     input,
-                    worker::config::Compression::None,
+                    pipeline::Compression::None,
                     max_line,
                     None,
                     false,

@@ -26,12 +26,12 @@ use backends::object_store::{LocalStore, ObjectStore};
 use backends::queue::{MemoryQueue, Queue};
 use backends::state::{FileStateStore, StateStore};
 use backends::warehouse::{LoadOutcome, Warehouse};
+use pipeline::{Compression, Format, Pipeline};
 use protocol::{
     Counts, LoadBatch, LoadFile, Message, ObjectRef, PipelineSpec, ResultMessage, ShardManifest,
     ShardPlan, TaskMessage, TaskOutcome,
 };
 use serde::{Deserialize, Serialize};
-use worker::config::{Compression, Format, Pipeline};
 
 use crate::planner::plan_shards;
 

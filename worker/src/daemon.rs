@@ -10,7 +10,7 @@
 //! dead-lettered with the reason.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use protocol::{Message, ResultMessage, TaskMessage, TaskOutcome};
 use crate::metrics::METRICS;
 use crate::settings::{FleetBackends, FleetSettings};
 use crate::{TaskStores, WorkerError};
+use runtime::http::{Health, serve_health};
 
 /// Gives a task its stores: source, output, and manifests + quarantine.
 pub type StoreResolver = Arc<dyn Fn(&TaskMessage) -> Result<TaskStores, WorkerError> + Send + Sync>;
@@ -194,58 +195,6 @@ fn last_delivery(queue: &dyn Queue, m: &Received) -> bool {
         .is_some_and(|max| m.receive_count >= max)
 }
 
-/// Liveness and readiness of a daemon, served on its health address.
-#[derive(Debug, Default)]
-pub struct Health {
-    pub ready: AtomicBool,
-    pub draining: AtomicBool,
-}
-
-/// Serves `/healthz` (the process is alive) and `/readyz` (ready and not draining).
-pub async fn serve_health(
-    addr: &str,
-    health: Arc<Health>,
-    extra: axum::Router,
-) -> anyhow::Result<std::net::SocketAddr> {
-    use axum::http::StatusCode;
-    let h = health.clone();
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            axum::routing::get(move || {
-                let h = h.clone();
-                async move {
-                    if h.ready.load(Ordering::SeqCst) && !h.draining.load(Ordering::SeqCst) {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                    }
-                }
-            }),
-        )
-        .merge(extra);
-    serve_router(addr, app, "health server").await
-}
-
-/// Binds `addr` and serves `app` in the background; returns the bound address (port 0 picks one).
-pub async fn serve_router(
-    addr: &str,
-    app: axum::Router,
-    what: &'static str,
-) -> anyhow::Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("{what}: cannot listen on {addr}: {e}"))?;
-    let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "{what} stopped");
-        }
-    });
-    Ok(local)
-}
-
 /// The fleet worker: pulls tasks from SQS with bounded concurrency until `shutdown` resolves,
 /// then drains (see [`FleetSettings::worker`]'s `shutdown_grace_secs`).
 pub async fn run_daemon(
@@ -258,7 +207,7 @@ pub async fn run_daemon(
     let addr = serve_health(
         &ws.health_addr,
         health.clone(),
-        crate::metrics::route(vec![&METRICS.registry]),
+        runtime::metrics::route(vec![&METRICS.registry]),
     )
     .await?;
     tracing::info!(%addr, concurrency = ws.concurrency, tasks = %settings.queues.tasks_url, "worker started");
@@ -415,24 +364,6 @@ fn fleet_store_resolver(backends: FleetBackends) -> StoreResolver {
             files,
         })
     })
-}
-
-/// Resolves when the process gets SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[cfg(test)]
@@ -765,7 +696,7 @@ columns = ["id", "n"]
         );
         assert_eq!(dl(&unknown), dead0 + 1.0);
         // The text format renders.
-        let text = crate::metrics::render(&[&METRICS.registry]);
+        let text = runtime::metrics::render(&[&METRICS.registry]);
         assert!(
             text.contains("tributary_worker_tasks_in_flight 0"),
             "{text}"

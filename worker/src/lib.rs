@@ -9,14 +9,14 @@
 //! * [`harness`]: one shard of arbitrary bytes through the engine (fuzz targets, property tests).
 //! * [`execute_task`]: a queue task end to end — engine, uploads, manifest last.
 
-pub mod bridge;
 pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod harness;
 pub mod metrics;
 pub mod plan;
-pub mod settings;
+/// The fleet settings live in the `runtime` crate (the coordinator reads them too).
+pub use runtime::settings;
 pub mod transform;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +61,15 @@ pub enum WorkerError {
     /// then dead-lettered with this message.
     #[error("panicked: {message}")]
     Panicked { message: String },
+}
+
+impl From<runtime::cpu::CpuError> for WorkerError {
+    fn from(e: runtime::cpu::CpuError) -> Self {
+        match e {
+            runtime::cpu::CpuError::Panicked { message } => WorkerError::Panicked { message },
+            runtime::cpu::CpuError::Cancelled => WorkerError::Cancelled,
+        }
+    }
 }
 
 impl WorkerError {
@@ -182,7 +191,7 @@ fn injected_panic(shard_id: &str) {
 }
 
 /// Runs the engine over a shard's inputs. Blocking and CPU-heavy: call it on the rayon pool
-/// (through [`bridge::run_cpu`]).
+/// (through [`runtime::cpu::run_cpu`]).
 pub fn run_shard_blocking(
     plan: &Plan,
     pipeline: &config::Pipeline,
@@ -283,7 +292,7 @@ pub fn run_shard_blocking(
             message: format!(
                 "reading {}: {}",
                 input.object.key,
-                bridge::panic_message(p.as_ref())
+                runtime::cpu::panic_message(p.as_ref())
             ),
         })?;
         st.times.extract += extract;
@@ -327,7 +336,7 @@ pub async fn execute_task(
     let shard = task.shard.clone();
     let naming = OutputNaming::for_task(task);
     let (p2, s2) = (plan.clone(), scratch.clone());
-    let out = bridge::run_cpu(move || {
+    let out = runtime::cpu::run_cpu(move || {
         run_shard_blocking(&p2, &pipeline, source, &shard, &naming, s2.path())
     })
     .await??;

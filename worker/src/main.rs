@@ -59,7 +59,7 @@ fn main() {
 }
 
 fn daemon(config: Option<PathBuf>) -> anyhow::Result<()> {
-    worker::settings::init_logging("info");
+    runtime::logging::init_logging("info");
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let (settings, _) = worker::settings::FleetSettings::load(config.as_deref(), &env)?;
     if let Some(n) = settings.worker.threads {
@@ -74,7 +74,7 @@ fn daemon(config: Option<PathBuf>) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(worker::daemon::run_daemon(
         settings,
-        worker::daemon::shutdown_signal(),
+        runtime::shutdown::shutdown_signal(),
     ))
 }
 

@@ -16,9 +16,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use protocol::Counts;
 
 pub struct WorkerMetrics {
@@ -29,14 +27,6 @@ pub struct WorkerMetrics {
     pub parquet_files: IntCounterVec,
     pub stage_seconds: HistogramVec,
     pub in_flight: IntGauge,
-}
-
-/// Buckets from 10 ms to ~1 h: shard stages of tiny test files up to multi-GB backfill shards.
-pub fn duration_buckets() -> Vec<f64> {
-    vec![
-        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
-        3600.0,
-    ]
 }
 
 impl WorkerMetrics {
@@ -76,7 +66,7 @@ impl WorkerMetrics {
                 "tributary_worker_stage_seconds",
                 "Duration of task stages: whole task, extract (reading and splitting the source), transform (parse, steps, dedupe, partition), write (Parquet encoding), upload.",
             )
-            .buckets(duration_buckets()),
+            .buckets(runtime::metrics::duration_buckets()),
             &["pipeline", "stage"],
         )
         .expect("metric");
@@ -135,32 +125,3 @@ impl WorkerMetrics {
 
 /// The process's worker metrics.
 pub static METRICS: LazyLock<WorkerMetrics> = LazyLock::new(WorkerMetrics::new);
-
-/// Renders registries in the Prometheus text format.
-pub fn render(registries: &[&Registry]) -> String {
-    let mut families = Vec::new();
-    for r in registries {
-        families.extend(r.gather());
-    }
-    let mut buf = Vec::new();
-    TextEncoder::new()
-        .encode(&families, &mut buf)
-        .expect("text encoding never fails");
-    String::from_utf8(buf).expect("the text format is UTF-8")
-}
-
-/// An axum route serving `/metrics` from `registries`.
-pub fn route(registries: Vec<&'static Registry>) -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let body = render(&registries);
-            async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                    body,
-                )
-            }
-        }),
-    )
-}

@@ -5,7 +5,7 @@
 //! oneshot channel, keeping the caller's tracing span.
 //!
 //! A panic inside the closure is caught on the pool thread and comes back as
-//! [`WorkerError::Panicked`] with the panic message: it fails that task (which is retried, and
+//! [`CpuError::Panicked`] with the panic message: it fails that task (which is retried, and
 //! dead-lettered with the message once it has used its deliveries), while the process, the pool
 //! and every other task in flight carry on. Without this, rayon aborts the process on a panic in
 //! a spawned job.
@@ -13,9 +13,18 @@
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::WorkerError;
+/// Why a CPU job gave no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CpuError {
+    /// A bug: the job panicked; the message is the panic's.
+    #[error("panicked: {message}")]
+    Panicked { message: String },
+    /// The pool dropped the job without running it to the end.
+    #[error("the CPU pool dropped the task")]
+    Cancelled,
+}
 
-pub async fn run_cpu<T, F>(f: F) -> Result<T, WorkerError>
+pub async fn run_cpu<T, F>(f: F) -> Result<T, CpuError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -26,12 +35,12 @@ where
         let _guard = span.enter();
         // The closure owns everything it touches and nothing is shared after a panic, so no
         // broken invariant can be observed: asserting unwind safety is sound here.
-        let result = catch_unwind(AssertUnwindSafe(f)).map_err(|p| WorkerError::Panicked {
+        let result = catch_unwind(AssertUnwindSafe(f)).map_err(|p| CpuError::Panicked {
             message: panic_message(p.as_ref()),
         });
         let _ = tx.send(result);
     });
-    rx.await.map_err(|_| WorkerError::Cancelled)?
+    rx.await.map_err(|_| CpuError::Cancelled)?
 }
 
 /// The text of a panic payload (`panic!("…")` gives a `&str` or a `String`).
@@ -63,10 +72,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, WorkerError::Panicked { message } if message == "shard s00007 hit a bug"),
+            matches!(&err, CpuError::Panicked { message } if message == "shard s00007 hit a bug"),
             "{err:?}"
         );
-        assert!(err.is_retryable());
         let n = 3;
         let formatted = run_cpu(move || -> u32 { panic!("row {n} is odd") })
             .await
