@@ -393,6 +393,48 @@ pub(crate) fn splittable(p: &Pipeline) -> impl Fn(&ObjectRef) -> bool + '_ {
 }
 
 /// Runs (or resumes) a pipeline end to end in local mode.
+/// The source objects of a new run (one file, or what the glob matches), refusing an empty source
+/// and — before anything runs — a CSV header that lacks a declared column.
+async fn source_objects(
+    pipeline: &Pipeline,
+    compiled: &worker::plan::Plan,
+    source_dir: &Path,
+    single: Option<&str>,
+) -> anyhow::Result<Vec<ObjectRef>> {
+    let store = LocalStore::open_existing(source_dir)?;
+    let glob = globset::Glob::new(&pipeline.file.source.glob)?.compile_matcher();
+    let objects: Vec<ObjectRef> = match single {
+        Some(n) => store
+            .list(n)
+            .await?
+            .into_iter()
+            .filter(|o| o.key == n)
+            .collect(),
+        None => store
+            .list("")
+            .await?
+            .into_iter()
+            .filter(|o| glob.is_match(&o.key))
+            .collect(),
+    };
+    if objects.is_empty() {
+        bail!(
+            "no source objects: nothing under {} matches glob {:?}",
+            source_dir.display(),
+            pipeline.file.source.glob
+        );
+    }
+    // A declared CSV column missing from a header fails the run here, naming both.
+    worker::engine::check_csv_headers(
+        compiled,
+        &pipeline.file.source,
+        &store,
+        objects.iter().map(|o| o.key.as_str()),
+    )
+    .with_context(|| format!("source {}", source_dir.display()))?;
+    Ok(objects)
+}
+
 pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let pipeline = worker::config::load_file(&opts.pipeline)?;
     // Fail on bad key files or reference files before anything runs.
@@ -449,37 +491,8 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
             (r, plan)
         }
         None => {
-            let store = LocalStore::open_existing(&source_dir)?;
-            let glob = globset::Glob::new(&pipeline.file.source.glob)?.compile_matcher();
-            let objects: Vec<ObjectRef> = match &single {
-                Some(n) => store
-                    .list(n)
-                    .await?
-                    .into_iter()
-                    .filter(|o| &o.key == n)
-                    .collect(),
-                None => store
-                    .list("")
-                    .await?
-                    .into_iter()
-                    .filter(|o| glob.is_match(&o.key))
-                    .collect(),
-            };
-            if objects.is_empty() {
-                bail!(
-                    "no source objects: nothing under {} matches glob {:?}",
-                    source_dir.display(),
-                    pipeline.file.source.glob
-                );
-            }
-            // A declared CSV column missing from a header fails the run here, naming both.
-            worker::engine::check_csv_headers(
-                &compiled,
-                &pipeline.file.source,
-                &store,
-                objects.iter().map(|o| o.key.as_str()),
-            )
-            .with_context(|| format!("source {}", source_dir.display()))?;
+            let objects =
+                source_objects(&pipeline, &compiled, &source_dir, single.as_deref()).await?;
             let shard_bytes = opts
                 .shard_size
                 .unwrap_or(pipeline.file.source.shard_bytes.get());

@@ -142,11 +142,13 @@ fn parse_naive(s: &str) -> Option<NaiveDateTime> {
     .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
 }
 
-fn has_offset(f: &str) -> bool {
+/// Whether a chrono format carries a UTC offset.
+pub(crate) fn has_offset(f: &str) -> bool {
     ["%z", "%:z", "%::z", "%#z"].iter().any(|z| f.contains(z))
 }
 
-fn check_format(f: &str) -> Result<(), String> {
+/// Refuses a chrono format with an invalid specifier.
+pub(crate) fn check_format(f: &str) -> Result<(), String> {
     let items: Vec<_> = chrono::format::StrftimeItems::new(f).collect();
     if items
         .iter()

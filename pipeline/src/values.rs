@@ -53,21 +53,12 @@ impl TimestampFormat {
         if format.eq_ignore_ascii_case("rfc3339") {
             return Ok(TimestampFormat::Rfc3339);
         }
-        if !["%z", "%:z", "%::z", "%#z"]
-            .iter()
-            .any(|z| format.contains(z))
-        {
+        if !crate::time::has_offset(format) {
             return Err(format!(
                 "{format:?} has no UTC offset (%z or %:z); timestamps are converted to UTC from their offset"
             ));
         }
-        let items: Vec<_> = chrono::format::StrftimeItems::new(format).collect();
-        if items
-            .iter()
-            .any(|i| matches!(i, chrono::format::Item::Error))
-        {
-            return Err(format!("{format:?} is not a valid chrono format"));
-        }
+        crate::time::check_format(format)?;
         Ok(TimestampFormat::Chrono(format.to_string()))
     }
 

@@ -78,6 +78,32 @@ pub fn table(data_dir: &Path, sql: &str) -> String {
     ))
 }
 
+/// `coordinator run PIPELINE --data-dir DATA --no-progress EXTRA…`, optionally with a fault.
+pub fn run_pipeline(pipeline: &Path, data: &Path, extra: &[&str], fault: Option<&str>) -> Output {
+    let mut args = vec![
+        "run",
+        pipeline.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    coordinator(&args, fault)
+}
+
+/// Every file under `dir`, recursively (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
 /// Every Parquet file under `dir`, relative and sorted.
 pub fn parquet_files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();

@@ -41,16 +41,7 @@ fn setup(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 fn run(p: &Path, data: &Path) -> std::process::Output {
-    coordinator(
-        &[
-            "run",
-            p.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--no-progress",
-        ],
-        None,
-    )
+    run_pipeline(p, data, &[], None)
 }
 
 fn reconciles(s: &serde_json::Value) -> bool {
@@ -78,7 +69,7 @@ fn bad_rows_are_quarantined_with_reasons_and_counts_reconcile() {
     assert_eq!(s["duplicates"], 1, "{s}");
     assert_eq!(s["rows_out"], 2, "{s}");
     let mut reasons = String::new();
-    for e in walk(&data.join("files/quarantine")) {
+    for e in files_under(&data.join("files/quarantine")) {
         reasons.push_str(&std::fs::read_to_string(e).unwrap());
     }
     for needle in [
@@ -98,18 +89,6 @@ fn bad_rows_are_quarantined_with_reasons_and_counts_reconcile() {
     }
     // The quarantine keeps the head of the huge line, not the line.
     assert!(reasons.len() < 1 << 20);
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 #[test]

@@ -69,33 +69,15 @@ fn rows(data: &Path) -> Vec<String> {
 
 /// Every quarantine file of the data dir, concatenated.
 fn quarantine_text(data: &Path) -> String {
-    let mut out = String::new();
-    let mut stack = vec![data.join("files")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().contains("quarantine") {
-                out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out
+    files_under(&data.join("files"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("quarantine"))
+        .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned())
+        .collect()
 }
 
 fn run(p: &Path, data: &Path) -> serde_json::Value {
-    let out = ok(&coordinator(
-        &[
-            "run",
-            p.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--no-progress",
-        ],
-        None,
-    ));
-    stats(&out)
+    stats(&ok(&run_pipeline(p, data, &[], None)))
 }
 
 #[test]

@@ -7,18 +7,6 @@ use tributary_tests::*;
 const ROWS_SQL: &str = "SELECT event_id, ts, user_id, event_type, country, email_sha256, ip_masked, device_os, device_browser, event_date \
                         FROM web_events ORDER BY event_id";
 
-fn run(pipeline: &Path, data: &Path, extra: &[&str], fault: Option<&str>) -> std::process::Output {
-    let mut args = vec![
-        "run",
-        pipeline.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--no-progress",
-    ];
-    args.extend_from_slice(extra);
-    coordinator(&args, fault)
-}
-
 #[test]
 fn demo_runs_end_to_end_and_is_queryable() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,13 +99,13 @@ fn dedupe_is_exact_whatever_the_sharding() {
     let pipeline = web_fixture(dir.path(), 6000, 3);
     let whole = dir.path().join("whole");
     let split = dir.path().join("split");
-    let a = stats(&ok(&run(
+    let a = stats(&ok(&run_pipeline(
         &pipeline,
         &whole,
         &["--shard-size", "100000000"],
         None,
     )));
-    let b = stats(&ok(&run(
+    let b = stats(&ok(&run_pipeline(
         &pipeline,
         &split,
         &["--shard-size", "50000", "--workers", "3"],
@@ -143,9 +131,9 @@ fn a_killed_run_resumes_without_redoing_or_duplicating() {
     let clean = dir.path().join("clean");
     let crashed = dir.path().join("crashed");
     let args = ["--shard-size", "200000", "--workers", "1"];
-    let a = stats(&ok(&run(&pipeline, &clean, &args, None)));
+    let a = stats(&ok(&run_pipeline(&pipeline, &clean, &args, None)));
 
-    let killed = run(&pipeline, &crashed, &args, Some("crash_after_shards=3"));
+    let killed = run_pipeline(&pipeline, &crashed, &args, Some("crash_after_shards=3"));
     assert!(
         !killed.status.success(),
         "the fault should have killed the run"
@@ -159,7 +147,7 @@ fn a_killed_run_resumes_without_redoing_or_duplicating() {
         "{status}"
     );
 
-    let out = ok(&run(&pipeline, &crashed, &args, None));
+    let out = ok(&run_pipeline(&pipeline, &crashed, &args, None));
     assert!(out.contains("(resumed)"), "{out}");
     let b = stats(&out);
     assert_eq!(a["rows_out"], b["rows_out"]);
@@ -193,10 +181,10 @@ fn a_crash_after_a_load_commit_does_not_load_twice() {
         "--workers",
         "1",
     ];
-    ok(&run(&pipeline, &clean, &args, None));
-    let killed = run(&pipeline, &crashed, &args, Some("crash_after_load_commit"));
+    ok(&run_pipeline(&pipeline, &clean, &args, None));
+    let killed = run_pipeline(&pipeline, &crashed, &args, Some("crash_after_load_commit"));
     assert!(!killed.status.success());
-    ok(&run(&pipeline, &crashed, &args, None));
+    ok(&run_pipeline(&pipeline, &crashed, &args, None));
     assert_eq!(table(&clean, ROWS_SQL), table(&crashed, ROWS_SQL));
     // One ledger row per batch, although the first batch was loaded before the crash and offered
     // again after it.
@@ -244,7 +232,7 @@ fn a_later_run_never_overwrites_an_earlier_runs_lake_files() {
     }
     let data = dir.path().join("data");
     let src = |seed: u64| inputs.join(format!("day{seed}.ndjson"));
-    let a = stats(&ok(&run(
+    let a = stats(&ok(&run_pipeline(
         &pipeline,
         &data,
         &["--source", src(1000).to_str().unwrap()],
@@ -252,7 +240,7 @@ fn a_later_run_never_overwrites_an_earlier_runs_lake_files() {
     )));
     let lake = data.join("lake");
     let after_first = parquet_rows(&lake);
-    let b = stats(&ok(&run(
+    let b = stats(&ok(&run_pipeline(
         &pipeline,
         &data,
         &["--source", src(2000).to_str().unwrap()],
@@ -304,7 +292,7 @@ fn a_later_run_never_overwrites_an_earlier_runs_lake_files() {
     // The table is the union of both inputs, as one run over both gives it.
     assert_eq!(b["rows_in_table"].as_u64().unwrap(), a_out + b_out);
     let reference = dir.path().join("reference");
-    ok(&run(
+    ok(&run_pipeline(
         &pipeline,
         &reference,
         &["--source", inputs.join("both").to_str().unwrap()],
