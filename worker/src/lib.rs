@@ -1,11 +1,11 @@
 //! The Tributary worker: takes one shard task, extracts its records, curates and transforms them,
 //! and writes partitioned Parquet, a quarantine file and a shard manifest.
 //!
-//! * [`config`]: pipeline files (TOML) and their pure validation.
+//! * [`config`]: reading pipeline files (their model and validation are the `pipeline` crate).
 //! * [`plan`]: a validated pipeline compiled for execution (keys and reference files loaded).
 //! * [`engine`]: the streaming shard engine (reader thread → parallel pieces on rayon → Parquet).
 //! * [`transform`]: the vectorised column transforms.
-//! * [`bridge`]: the one way async code reaches the CPU pool.
+//! * [`daemon`]: the fleet worker; CPU work reaches rayon through `runtime::cpu::run_cpu`.
 //! * [`harness`]: one shard of arbitrary bytes through the engine (fuzz targets, property tests).
 //! * [`execute_task`]: a queue task end to end — engine, uploads, manifest last.
 
