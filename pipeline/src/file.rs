@@ -280,6 +280,10 @@ pub enum Step {
     Hash(HashStep),
     Ipv4Truncate(Ipv4TruncateStep),
     Lookup(LookupStep),
+    /// Adds a column computed by an SQL expression, or replaces the column of the same name.
+    Derive(DeriveStep),
+    /// Quarantines the rows where an SQL condition holds, with a reason.
+    Reject(RejectStep),
 }
 
 impl Step {
@@ -297,6 +301,8 @@ impl Step {
             Step::Hash(_) => "hash",
             Step::Ipv4Truncate(_) => "ipv4_truncate",
             Step::Lookup(_) => "lookup",
+            Step::Derive(_) => "derive",
+            Step::Reject(_) => "reject",
         }
     }
 }
@@ -319,7 +325,12 @@ pub struct Condition {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterStep {
+    /// Simple conditions: a row matching any of them is dropped.
+    #[serde(default)]
     pub drop_if_any: Vec<Condition>,
+    /// An SQL condition: rows where it is true are dropped (false or null: kept).
+    #[serde(default)]
+    pub drop_where: Option<String>,
     #[serde(default = "filtered")]
     pub bucket: String,
 }
@@ -447,6 +458,34 @@ pub struct LookupStep {
     pub on_missing: OnMissing,
     #[serde(default = "rejected")]
     pub bucket: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveStep {
+    /// The column written: a new one, or one of the same name replaced.
+    pub column: String,
+    /// An SQL expression over the columns before this step; its type is inferred (`CAST` sets
+    /// it).
+    pub expr: String,
+    /// A row whose value cannot be computed (a failing `CAST`, a division by zero).
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default = "rejected")]
+    pub bucket: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectStep {
+    /// An SQL condition: rows where it is true are quarantined (false or null: kept).
+    #[serde(rename = "where")]
+    pub condition: String,
+    #[serde(default = "rejected")]
+    pub bucket: String,
+    /// The reason recorded with each quarantined row (default: the condition).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`file`] | the serde model of a pipeline file (every key, its default) |
 //! | [`columns`] | a declared column's reading rules (nulls, default, number locale) |
+//! | [`expr`] | SQL expressions: parsing, type checking, compiled vectorised kernels |
 //! | [`entries`] | where each `[[columns]]` / `[[steps]]` entry starts, for errors at their own line |
 //! | [`validate`] | the pure checks, section by section and step by step |
 //! | [`validated`] | [`Pipeline`], the validated type the worker compiles into a plan |
@@ -20,6 +21,7 @@
 pub mod columns;
 pub mod entries;
 pub mod error;
+pub mod expr;
 pub mod file;
 pub mod time;
 pub mod validate;

@@ -271,13 +271,50 @@ impl StepCx<'_> {
                 self.bucket(&s.bucket)?;
                 self.string_to(cols, &s.column, Some(&s.output), ColumnType::String)
             }
+            Step::Derive(s) => self.derive(s, cols),
+            Step::Reject(s) => {
+                self.bucket(&s.bucket)?;
+                self.predicate(&s.condition, "where", cols)
+            }
         }
+    }
+
+    /// Compiles an expression against the columns so far; refusals name the key and position.
+    fn expr(&self, sql: &str, field: &str, cols: &Columns) -> Result<ColumnType, ConfigError> {
+        crate::expr::compile(sql, &cols.0)
+            .map(|e| e.ty)
+            .map_err(|e| self.err(field, e.to_string()))
+    }
+
+    fn predicate(&self, sql: &str, field: &str, cols: &Columns) -> Result<(), ConfigError> {
+        crate::expr::compile_predicate(sql, &cols.0)
+            .map(|_| ())
+            .map_err(|e| self.err(field, e.to_string()))
+    }
+
+    fn derive(&self, s: &DeriveStep, cols: &mut Columns) -> Result<(), ConfigError> {
+        self.bucket(&s.bucket)?;
+        if !valid_name(&s.column) {
+            return Err(self.err(
+                "column",
+                format!("{:?} is not a valid column name", s.column),
+            ));
+        }
+        let ty = self.expr(&s.expr, "expr", cols)?;
+        cols.0.push((s.column.clone(), ty));
+        Ok(())
     }
 
     fn filter(&self, s: &FilterStep, cols: &Columns) -> Result<(), ConfigError> {
         self.bucket(&s.bucket)?;
-        if s.drop_if_any.is_empty() {
-            return Err(self.err("drop_if_any", "needs at least one condition"));
+        if s.drop_if_any.is_empty() && s.drop_where.is_none() {
+            return Err(self.err(
+                "drop_if_any",
+                "set drop_if_any (at least one condition) or drop_where",
+            ));
+        }
+        if let Some(sql) = &s.drop_where {
+            self.predicate(sql, "drop_where", cols)?;
         }
         for (j, c) in s.drop_if_any.iter().enumerate() {
             let set = [
@@ -444,6 +481,44 @@ merge_keys = ["id"]
                 panic!("{e}");
             }
         }
+    }
+
+    fn with_steps(steps: &str) -> String {
+        MINIMAL.replace("[output]", &format!("{steps}\n[output]"))
+    }
+
+    #[test]
+    fn expressions_are_typed_and_their_errors_name_entry_line_and_position() {
+        let p = check(&with_steps(
+            "[[steps]]\nop = \"derive\"\ncolumn = \"doubled\"\nexpr = \"amount * 2\"\n\
+             [[steps]]\nop = \"filter\"\ndrop_where = \"doubled > 100\"\n\
+             [[steps]]\nop = \"reject\"\nwhere = \"os IS NULL\"\nreason = \"no os\"",
+        ))
+        .unwrap();
+        assert!(matches!(
+            p.column_type("doubled"),
+            Some(ColumnType::Decimal { scale: 2, .. })
+        ));
+        let text =
+            with_steps("[[steps]]\nop = \"derive\"\ncolumn = \"x\"\nexpr = \"amount * nope\"");
+        let e = check(&text).unwrap_err();
+        assert_eq!(e.field, "steps[1] (derive).expr", "{e}");
+        let line = text.lines().position(|l| l.starts_with("expr =")).unwrap() + 1;
+        assert_eq!(e.line, Some(line), "{e}");
+        assert!(
+            e.message.starts_with("at column 10 of the expression: "),
+            "{e}"
+        );
+        expect_err(
+            &with_steps("[[steps]]\nop = \"filter\"\ndrop_where = \"amount + 1\""),
+            "steps[1] (filter).drop_where",
+            "true or false",
+        );
+        expect_err(
+            &with_steps("[[steps]]\nop = \"reject\"\nwhere = \"os = \""),
+            "steps[1] (reject).where",
+            "Expected",
+        );
     }
 
     #[test]

@@ -129,3 +129,65 @@ fn a_german_pos_export_is_read_with_its_locale_defaults_and_nulls() {
     let q = quarantine_text(&data);
     assert!(q.contains("nonexistent in Europe/Berlin"), "{q}");
 }
+
+/// The export's business rules as expressions: a line total, vouchers dropped, bad quantities
+/// rejected with a reason, and a row whose CAST fails quarantined alone.
+#[test]
+fn pos_business_rules_are_sql_expressions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(
+        dir.path().join("in/tag1.csv"),
+        "Bon_Nr;Menge;Preis;Rabatt;Zeit;Hinweis\n\
+         1;2;1.234,50;;28.03.2026 23:30;-\n\
+         2;1;0,99;0,10;25.10.2026 02:30;Gutschein\n\
+         3;0;1,00;;01.07.2026 12:00;\n\
+         4;3;1,00;;01.07.2026 12:00;zwei\n\
+         5;3;2,00;0,50;01.07.2026 12:00;7\n",
+    )
+    .unwrap();
+    let rules = r#"
+[[steps]]
+op = "derive"
+column = "line_total"
+expr = "quantity * unit_price - COALESCE(discount, 0)"
+[[steps]]
+op = "filter"
+drop_where = "note ILIKE 'gutschein%'"
+bucket = "vouchers"
+[[steps]]
+op = "reject"
+where = "quantity <= 0"
+bucket = "bad_quantity"
+reason = "a sale needs a positive quantity"
+[[steps]]
+op = "derive"
+column = "note_number"
+expr = "CAST(note AS INT)"
+bucket = "bad_note"
+[output]
+columns = ["receipt", "line_total", "note_number"]
+"#;
+    let text = PIPELINE.replace(
+        "[output]\ncolumns = [\"receipt\", \"quantity\", \"unit_price\", \"discount\", \"sold_at\", \"note\"]\n",
+        rules,
+    );
+    assert!(text.contains("line_total"), "the rules were spliced in");
+    let p = dir.path().join("kasse.toml");
+    std::fs::write(&p, text).unwrap();
+    let data = dir.path().join("data");
+    let s = run(&p, &data);
+    assert_eq!(s["rows_out"], 2, "{s}");
+    assert_eq!(s["vouchers"], 1, "{s}");
+    assert_eq!(s["bad_quantity"], 1, "{s}");
+    assert_eq!(s["bad_note"], 1, "'zwei' is not an int: {s}");
+    let got = table(
+        &data,
+        "SELECT receipt || '|' || printf('%.2f', line_total) || '|' || coalesce(note_number, 'NULL') AS r FROM kasse ORDER BY receipt",
+    );
+    assert!(got.contains("1|2469.00|NULL"), "{got}");
+    assert!(got.contains("5|5.50|7"), "{got}");
+    let q = quarantine_text(&data);
+    assert!(q.contains("a sale needs a positive quantity"), "{q}");
+    assert!(q.contains("zwei"), "{q}");
+}

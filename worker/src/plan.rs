@@ -50,11 +50,32 @@ pub struct Cond {
     pub kind: CondKind,
 }
 
+/// A compiled SQL expression and the slots of the columns it reads (in its input order).
+#[derive(Debug)]
+pub struct SlotExpr {
+    pub expr: pipeline::expr::Expression,
+    pub inputs: Vec<usize>,
+}
+
 #[derive(Debug)]
 pub enum StepOp {
     Filter {
         conds: Vec<Cond>,
+        /// `drop_where`.
+        predicate: Option<SlotExpr>,
         bucket: String,
+    },
+    Derive {
+        expr: SlotExpr,
+        out: usize,
+        on_error: OnError,
+        bucket: String,
+        column: String,
+    },
+    Reject {
+        predicate: SlotExpr,
+        bucket: String,
+        reason: String,
     },
     Dedupe {
         slots: Vec<usize>,
@@ -142,6 +163,28 @@ pub struct Plan {
     pub partition_slots: Vec<usize>,
     /// Every bucket a step can put rows in (so counts always show them, zero or not).
     pub buckets: Vec<(bool, String)>,
+}
+
+/// Compiles an expression against the columns live at its step (each name's latest slot).
+fn slot_expr(
+    sql: &str,
+    predicate: bool,
+    names: &HashMap<String, usize>,
+    types: &[ColumnType],
+) -> Result<SlotExpr, pipeline::expr::ExprError> {
+    let mut live: Vec<(&String, usize)> = names.iter().map(|(n, s)| (n, *s)).collect();
+    live.sort_by_key(|(_, s)| *s);
+    let columns: Vec<(String, ColumnType)> = live
+        .iter()
+        .map(|(n, s)| ((*n).clone(), types[*s]))
+        .collect();
+    let expr = if predicate {
+        pipeline::expr::compile_predicate(sql, &columns)?
+    } else {
+        pipeline::expr::compile(sql, &columns)?
+    };
+    let inputs = expr.inputs.iter().map(|n| names[n]).collect();
+    Ok(SlotExpr { expr, inputs })
 }
 
 impl Plan {
@@ -244,9 +287,46 @@ impl Plan {
                             },
                         })
                         .collect();
+                    if s.drop_where.is_some() {
+                        buckets.push((true, "rejected".into()));
+                    }
+                    let predicate = match &s.drop_where {
+                        Some(sql) => Some(
+                            slot_expr(sql, true, &names, &slot_types)
+                                .map_err(|e| err(i, "filter", format!("drop_where: {e}")))?,
+                        ),
+                        None => None,
+                    };
                     StepOp::Filter {
                         conds,
+                        predicate,
                         bucket: s.bucket.clone(),
+                    }
+                }
+                Step::Derive(s) => {
+                    buckets.push((true, s.bucket.clone()));
+                    let expr = slot_expr(&s.expr, false, &names, &slot_types)
+                        .map_err(|e| err(i, "derive", format!("expr: {e}")))?;
+                    let out = new_slot(&mut names, &mut slot_types, &s.column, expr.expr.ty);
+                    StepOp::Derive {
+                        expr,
+                        out,
+                        on_error: s.on_error,
+                        bucket: s.bucket.clone(),
+                        column: s.column.clone(),
+                    }
+                }
+                Step::Reject(s) => {
+                    buckets.push((true, s.bucket.clone()));
+                    let predicate = slot_expr(&s.condition, true, &names, &slot_types)
+                        .map_err(|e| err(i, "reject", format!("where: {e}")))?;
+                    StepOp::Reject {
+                        predicate,
+                        bucket: s.bucket.clone(),
+                        reason: s
+                            .reason
+                            .clone()
+                            .unwrap_or_else(|| format!("steps[{i}] (reject): {}", s.condition)),
                     }
                 }
                 Step::Dedupe(s) => {

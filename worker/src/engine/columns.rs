@@ -3,18 +3,7 @@
 use super::*;
 
 pub fn arrow_type(t: ColumnType) -> DataType {
-    match t {
-        ColumnType::String => DataType::Utf8,
-        ColumnType::Int16 => DataType::Int16,
-        ColumnType::Int32 => DataType::Int32,
-        ColumnType::Int64 => DataType::Int64,
-        ColumnType::Float32 => DataType::Float32,
-        ColumnType::Float64 => DataType::Float64,
-        ColumnType::Bool => DataType::Boolean,
-        ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
-        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        ColumnType::Date => DataType::Date32,
-    }
+    t.arrow()
 }
 
 /// A typed column being built row by row.

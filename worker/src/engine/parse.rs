@@ -234,13 +234,29 @@ impl Piece {
         if fails.is_empty() || on_error == OnError::Null {
             return Ok(());
         }
+        let fails = fails
+            .into_iter()
+            .map(|(i, reason)| (i, format!("{column}: {reason}")))
+            .collect();
+        self.quarantine_rows(fails, bucket)
+    }
+
+    /// Quarantines rows (index, reason) into `bucket` and drops them from the piece.
+    pub(crate) fn quarantine_rows(
+        &mut self,
+        rows: transform::Failures,
+        bucket: &str,
+    ) -> Result<(), WorkerError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let mut mask = vec![true; self.rows.len()];
-        for (i, reason) in fails {
+        for (i, reason) in rows {
             mask[i] = false;
             self.quarantine.push(QItem {
                 record: self.rows[i],
                 bucket: bucket.into(),
-                reason: format!("{column}: {reason}"),
+                reason,
             });
             *self.counts.rejected.entry(bucket.into()).or_default() += 1;
         }

@@ -2,6 +2,37 @@
 
 use super::*;
 
+/// The input columns of an expression, from their slots.
+fn inputs(piece: &Piece, slots: &[usize]) -> Vec<ArrayRef> {
+    slots
+        .iter()
+        .map(|s| piece.cols[*s].clone().expect("set"))
+        .collect()
+}
+
+fn eval_predicate(
+    piece: &Piece,
+    p: &crate::plan::SlotExpr,
+) -> Result<(BooleanArray, transform::Failures), WorkerError> {
+    p.expr
+        .evaluate_predicate(inputs(piece, &p.inputs), piece.rows.len())
+        .map_err(|detail| WorkerError::Step {
+            step: "expression".into(),
+            detail,
+        })
+}
+
+/// The rows a `drop_where` condition holds for. Rows whose condition cannot be computed are
+/// quarantined first (bucket `rejected`), never dropped or kept unseen.
+fn drop_where(piece: &mut Piece, p: &crate::plan::SlotExpr) -> Result<Vec<bool>, WorkerError> {
+    let (mut held, errors) = eval_predicate(piece, p)?;
+    if !errors.is_empty() {
+        piece.quarantine_rows(errors, "rejected")?;
+        (held, _) = eval_predicate(piece, p)?;
+    }
+    Ok(held.values().iter().collect())
+}
+
 /// Runs steps `range` of the plan on a piece.
 pub(crate) fn run_steps(
     plan: &Plan,
@@ -13,9 +44,15 @@ pub(crate) fn run_steps(
             return Ok(());
         }
         match op {
-            StepOp::Filter { conds, bucket } => {
-                let n = piece.rows.len();
-                let mut drop = vec![false; n];
+            StepOp::Filter {
+                conds,
+                predicate,
+                bucket,
+            } => {
+                let mut drop = match predicate {
+                    Some(p) => drop_where(piece, p)?,
+                    None => vec![false; piece.rows.len()],
+                };
                 for c in conds {
                     let col = piece.cols[c.slot].as_ref().expect("set");
                     match &c.kind {
@@ -42,6 +79,40 @@ pub(crate) fn run_steps(
                         drop.into_iter().map(|d| !d).collect::<Vec<_>>(),
                     ))?;
                 }
+            }
+            StepOp::Derive {
+                expr,
+                out,
+                on_error,
+                bucket,
+                column,
+            } => {
+                let (a, errors) = expr
+                    .expr
+                    .evaluate(inputs(piece, &expr.inputs), piece.rows.len())
+                    .map_err(|detail| WorkerError::Step {
+                        step: "derive".into(),
+                        detail,
+                    })?;
+                piece.cols[*out] = Some(a);
+                piece.fail(errors, *on_error, bucket, column)?;
+            }
+            StepOp::Reject {
+                predicate,
+                bucket,
+                reason,
+            } => {
+                let (held, mut errors) = eval_predicate(piece, predicate)?;
+                let failed: std::collections::HashSet<usize> =
+                    errors.iter().map(|(r, _)| *r).collect();
+                errors.extend(
+                    held.values()
+                        .set_indices()
+                        .filter(|r| !failed.contains(r))
+                        .map(|r| (r, reason.clone())),
+                );
+                errors.sort_by_key(|(r, _)| *r);
+                piece.quarantine_rows(errors, bucket)?;
             }
             StepOp::Dedupe { .. } => unreachable!("dedupe runs between the parallel phases"),
             StepOp::Trim { slots, chars } => {
