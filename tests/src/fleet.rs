@@ -29,7 +29,10 @@ pub fn worker_bin() -> PathBuf {
             .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "worker", "--bin", "worker"]);
+        // The same command as scripts/lib/build.sh: one feature resolution for the whole
+        // workspace, so this neither rebuilds the tree nor replaces the binary the tests and
+        // the image share with a differently featured one.
+        cmd.args(["build", "-q", "--workspace", "--all-targets"]);
         if dir.file_name().and_then(|n| n.to_str()) == Some("release") {
             cmd.arg("--release");
         }

@@ -27,7 +27,10 @@ pub fn coordinator_bin() -> PathBuf {
             .to_string();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "coordinator", "--bin", "coordinator"]);
+        // The same command as scripts/lib/build.sh: one feature resolution for the whole
+        // workspace, so this neither rebuilds the tree nor replaces the binary the tests and
+        // the image share with a differently featured one.
+        cmd.args(["build", "-q", "--workspace", "--all-targets"]);
         if profile == "release" {
             cmd.arg("--release");
         }
@@ -68,6 +71,15 @@ pub fn stats(stdout: &str) -> serde_json::Value {
         .find(|l| l.starts_with("STATS "))
         .expect("a STATS line");
     serde_json::from_str(&line[6..]).expect("STATS is JSON")
+}
+
+/// The `QUALITY {json}` line of a run's output.
+pub fn quality(stdout: &str) -> serde_json::Value {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("QUALITY "))
+        .expect("a QUALITY line");
+    serde_json::from_str(&line[8..]).expect("QUALITY is JSON")
 }
 
 /// A table's rows as text, sorted, without the batch lineage column (batch ids name their run).
