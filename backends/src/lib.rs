@@ -34,6 +34,9 @@ pub enum BackendError {
     Queue { queue: String, detail: String },
     #[error("warehouse: {0}")]
     Warehouse(String),
+    /// The target table cannot take a batch's schema (a narrowed or changed column type).
+    #[error("warehouse: {0}")]
+    Schema(#[from] crate::warehouse::evolve::Refusal),
     #[error("state store {path}: {detail}")]
     State { path: String, detail: String },
     /// A backend named by a setting failed: says which setting, and for an endpoint that could

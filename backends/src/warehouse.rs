@@ -94,6 +94,12 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `ANALYZE table`: run after a load that changed more than the pipeline's `analyze_share` of
+/// the table (see [`protocol::TableLayout::wants_analyze`]), outside the load transaction.
+pub fn analyze_sql(table: &str) -> String {
+    format!("ANALYZE {}", quote_ident(table))
+}
+
 /// A comma-separated list of quoted identifiers.
 pub fn quote_list<S: AsRef<str>>(names: &[S]) -> String {
     names
@@ -154,6 +160,7 @@ pub(crate) fn timestamp_micros(
     }
 }
 
+pub mod evolve;
 pub mod plan;
 mod postgres;
 mod redshift;
@@ -181,16 +188,24 @@ pub mod suite {
         ids: &[&str],
         vals: &[i64],
     ) -> OutputFile {
+        let vals = Arc::new(Int64Array::from(vals.to_vec())) as ArrayRef;
+        write_typed(files, key, ids, vals).await
+    }
+
+    /// A file of `id` strings and a `val` column of any type.
+    async fn write_typed(
+        files: &dyn ObjectStore,
+        key: &str,
+        ids: &[&str],
+        vals: ArrayRef,
+    ) -> OutputFile {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Utf8, false),
-            Field::new("val", DataType::Int64, true),
+            Field::new("val", vals.data_type().clone(), true),
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![
-                Arc::new(StringArray::from(ids.to_vec())) as ArrayRef,
-                Arc::new(Int64Array::from(vals.to_vec())) as ArrayRef,
-            ],
+            vec![Arc::new(StringArray::from(ids.to_vec())) as ArrayRef, vals],
         )
         .unwrap();
         let mut buf = Vec::new();
@@ -230,6 +245,7 @@ pub mod suite {
                 .collect(),
             files,
             masked_columns: vec![],
+            layout: Default::default(),
         }
     }
 
@@ -325,7 +341,70 @@ pub mod suite {
         assert!(!wh.is_loaded("r1-t-b0009").await.unwrap());
         assert_eq!(table_rows(wh, "suite events").await, want);
 
+        evolution(wh, files.clone()).await;
+
         // Bad SQL is an error naming the problem, not a panic.
         assert!(wh.query("SELEC nonsense").await.is_err());
+    }
+
+    /// Type widening between loads (int32 then int64), a narrowing refused naming the column and
+    /// both types with nothing loaded, and decimals read back exactly.
+    async fn evolution(wh: &dyn Warehouse, files: Arc<dyn ObjectStore>) {
+        use arrow::array::{Decimal128Array, Int16Array, Int32Array};
+        let load =
+            |id: &str, f: OutputFile| batch(id, "suite evolve", vec![load_file(f, "raw/e", 0, 0)]);
+        let i32s = Arc::new(Int32Array::from(vec![7])) as ArrayRef;
+        let f = write_typed(&*files, "wh-suite/e0.parquet", &["a"], i32s).await;
+        wh.load(&load("r3-e-b0000", f), files.clone())
+            .await
+            .unwrap();
+        let i64s = Arc::new(Int64Array::from(vec![5_000_000_000])) as ArrayRef;
+        let f = write_typed(&*files, "wh-suite/e1.parquet", &["b"], i64s).await;
+        wh.load(&load("r4-e-b0000", f), files.clone())
+            .await
+            .unwrap();
+        let want = vec![row("a", 7), row("b", 5_000_000_000)];
+        assert_eq!(table_rows(wh, "suite evolve").await, want);
+
+        let i16s = Arc::new(Int16Array::from(vec![1])) as ArrayRef;
+        let f = write_typed(&*files, "wh-suite/e2.parquet", &["c"], i16s).await;
+        let err = wh
+            .load(&load("r5-e-b0000", f), files.clone())
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("column \"val\"") && msg.contains("(int64)") && msg.contains("(int16)"),
+            "{msg}"
+        );
+        assert!(!err.is_retryable(), "{msg}");
+        assert!(!wh.is_loaded("r5-e-b0000").await.unwrap());
+        assert_eq!(table_rows(wh, "suite evolve").await, want);
+
+        let decimals = Decimal128Array::from(vec![100_500, 8_113_618])
+            .with_precision_and_scale(18, 2)
+            .unwrap();
+        let f = write_typed(
+            &*files,
+            "wh-suite/d0.parquet",
+            &["a", "b"],
+            Arc::new(decimals),
+        )
+        .await;
+        let b = batch(
+            "r6-d-b0000",
+            "suite decimals",
+            vec![load_file(f, "raw/d", 0, 0)],
+        );
+        wh.load(&b, files.clone()).await.unwrap();
+        let got = wh
+            .query("SELECT val FROM \"suite decimals\" ORDER BY id")
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(
+            got,
+            vec![vec![Some("1005.00".into())], vec![Some("81136.18".into())]]
+        );
     }
 }

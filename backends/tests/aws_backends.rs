@@ -336,6 +336,7 @@ async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() 
                 shards: vec!["s1".into()],
                 files: vec![file("p1.parquet", "raw/x", 500)],
                 masked_columns: vec![],
+                layout: Default::default(),
             },
             vec![vec![("b", 20), ("c", 30)]],
         ),
@@ -352,13 +353,14 @@ async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() 
                     file("p2.parquet", "raw/x", 900),
                 ],
                 masked_columns: vec![],
+                layout: Default::default(),
             },
             vec![vec![("a", 1), ("b", 2)], vec![("a", 99), ("d", 4)]],
         ),
     ];
-    let run = |b: &LoadBatch, rows: &GroupRows, existing: Vec<String>| {
+    let run = |b: &LoadBatch, rows: &GroupRows, existing: Vec<plan::ExistingColumn>| {
         let cols = plan::columns_for(&schema, &["day".into()], Dialect::Redshift).unwrap();
-        let lp = LoadPlan::new(b, cols, &existing, Dialect::Redshift);
+        let lp = LoadPlan::new(b, cols, &existing, Dialect::Redshift).unwrap();
         let mut sqls = lp.before_data.clone();
         sqls.extend(plan::redshift_file_stage_ddl(&lp));
         for (g, group) in plan::file_groups(b).iter().enumerate() {
@@ -389,7 +391,7 @@ async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() 
     };
     for pass in 0..2 {
         for (b, rows) in &batches {
-            let existing: Vec<String> = client
+            let existing: Vec<plan::ExistingColumn> = client
                 .query(
                     &plan::existing_columns_sql("events", Dialect::Redshift),
                     &[],
@@ -397,7 +399,10 @@ async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() 
                 .await
                 .unwrap()
                 .iter()
-                .map(|r| r.get::<_, String>(0))
+                .filter_map(|r| {
+                    let row: Vec<Option<String>> = (0..5).map(|i| r.get(i)).collect();
+                    plan::existing_column(&row)
+                })
                 .collect();
             let sqls = run(b, rows, existing);
             // One transaction, as BatchExecuteStatement runs it.

@@ -370,6 +370,7 @@ async fn files_and_batch(id: &str) -> (tempfile::TempDir, Arc<dyn ObjectStore>, 
             },
         }],
         masked_columns: vec!["val".into()],
+        layout: Default::default(),
     };
     (dir, files, batch)
 }

@@ -515,6 +515,9 @@ impl Coordinator {
                     if run.loader.has_unloaded() {
                         run.loader.flush_recorded().await?;
                     }
+                    if complete && run.loader.quality.is_none() {
+                        run.loader.judge(&run.done).await?;
+                    }
                     run.loader.add_done(&run.done, &shards, all).await
                 }
                 .await;
@@ -554,13 +557,7 @@ impl Coordinator {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if complete {
-                run.record.status = if run.failed.is_empty() {
-                    "completed"
-                } else {
-                    "failed"
-                }
-                .into();
-                run.record.finished_at = Some(now());
+                run.record.finish(run.loader.quality.clone());
                 let lake = self.backends.store(&run.record.output)?;
                 crate::commit::commit_run(
                     &run.record,

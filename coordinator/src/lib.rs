@@ -7,6 +7,7 @@
 //! * [`local_worker`]: the in-process worker loop on the embedded queue.
 //! * [`fleet`]: `coordinator serve`, the fleet coordinator on SQS, S3 and a SQL warehouse, with
 //!   its HTTP API.
+//! * [`quality`]: a run's data-quality verdict from its pipeline's `[[expect]]` entries.
 //! * [`demo`]: the demo's sample sources and pipeline files.
 
 pub mod commit;
@@ -15,4 +16,5 @@ pub mod fleet;
 pub mod local_worker;
 pub mod metrics;
 pub mod planner;
+pub mod quality;
 pub mod run;

@@ -160,6 +160,18 @@ fn print_report(r: &RunReport) {
     for (shard, why) in &rec.failed_shards {
         println!("  FAILED {shard}: {why}");
     }
+    for q in rec.quality.iter().flat_map(|q| &q.results) {
+        if q.status != "pass" {
+            println!(
+                "  QUALITY {} {}: {} observed {}, limit {}",
+                q.status.to_uppercase(),
+                q.name,
+                q.check,
+                q.observed,
+                q.limit
+            );
+        }
+    }
 }
 
 fn print_run_line(r: &coordinator::run::RunRecord, done: usize) {
@@ -266,6 +278,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = run_local(&opts).await?;
             print_report(&report);
             println!("{}", stats_line(&report));
+            if let Some(q) = &report.record.quality {
+                println!("{}", q.line(&report.record.run_id));
+                if !q.passed {
+                    anyhow::bail!(
+                        "run {} was not loaded: expectation(s) failed: {} (its Parquet and quarantine are kept)",
+                        report.record.run_id,
+                        q.failures().join("; ")
+                    );
+                }
+            }
             if !report.record.failed_shards.is_empty() {
                 anyhow::bail!(
                     "{} shard(s) failed; rerun the same command to retry them",

@@ -14,6 +14,7 @@
 //! | `tributary_queue_oldest_task_age_seconds` | | age of the oldest run that still has unfinished tasks |
 //! | `tributary_freshness_lag_seconds` | pipeline | now minus the start of the newest fully loaded run |
 //! | `tributary_coordinator_active_runs` | | runs in progress |
+//! | `tributary_quality_checks_total` | pipeline, expectation (from the pipeline file), status = pass, warn, fail | expectations judged, one per finished run |
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub struct CoordinatorMetrics {
     pub oldest_task_age: prometheus::Gauge,
     pub freshness_lag: GaugeVec,
     pub active_runs: IntGauge,
+    pub quality_checks: IntCounterVec,
 }
 
 impl CoordinatorMetrics {
@@ -102,6 +104,11 @@ impl CoordinatorMetrics {
         registry
             .register(Box::new(freshness_lag.clone()))
             .expect("register");
+        let quality_checks = counter(
+            "tributary_quality_checks_total",
+            "Data-quality expectations judged at the end of runs, by status.",
+            &["pipeline", "expectation", "status"],
+        );
         let active_runs = IntGauge::new("tributary_coordinator_active_runs", "Runs in progress.")
             .expect("metric");
         registry
@@ -118,6 +125,16 @@ impl CoordinatorMetrics {
             oldest_task_age,
             freshness_lag,
             active_runs,
+            quality_checks,
+        }
+    }
+
+    /// Counts a run's verdict, one increment per expectation.
+    pub fn quality(&self, pipeline: &str, report: &crate::quality::QualityReport) {
+        for r in &report.results {
+            self.quality_checks
+                .with_label_values(&[pipeline, &r.name, &r.status])
+                .inc();
         }
     }
 

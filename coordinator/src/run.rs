@@ -95,6 +95,31 @@ pub struct RunRecord {
     /// Failed load attempts so far (each retried with backoff).
     #[serde(default)]
     pub load_failures: u32,
+    /// The data-quality verdict, once every shard has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<crate::quality::QualityReport>,
+}
+
+impl RunRecord {
+    /// The status of a run whose shards have all ended: `failed` when a shard failed or a `fail`
+    /// expectation is broken (then nothing was loaded, and `last_error` says which and by how
+    /// much), else `completed`.
+    pub(crate) fn finish(&mut self, quality: Option<crate::quality::QualityReport>) {
+        let broken = quality.as_ref().map(|q| q.failures()).unwrap_or_default();
+        if !broken.is_empty() {
+            self.last_error = Some(format!(
+                "not loaded: expectation(s) failed: {}",
+                broken.join("; ")
+            ));
+        }
+        self.status = if self.failed_shards.is_empty() && broken.is_empty() {
+            "completed".into()
+        } else {
+            "failed".into()
+        };
+        self.quality = quality;
+        self.finished_at = Some(now());
+    }
 }
 
 impl RunRecord {
@@ -125,6 +150,7 @@ impl RunRecord {
             shards_done: 0,
             last_error: None,
             load_failures: 0,
+            quality: None,
         }
     }
 }
@@ -705,6 +731,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     }
     // Every worker loop has stopped: no task of this run is using scratch any more.
     let _ = std::fs::remove_dir_all(&scratch);
+    loader.judge(&done).await?;
     loader.add_done(&done, &shard_index, true).await?;
     progress.finish_and_clear();
 
@@ -716,12 +743,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     record.batches_loaded = loader.loaded_total;
     record.shards_done = done.len();
     record.failed_shards = failed.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    record.status = if failed.is_empty() {
-        "completed".into()
-    } else {
-        "failed".into()
-    };
-    record.finished_at = Some(now());
+    record.finish(loader.quality.clone());
     // `--output DIR` holds only partition folders (the reference workload's contract): its
     // commit record goes to the data dir's files.
     let commits: &dyn ObjectStore = if opts.output.is_some() {
@@ -797,14 +819,31 @@ fn progress_bar(enabled: bool, total: u64, name: &str) -> indicatif::ProgressBar
     pb
 }
 
+/// The table layout a pipeline's `[load]` asks of the warehouse.
+fn table_layout(l: &pipeline::LoadSection) -> protocol::TableLayout {
+    protocol::TableLayout {
+        sort_keys: l.sort_keys.clone(),
+        dist_key: l.dist_key.clone(),
+        dist_style: l
+            .dist_style
+            .map(|s| s.as_str().to_string())
+            .or_else(|| l.dist_key.as_ref().map(|_| "key".to_string())),
+        analyze_share_bp: l
+            .analyze
+            .then(|| (l.analyze_share * 10_000.0).round() as u32),
+    }
+}
+
 /// Groups finished shards into load batches and loads them exactly once.
 pub(crate) struct Loader {
     state: Arc<dyn StateStore>,
     files: Arc<dyn ObjectStore>,
     run_id: String,
     table: String,
+    pipeline: String,
     merge_keys: Vec<String>,
     masked_columns: Vec<String>,
+    layout: protocol::TableLayout,
     batch_rows: u64,
     warehouse: Option<Arc<dyn Warehouse>>,
     output: Arc<dyn ObjectStore>,
@@ -814,6 +853,11 @@ pub(crate) struct Loader {
     /// Batches known to be loaded (their count is the run's `batches_loaded`).
     loaded_ids: BTreeSet<String>,
     pub(crate) loaded_total: usize,
+    expectations: Vec<pipeline::expect::Expectation>,
+    /// Whether nothing loads before the run's quality verdict (see [`crate::quality::gated`]).
+    gated: bool,
+    /// The run's verdict, once every shard has ended.
+    pub(crate) quality: Option<crate::quality::QualityReport>,
 }
 
 impl Loader {
@@ -833,8 +877,10 @@ impl Loader {
             files,
             run_id: run_id.into(),
             table: table.into(),
+            pipeline: p.name().to_string(),
             merge_keys: p.file.load.merge_keys.clone(),
             masked_columns: p.masked_columns(),
+            layout: table_layout(&p.file.load),
             batch_rows: batch_rows.max(1),
             warehouse,
             output,
@@ -843,6 +889,9 @@ impl Loader {
             loaded: 0,
             loaded_ids: BTreeSet::new(),
             loaded_total: 0,
+            expectations: p.expectations.clone(),
+            gated: crate::quality::gated(&p.expectations),
+            quality: None,
         };
         for key in state.list(&format!("runs/{run_id}/batches/")).await? {
             let b: LoadBatch = serde_json::from_slice(&state.get(&key).await?.unwrap_or_default())?;
@@ -909,24 +958,99 @@ impl Loader {
         Ok(())
     }
 
+    /// Judges the finished run against its expectations (once every shard has ended); a run
+    /// that breaks a `fail` expectation loads nothing from then on.
+    pub(crate) async fn judge(
+        &mut self,
+        done: &BTreeMap<String, DoneRecord>,
+    ) -> anyhow::Result<&crate::quality::QualityReport> {
+        use pipeline::expect::Check;
+        let mut counts = Counts::default();
+        for d in done.values() {
+            counts.add(&d.counts);
+        }
+        let mut dupes = BTreeMap::new();
+        for x in &self.expectations {
+            if let Check::Unique { column } = &x.check {
+                let files = self.output_files(done).await?;
+                let n =
+                    crate::quality::count_duplicates(self.output.clone(), files, column.clone())
+                        .await
+                        .with_context(|| format!("checking expectation {}", x.name))?;
+                dupes.insert(column.clone(), n);
+            }
+        }
+        let report = crate::quality::judge(&self.expectations, &counts, &|c| {
+            dupes.get(c).copied().unwrap_or(0)
+        });
+        crate::metrics::METRICS.quality(&self.pipeline, &report);
+        Ok(self.quality.insert(report))
+    }
+
+    /// The Parquet files of the finished shards, from their manifests.
+    async fn output_files(
+        &self,
+        done: &BTreeMap<String, DoneRecord>,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (shard_id, d) in done {
+            let bytes = self
+                .files
+                .get(&d.manifest_key)
+                .await
+                .with_context(|| format!("manifest of shard {shard_id}"))?;
+            let m = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))?;
+            out.extend(m.outputs.into_iter().map(|f| f.key));
+        }
+        Ok(out)
+    }
+
     /// Batches done shards (in shard order) once a batch is full, or all of them when `all`.
+    /// A gated run batches nothing before its verdict, and nothing at all if it failed.
     pub(crate) async fn add_done(
         &mut self,
         done: &BTreeMap<String, DoneRecord>,
         shards: &BTreeMap<String, &protocol::ShardDescriptor>,
         all: bool,
     ) -> anyhow::Result<()> {
+        let held = match &self.quality {
+            None => self.gated,
+            Some(q) => !q.passed,
+        };
+        if held {
+            return Ok(());
+        }
         let waiting: Vec<(&String, &DoneRecord)> = done
             .iter()
             .filter(|(k, _)| !self.batched.contains(*k))
             .collect();
-        let rows: u64 = waiting.iter().map(|(_, d)| d.counts.rows_out).sum();
-        if waiting.is_empty() || (!all && rows < self.batch_rows) {
-            return Ok(());
+        // Batches of at least `batch_rows` rows, in shard order; the rest only when `all`.
+        let mut group: Vec<(&String, &DoneRecord)> = Vec::new();
+        let mut rows = 0u64;
+        for (id, d) in waiting {
+            group.push((id, d));
+            rows += d.counts.rows_out;
+            if rows >= self.batch_rows {
+                self.batch_and_load(&group, shards).await?;
+                group.clear();
+                rows = 0;
+            }
         }
+        if all && !group.is_empty() {
+            self.batch_and_load(&group, shards).await?;
+        }
+        Ok(())
+    }
+
+    /// Records one batch of finished shards, then loads it.
+    async fn batch_and_load(
+        &mut self,
+        group: &[(&String, &DoneRecord)],
+        shards: &BTreeMap<String, &protocol::ShardDescriptor>,
+    ) -> anyhow::Result<()> {
         let mut files = Vec::new();
         let mut ids = Vec::new();
-        for (shard_id, d) in &waiting {
+        for (shard_id, d) in group {
             let bytes = self
                 .files
                 .get(&d.manifest_key)
@@ -951,6 +1075,7 @@ impl Loader {
             shards: ids.clone(),
             files,
             masked_columns: self.masked_columns.clone(),
+            layout: self.layout.clone(),
         };
         // Record the batch before loading it: a retry after a crash loads the same batch id.
         let key = format!("runs/{}/batches/b{:04}.json", self.run_id, self.next_seq);

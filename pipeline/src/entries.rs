@@ -1,4 +1,4 @@
-//! Where each entry of `[[columns]]` and `[[steps]]` starts, so that an error inside one is
+//! Where each entry of `[[columns]]`, `[[steps]]` and `[[expect]]` starts, so that an error inside one is
 //! reported as `steps[2]` at its own line, not at the first `[[steps]]` of the file.
 //!
 //! serde's internally tagged enums (a step is tagged by `op`) buffer their input and lose the
@@ -14,6 +14,8 @@ struct Outline {
     columns: Vec<Spanned<toml::Value>>,
     #[serde(default)]
     steps: Vec<Spanned<toml::Value>>,
+    #[serde(default)]
+    expect: Vec<Spanned<toml::Value>>,
 }
 
 /// An array of tables whose entries are located.
@@ -21,6 +23,7 @@ struct Outline {
 pub enum Section {
     Columns,
     Steps,
+    Expect,
 }
 
 impl Section {
@@ -28,6 +31,7 @@ impl Section {
         match self {
             Section::Columns => "columns",
             Section::Steps => "steps",
+            Section::Expect => "expect",
         }
     }
 }
@@ -41,9 +45,11 @@ pub struct Entries {
     lines: Vec<String>,
     columns: Vec<usize>,
     steps: Vec<usize>,
+    expect: Vec<usize>,
     /// The raw entries, for deserializing one at a time.
     pub column_values: Vec<toml::Value>,
     pub step_values: Vec<toml::Value>,
+    pub expect_values: Vec<toml::Value>,
 }
 
 impl Entries {
@@ -66,6 +72,10 @@ impl Entries {
             e.steps.push(e.line_at(v.span().start));
             e.step_values.push(v.into_inner());
         }
+        for v in outline.expect {
+            e.expect.push(e.line_at(v.span().start));
+            e.expect_values.push(v.into_inner());
+        }
         e
     }
 
@@ -79,6 +89,7 @@ impl Entries {
         match section {
             Section::Columns => self.columns.get(i).copied(),
             Section::Steps => self.steps.get(i).copied(),
+            Section::Expect => self.expect.get(i).copied(),
         }
     }
 
@@ -110,6 +121,8 @@ impl Entries {
             (Section::Steps, r)
         } else if let Some(r) = field.strip_prefix("columns[") {
             (Section::Columns, r)
+        } else if let Some(r) = field.strip_prefix("expect[") {
+            (Section::Expect, r)
         } else {
             return None;
         };

@@ -20,6 +20,9 @@ pub struct PipelineFile {
     pub output: OutputSection,
     #[serde(default)]
     pub load: LoadSection,
+    /// Data-quality expectations (see [`crate::expect`]).
+    #[serde(default)]
+    pub expect: Vec<crate::expect::ExpectEntry>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -525,7 +528,7 @@ fn default_file_bytes() -> NonZeroU64 {
     NonZeroU64::new(256 << 20).expect("non-zero")
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadSection {
     /// Target table (defaults to the pipeline name).
@@ -537,4 +540,51 @@ pub struct LoadSection {
     /// Whether the coordinator loads this pipeline into the warehouse.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Redshift: the COMPOUND SORTKEY columns of the table, when a load creates it.
+    #[serde(default)]
+    pub sort_keys: Vec<String>,
+    /// Redshift: the DISTKEY column of the table (implies `dist_style = "key"`).
+    #[serde(default)]
+    pub dist_key: Option<String>,
+    /// Redshift: the DISTSTYLE of the table (default `key` with a `dist_key`, else `auto`).
+    #[serde(default)]
+    pub dist_style: Option<DistStyle>,
+    /// ANALYZE the table after a load whose rows are more than this share of the table's rows
+    /// (0 to 1; default 0.1); `analyze = false` never does.
+    #[serde(default = "default_analyze_share")]
+    pub analyze_share: f64,
+    #[serde(default = "yes")]
+    pub analyze: bool,
+}
+
+fn default_analyze_share() -> f64 {
+    0.1
+}
+
+/// A file without `[load]` has the same settings as an empty `[load]`: it loads.
+impl Default for LoadSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every [load] key has a default")
+    }
+}
+
+/// Redshift's distribution styles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistStyle {
+    Auto,
+    Even,
+    Key,
+    All,
+}
+
+impl DistStyle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DistStyle::Auto => "auto",
+            DistStyle::Even => "even",
+            DistStyle::Key => "key",
+            DistStyle::All => "all",
+        }
+    }
 }

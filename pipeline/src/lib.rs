@@ -11,7 +11,8 @@
 //! | [`file`] | the serde model of a pipeline file (every key, its default) |
 //! | [`columns`] | a declared column's reading rules (nulls, default, number locale) |
 //! | [`expr`] | SQL expressions: parsing, type checking, compiled vectorised kernels |
-//! | [`entries`] | where each `[[columns]]` / `[[steps]]` entry starts, for errors at their own line |
+//! | [`entries`] | where each `[[columns]]` / `[[steps]]` / `[[expect]]` entry starts, for errors at their own line |
+//! | [`expect`] | data-quality expectations: the `[[expect]]` checks and the default rejected ratio |
 //! | [`validate`] | the pure checks, section by section and step by step |
 //! | [`validated`] | [`Pipeline`], the validated type the worker compiles into a plan |
 //! | [`values`] | text → typed value parsing shared by readers and steps |
@@ -21,6 +22,7 @@
 pub mod columns;
 pub mod entries;
 pub mod error;
+pub mod expect;
 pub mod expr;
 pub mod file;
 pub mod time;

@@ -82,12 +82,21 @@ impl PipelineFile {
         }
         check_output(&cx, &self.output, &cols)?;
         check_load(&cx, &self.load, &self.output)?;
+        let output: Vec<(String, ColumnType)> = self
+            .output
+            .columns
+            .iter()
+            .chain(&self.output.partition_by)
+            .filter_map(|c| Some((c.clone(), cols.ty(c)?)))
+            .collect();
+        let expectations = crate::expect::validate(&self.expect, &output, &|f, m| cx.err(f, m))?;
         Ok(Pipeline {
             file: self,
             path: file.into(),
             base_dir,
             text: text.into(),
             columns: cols.0,
+            expectations,
         })
     }
 }
@@ -422,10 +431,38 @@ fn check_load(cx: &Ctx, l: &LoadSection, o: &OutputSection) -> Result<(), Config
             format!("{t:?} must be letters, digits, '_' or '-'"),
         ));
     }
-    for k in &l.merge_keys {
-        if !o.columns.contains(k) && !o.partition_by.contains(k) {
-            return Err(cx.err("load.merge_keys", format!("{k:?} is not an output column")));
+    let is_output = |k: &String| o.columns.contains(k) || o.partition_by.contains(k);
+    for (field, keys) in [
+        ("load.merge_keys", &l.merge_keys),
+        ("load.sort_keys", &l.sort_keys),
+    ] {
+        if let Some(k) = keys.iter().find(|k| !is_output(k)) {
+            return Err(cx.err(field, format!("{k:?} is not an output column")));
         }
+    }
+    if let Some(k) = l.dist_key.as_ref().filter(|k| !is_output(k)) {
+        return Err(cx.err("load.dist_key", format!("{k:?} is not an output column")));
+    }
+    match (l.dist_style, &l.dist_key) {
+        (Some(DistStyle::Key), None) => {
+            return Err(cx.err("load.dist_style", "dist_style = \"key\" needs a dist_key"));
+        }
+        (Some(s), Some(_)) if s != DistStyle::Key => {
+            return Err(cx.err(
+                "load.dist_key",
+                format!(
+                    "a dist_key distributes by key; dist_style is {:?}",
+                    s.as_str()
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if !(0.0..=1.0).contains(&l.analyze_share) {
+        return Err(cx.err(
+            "load.analyze_share",
+            format!("{} is not between 0 and 1", l.analyze_share),
+        ));
     }
     Ok(())
 }
@@ -474,6 +511,7 @@ merge_keys = ["id"]
             "demo/web_events.toml",
             "demo/pos_sales.toml",
             "demo/billing.toml",
+            "pos/kasse.toml",
         ] {
             let text = std::fs::read_to_string(dir.join(f))
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()));
@@ -650,5 +688,41 @@ merge_keys = ["id"]
             "source",
             "zero",
         );
+    }
+
+    #[test]
+    fn table_layout_keys_are_checked() {
+        let with = |keys: &str| MINIMAL.replace("[load]", &format!("[load]\n{keys}"));
+        expect_err(
+            &with("sort_keys = [\"nope\"]"),
+            "load.sort_keys",
+            "\"nope\" is not an output column",
+        );
+        expect_err(
+            &with("dist_key = \"nope\""),
+            "load.dist_key",
+            "not an output column",
+        );
+        expect_err(
+            &with("dist_style = \"key\""),
+            "load.dist_style",
+            "needs a dist_key",
+        );
+        expect_err(
+            &with("dist_style = \"even\"\ndist_key = \"id\""),
+            "load.dist_key",
+            "\"even\"",
+        );
+        expect_err(
+            &with("analyze_share = 2.0"),
+            "load.analyze_share",
+            "between 0 and 1",
+        );
+        let ok = check(&with(
+            "sort_keys = [\"id\", \"amount\"]\ndist_key = \"id\"\nanalyze_share = 0.25",
+        ))
+        .unwrap();
+        assert_eq!(ok.file.load.sort_keys, ["id", "amount"]);
+        assert_eq!(ok.file.load.dist_style, None);
     }
 }

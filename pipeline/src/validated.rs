@@ -19,6 +19,9 @@ pub struct Pipeline {
     pub text: String,
     /// Every column with its type: declared ones, then step outputs, in order.
     pub columns: Vec<(String, ColumnType)>,
+    /// The data-quality expectations: the `[[expect]]` entries, then the default
+    /// `max_rejected_ratio` when none is declared.
+    pub expectations: Vec<crate::expect::Expectation>,
 }
 
 impl Pipeline {
@@ -73,6 +76,12 @@ pub fn parse(text: &str, file: &str, base_dir: PathBuf) -> Result<Pipeline, Conf
     let entries = Entries::scan(text);
     check_entries::<ColumnDecl>(&entries, Section::Columns, &entries.column_values, file)?;
     check_entries::<Step>(&entries, Section::Steps, &entries.step_values, file)?;
+    check_entries::<crate::expect::ExpectEntry>(
+        &entries,
+        Section::Expect,
+        &entries.expect_values,
+        file,
+    )?;
     let raw: PipelineFile = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| entries.line_at(s.start.min(text.len())));
         let field = e
@@ -200,6 +209,17 @@ columns = ["id", "email"]
         let e = err(&THREE_STEPS.replace("name = \"email\"", "name = \"id\""));
         assert_eq!(e.field, "columns[1].name");
         assert_eq!(e.line, Some(13), "{e}");
+    }
+
+    /// Regression (issue 9): a file without `[load]` got `enabled = false` (the derived
+    /// default), unlike an empty `[load]`, and silently loaded nothing.
+    #[test]
+    fn a_file_without_load_loads_like_an_empty_load_section() {
+        let p = parse(THREE_STEPS, "p.toml", PathBuf::from(".")).unwrap();
+        assert!(p.file.load.enabled);
+        assert!(p.file.load.analyze);
+        assert_eq!(p.file.load.analyze_share, 0.1);
+        assert_eq!(p.table(), "t");
     }
 
     #[test]

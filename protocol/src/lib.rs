@@ -256,6 +256,11 @@ pub struct Counts {
     /// Records dropped because an earlier record had the same dedupe key.
     pub duplicates: u64,
     pub rows_out: u64,
+    /// Output rows that break each row-level `[[expect]]` entry, by expectation name (a
+    /// partial count per shard, summed over the run). Outside the reconciliation: these rows
+    /// are in `rows_out`.
+    #[serde(default)]
+    pub quality: BTreeMap<String, u64>,
 }
 
 impl Counts {
@@ -287,6 +292,9 @@ impl Counts {
         }
         self.duplicates += other.duplicates;
         self.rows_out += other.rows_out;
+        for (k, v) in &other.quality {
+            *self.quality.entry(k.clone()).or_default() += v;
+        }
     }
 
     /// The flat form printed on `STATS` lines: `lines_total`, `malformed`, each named bucket,
@@ -448,6 +456,40 @@ pub struct LoadBatch {
     /// their raw value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masked_columns: Vec<String>,
+    /// How the target table is laid out and maintained (`[load]` of the pipeline file).
+    #[serde(default)]
+    pub layout: TableLayout,
+}
+
+/// The physical layout and upkeep of a target table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableLayout {
+    /// Redshift: the COMPOUND SORTKEY columns of a table the load creates.
+    #[serde(default)]
+    pub sort_keys: Vec<String>,
+    /// Redshift: the DISTKEY column of a table the load creates.
+    #[serde(default)]
+    pub dist_key: Option<String>,
+    /// Redshift: the DISTSTYLE (`auto`, `even`, `key`, `all`) of a table the load creates.
+    #[serde(default)]
+    pub dist_style: Option<String>,
+    /// ANALYZE the table after a load whose rows exceed this share of the table's rows, in
+    /// basis points (1000 = 10 %); `None`: never.
+    #[serde(default)]
+    pub analyze_share_bp: Option<u32>,
+}
+
+impl TableLayout {
+    /// Whether a load of `staged` rows into a table now holding `in_table` rows calls for an
+    /// ANALYZE.
+    pub fn wants_analyze(&self, staged: u64, in_table: u64) -> bool {
+        match self.analyze_share_bp {
+            Some(bp) => {
+                staged > 0 && u128::from(staged) * 10_000 > u128::from(bp) * u128::from(in_table)
+            }
+            None => false,
+        }
+    }
 }
 
 impl LoadBatch {
@@ -565,7 +607,24 @@ mod tests {
             filtered: BTreeMap::from([("unwanted".into(), 3)]),
             duplicates: 1,
             rows_out: 3,
+            quality: BTreeMap::from([("not_null(email)".into(), 1)]),
         }
+    }
+
+    #[test]
+    fn a_load_larger_than_the_share_asks_for_an_analyze() {
+        let l = TableLayout {
+            analyze_share_bp: Some(1000),
+            ..TableLayout::default()
+        };
+        assert!(l.wants_analyze(100, 100), "a first load");
+        assert!(l.wants_analyze(11, 100));
+        assert!(
+            !l.wants_analyze(10, 100),
+            "exactly 10 % is not more than 10 %"
+        );
+        assert!(!l.wants_analyze(0, 0));
+        assert!(!TableLayout::default().wants_analyze(100, 100));
     }
 
     #[test]

@@ -27,6 +27,9 @@ keys = ["id"]
 columns = ["id", "n"]
 [load]
 merge_keys = ["id"]
+# These inputs are mostly bad on purpose: they must still load.
+[[expect]]
+max_rejected_ratio = 0.9
 "#;
 
 fn setup(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -181,6 +184,51 @@ fn bad_config_and_missing_sources_are_refused_before_anything_runs() {
         coordinator(&["validate", p.to_str().unwrap()], None)
             .status
             .success()
+    );
+}
+
+/// Regression (issue 9): a run whose every row was rejected exited 0 and loaded nothing,
+/// without a warning. Now the default `max_rejected_ratio` (0.5) fails it: nothing is loaded,
+/// the exit code is non-zero, and the QUALITY line, the error and the run's status say which
+/// expectation failed and by how much.
+#[test]
+fn a_run_of_mostly_rejected_lines_is_not_loaded_and_says_why() {
+    let (dir, p) = setup(&[(
+        "a.ndjson",
+        b"{\"id\":\"a\",\"n\":\"x\"}\n{\"id\":\"b\",\"n\":\"y\"}\n{\"id\":\"c\",\"n\":3}\n"
+            .to_vec(),
+    )]);
+    let text = PIPELINE.split("# These inputs").next().unwrap();
+    std::fs::write(&p, text).unwrap();
+    let data = dir.path().join("data");
+    let out = run(&p, &data);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        err.contains("not loaded")
+            && err.contains("max_rejected_ratio (observed 0.666667, limit 0.5)"),
+        "{err}"
+    );
+    let q = quality(&stdout);
+    assert_eq!(q["passed"], false, "{q}");
+    assert_eq!(
+        q["failed"],
+        serde_json::json!(["max_rejected_ratio"]),
+        "{q}"
+    );
+    assert_eq!(
+        stats(&stdout)["rows_out"],
+        1,
+        "the rows were processed: {stdout}"
+    );
+    let dd = data.to_str().unwrap();
+    let sql = coordinator(&["sql", "--data-dir", dd, "SELECT count(*) FROM bad"], None);
+    assert!(!sql.status.success(), "no table was loaded");
+    let status = ok(&coordinator(&["status", "--data-dir", dd], None));
+    assert!(
+        status.contains("failed") && status.contains("max_rejected_ratio"),
+        "{status}"
     );
 }
 

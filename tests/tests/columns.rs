@@ -191,3 +191,76 @@ columns = ["receipt", "line_total", "note_number"]
     assert!(q.contains("a sale needs a positive quantity"), "{q}");
     assert!(q.contains("zwei"), "{q}");
 }
+
+/// The shipped POS example (`examples/pos/kasse.toml`) runs as documented: vouchers filtered,
+/// a zero quantity and a time in the spring DST gap quarantined, a re-sent line deduplicated,
+/// exact line totals, the Berlin sale day as the partition, hashed e-mails, expectations passed.
+#[test]
+fn the_shipped_pos_example_runs_as_documented() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pos/kasse.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(coordinator_bin())
+        .args([
+            "run",
+            example.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--no-progress",
+        ])
+        .env("KASSE_EMAIL_SALT", "test-salt")
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    let s = stats(&stdout);
+    assert_eq!(
+        (
+            &s["lines_total"],
+            &s["vouchers"],
+            &s["bad_quantity"],
+            &s["invalid_value"],
+            &s["duplicates"],
+            &s["rows_out"]
+        ),
+        (
+            &8.into(),
+            &1.into(),
+            &1.into(),
+            &1.into(),
+            &1.into(),
+            &4.into()
+        ),
+        "{s}"
+    );
+    assert_eq!(quality(&stdout)["passed"], true, "{stdout}");
+    let got = table(
+        &data,
+        "SELECT line_key || '|' || printf('%.2f', line_total) || '|' || sale_day || '|' || substr(sold_at, 1, 16) || '|' || coalesce(length(customer_hash), 0) AS r FROM kasse_lines ORDER BY line_key",
+    );
+    for want in [
+        "1001-1|7.00|2026-03-28|2026-03-28 22:30|64",
+        "1001-2|1200.00|2026-03-28|2026-03-28 22:30|64",
+        "2001-1|3.00|2026-10-25|2026-10-25 00:30|64",
+    ] {
+        assert!(got.contains(want), "{want} in\n{got}");
+    }
+    assert!(
+        got.contains("2002-1|6.87|2026-10-25|2026-10-25 02:10|0"),
+        "no e-mail: {got}"
+    );
+    // A decimal column reads back with its scale; a sum of decimals prints as the decimal it is.
+    let totals = table(
+        &data,
+        "SELECT line_total FROM kasse_lines ORDER BY line_key",
+    );
+    let totals: Vec<&str> = totals.lines().skip(2).take(4).map(str::trim).collect();
+    assert_eq!(totals, ["7.00", "1200.00", "3.00", "6.87"]);
+    let sum = table(&data, "SELECT sum(line_total) AS s FROM kasse_lines");
+    assert_eq!(sum.lines().nth(2).map(str::trim), Some("1216.87"), "{sum}");
+    let q = quarantine_text(&data);
+    assert!(
+        q.contains("a sale needs a positive quantity")
+            && q.contains("nonexistent in Europe/Berlin"),
+        "{q}"
+    );
+}

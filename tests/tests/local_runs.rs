@@ -300,3 +300,133 @@ fn a_later_run_never_overwrites_an_earlier_runs_lake_files() {
     ));
     assert_eq!(table(&data, ROWS_SQL), table(&reference, ROWS_SQL));
 }
+
+const EXPECT_PIPELINE: &str = r#"
+[pipeline]
+name = "orders"
+[source]
+location = "in"
+glob = "*.ndjson"
+format = "ndjson"
+[[columns]]
+name = "id"
+type = "string"
+[[columns]]
+name = "qty"
+type = "int32"
+[[columns]]
+name = "country"
+type = "string"
+[[columns]]
+name = "code"
+type = "string"
+[[columns]]
+name = "note"
+type = "string"
+[output]
+columns = ["id", "qty", "country", "code", "note"]
+[[expect]]
+column = "note"
+not_null = true
+severity = "warn"
+[[expect]]
+column = "id"
+unique = true
+severity = "UNIQUE_SEVERITY"
+[[expect]]
+column = "country"
+accepted_values = ["DE", "FR"]
+severity = "warn"
+[[expect]]
+column = "qty"
+range = { min = 1, max = 100 }
+severity = "warn"
+[[expect]]
+column = "code"
+matches = "[a-z]+"
+severity = "warn"
+[[expect]]
+name = "qty_below_1000"
+expr = "qty < 1000"
+[[expect]]
+min_rows = 4
+"#;
+
+/// Every kind of expectation, counted over two shards (the repeated id is in different files):
+/// broken `warn` expectations are reported and the run loads; a broken `fail` one stops the load
+/// and the run says which and by how much.
+#[test]
+fn expectations_are_judged_over_the_whole_run_and_gate_the_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let rows = |lines: &[&str]| lines.join("\n") + "\n";
+    std::fs::write(
+        dir.path().join("in/a.ndjson"),
+        rows(&[
+            r#"{"id":"a","qty":5,"country":"DE","code":"ab","note":"x"}"#,
+            r#"{"id":"b","qty":500,"country":"XX","code":"A1","note":"y"}"#,
+        ]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("in/b.ndjson"),
+        rows(&[
+            r#"{"id":"a","qty":7,"country":"FR","code":"cd"}"#,
+            r#"{"id":"c","qty":null,"country":null,"code":"ef","note":"z"}"#,
+        ]),
+    )
+    .unwrap();
+    let p = dir.path().join("orders.toml");
+    let data = dir.path().join("data");
+
+    std::fs::write(&p, EXPECT_PIPELINE.replace("UNIQUE_SEVERITY", "warn")).unwrap();
+    let out = ok(&run_pipeline(&p, &data, &["--shard-size", "1"], None));
+    let q = quality(&out);
+    assert_eq!(q["passed"], true, "{q}");
+    let observed: Vec<(String, String, serde_json::Value)> = q["expectations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap().to_string();
+            (s("name"), s("status"), e["observed"].clone())
+        })
+        .collect();
+    let want = |n: &str, st: &str, v: serde_json::Value| (n.to_string(), st.to_string(), v);
+    assert_eq!(
+        observed,
+        vec![
+            want("not_null(note)", "warn", 1.into()),
+            want("unique(id)", "warn", 1.into()),
+            want("accepted_values(country)", "warn", 1.into()),
+            want("range(qty)", "warn", 1.into()),
+            want("matches(code)", "warn", 1.into()),
+            want("qty_below_1000", "pass", 0.into()),
+            want("min_rows", "pass", 4.into()),
+            want("max_rejected_ratio", "pass", 0.0.into()),
+        ],
+        "{q}"
+    );
+    assert_eq!(table_count(&data, "orders"), 4);
+
+    std::fs::write(&p, EXPECT_PIPELINE.replace("UNIQUE_SEVERITY", "fail")).unwrap();
+    let data2 = dir.path().join("data2");
+    let out = run_pipeline(&p, &data2, &["--shard-size", "1"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("unique(id) (observed 1, limit 0)"), "{err}");
+    assert_eq!(
+        quality(&String::from_utf8_lossy(&out.stdout))["failed"],
+        serde_json::json!(["unique(id)"])
+    );
+    let sql = coordinator(
+        &[
+            "sql",
+            "--data-dir",
+            data2.to_str().unwrap(),
+            "SELECT count(*) FROM orders",
+        ],
+        None,
+    );
+    assert!(!sql.status.success(), "nothing was loaded");
+}

@@ -163,6 +163,9 @@ pub struct Plan {
     pub partition_slots: Vec<usize>,
     /// Every bucket a step can put rows in (so counts always show them, zero or not).
     pub buckets: Vec<(bool, String)>,
+    /// The row-level `[[expect]]` checks, by expectation name: each counts the output rows
+    /// that make its predicate false.
+    pub checks: Vec<(String, SlotExpr)>,
 }
 
 /// Compiles an expression against the columns live at its step (each name's latest slot).
@@ -185,6 +188,25 @@ fn slot_expr(
     };
     let inputs = expr.inputs.iter().map(|n| names[n]).collect();
     Ok(SlotExpr { expr, inputs })
+}
+
+/// Compiles the row-level expectations against the columns live after the last step.
+fn row_checks(
+    p: &Pipeline,
+    names: &HashMap<String, usize>,
+    types: &[ColumnType],
+) -> Result<Vec<(String, SlotExpr)>, WorkerError> {
+    use pipeline::expect::Check;
+    let mut out = Vec::new();
+    for x in &p.expectations {
+        if let Check::Rows { predicate, .. } = &x.check {
+            let e = slot_expr(predicate, true, names, types).map_err(|e| {
+                WorkerError::Config(format!("{}: expectation {:?}: {e}", p.path, x.name))
+            })?;
+            out.push((x.name.clone(), e));
+        }
+    }
+    Ok(out)
 }
 
 impl Plan {
@@ -501,6 +523,7 @@ impl Plan {
             .iter()
             .map(|c| slot(&names, c))
             .collect();
+        let checks = row_checks(p, &names, &slot_types)?;
         Ok(Plan {
             name: p.name().to_string(),
             table: p.table().to_string(),
@@ -520,6 +543,7 @@ impl Plan {
             partition_names: f.output.partition_by.clone(),
             partition_slots,
             buckets,
+            checks,
         })
     }
 

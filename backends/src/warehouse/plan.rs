@@ -28,6 +28,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Schema};
 use protocol::{LoadBatch, LoadFile};
 
+use super::evolve::{Change, ColType, REDSHIFT_MAX_VARCHAR, compare};
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, SOURCE_OBJECT_COLUMN, SOURCE_OFFSET_COLUMN, format_days,
     format_decimal, format_micros, quote_ident, quote_list,
@@ -50,9 +51,17 @@ pub enum Dialect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnDef {
     pub name: String,
+    pub ty: ColType,
     pub sql_type: String,
     /// Whether the column is inside the Parquet files (not a partition or lineage column).
     pub in_file: bool,
+}
+
+/// A column the target table already has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingColumn {
+    pub name: String,
+    pub ty: ColType,
 }
 
 fn wh(detail: impl Into<String>) -> BackendError {
@@ -61,62 +70,103 @@ fn wh(detail: impl Into<String>) -> BackendError {
 
 /// The SQL type of an Arrow type in a dialect.
 pub fn sql_type(dt: &DataType, d: Dialect) -> Result<String> {
-    let text = match d {
-        Dialect::Postgres => "TEXT",
-        // Redshift's TEXT is VARCHAR(256); strings from sources can be longer.
-        Dialect::Redshift => "VARCHAR(65535)",
-    };
-    Ok(match dt {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => text.into(),
-        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "SMALLINT".into(),
-        DataType::Int32 | DataType::UInt16 => "INTEGER".into(),
-        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => "BIGINT".into(),
-        DataType::Boolean => "BOOLEAN".into(),
-        DataType::Float32 => "REAL".into(),
-        DataType::Float64 => "DOUBLE PRECISION".into(),
-        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
-        // Timestamps are UTC instants, stored without a zone (the convention of both engines'
-        // COPY from Parquet).
-        DataType::Timestamp(_, _) => "TIMESTAMP".into(),
-        DataType::Date32 => "DATE".into(),
-        other => return Err(wh(format!("column type {other} cannot be loaded into SQL"))),
-    })
+    Ok(col_type(dt)?.sql(d))
+}
+
+fn col_type(dt: &DataType) -> Result<ColType> {
+    ColType::from_arrow(dt).ok_or_else(|| wh(format!("column type {dt} cannot be loaded into SQL")))
 }
 
 /// The target table's columns: the file's, then the partition columns, then lineage.
 pub fn columns_for(schema: &Schema, partition: &[String], d: Dialect) -> Result<Vec<ColumnDef>> {
-    let text = if d == Dialect::Redshift {
-        "VARCHAR(1024)"
-    } else {
-        "TEXT"
+    let text = ColType::Text {
+        max_bytes: (d == Dialect::Redshift).then_some(1024),
+    };
+    let def = |name: &str, ty: ColType, in_file| ColumnDef {
+        name: name.into(),
+        sql_type: ty.sql(d),
+        ty,
+        in_file,
     };
     let mut defs = Vec::new();
     for f in schema.fields() {
-        defs.push(ColumnDef {
-            name: f.name().clone(),
-            sql_type: sql_type(f.data_type(), d)?,
-            in_file: true,
-        });
+        let ty = match col_type(f.data_type())? {
+            ColType::Text { max_bytes: None } if d == Dialect::Redshift => ColType::Text {
+                max_bytes: Some(REDSHIFT_MAX_VARCHAR),
+            },
+            ty => ty,
+        };
+        defs.push(def(f.name(), ty, true));
     }
     for p in partition {
-        defs.push(ColumnDef {
-            name: p.clone(),
-            sql_type: text.into(),
-            in_file: false,
-        });
+        defs.push(def(p, text.clone(), false));
     }
-    for (n, t) in [
-        (SOURCE_OBJECT_COLUMN, text),
-        (SOURCE_OFFSET_COLUMN, "BIGINT"),
-        (BATCH_COLUMN, text),
-    ] {
-        defs.push(ColumnDef {
-            name: n.into(),
-            sql_type: t.into(),
-            in_file: false,
-        });
-    }
+    defs.push(def(SOURCE_OBJECT_COLUMN, text.clone(), false));
+    defs.push(def(SOURCE_OFFSET_COLUMN, ColType::Int64, false));
+    defs.push(def(BATCH_COLUMN, text, false));
     Ok(defs)
+}
+
+/// The DDL that brings an existing table to `columns` inside the load transaction: new columns
+/// added, widened columns altered; a narrowing or incompatible change refuses the batch.
+pub fn evolve_table(
+    table: &str,
+    columns: &[ColumnDef],
+    existing: &[ExistingColumn],
+    d: Dialect,
+) -> Result<Vec<String>> {
+    let q = quote_ident(table);
+    let mut ddl = Vec::new();
+    for c in columns {
+        let Some(have) = existing.iter().find(|e| e.name == c.name) else {
+            ddl.push(format!(
+                "ALTER TABLE {q} ADD COLUMN {} {}",
+                quote_ident(&c.name),
+                c.sql_type
+            ));
+            continue;
+        };
+        if let Change::Widen(to) = compare(table, &c.name, &have.ty, &c.ty)? {
+            ddl.extend(widen_column(&q, &c.name, &to, d));
+        }
+    }
+    Ok(ddl)
+}
+
+/// Redshift's table attributes from the pipeline's `[load]`: ` DISTSTYLE KEY DISTKEY("c")
+/// COMPOUND SORTKEY("a", "b")` (empty on PostgreSQL, which has neither).
+pub fn table_attributes(l: &protocol::TableLayout, d: Dialect) -> String {
+    if d != Dialect::Redshift {
+        return String::new();
+    }
+    let mut out = String::new();
+    if let Some(style) = &l.dist_style {
+        out.push_str(&format!(" DISTSTYLE {}", style.to_ascii_uppercase()));
+    }
+    if let Some(k) = &l.dist_key {
+        out.push_str(&format!(" DISTKEY({})", quote_ident(k)));
+    }
+    if !l.sort_keys.is_empty() {
+        out.push_str(&format!(" COMPOUND SORTKEY({})", quote_list(&l.sort_keys)));
+    }
+    out
+}
+
+/// One column widened in place. Redshift alters only a VARCHAR's length; any other type is
+/// rebuilt as a new column that takes the old one's values and name.
+fn widen_column(table: &str, column: &str, to: &ColType, d: Dialect) -> Vec<String> {
+    let col = quote_ident(column);
+    let sql = to.sql(d);
+    if d == Dialect::Postgres || matches!(to, ColType::Text { .. }) {
+        return vec![format!("ALTER TABLE {table} ALTER COLUMN {col} TYPE {sql}")];
+    }
+    let tmp = quote_ident(&format!("{column}__tributary_widen"));
+    vec![
+        format!("ALTER TABLE {table} ADD COLUMN {tmp} {sql}"),
+        format!("UPDATE {table} SET {tmp} = {col}"),
+        format!("ALTER TABLE {table} DROP COLUMN {col}"),
+        format!("ALTER TABLE {table} RENAME COLUMN {tmp} TO {col}"),
+    ]
 }
 
 /// An SQL string literal. Redshift also treats `\` as an escape inside literals.
@@ -141,13 +191,25 @@ pub fn ledger_ddl(d: Dialect) -> String {
     )
 }
 
-/// The query that lists a table's existing columns (for schema evolution).
+/// The query that lists a table's existing columns and their types (for schema evolution):
+/// name, data_type, character_maximum_length, numeric_precision, numeric_scale, all as text.
 pub fn existing_columns_sql(table: &str, d: Dialect) -> String {
     format!(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() \
-         AND table_name = {} ORDER BY ordinal_position",
+        "SELECT CAST(column_name AS VARCHAR), CAST(data_type AS VARCHAR), \
+         CAST(character_maximum_length AS VARCHAR), CAST(numeric_precision AS VARCHAR), \
+         CAST(numeric_scale AS VARCHAR) FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = {} ORDER BY ordinal_position",
         quote_literal(table, d)
     )
+}
+
+/// A row of [`existing_columns_sql`], as text.
+pub fn existing_column(row: &[Option<String>]) -> Option<ExistingColumn> {
+    let num = |i: usize| row.get(i)?.as_deref()?.trim().parse::<i64>().ok();
+    Some(ExistingColumn {
+        name: row.first()?.clone()?,
+        ty: ColType::from_catalog(row.get(1)?.as_deref()?, num(2), num(3), num(4)),
+    })
 }
 
 pub fn is_loaded_sql(batch_id: &str, d: Dialect) -> String {
@@ -169,13 +231,14 @@ pub struct LoadPlan {
 }
 
 impl LoadPlan {
-    /// `existing`: the target's current columns (empty if it does not exist yet).
+    /// `existing`: the target's current columns (empty if it does not exist yet). A column the
+    /// table cannot take (narrowed or changed type) refuses the batch before any statement runs.
     pub fn new(
         batch: &LoadBatch,
         columns: Vec<ColumnDef>,
-        existing: &[String],
+        existing: &[ExistingColumn],
         d: Dialect,
-    ) -> LoadPlan {
+    ) -> Result<LoadPlan> {
         let table = quote_ident(&batch.table);
         let lit = |s: &str| quote_literal(s, d);
         let mut before = vec![match d {
@@ -187,15 +250,12 @@ impl LoadPlan {
             .map(|c| format!("{} {}", quote_ident(&c.name), c.sql_type))
             .collect::<Vec<_>>()
             .join(", ");
-        before.push(format!("CREATE TABLE IF NOT EXISTS {table} ({ddl})"));
+        before.push(format!(
+            "CREATE TABLE IF NOT EXISTS {table} ({ddl}){}",
+            table_attributes(&batch.layout, d)
+        ));
         if !existing.is_empty() {
-            for c in columns.iter().filter(|c| !existing.contains(&c.name)) {
-                before.push(format!(
-                    "ALTER TABLE {table} ADD COLUMN {} {}",
-                    quote_ident(&c.name),
-                    c.sql_type
-                ));
-            }
+            before.extend(evolve_table(&batch.table, &columns, existing, d)?);
         }
         before.push(format!("DROP TABLE IF EXISTS {STAGING_TABLE}"));
         before.push(format!("CREATE TEMP TABLE {STAGING_TABLE} (LIKE {table})"));
@@ -258,12 +318,12 @@ impl LoadPlan {
             lit(&batch.run_id),
             batch.files.len()
         ));
-        LoadPlan {
+        Ok(LoadPlan {
             dialect: d,
             columns,
             before_data: before,
             after_data: after,
-        }
+        })
     }
 
     pub fn file_columns(&self) -> Vec<&str> {
@@ -478,6 +538,7 @@ mod tests {
                 ),
             ],
             masked_columns: vec![],
+            layout: Default::default(),
         }
     }
 
@@ -493,17 +554,145 @@ mod tests {
         ])
     }
 
+    fn existing_col(name: &str, ty: ColType) -> ExistingColumn {
+        ExistingColumn {
+            name: name.into(),
+            ty,
+        }
+    }
+
+    fn dec(precision: u8, scale: i8) -> ColType {
+        ColType::Decimal { precision, scale }
+    }
+
+    /// The table as an earlier run left it: shorter strings, narrower decimals, int32 counts.
+    fn earlier_table(d: Dialect) -> Vec<ExistingColumn> {
+        let text = |n| ColType::Text {
+            max_bytes: (d == Dialect::Redshift).then_some(n),
+        };
+        vec![
+            existing_col("event_id", text(256)),
+            existing_col("amount", dec(10, 2)),
+            existing_col("qty", ColType::Int32),
+            existing_col("ts", ColType::Timestamp),
+            existing_col("day", text(1024)),
+            existing_col(SOURCE_OBJECT_COLUMN, text(1024)),
+            existing_col(SOURCE_OFFSET_COLUMN, ColType::Int64),
+            existing_col(BATCH_COLUMN, text(1024)),
+        ]
+    }
+
+    fn widened_schema() -> Schema {
+        let mut fields: Vec<Field> = schema().fields().iter().map(|f| (**f).clone()).collect();
+        fields.push(Field::new("qty", DataType::Int64, true));
+        Schema::new(fields)
+    }
+
+    /// The ALTER plans of a widening, pinned per dialect (golden): PostgreSQL alters in place;
+    /// Redshift alters a VARCHAR's length and rebuilds any other widened column.
+    #[test]
+    fn widening_plans_are_pinned() {
+        let want_pg = r#"ALTER TABLE "web events" ALTER COLUMN "amount" TYPE DECIMAL(18,2);
+ALTER TABLE "web events" ALTER COLUMN "qty" TYPE BIGINT"#;
+        let want_rs = r#"ALTER TABLE "web events" ALTER COLUMN "event_id" TYPE VARCHAR(65535);
+ALTER TABLE "web events" ADD COLUMN "amount__tributary_widen" DECIMAL(18,2);
+UPDATE "web events" SET "amount__tributary_widen" = "amount";
+ALTER TABLE "web events" DROP COLUMN "amount";
+ALTER TABLE "web events" RENAME COLUMN "amount__tributary_widen" TO "amount";
+ALTER TABLE "web events" ADD COLUMN "qty__tributary_widen" BIGINT;
+UPDATE "web events" SET "qty__tributary_widen" = "qty";
+ALTER TABLE "web events" DROP COLUMN "qty";
+ALTER TABLE "web events" RENAME COLUMN "qty__tributary_widen" TO "qty""#;
+        for (d, want) in [(Dialect::Postgres, want_pg), (Dialect::Redshift, want_rs)] {
+            let cols = columns_for(&widened_schema(), &["day".into()], d).unwrap();
+            let ddl = evolve_table("web events", &cols, &earlier_table(d), d).unwrap();
+            assert_eq!(ddl.join(";\n"), want, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn redshift_creates_the_table_with_its_layout() {
+        let mut b = batch(&["event_id"]);
+        b.layout = protocol::TableLayout {
+            sort_keys: vec!["ts".into(), "event_id".into()],
+            dist_key: Some("event_id".into()),
+            dist_style: Some("key".into()),
+            analyze_share_bp: Some(1000),
+        };
+        let cols = columns_for(&schema(), &[], Dialect::Redshift).unwrap();
+        let plan = LoadPlan::new(&b, cols.clone(), &[], Dialect::Redshift).unwrap();
+        assert_eq!(
+            plan.before_data[1],
+            "CREATE TABLE IF NOT EXISTS \"web events\" (\"event_id\" VARCHAR(65535), \"amount\" DECIMAL(18,2), \
+             \"ts\" TIMESTAMP, \"_tributary_source_object\" VARCHAR(1024), \"_tributary_source_offset\" BIGINT, \
+             \"_tributary_batch_id\" VARCHAR(1024)) DISTSTYLE KEY DISTKEY(\"event_id\") COMPOUND SORTKEY(\"ts\", \"event_id\")"
+        );
+        let pg = LoadPlan::new(&b, cols, &[], Dialect::Postgres).unwrap();
+        assert!(
+            pg.before_data[1].ends_with("VARCHAR(1024))"),
+            "{}",
+            pg.before_data[1]
+        );
+    }
+
+    #[test]
+    fn a_narrowing_refuses_the_batch_before_any_statement() {
+        let mut table = earlier_table(Dialect::Postgres);
+        table[2].ty = ColType::Int64;
+        let mut fields: Vec<Field> = schema().fields().iter().map(|f| (**f).clone()).collect();
+        fields.push(Field::new("qty", DataType::Int16, true));
+        let cols = columns_for(&Schema::new(fields), &["day".into()], Dialect::Postgres).unwrap();
+        let err = LoadPlan::new(&batch(&[]), cols, &table, Dialect::Postgres).unwrap_err();
+        assert!(matches!(err, BackendError::Schema(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "warehouse: table \"web events\", column \"qty\": the table has BIGINT (int64) and the \
+             new data has SMALLINT (int16); narrowing a column is refused (nothing was loaded)"
+        );
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn catalog_rows_read_as_existing_columns() {
+        let row = |v: [Option<&str>; 5]| v.map(|x| x.map(String::from)).to_vec();
+        assert_eq!(
+            existing_column(&row([
+                Some("qty"),
+                Some("integer"),
+                None,
+                Some("32"),
+                Some("0")
+            ])),
+            Some(existing_col("qty", ColType::Int32))
+        );
+        assert_eq!(
+            existing_column(&row([
+                Some("amount"),
+                Some("numeric"),
+                None,
+                Some("18"),
+                Some("2")
+            ])),
+            Some(existing_col("amount", dec(18, 2)))
+        );
+        assert_eq!(existing_column(&row([None, None, None, None, None])), None);
+    }
+
     /// The generated SQL, pinned: any change to it must be deliberate.
     #[test]
     fn redshift_plan_is_pinned() {
         let b = batch(&["event_id"]);
         let cols = columns_for(&schema(), &["day".into()], Dialect::Redshift).unwrap();
-        let plan = LoadPlan::new(
-            &b,
-            cols,
-            &["event_id".into(), "amount".into()],
-            Dialect::Redshift,
-        );
+        let existing = [
+            existing_col(
+                "event_id",
+                ColType::Text {
+                    max_bytes: Some(65535),
+                },
+            ),
+            existing_col("amount", dec(18, 2)),
+        ];
+        let plan = LoadPlan::new(&b, cols, &existing, Dialect::Redshift).unwrap();
         let groups = file_groups(&b);
         assert_eq!(groups.len(), 2);
         let mut all = plan.before_data.clone();
@@ -545,7 +734,7 @@ INSERT INTO _tributary_load_ledger (batch_id, table_name, run_id, files, rows_st
     fn postgres_append_plan_is_pinned() {
         let b = batch(&[]);
         let cols = columns_for(&schema(), &["day".into()], Dialect::Postgres).unwrap();
-        let plan = LoadPlan::new(&b, cols, &[], Dialect::Postgres);
+        let plan = LoadPlan::new(&b, cols, &[], Dialect::Postgres).unwrap();
         let mut all = plan.before_data.clone();
         all.push(postgres_copy_sql(&plan));
         all.extend(plan.after_data.clone());

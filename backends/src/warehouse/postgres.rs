@@ -144,7 +144,7 @@ impl PostgresWarehouse {
         let client = self.ensure(&mut guard).await?;
         let tx = client.transaction().await.map_err(|e| pg_err("BEGIN", e))?;
         // Under the ledger lock, a batch already loaded is skipped before any data moves.
-        let lock = &plan::LoadPlan::new(batch, Vec::new(), &[], self.dialect).before_data[0];
+        let lock = &plan::LoadPlan::new(batch, Vec::new(), &[], self.dialect)?.before_data[0];
         tx.batch_execute(lock)
             .await
             .map_err(|e| pg_err("locking the ledger", e))?;
@@ -184,17 +184,17 @@ impl PostgresWarehouse {
             .map(|(k, _)| k.clone())
             .collect();
         let columns = plan::columns_for(&schema, &partition, self.dialect)?;
-        let existing: Vec<String> = tx
-            .query(
-                "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
-                &[&batch.table],
-            )
+        let existing: Vec<plan::ExistingColumn> = tx
+            .query(&plan::existing_columns_sql(&batch.table, self.dialect), &[])
             .await
             .map_err(|e| pg_err("reading the target's columns", e))?
             .iter()
-            .map(|r| r.get::<_, String>(0))
+            .filter_map(|r| {
+                let row: Vec<Option<String>> = (0..5).map(|i| r.get(i)).collect();
+                plan::existing_column(&row)
+            })
             .collect();
-        let lp = LoadPlan::new(batch, columns, &existing, self.dialect);
+        let lp = LoadPlan::new(batch, columns, &existing, self.dialect)?;
         for sql in &lp.before_data[1..] {
             tx.batch_execute(sql)
                 .await
@@ -248,6 +248,15 @@ impl PostgresWarehouse {
             .map_err(|e| pg_err("counting rows", e))?
             .get::<_, i64>(0);
         tx.commit().await.map_err(|e| pg_err("COMMIT", e))?;
+        if batch.layout.wants_analyze(staged, in_table as u64) {
+            // Statistics only: the load has committed whatever this does.
+            if let Err(e) = client
+                .batch_execute(&super::analyze_sql(&batch.table))
+                .await
+            {
+                tracing::warn!(table = %batch.table, error = %e, "ANALYZE after the load failed");
+            }
+        }
         Ok(LoadOutcome::Loaded {
             rows_staged: staged,
             rows_in_table: in_table as u64,

@@ -335,18 +335,18 @@ impl RedshiftWarehouse {
             .map(|(k, _)| k.clone())
             .collect();
         let columns = plan::columns_for(&schema, &partition, Dialect::Redshift)?;
-        let existing: Vec<String> = {
+        let existing: Vec<plan::ExistingColumn> = {
             let (id, _) = self
                 .execute(&plan::existing_columns_sql(&batch.table, Dialect::Redshift))
                 .await?;
             self.results(&id)
                 .await?
                 .rows
-                .into_iter()
-                .filter_map(|r| r.into_iter().next().flatten())
+                .iter()
+                .filter_map(|r| plan::existing_column(r))
                 .collect()
         };
-        let lp = LoadPlan::new(batch, columns, &existing, Dialect::Redshift);
+        let lp = LoadPlan::new(batch, columns, &existing, Dialect::Redshift)?;
         let groups = plan::file_groups(batch);
         let mut sqls = lp.before_data.clone();
         sqls.extend(plan::redshift_file_stage_ddl(&lp));
@@ -579,9 +579,16 @@ impl Warehouse for RedshiftWarehouse {
             ))
             .await
             .unwrap_or(0);
+        let in_table = in_table.max(0) as u64;
+        if batch.layout.wants_analyze(batch.rows(), in_table) {
+            // Statistics only: the load has committed whatever this does.
+            if let Err(e) = self.execute(&super::analyze_sql(&batch.table)).await {
+                tracing::warn!(table = %batch.table, error = %e, "ANALYZE after the load failed");
+            }
+        }
         Ok(LoadOutcome::Loaded {
             rows_staged: batch.rows(),
-            rows_in_table: in_table.max(0) as u64,
+            rows_in_table: in_table,
         })
     }
 

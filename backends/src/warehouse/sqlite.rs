@@ -4,9 +4,13 @@
 //! One dedicated thread owns the connection; async callers send it jobs and await the answer, so
 //! neither Parquet decoding nor SQLite work runs on tokio threads.
 //!
-//! Type mapping: strings → TEXT, integers and booleans → INTEGER, floats → REAL, decimals →
-//! DECIMAL (SQLite's NUMERIC affinity), timestamps → TEXT `YYYY-MM-DD HH:MM:SS.ffffff` in UTC (what
-//! SQLite's date functions read), dates → TEXT `YYYY-MM-DD`, partition columns → TEXT.
+//! Type mapping (declared types name the pipeline type, see [`ColType::sqlite`]): strings → TEXT;
+//! int16, int32, int64 → SMALLINT, INTEGER, BIGINT and booleans → BOOLEAN (all stored as
+//! integers); float32 → REAL, float64 → DOUBLE; decimal(P,S) → DECIMAL(P,S) (NUMERIC affinity:
+//! compared and sorted as numbers by every SQLite client; exact to 15 significant digits, and read
+//! back with its scale's digits, see [`render`]); timestamps → TEXT `YYYY-MM-DD HH:MM:SS.ffffff` in UTC (what SQLite's date
+//! functions read), dates → TEXT `YYYY-MM-DD`, partition columns → TEXT. Types widen between
+//! loads as on the other warehouses (see `evolve`).
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -19,6 +23,7 @@ use protocol::LoadBatch;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
+use super::evolve::{Change, ColType, compare};
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
     SOURCE_OFFSET_COLUMN, Warehouse, format_days, format_decimal, format_micros, quote_ident,
@@ -83,21 +88,11 @@ impl SqliteWarehouse {
     }
 }
 
-fn sql_type(dt: &DataType) -> Result<&'static str> {
-    Ok(match dt {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "TEXT",
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => "INTEGER",
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => "INTEGER",
-        DataType::Boolean => "BOOLEAN",
-        DataType::Float32 | DataType::Float64 => "REAL",
-        DataType::Decimal128(_, _) => "DECIMAL",
-        DataType::Timestamp(_, _) => "TIMESTAMP",
-        DataType::Date32 => "DATE",
-        other => {
-            return Err(wh_err(format!(
-                "column type {other} cannot be loaded into the embedded warehouse"
-            )));
-        }
+fn col_type(dt: &DataType) -> Result<ColType> {
+    ColType::from_arrow(dt).ok_or_else(|| {
+        wh_err(format!(
+            "column type {dt} cannot be loaded into the embedded warehouse"
+        ))
     })
 }
 
@@ -145,14 +140,118 @@ fn value_at(col: &dyn Array, i: usize) -> Result<Value> {
     })
 }
 
-fn existing_columns(conn: &Connection, table: &str) -> Result<Vec<String>> {
+/// The table's columns and declared types, in table order (empty if it does not exist).
+fn existing_columns(conn: &Connection, table: &str) -> Result<Vec<(String, String)>> {
     let mut st = conn
         .prepare(&format!("PRAGMA table_info({})", quote_ident(table)))
         .map_err(wh_err)?;
     let cols = st
-        .query_map([], |r| r.get::<_, String>(1))
+        .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
         .map_err(wh_err)?;
     cols.collect::<Result<Vec<_>, _>>().map_err(wh_err)
+}
+
+/// The columns one file loads: its own, the partition columns, then lineage.
+fn file_columns(schema: &Schema, partition: &[(String, String)]) -> Result<Vec<(String, ColType)>> {
+    let text = || ColType::Text { max_bytes: None };
+    let mut defs = Vec::new();
+    for f in schema.fields() {
+        defs.push((f.name().clone(), col_type(f.data_type())?));
+    }
+    for (col, _) in partition {
+        defs.push((col.clone(), text()));
+    }
+    defs.push((SOURCE_OBJECT_COLUMN.into(), text()));
+    defs.push((SOURCE_OFFSET_COLUMN.into(), ColType::Int64));
+    defs.push((BATCH_COLUMN.into(), text()));
+    Ok(defs)
+}
+
+fn column_ddl<'a>(defs: impl Iterator<Item = (&'a String, String)>) -> String {
+    defs.map(|(n, t)| format!("{} {t}", quote_ident(n)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Brings the target table to a file's columns inside the load transaction: creates it, adds
+/// new columns, and widens columns the file holds in a wider type. SQLite has no ALTER COLUMN,
+/// so a widening rebuilds the table (same rows, new declared types). A narrowing or
+/// incompatible change refuses the batch before anything of it is loaded.
+fn evolve_target(tx: &Connection, batch: &LoadBatch, defs: &[(String, ColType)]) -> Result<()> {
+    let table = quote_ident(&batch.table);
+    let have = existing_columns(tx, &batch.table)?;
+    if have.is_empty() {
+        let ddl = column_ddl(defs.iter().map(|(n, t)| (n, t.sqlite())));
+        return tx
+            .execute_batch(&format!("CREATE TABLE {table} ({ddl})"))
+            .map_err(wh_err);
+    }
+    let mut decls: Vec<(String, String)> = have.clone();
+    for (name, ty) in defs {
+        match have.iter().position(|(n, _)| n == name) {
+            None => {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {} {}",
+                    quote_ident(name),
+                    ty.sqlite()
+                ))
+                .map_err(wh_err)?;
+                decls.push((name.clone(), ty.sqlite()));
+            }
+            Some(i) => {
+                let existing = ColType::from_sqlite(&have[i].1);
+                if let Change::Widen(to) = compare(&batch.table, name, &existing, ty)? {
+                    decls[i].1 = to.sqlite();
+                }
+            }
+        }
+    }
+    if decls.iter().zip(&have).any(|(a, b)| a.1 != b.1) {
+        rebuild_table(tx, &batch.table, &decls)?;
+    }
+    Ok(())
+}
+
+/// Recreates `table` with the declared types `decls` (in its column order) and its rows.
+fn rebuild_table(tx: &Connection, table: &str, decls: &[(String, String)]) -> Result<()> {
+    let (q, tmp) = (quote_ident(table), quote_ident("_tributary_rebuild"));
+    let ddl = column_ddl(decls.iter().map(|(n, t)| (n, t.clone())));
+    let cols = quote_list(&decls.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    tx.execute_batch(&format!(
+        "DROP TABLE IF EXISTS {tmp}; CREATE TABLE {tmp} ({ddl});
+         INSERT INTO {tmp} ({cols}) SELECT {cols} FROM {q};
+         DROP TABLE {q}; ALTER TABLE {tmp} RENAME TO {q};"
+    ))
+    .map_err(|e| wh_err(format!("widening the columns of {q}: {e}")))
+}
+
+/// Adds the columns staging does not have yet (its columns are untyped: the target's affinity
+/// applies when rows move there).
+fn extend_staging(
+    tx: &Connection,
+    staging: &mut Vec<String>,
+    defs: &[(String, ColType)],
+) -> Result<()> {
+    if staging.is_empty() {
+        tx.execute_batch("DROP TABLE IF EXISTS temp._tributary_staging")
+            .map_err(wh_err)?;
+        let cols = quote_list(&defs.iter().map(|(n, _)| n).collect::<Vec<_>>());
+        tx.execute_batch(&format!("CREATE TEMP TABLE _tributary_staging ({cols})"))
+            .map_err(wh_err)?;
+        staging.extend(defs.iter().map(|(n, _)| n.clone()));
+        return Ok(());
+    }
+    for (n, _) in defs {
+        if !staging.contains(n) {
+            tx.execute_batch(&format!(
+                "ALTER TABLE temp._tributary_staging ADD COLUMN {}",
+                quote_ident(n)
+            ))
+            .map_err(wh_err)?;
+            staging.push(n.clone());
+        }
+    }
+    Ok(())
 }
 
 fn load_batch(
@@ -172,8 +271,8 @@ fn load_batch(
         return Ok(LoadOutcome::AlreadyLoaded);
     }
     let table = quote_ident(&batch.table);
-    let mut schema: Option<Arc<Schema>> = None;
-    let mut columns: Vec<String> = Vec::new();
+    // Staging's columns: the union of the batch's files (their schemas may differ).
+    let mut staging: Vec<String> = Vec::new();
     let mut staged = 0u64;
     for lf in &batch.files {
         let key = &lf.file.key;
@@ -193,54 +292,18 @@ fn load_batch(
             .with_batch_size(8192)
             .build()
             .map_err(|e| wh_err(format!("{key}: {e}")))?;
-        let file_schema = reader.schema();
-        if schema.is_none() {
-            // First file: create the target and staging tables.
-            let mut defs = Vec::new();
-            for f in file_schema.fields() {
-                defs.push((f.name().clone(), sql_type(f.data_type())?));
-            }
-            for (col, _) in &lf.file.partition {
-                defs.push((col.clone(), "TEXT"));
-            }
-            defs.push((SOURCE_OBJECT_COLUMN.into(), "TEXT"));
-            defs.push((SOURCE_OFFSET_COLUMN.into(), "INTEGER"));
-            defs.push((BATCH_COLUMN.into(), "TEXT"));
-            let ddl = defs
-                .iter()
-                .map(|(n, t)| format!("{} {t}", quote_ident(n)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            tx.execute_batch(&format!("CREATE TABLE IF NOT EXISTS {table} ({ddl})"))
-                .map_err(wh_err)?;
-            let have = existing_columns(&tx, &batch.table)?;
-            for (n, t) in &defs {
-                if !have.contains(n) {
-                    tx.execute_batch(&format!(
-                        "ALTER TABLE {table} ADD COLUMN {} {t}",
-                        quote_ident(n)
-                    ))
-                    .map_err(wh_err)?;
-                }
-            }
-            if !batch.merge_keys.is_empty() {
-                let keys = quote_list(&batch.merge_keys);
-                let idx = quote_ident(&format!("{}__merge_key", batch.table));
-                tx.execute_batch(&format!(
-                    "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {table} ({keys})"
-                ))
-                .map_err(wh_err)?;
-            }
-            tx.execute_batch(&format!("DROP TABLE IF EXISTS temp._tributary_staging; CREATE TEMP TABLE _tributary_staging ({ddl})"))
-                .map_err(wh_err)?;
-            columns = defs.into_iter().map(|(n, _)| n).collect();
-            schema = Some(file_schema.clone());
-        } else if schema.as_ref().map(|s| s.fields() != file_schema.fields()) == Some(true) {
-            return Err(wh_err(format!(
-                "{key}: schema differs from the other files of batch {}",
-                batch.batch_id
-            )));
+        let defs = file_columns(&reader.schema(), &lf.file.partition)?;
+        evolve_target(&tx, batch, &defs)?;
+        if !batch.merge_keys.is_empty() {
+            let keys = quote_list(&batch.merge_keys);
+            let idx = quote_ident(&format!("{}__merge_key", batch.table));
+            tx.execute_batch(&format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {table} ({keys})"
+            ))
+            .map_err(wh_err)?;
         }
+        extend_staging(&tx, &mut staging, &defs)?;
+        let columns: Vec<String> = defs.into_iter().map(|(n, _)| n).collect();
         let placeholders = (1..=columns.len())
             .map(|i| format!("?{i}"))
             .collect::<Vec<_>>()
@@ -271,8 +334,9 @@ fn load_batch(
             }
         }
     }
-    if schema.is_some() {
-        let cols = quote_list(&columns);
+    if !staging.is_empty() {
+        let columns = &staging;
+        let cols = quote_list(columns);
         let merge = if batch.merge_keys.is_empty() {
             format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging")
         } else {
@@ -307,13 +371,19 @@ fn load_batch(
         params![batch.batch_id, batch.table, batch.run_id, batch.files.len() as i64, staged as i64],
     )
     .map_err(wh_err)?;
-    let in_table: i64 = if schema.is_some() {
+    let in_table: i64 = if !staging.is_empty() {
         tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .map_err(wh_err)?
     } else {
         0
     };
     tx.commit().map_err(wh_err)?;
+    if batch.layout.wants_analyze(staged, in_table as u64)
+        && let Err(e) = conn.execute_batch(&super::analyze_sql(&batch.table))
+    {
+        // Statistics only: the load has committed whatever this does.
+        tracing::warn!(table = %batch.table, error = %e, "ANALYZE after the load failed");
+    }
     Ok(LoadOutcome::Loaded {
         rows_staged: staged,
         rows_in_table: in_table as u64,
@@ -358,6 +428,50 @@ pub fn query_file(path: &std::path::Path, sql: &str, write: bool) -> Result<Quer
     Ok(QueryResult { columns, rows })
 }
 
+/// A value as text. A decimal column's REAL reads back with its scale's digits (`2469.00`); any
+/// other REAL with at most 15 significant digits, as the sqlite3 shell prints it, so a sum of
+/// decimals prints `81136.18`, not the binary float's `81136.18000000001`.
+fn render(v: Value, decimal_scale: Option<usize>) -> Option<String> {
+    Some(match v {
+        Value::Null => return None,
+        Value::Integer(i) => match decimal_scale {
+            Some(s) if s > 0 => format!("{i}.{}", "0".repeat(s)),
+            _ => i.to_string(),
+        },
+        Value::Real(f) => match decimal_scale {
+            Some(s) if f.is_finite() => format!("{f:.s$}"),
+            _ => real_15(f),
+        },
+        Value::Text(t) => t,
+        Value::Blob(b) => format!("<{} bytes>", b.len()),
+    })
+}
+
+/// `f` with at most 15 significant digits (SQLite's `%!.15g`): `0.1`, `2469.0`, `1.5e+20`.
+fn real_15(f: f64) -> String {
+    if !f.is_finite() || f == 0.0 {
+        return if f == 0.0 {
+            "0.0".into()
+        } else {
+            f.to_string()
+        };
+    }
+    let exp = f.abs().log10().floor() as i32;
+    if !(-5..15).contains(&exp) {
+        let s = format!("{f:.14e}");
+        let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+        let m = m.trim_end_matches('0').trim_end_matches('.');
+        let e: i32 = e.parse().unwrap_or(0);
+        return format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
+    }
+    let s = format!("{f:.*}", (14 - exp).max(0) as usize);
+    let s = s.trim_end_matches('0');
+    match s.strip_suffix('.') {
+        Some(whole) => format!("{whole}.0"),
+        None => s.to_string(),
+    }
+}
+
 /// The first words of a statement, for error messages.
 fn statement_head(sql: &str) -> String {
     let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -368,19 +482,22 @@ fn statement_head(sql: &str) -> String {
 }
 
 fn collect_rows(st: &mut rusqlite::Statement<'_>, n: usize) -> Result<Vec<Vec<Option<String>>>> {
+    // A result column that is a DECIMAL(P,S) column of a table renders with S digits.
+    let scales: Vec<Option<usize>> = st
+        .columns()
+        .iter()
+        .map(|c| match c.decl_type().map(ColType::from_sqlite) {
+            Some(ColType::Decimal { scale, .. }) => Some(scale.max(0) as usize),
+            _ => None,
+        })
+        .collect();
     let mut rows = Vec::new();
     let mut q = st.query([]).map_err(wh_err)?;
     while let Some(r) = q.next().map_err(wh_err)? {
         let mut out = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, scale) in scales.iter().enumerate().take(n) {
             let v: Value = r.get(i).map_err(wh_err)?;
-            out.push(match v {
-                Value::Null => None,
-                Value::Integer(i) => Some(i.to_string()),
-                Value::Real(f) => Some(f.to_string()),
-                Value::Text(t) => Some(t),
-                Value::Blob(b) => Some(format!("<{} bytes>", b.len())),
-            });
+            out.push(render(v, *scale));
         }
         rows.push(out);
     }
@@ -443,6 +560,21 @@ mod tests {
         let files: Arc<dyn ObjectStore> =
             Arc::new(LocalStore::new(dir.path().join("files")).unwrap());
         super::super::suite::run_all(&wh, files).await;
+    }
+
+    #[test]
+    fn reals_print_with_15_significant_digits_and_decimals_with_their_scale() {
+        assert_eq!(real_15(81136.18000000001), "81136.18");
+        assert_eq!(real_15(0.1 + 0.2), "0.3");
+        assert_eq!(real_15(2469.0), "2469.0");
+        assert_eq!(real_15(-0.000123), "-0.000123");
+        assert_eq!(real_15(1.5e20), "1.5e+20");
+        assert_eq!(real_15(2.5e-7), "2.5e-07");
+        assert_eq!(render(Value::Real(2469.0), Some(2)), Some("2469.00".into()));
+        assert_eq!(render(Value::Real(1.005), Some(3)), Some("1.005".into()));
+        assert_eq!(render(Value::Integer(7), Some(2)), Some("7.00".into()));
+        assert_eq!(render(Value::Integer(7), None), Some("7".into()));
+        assert_eq!(render(Value::Null, Some(2)), None);
     }
 
     #[test]

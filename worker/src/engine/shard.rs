@@ -70,6 +70,7 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
         .par_iter_mut()
         .map(|p| {
             run_steps(plan, p, after..plan.steps.len())?;
+            count_checks(plan, p)?;
             partition_piece(plan, p)
         })
         .collect::<Result<_, WorkerError>>()?;

@@ -33,6 +33,27 @@ fn drop_where(piece: &mut Piece, p: &crate::plan::SlotExpr) -> Result<Vec<bool>,
     Ok(held.values().iter().collect())
 }
 
+/// Counts, per row-level expectation, the piece's rows that make its predicate false (a row
+/// whose predicate cannot be computed breaks it too). Rows stay: expectations only count.
+pub(crate) fn count_checks(plan: &Plan, piece: &mut Piece) -> Result<(), WorkerError> {
+    for (name, check) in &plan.checks {
+        let broken = if piece.rows.is_empty() {
+            0
+        } else {
+            let (held, errors) = eval_predicate(piece, check)?;
+            let failed: std::collections::HashSet<usize> = errors.iter().map(|(r, _)| *r).collect();
+            let held_ok = held
+                .values()
+                .set_indices()
+                .filter(|r| !failed.contains(r))
+                .count();
+            (piece.rows.len() - held_ok) as u64
+        };
+        *piece.counts.quality.entry(name.clone()).or_default() += broken;
+    }
+    Ok(())
+}
+
 /// Runs steps `range` of the plan on a piece.
 pub(crate) fn run_steps(
     plan: &Plan,
