@@ -588,4 +588,101 @@ columns = ["id", "n", "ts", "amount", "os"]
         assert_eq!(rb.column(4).as_string::<i32>().value(0), "linux");
         assert!(rb.column(4).is_null(1));
     }
+
+    /// Parquet columns whose type differs from the declared one are converted value by value
+    /// under the column's rules (a wider integer, a decimal-comma string); a value that does not
+    /// fit quarantines its row with the reason and the row as JSON.
+    #[test]
+    fn parquet_columns_of_other_types_are_converted_under_the_column_rules() {
+        use arrow::array::Int32Array;
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new("qty", DataType::Int32, true),
+            Field::new("price", DataType::Utf8, true),
+            Field::new("big", DataType::Int64, true),
+        ]));
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+                Arc::new(Int32Array::from(vec![Some(1), None, Some(3)])),
+                Arc::new(StringArray::from(vec!["12,5", "0,99", "1"])),
+                Arc::new(Int64Array::from(vec![7, 8, 5_000_000_000])),
+            ],
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        std::fs::write(dir.path().join("in.parquet"), &buf).unwrap();
+        let text = r#"
+[pipeline]
+name = "pq"
+[source]
+location = "."
+format = "parquet"
+[[columns]]
+name = "id"
+type = "string"
+[[columns]]
+name = "qty"
+type = "int64"
+[[columns]]
+name = "price"
+type = "decimal(10,2)"
+decimal_separator = ","
+[[columns]]
+name = "big"
+type = "int32"
+[output]
+columns = ["id", "qty", "price", "big"]
+"#;
+        let p = config::parse(text, "pq.toml", dir.path().to_path_buf()).unwrap();
+        let plan = Plan::build(&p).unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let shard = ShardDescriptor {
+            shard_id: "s00000".into(),
+            index: 0,
+            inputs: vec![ShardInput {
+                object: ObjectRef {
+                    key: "in.parquet".into(),
+                    size: buf.len() as u64,
+                },
+                range: None,
+            }],
+        };
+        let naming = OutputNaming {
+            prefix: "out".into(),
+            file_tag: "s00000".into(),
+        };
+        let scratch = dir.path().join("scratch");
+        let out = run_shard_blocking(&plan, &p, store, &shard, &naming, &scratch).unwrap();
+        assert_eq!(
+            (
+                out.counts.rows_out,
+                out.counts.rejected.get("invalid_value")
+            ),
+            (2, Some(&1))
+        );
+        let f = std::fs::File::open(&out.files[0].local).unwrap();
+        let rb = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let qty = rb.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!((qty.value(0), qty.is_null(1)), (1, true));
+        let price = rb
+            .column(2)
+            .as_primitive::<arrow::datatypes::Decimal128Type>();
+        assert_eq!((price.value(0), price.value(1)), (1250, 99));
+        let (qpath, _) = out.quarantine.expect("a quarantined row");
+        let q = std::fs::read_to_string(qpath).unwrap();
+        assert!(q.contains("5000000000 does not fit int32"), "{q}");
+        assert!(q.contains(r#"\"id\":\"c\""#), "the row as JSON: {q}");
+    }
 }

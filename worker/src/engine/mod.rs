@@ -24,6 +24,7 @@
 //! | `dedupe` | the shard's exact keep-first key set |
 //! | `write` | partitioning and the Parquet writers |
 //! | `quarantine` | the quarantine file |
+//! | `parquet_in` | Parquet inputs: record batches projected and converted straight into columns |
 //! | `shard` | the loop that drives a shard's chunks through all of the above |
 
 use std::collections::{BTreeMap, HashMap};
@@ -66,6 +67,7 @@ pub const INVALID_VALUE: &str = "invalid_value";
 
 mod columns;
 mod dedupe;
+mod parquet_in;
 mod parse;
 mod quarantine;
 mod read;
@@ -75,6 +77,7 @@ mod write;
 
 pub use columns::*;
 pub use dedupe::*;
+pub use parquet_in::*;
 pub use parse::*;
 pub use quarantine::*;
 pub use read::*;

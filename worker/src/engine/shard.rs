@@ -1,4 +1,5 @@
-//! The shard loop: chunks through parse, steps, dedupe and writers.
+//! The shard loop: chunks (or Parquet batches, see `parquet_in`) through parse, steps, dedupe
+//! and writers.
 
 use super::*;
 
@@ -23,6 +24,10 @@ pub struct StageTimes {
     pub write: std::time::Duration,
 }
 
+/// Where a quarantined record came from, by its record index: its source offset, its line (when
+/// known) and its raw bytes.
+pub(crate) type RecordSource<'a> = dyn Fn(u32) -> (u64, Option<u64>, Vec<u8>) + 'a;
+
 /// Processes one chunk: parse and steps in parallel, dedupe in order, write.
 pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<(), WorkerError> {
     let started = std::time::Instant::now();
@@ -45,7 +50,7 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
         .map(|s| s..(s + PIECE_ROWS).min(n))
         .collect();
     let split = plan.dedupe_at.unwrap_or(plan.steps.len());
-    let mut pieces: Vec<Piece> = ranges
+    let pieces: Vec<Piece> = ranges
         .into_par_iter()
         .map(|r| {
             let mut p = parse_piece(plan, chunk, r);
@@ -53,6 +58,29 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
             Ok(p)
         })
         .collect::<Result<_, WorkerError>>()?;
+    let source = |record: u32| {
+        let i = record as usize;
+        let raw = chunk.buf[chunk.spans[i].0..chunk.spans[i].1].to_vec();
+        (
+            chunk.offsets[i],
+            chunk.first_line.map(|f| f + i as u64),
+            raw,
+        )
+    };
+    finish_pieces(plan, &chunk.object, pieces, &source, started, st)
+}
+
+/// Pieces that went through parsing and the steps before dedupe: dedupe in order, the steps
+/// after it, expectations, partitioning, quarantine in record order, counts, the writers.
+pub(crate) fn finish_pieces(
+    plan: &Plan,
+    object: &str,
+    mut pieces: Vec<Piece>,
+    source: &RecordSource<'_>,
+    started: std::time::Instant,
+    st: &mut ShardState,
+) -> Result<(), WorkerError> {
+    let split = plan.dedupe_at.unwrap_or(plan.steps.len());
     if let Some(d) = plan.dedupe_at {
         let StepOp::Dedupe { slots } = &plan.steps[d] else {
             unreachable!("dedupe_at points at a dedupe")
@@ -78,18 +106,9 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
     let mut q: Vec<&QItem> = pieces.iter().flat_map(|p| p.quarantine.iter()).collect();
     q.sort_by_key(|x| x.record);
     for item in q {
-        let i = item.record as usize;
-        let raw = &chunk.buf[chunk.spans[i].0..chunk.spans[i].1];
-        let line = chunk.first_line.map(|f| f + i as u64);
-        st.quarantine.record(
-            &chunk.object,
-            chunk.offsets[i],
-            line,
-            &item.bucket,
-            &item.reason,
-            raw,
-            None,
-        )?;
+        let (offset, line, raw) = source(item.record);
+        st.quarantine
+            .record(object, offset, line, &item.bucket, &item.reason, &raw, None)?;
     }
     for p in &mut pieces {
         p.counts.rows_out = p.rows.len() as u64;
@@ -104,64 +123,6 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
     let r = st.writers.enforce_budget();
     st.times.write += writing.elapsed();
     r
-}
-
-/// Reads a Parquet input and feeds it to the same pipeline, record batch by record batch.
-/// Columns are matched by their path (nested struct fields by dotted path) and cast to the
-/// declared types.
-pub fn process_parquet_input(
-    plan: &Plan,
-    store: &dyn backends::object_store::ObjectStore,
-    input: &ShardInput,
-    st: &mut ShardState,
-) -> Result<(), WorkerError> {
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let key = &input.object.key;
-    let mut bytes = Vec::new();
-    store
-        .open_read(key, None)
-        .map_err(WorkerError::Backend)?
-        .read_to_end(&mut bytes)
-        .map_err(|e| WorkerError::read(key, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-        .map_err(|e| WorkerError::Corrupt {
-            key: key.clone(),
-            detail: format!("not a Parquet file: {e}"),
-        })?
-        .with_batch_size(PIECE_ROWS)
-        .build()
-        .map_err(|e| WorkerError::Corrupt {
-            key: key.clone(),
-            detail: e.to_string(),
-        })?;
-    let mut row0 = 0u64;
-    for rb in reader {
-        let rb = rb.map_err(|e| WorkerError::Corrupt {
-            key: key.clone(),
-            detail: e.to_string(),
-        })?;
-        // Timestamps are UTC instants whatever zone name they carry; name it by its offset so the
-        // JSON rendering needs no time-zone database.
-        let rb = utc_offset_timestamps(rb)?;
-        // Render each row as JSON so that the row path (and quarantine) is the same as NDJSON's.
-        let mut buf = Vec::new();
-        {
-            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
-            w.write(&rb).map_err(WorkerError::arrow)?;
-            w.finish().map_err(WorkerError::arrow)?;
-        }
-        let mut chunk = new_chunk(&Arc::from(key.as_str()), &None, Some(row0));
-        let mut start = 0;
-        for (i, nl) in memchr::memchr_iter(b'\n', &buf).enumerate() {
-            chunk.spans.push((start, nl));
-            chunk.offsets.push(row0 + i as u64);
-            start = nl + 1;
-        }
-        chunk.buf = buf;
-        row0 += rb.num_rows() as u64;
-        process_chunk(plan, &chunk, st)?;
-    }
-    Ok(())
 }
 
 pub(crate) fn utc_offset_timestamps(rb: RecordBatch) -> Result<RecordBatch, WorkerError> {
