@@ -87,6 +87,11 @@ pub trait Warehouse: Send + Sync + std::fmt::Debug {
     async fn load(&self, batch: &LoadBatch, files: Arc<dyn ObjectStore>) -> Result<LoadOutcome>;
     async fn is_loaded(&self, batch_id: &str) -> Result<bool>;
     async fn query(&self, sql: &str) -> Result<QueryResult>;
+    /// The longest string value the warehouse holds, in bytes (Redshift: 65,535); workers
+    /// quarantine a row with a longer one. `None`: no limit.
+    fn max_string_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Quotes an SQL identifier (`"a""b"`), so table and column names from pipeline files are safe.
@@ -215,6 +220,7 @@ pub mod suite {
         let bytes = buf.len() as u64;
         files.put(key, buf).await.unwrap();
         OutputFile {
+            max_bytes: Default::default(),
             key: key.into(),
             partition: vec![("day".into(), "2025-05-01".into())],
             rows: ids.len() as u64,
@@ -326,6 +332,7 @@ pub mod suite {
 
         // A batch whose file is missing fails as a whole and is not recorded.
         let missing = OutputFile {
+            max_bytes: Default::default(),
             key: "wh-suite/none.parquet".into(),
             partition: vec![],
             rows: 1,

@@ -313,6 +313,7 @@ async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() 
     ]);
     let file = |key: &str, object: &str, offset| LoadFile {
         file: OutputFile {
+            max_bytes: Default::default(),
             key: key.into(),
             partition: vec![("day".into(), "2025-05-01".into())],
             rows: 2,

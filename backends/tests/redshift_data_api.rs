@@ -358,6 +358,7 @@ async fn files_and_batch(id: &str) -> (tempfile::TempDir, Arc<dyn ObjectStore>, 
         shards: vec!["s00000".into()],
         files: vec![LoadFile {
             file: OutputFile {
+                max_bytes: Default::default(),
                 key: "t/day=2025-05-01/a.parquet".into(),
                 partition: vec![("day".into(), "2025-05-01".into())],
                 rows: 2,

@@ -112,6 +112,7 @@ mod tests {
             outputs: keys
                 .iter()
                 .map(|k| OutputFile {
+                    max_bytes: Default::default(),
                     key: (*k).into(),
                     partition: vec![],
                     rows: 10,

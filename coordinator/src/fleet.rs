@@ -287,6 +287,10 @@ impl Coordinator {
                 .filter(|s| !done.contains_key(&s.shard_id) && !failed.contains_key(&s.shard_id))
                 .map(|s| {
                     Message::Task(TaskMessage {
+                        max_string_bytes: self
+                            .warehouse
+                            .as_ref()
+                            .and_then(|w| w.max_string_bytes()),
                         task_id: format!("{run_id}/{}", s.shard_id),
                         run_id: run_id.clone(),
                         pipeline: spec.clone(),

@@ -591,6 +591,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         .iter()
         .map(|s| {
             Message::Task(TaskMessage {
+                max_string_bytes: warehouse.as_ref().and_then(|w| w.max_string_bytes()),
                 task_id: format!("{run_id}/{}", s.shard_id),
                 run_id: run_id.clone(),
                 pipeline: spec.clone(),

@@ -133,6 +133,10 @@ pub struct TaskMessage {
     /// cannot disagree. Absent in local mode (and from older coordinators: the worker's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_url: Option<String>,
+    /// The longest string value the warehouse can hold, in bytes (65,535 on Redshift): a row
+    /// with a longer output value is quarantined, never truncated. `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_string_bytes: Option<u64>,
 }
 
 /// Worker → coordinator: how a task ended.
@@ -344,6 +348,10 @@ pub struct OutputFile {
     pub partition: Vec<(String, String)>,
     pub rows: u64,
     pub bytes: u64,
+    /// The longest value of each string column in the file, in bytes (Redshift sizes its
+    /// VARCHAR columns from these).
+    #[serde(default)]
+    pub max_bytes: BTreeMap<String, u64>,
 }
 
 /// One quarantine file: the malformed and rejected rows of a shard with their reasons.
@@ -582,6 +590,7 @@ mod tests {
 
     fn task() -> Message {
         Message::Task(TaskMessage {
+            max_string_bytes: None,
             task_id: "r1/s00003".into(),
             run_id: "r1".into(),
             pipeline: PipelineSpec {
@@ -703,6 +712,7 @@ mod tests {
             table: "web_events".into(),
             shard: shard(),
             outputs: vec![OutputFile {
+                max_bytes: Default::default(),
                 key: "lake/web/event_date=2025-05-01/part-s00003-00000.parquet".into(),
                 partition: vec![("event_date".into(), "2025-05-01".into())],
                 rows: 3,

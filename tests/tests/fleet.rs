@@ -290,6 +290,7 @@ fn poison_messages_are_dead_lettered_with_reasons_and_work_carries_on() {
     // A task whose source object is gone: a well-formed task for a shard of a deleted object.
     let pipeline = std::fs::read_to_string(f.dir.path().join("workload.toml")).unwrap();
     let gone = protocol::Message::Task(protocol::TaskMessage {
+        max_string_bytes: None,
         task_id: "orphan/s00000".into(),
         run_id: "orphan".into(),
         pipeline: protocol::PipelineSpec {
@@ -791,6 +792,7 @@ fn a_task_naming_a_bucket_the_worker_cannot_write_fails_with_the_reason() {
     let name = input.file_name().unwrap().to_string_lossy().to_string();
     let size = std::fs::metadata(&input).unwrap().len();
     let task = protocol::Message::Task(protocol::TaskMessage {
+        max_string_bytes: None,
         task_id: "elsewhere/s00000".into(),
         run_id: "elsewhere".into(),
         pipeline: protocol::PipelineSpec {

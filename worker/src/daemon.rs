@@ -406,6 +406,7 @@ columns = ["id", "n"]
 
     fn task_of_shard(key: &str, size: u64, shard_id: &str) -> String {
         Message::Task(TaskMessage {
+            max_string_bytes: None,
             task_id: format!("r1/{key}"),
             run_id: "r1".into(),
             pipeline: PipelineSpec {

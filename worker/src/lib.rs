@@ -326,7 +326,9 @@ pub async fn execute_task(
         PathBuf::from(&task.pipeline.base_dir),
     )
     .map_err(|e| WorkerError::Config(e.to_string()))?;
-    let plan = Arc::new(Plan::build(&pipeline)?);
+    let mut plan = Plan::build(&pipeline)?;
+    plan.max_string_bytes = task.max_string_bytes;
+    let plan = Arc::new(plan);
     let TaskStores {
         source,
         output,
@@ -361,6 +363,7 @@ pub async fn execute_task(
             }
         }
         outputs.push(OutputFile {
+            max_bytes: f.max_bytes.clone(),
             key: f.key.clone(),
             partition: f.partition.clone(),
             rows: f.rows,
@@ -587,6 +590,48 @@ columns = ["id", "n", "ts", "amount", "os"]
         );
         assert_eq!(rb.column(4).as_string::<i32>().value(0), "linux");
         assert!(rb.column(4).is_null(1));
+    }
+
+    /// A warehouse's string limit (Redshift VARCHAR) quarantines the row with a longer output
+    /// value, naming the column and its length; the written file records the longest value.
+    #[test]
+    fn strings_longer_than_the_warehouse_holds_are_quarantined_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("in.ndjson"),
+            "{\"id\":\"a\",\"note\":\"abc\"}\n{\"id\":\"b\",\"note\":\"abcdefgh\"}\n{\"id\":\"c\"}\n",
+        )
+        .unwrap();
+        let text = "[pipeline]\nname = \"t\"\n[source]\nlocation = \".\"\nformat = \"ndjson\"\n\
+                    [[columns]]\nname = \"id\"\ntype = \"string\"\n[[columns]]\nname = \"note\"\ntype = \"string\"\n\
+                    [output]\ncolumns = [\"id\", \"note\"]\n";
+        let p = config::parse(text, "t.toml", dir.path().to_path_buf()).unwrap();
+        let mut plan = Plan::build(&p).unwrap();
+        plan.max_string_bytes = Some(5);
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let shard = ShardDescriptor {
+            shard_id: "s00000".into(),
+            index: 0,
+            inputs: vec![ShardInput {
+                object: ObjectRef {
+                    key: "in.ndjson".into(),
+                    size: 80,
+                },
+                range: None,
+            }],
+        };
+        let naming = OutputNaming {
+            prefix: "out".into(),
+            file_tag: "s00000".into(),
+        };
+        let scratch = dir.path().join("scratch");
+        let out = run_shard_blocking(&plan, &p, store, &shard, &naming, &scratch).unwrap();
+        assert_eq!(out.counts.rows_out, 2);
+        assert_eq!(out.counts.rejected.get("too_long"), Some(&1));
+        assert!(out.counts.reconciles());
+        assert_eq!(out.files[0].max_bytes.get("note"), Some(&3));
+        let q = std::fs::read_to_string(out.quarantine.unwrap().0).unwrap();
+        assert!(q.contains("column \\\"note\\\" holds 8 bytes"), "{q}");
     }
 
     /// Parquet columns whose type differs from the declared one are converted value by value

@@ -166,6 +166,9 @@ pub struct Plan {
     /// The row-level `[[expect]]` checks, by expectation name: each counts the output rows
     /// that make its predicate false.
     pub checks: Vec<(String, SlotExpr)>,
+    /// The longest output string the warehouse holds (set from the task; Redshift 65,535):
+    /// rows with a longer value are quarantined in bucket `too_long`.
+    pub max_string_bytes: Option<u64>,
 }
 
 /// Compiles an expression against the columns live at its step (each name's latest slot).
@@ -544,6 +547,7 @@ impl Plan {
             partition_slots,
             buckets,
             checks,
+            max_string_bytes: None,
         })
     }
 

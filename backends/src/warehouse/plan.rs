@@ -107,6 +107,37 @@ pub fn columns_for(schema: &Schema, partition: &[String], d: Dialect) -> Result<
     Ok(defs)
 }
 
+/// Redshift VARCHAR lengths from what the batch's files hold: each string column in the files
+/// gets the longest value's byte length rounded up to a power of two (at least 256, at most
+/// 65,535), so a table starts narrow and is widened by a later batch that needs more. Files
+/// without lengths (older workers) keep the longest VARCHAR.
+pub fn size_varchars(columns: &mut [ColumnDef], files: &[LoadFile]) {
+    if files
+        .iter()
+        .any(|f| f.file.max_bytes.is_empty() && f.file.rows > 0)
+    {
+        return;
+    }
+    for c in columns.iter_mut().filter(|c| c.in_file) {
+        if !matches!(c.ty, ColType::Text { .. }) {
+            continue;
+        }
+        let longest = files
+            .iter()
+            .filter_map(|f| f.file.max_bytes.get(&c.name))
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let n = longest
+            .max(256)
+            .checked_next_power_of_two()
+            .unwrap_or(u64::MAX)
+            .min(u64::from(REDSHIFT_MAX_VARCHAR)) as u32;
+        c.ty = ColType::Text { max_bytes: Some(n) };
+        c.sql_type = c.ty.sql(Dialect::Redshift);
+    }
+}
+
 /// The DDL that brings an existing table to `columns` inside the load transaction: new columns
 /// added, widened columns altered; a narrowing or incompatible change refuses the batch.
 pub fn evolve_table(
@@ -500,6 +531,7 @@ mod tests {
     fn batch(merge_keys: &[&str]) -> LoadBatch {
         let file = |key: &str, day: &str, object: &str, offset| LoadFile {
             file: OutputFile {
+                max_bytes: Default::default(),
                 key: key.into(),
                 partition: vec![("day".into(), day.into())],
                 rows: 10,
@@ -608,6 +640,50 @@ ALTER TABLE "web events" RENAME COLUMN "qty__tributary_widen" TO "qty""#;
             let ddl = evolve_table("web events", &cols, &earlier_table(d), d).unwrap();
             assert_eq!(ddl.join(";\n"), want, "{d:?}");
         }
+    }
+
+    #[test]
+    fn redshift_varchars_are_sized_from_the_longest_values_and_widened_later() {
+        let mut b = batch(&[]);
+        b.files[0].file.max_bytes = [("event_id".to_string(), 40)].into();
+        b.files[1].file.max_bytes = [("event_id".to_string(), 300)].into();
+        b.files[2].file.max_bytes = [("event_id".to_string(), 12)].into();
+        let mut cols = columns_for(&schema(), &["day".into()], Dialect::Redshift).unwrap();
+        size_varchars(&mut cols, &b.files);
+        assert_eq!(cols[0].sql_type, "VARCHAR(512)");
+        assert_eq!(
+            cols[3].sql_type, "VARCHAR(1024)",
+            "partition columns keep theirs"
+        );
+        // The table holds VARCHAR(512); a batch with a 70,000-byte maximum widens it to the most
+        // Redshift has (the workers quarantine anything longer).
+        let table = [existing_col(
+            "event_id",
+            ColType::Text {
+                max_bytes: Some(512),
+            },
+        )];
+        b.files[1].file.max_bytes = [("event_id".to_string(), 70_000)].into();
+        let mut cols = columns_for(&schema(), &["day".into()], Dialect::Redshift).unwrap();
+        size_varchars(&mut cols, &b.files);
+        let ddl = evolve_table("web events", &cols[..1], &table, Dialect::Redshift).unwrap();
+        assert_eq!(
+            ddl,
+            [r#"ALTER TABLE "web events" ALTER COLUMN "event_id" TYPE VARCHAR(65535)"#]
+        );
+        // A narrower batch keeps the table as it is.
+        b.files[1].file.max_bytes = [("event_id".to_string(), 5)].into();
+        let mut cols = columns_for(&schema(), &[], Dialect::Redshift).unwrap();
+        size_varchars(&mut cols, &b.files);
+        assert!(
+            evolve_table("web events", &cols[..1], &table, Dialect::Redshift)
+                .unwrap()
+                .is_empty()
+        );
+        // Files without lengths keep the longest VARCHAR.
+        let mut cols = columns_for(&schema(), &[], Dialect::Redshift).unwrap();
+        size_varchars(&mut cols, &batch(&[]).files);
+        assert_eq!(cols[0].sql_type, "VARCHAR(65535)");
     }
 
     #[test]

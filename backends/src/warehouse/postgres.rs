@@ -183,7 +183,10 @@ impl PostgresWarehouse {
             .iter()
             .map(|(k, _)| k.clone())
             .collect();
-        let columns = plan::columns_for(&schema, &partition, self.dialect)?;
+        let mut columns = plan::columns_for(&schema, &partition, self.dialect)?;
+        if self.dialect == Dialect::Redshift {
+            plan::size_varchars(&mut columns, &batch.files);
+        }
         let existing: Vec<plan::ExistingColumn> = tx
             .query(&plan::existing_columns_sql(&batch.table, self.dialect), &[])
             .await
@@ -335,6 +338,11 @@ fn render_file(
 
 #[async_trait]
 impl Warehouse for PostgresWarehouse {
+    fn max_string_bytes(&self) -> Option<u64> {
+        (self.dialect == Dialect::Redshift)
+            .then_some(u64::from(super::evolve::REDSHIFT_MAX_VARCHAR))
+    }
+
     fn describe(&self) -> String {
         self.describe.clone()
     }

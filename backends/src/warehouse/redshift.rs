@@ -334,7 +334,8 @@ impl RedshiftWarehouse {
             .iter()
             .map(|(k, _)| k.clone())
             .collect();
-        let columns = plan::columns_for(&schema, &partition, Dialect::Redshift)?;
+        let mut columns = plan::columns_for(&schema, &partition, Dialect::Redshift)?;
+        plan::size_varchars(&mut columns, &batch.files);
         let existing: Vec<plan::ExistingColumn> = {
             let (id, _) = self
                 .execute(&plan::existing_columns_sql(&batch.table, Dialect::Redshift))
@@ -527,6 +528,10 @@ pub fn format_load_errors(view: &str, rows: &[Vec<Option<String>>], masked: &[St
 
 #[async_trait]
 impl Warehouse for RedshiftWarehouse {
+    fn max_string_bytes(&self) -> Option<u64> {
+        Some(u64::from(super::evolve::REDSHIFT_MAX_VARCHAR))
+    }
+
     fn describe(&self) -> String {
         format!("redshift-data://{}", self.what())
     }

@@ -98,6 +98,7 @@ pub(crate) fn finish_pieces(
         .par_iter_mut()
         .map(|p| {
             run_steps(plan, p, after..plan.steps.len())?;
+            enforce_string_limit(plan, p)?;
             count_checks(plan, p)?;
             partition_piece(plan, p)
         })

@@ -33,6 +33,42 @@ fn drop_where(piece: &mut Piece, p: &crate::plan::SlotExpr) -> Result<Vec<bool>,
     Ok(held.values().iter().collect())
 }
 
+/// The bucket of rows with an output string longer than the warehouse holds.
+pub const TOO_LONG: &str = "too_long";
+
+/// Quarantines the rows whose output strings are longer than the warehouse can hold (Redshift's
+/// VARCHAR: 65,535 bytes), with the column and the length: never truncated silently.
+pub(crate) fn enforce_string_limit(plan: &Plan, piece: &mut Piece) -> Result<(), WorkerError> {
+    let Some(limit) = plan.max_string_bytes else {
+        return Ok(());
+    };
+    let mut failed: Vec<(usize, String)> = Vec::new();
+    for (name, slot) in plan.output.columns.iter().zip(&plan.output_slots) {
+        let Some(a) = piece.cols[*slot].as_ref() else {
+            continue;
+        };
+        if a.data_type() != &DataType::Utf8 {
+            continue;
+        }
+        let s = a.as_string::<i32>();
+        for r in 0..s.len() {
+            let n = if s.is_valid(r) {
+                s.value_length(r) as u64
+            } else {
+                0
+            };
+            if n > limit && !failed.iter().any(|(x, _)| *x == r) {
+                failed.push((
+                    r,
+                    format!("column {name:?} holds {n} bytes; the warehouse holds at most {limit} (values are never truncated)"),
+                ));
+            }
+        }
+    }
+    failed.sort_by_key(|(r, _)| *r);
+    piece.quarantine_rows(failed, TOO_LONG)
+}
+
 /// Counts, per row-level expectation, the piece's rows that make its predicate false (a row
 /// whose predicate cannot be computed breaks it too). Rows stay: expectations only count.
 pub(crate) fn count_checks(plan: &Plan, piece: &mut Piece) -> Result<(), WorkerError> {

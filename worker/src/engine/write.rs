@@ -38,6 +38,8 @@ pub struct WrittenFile {
     pub partition: Vec<(String, String)>,
     pub rows: u64,
     pub local: PathBuf,
+    /// The longest value of each string column, in bytes.
+    pub max_bytes: BTreeMap<String, u64>,
 }
 
 pub(crate) struct OpenFile {
@@ -45,6 +47,25 @@ pub(crate) struct OpenFile {
     pub(crate) local: PathBuf,
     pub(crate) key: String,
     pub(crate) rows: u64,
+    pub(crate) max_bytes: BTreeMap<String, u64>,
+}
+
+/// Raises `max` to the longest value of each string column of `batch`, in bytes (from the
+/// offsets: no value is read).
+pub(crate) fn track_max_bytes(max: &mut BTreeMap<String, u64>, batch: &RecordBatch) {
+    for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        if f.data_type() != &DataType::Utf8 {
+            continue;
+        }
+        let a = col.as_string::<i32>();
+        let longest = (0..a.len())
+            .filter(|i| a.is_valid(*i))
+            .map(|i| a.value_length(i) as u64)
+            .max()
+            .unwrap_or(0);
+        let m = max.entry(f.name().clone()).or_default();
+        *m = (*m).max(longest);
+    }
 }
 
 pub(crate) struct PartitionWriter {
@@ -210,11 +231,13 @@ impl Writers {
                     local,
                     key,
                     rows: 0,
+                    max_bytes: BTreeMap::new(),
                 });
                 pw.seq += 1;
             }
             let of = pw.open.as_mut().expect("opened above");
             of.writer.write(&batch).map_err(WorkerError::parquet)?;
+            track_max_bytes(&mut of.max_bytes, &batch);
             of.writer.flush().map_err(WorkerError::parquet)?;
             of.rows += rows as u64;
             if of.writer.bytes_written() as u64 >= self.target_bytes {
@@ -274,6 +297,7 @@ pub(crate) fn close(of: OpenFile, values: &[(String, String)]) -> Result<Written
         partition: values.to_vec(),
         rows: of.rows,
         local: of.local,
+        max_bytes: of.max_bytes,
     })
 }
 
