@@ -2,13 +2,15 @@
 //! and writes partitioned Parquet, a quarantine file and a shard manifest.
 //!
 //! * [`config`]: reading pipeline files (their model and validation are the `pipeline` crate).
-//! * [`plan`]: a validated pipeline compiled for execution (keys and reference files loaded).
+//! * [`plan`]: a validated pipeline compiled for execution (keys and reference files loaded);
+//!   `compile` holds one compiling function per step kind.
 //! * [`engine`]: the streaming shard engine (reader thread → parallel pieces on rayon → Parquet).
 //! * [`transform`]: the vectorised column transforms.
 //! * [`daemon`]: the fleet worker; CPU work reaches rayon through `runtime::cpu::run_cpu`.
 //! * [`harness`]: one shard of arbitrary bytes through the engine (fuzz targets, property tests).
 //! * [`execute_task`]: a queue task end to end — engine, uploads, manifest last.
 
+mod compile;
 pub mod config;
 pub mod daemon;
 pub mod engine;

@@ -11,7 +11,7 @@ use arrow::datatypes::{Field, SchemaRef};
 
 use crate::WorkerError;
 use crate::config::{
-    ColumnType, Condition, Format, HashAlgorithm, OnError, OnMissing, OutputSection, Pipeline, Step,
+    ColumnType, Format, HashAlgorithm, OnError, OnMissing, OutputSection, Pipeline, Step,
 };
 use crate::engine::{JsonTree, arrow_type, schema_of};
 use crate::transform::TimestampFormat;
@@ -172,7 +172,7 @@ pub struct Plan {
 }
 
 /// Compiles an expression against the columns live at its step (each name's latest slot).
-fn slot_expr(
+pub(crate) fn slot_expr(
     sql: &str,
     predicate: bool,
     names: &HashMap<String, usize>,
@@ -255,9 +255,6 @@ impl Plan {
 
     pub fn build(p: &Pipeline) -> Result<Plan, WorkerError> {
         let f = &p.file;
-        let err = |step: usize, op: &str, detail: String| {
-            WorkerError::Config(format!("{}: steps[{step}] ({op}): {detail}", p.path))
-        };
         let mut slot_types: Vec<ColumnType> = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut declared = Vec::new();
@@ -280,238 +277,33 @@ impl Plan {
                 .map(|(i, p)| (p, i))
                 .collect::<Vec<_>>(),
         );
+        let mut cx = crate::compile::Compiler {
+            p,
+            slots: crate::compile::Slots {
+                names,
+                types: slot_types,
+            },
+            buckets: Vec::new(),
+        };
         let mut steps = Vec::new();
         let mut dedupe_at = None;
-        let mut buckets = Vec::new();
+        for (i, step) in f.steps.iter().enumerate() {
+            if matches!(step, Step::Dedupe(_)) {
+                dedupe_at = Some(i);
+            }
+            steps.push(cx.step(i, step)?);
+        }
+        let crate::compile::Compiler {
+            slots:
+                crate::compile::Slots {
+                    names,
+                    types: slot_types,
+                },
+            buckets,
+            ..
+        } = cx;
         let slot =
             |names: &HashMap<String, usize>, n: &str| *names.get(n).expect("validated column");
-        fn new_slot(
-            names: &mut HashMap<String, usize>,
-            types: &mut Vec<ColumnType>,
-            name: &str,
-            ty: ColumnType,
-        ) -> usize {
-            names.insert(name.to_string(), types.len());
-            types.push(ty);
-            types.len() - 1
-        }
-        for (i, step) in f.steps.iter().enumerate() {
-            let op = match step {
-                Step::Filter(s) => {
-                    buckets.push((false, s.bucket.clone()));
-                    let conds = s
-                        .drop_if_any
-                        .iter()
-                        .map(|c: &Condition| Cond {
-                            slot: slot(&names, &c.column),
-                            kind: match (&c.equals, &c.contains, c.is_null) {
-                                (Some(e), _, _) => CondKind::Equals(e.clone(), c.ignore_case),
-                                (_, Some(s), _) => CondKind::Contains(s.clone(), c.ignore_case),
-                                (_, _, Some(n)) => CondKind::IsNull(n),
-                                _ => unreachable!("validated"),
-                            },
-                        })
-                        .collect();
-                    if s.drop_where.is_some() {
-                        buckets.push((true, "rejected".into()));
-                    }
-                    let predicate = match &s.drop_where {
-                        Some(sql) => Some(
-                            slot_expr(sql, true, &names, &slot_types)
-                                .map_err(|e| err(i, "filter", format!("drop_where: {e}")))?,
-                        ),
-                        None => None,
-                    };
-                    StepOp::Filter {
-                        conds,
-                        predicate,
-                        bucket: s.bucket.clone(),
-                    }
-                }
-                Step::Derive(s) => {
-                    buckets.push((true, s.bucket.clone()));
-                    let expr = slot_expr(&s.expr, false, &names, &slot_types)
-                        .map_err(|e| err(i, "derive", format!("expr: {e}")))?;
-                    let out = new_slot(&mut names, &mut slot_types, &s.column, expr.expr.ty);
-                    StepOp::Derive {
-                        expr,
-                        out,
-                        on_error: s.on_error,
-                        bucket: s.bucket.clone(),
-                        column: s.column.clone(),
-                    }
-                }
-                Step::Reject(s) => {
-                    buckets.push((true, s.bucket.clone()));
-                    let predicate = slot_expr(&s.condition, true, &names, &slot_types)
-                        .map_err(|e| err(i, "reject", format!("where: {e}")))?;
-                    StepOp::Reject {
-                        predicate,
-                        bucket: s.bucket.clone(),
-                        reason: s
-                            .reason
-                            .clone()
-                            .unwrap_or_else(|| format!("steps[{i}] (reject): {}", s.condition)),
-                    }
-                }
-                Step::Dedupe(s) => {
-                    dedupe_at = Some(i);
-                    StepOp::Dedupe {
-                        slots: s.keys.iter().map(|k| slot(&names, k)).collect(),
-                    }
-                }
-                Step::Trim(s) => StepOp::Trim {
-                    slots: s.columns.iter().map(|c| slot(&names, c)).collect(),
-                    chars: s.chars.clone(),
-                },
-                Step::Upper(s) => StepOp::Upper {
-                    slots: s.columns.iter().map(|c| slot(&names, c)).collect(),
-                },
-                Step::Lower(s) => StepOp::Lower {
-                    slots: s.columns.iter().map(|c| slot(&names, c)).collect(),
-                },
-                Step::RegexReplace(s) => {
-                    let src = slot(&names, &s.column);
-                    let re = regex::Regex::new(&s.pattern)
-                        .map_err(|e| err(i, "regex_replace", e.to_string()))?;
-                    let out = new_slot(
-                        &mut names,
-                        &mut slot_types,
-                        output_name(&s.output, &s.column),
-                        ColumnType::String,
-                    );
-                    StepOp::Regex {
-                        slot: src,
-                        out,
-                        re,
-                        replacement: s.replacement.clone(),
-                    }
-                }
-                Step::ParseTimestamp(s) => {
-                    buckets.push((true, s.bucket.clone()));
-                    let src = slot(&names, &s.column);
-                    let format = TimestampFormat::new(&s.format)
-                        .map_err(|e| err(i, "parse_timestamp", e))?;
-                    let out = new_slot(
-                        &mut names,
-                        &mut slot_types,
-                        output_name(&s.output, &s.column),
-                        ColumnType::Timestamp,
-                    );
-                    StepOp::ParseTs {
-                        slot: src,
-                        out,
-                        format,
-                        on_error: s.on_error,
-                        bucket: s.bucket.clone(),
-                        column: s.column.clone(),
-                    }
-                }
-                Step::Date(s) => {
-                    let src = slot(&names, &s.column);
-                    let out = new_slot(&mut names, &mut slot_types, &s.output, ColumnType::Date);
-                    StepOp::Date { slot: src, out }
-                }
-                Step::Hash(s) => {
-                    let key = match (&s.key_env, &s.key_file) {
-                        (Some(var), _) => std::env::var(var)
-                            .map_err(|_| {
-                                err(
-                                    i,
-                                    "hash",
-                                    format!("environment variable {var} (key_env) is not set"),
-                                )
-                            })?
-                            .into_bytes(),
-                        (_, Some(file)) => {
-                            let path = p.resolve(file);
-                            let mut k = std::fs::read(&path).map_err(|e| {
-                                err(i, "hash", format!("key_file {}: {e}", path.display()))
-                            })?;
-                            if k.ends_with(b"\n") {
-                                k.pop();
-                                if k.ends_with(b"\r") {
-                                    k.pop();
-                                }
-                            }
-                            k
-                        }
-                        _ => unreachable!("validated"),
-                    };
-                    if key.is_empty() {
-                        return Err(err(i, "hash", "the key is empty".into()));
-                    }
-                    let src = slot(&names, &s.column);
-                    let out = new_slot(
-                        &mut names,
-                        &mut slot_types,
-                        output_name(&s.output, &s.column),
-                        ColumnType::String,
-                    );
-                    StepOp::Hash {
-                        slot: src,
-                        out,
-                        algorithm: s.algorithm,
-                        key,
-                    }
-                }
-                Step::Ipv4Truncate(s) => {
-                    buckets.push((true, s.bucket.clone()));
-                    let src = slot(&names, &s.column);
-                    let out = new_slot(
-                        &mut names,
-                        &mut slot_types,
-                        output_name(&s.output, &s.column),
-                        ColumnType::String,
-                    );
-                    StepOp::Ipv4 {
-                        slot: src,
-                        out,
-                        keep: s.keep_octets,
-                        on_error: s.on_error,
-                        bucket: s.bucket.clone(),
-                        column: s.column.clone(),
-                    }
-                }
-                Step::Lookup(s) => {
-                    if s.on_missing == OnMissing::Reject {
-                        buckets.push((true, s.bucket.clone()));
-                    }
-                    let path = p.resolve(&s.file);
-                    let table = load_reference(&path, &s.key_field, &s.value_field)
-                        .map_err(|e| err(i, "lookup", e))?;
-                    let src = slot(&names, &s.column);
-                    let out = new_slot(&mut names, &mut slot_types, &s.output, ColumnType::String);
-                    StepOp::Lookup {
-                        slot: src,
-                        out,
-                        table,
-                        on_missing: s.on_missing,
-                        bucket: s.bucket.clone(),
-                        column: s.column.clone(),
-                    }
-                }
-                Step::Cast(s) => {
-                    buckets.push((true, s.bucket.clone()));
-                    let src = slot(&names, &s.column);
-                    let out = new_slot(
-                        &mut names,
-                        &mut slot_types,
-                        output_name(&s.output, &s.column),
-                        s.to,
-                    );
-                    StepOp::Cast {
-                        slot: src,
-                        out,
-                        to: s.to,
-                        on_error: s.on_error,
-                        bucket: s.bucket.clone(),
-                        column: s.column.clone(),
-                    }
-                }
-            };
-            steps.push(op);
-        }
         let output_slots: Vec<usize> = f.output.columns.iter().map(|c| slot(&names, c)).collect();
         let fields: Vec<Field> = f
             .output
@@ -566,12 +358,12 @@ impl Plan {
 }
 
 /// A step's output column: `output` when set, otherwise the column it transforms.
-fn output_name<'a>(output: &'a Option<String>, column: &'a str) -> &'a str {
+pub(crate) fn output_name<'a>(output: &'a Option<String>, column: &'a str) -> &'a str {
     output.as_deref().unwrap_or(column)
 }
 
 /// Loads a two-column mapping from a CSV reference file with a header.
-fn load_reference(
+pub(crate) fn load_reference(
     path: &std::path::Path,
     key: &str,
     value: &str,

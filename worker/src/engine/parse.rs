@@ -264,9 +264,23 @@ impl Piece {
     }
 }
 
+/// How one record parsed: `Ok` (its cells are ready to push), or whether it is malformed (not a
+/// record at all) rather than holding an invalid value, and why.
+type RecordOutcome = Result<(), (bool, String)>;
+
+/// The reusable buffers of CSV parsing.
+struct CsvState {
+    reader: csv_core::Reader,
+    scratch: Vec<u8>,
+    /// The row's fields, concatenated, and where each one is.
+    field_buf: Vec<u8>,
+    fields: Vec<(usize, usize)>,
+    /// Where each declared column's text is.
+    texts: Vec<CsvText>,
+}
+
 /// Parses records `range` of a chunk into a piece.
 pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usize>) -> Piece {
-    let ncols = plan.slot_types.len();
     let declared = plan.declared.len();
     let mut builders: Vec<ColBuilder> = plan
         .declared
@@ -274,7 +288,7 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
         .map(|(_, t, _)| ColBuilder::new(*t, range.len()))
         .collect();
     let mut piece = Piece {
-        cols: vec![None; ncols],
+        cols: vec![None; plan.slot_types.len()],
         rows: Vec::with_capacity(range.len()),
         quarantine: Vec::new(),
         counts: Counts::default(),
@@ -283,172 +297,35 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
     let mut cells: Vec<Cell> = Vec::with_capacity(declared);
     let mut texts: Vec<std::borrow::Cow<str>> = Vec::with_capacity(declared);
     let mut slots: Vec<Val> = vec![Val::Null; declared];
-    let mut fields: Vec<(usize, usize)> = Vec::new();
-    let mut field_buf: Vec<u8> = Vec::new();
-    let mut csv_scratch: Vec<u8> = Vec::new();
-    let mut csv_reader = csv_core::ReaderBuilder::new()
-        .delimiter(plan.csv_delimiter)
-        .quote(plan.csv_quote)
-        .build();
-    // For CSV: where each declared column's text is.
-    let mut csv_texts: Vec<CsvText> = Vec::with_capacity(declared);
+    let mut csv = CsvState {
+        reader: csv_core::ReaderBuilder::new()
+            .delimiter(plan.csv_delimiter)
+            .quote(plan.csv_quote)
+            .build(),
+        scratch: Vec::new(),
+        field_buf: Vec::new(),
+        fields: Vec::new(),
+        texts: Vec::with_capacity(declared),
+    };
     let csv_header = chunk.header.as_deref().map(Vec::as_slice).unwrap_or(&[]);
     let csv_map: Vec<Option<usize>> = (0..declared)
         .map(|c| plan.csv_index(csv_header, c))
         .collect();
-    let malformed = |piece: &mut Piece, i: usize, reason: String| {
-        piece.counts.malformed += 1;
-        piece.quarantine.push(QItem {
-            record: i as u32,
-            bucket: MALFORMED.into(),
-            reason,
-        });
-    };
     for i in range {
         let raw = &chunk.buf[chunk.spans[i].0..chunk.spans[i].1];
         cells.clear();
         texts.clear();
-        let outcome: Result<(), (bool, String)> = match plan.format {
+        let outcome = match plan.format {
             Format::Ndjson | Format::JsonArray | Format::Parquet => {
-                let text = match std::str::from_utf8(raw) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        malformed(
-                            &mut piece,
-                            i,
-                            format!("not valid UTF-8 at byte {}", e.valid_up_to()),
-                        );
-                        continue;
-                    }
-                };
-                for s in slots.iter_mut() {
-                    *s = Val::Null;
-                }
-                let mut de = serde_json::Deserializer::from_str(text);
-                let parsed = ObjSeed {
-                    tree: &plan.json_tree,
-                    slots: &mut slots,
-                    root: true,
-                }
-                .deserialize(&mut de)
-                .and_then(|()| de.end());
-                match parsed {
-                    Err(e) => Err((true, format!("not a JSON object: {e}"))),
-                    Ok(()) => {
-                        let mut r = Ok(());
-                        for (c, (name, _, required)) in plan.declared.iter().enumerate() {
-                            apply_text_rules(&plan.text_rules[c], &mut slots[c]);
-                            if *required && matches!(slots[c], Val::Null) {
-                                r = Err((
-                                    true,
-                                    format!("required field {name:?} is missing or null"),
-                                ));
-                                break;
-                            }
-                            let cell = match &slots[c] {
-                                Val::Str(s) => builders[c].rule_cell(s, &plan.text_rules[c]),
-                                v => builders[c].val_cell(v),
-                            };
-                            match cell {
-                                Ok(cell) => {
-                                    texts.push(match &slots[c] {
-                                        Val::Str(s) => s.clone(),
-                                        Val::I64(v) => v.to_string().into(),
-                                        Val::U64(v) => v.to_string().into(),
-                                        Val::F64(v) => v.to_string().into(),
-                                        Val::Bool(v) => v.to_string().into(),
-                                        _ => "".into(),
-                                    });
-                                    cells.push(cell);
-                                }
-                                Err(e) => {
-                                    r = Err((false, format!("field {name:?}: {e}")));
-                                    break;
-                                }
-                            }
-                        }
-                        r
-                    }
-                }
+                json_record(plan, raw, &mut slots, &builders, &mut cells, &mut texts)
             }
-            Format::Csv => {
-                let header = csv_header;
-                fields.clear();
-                field_buf.clear();
-                csv_texts.clear();
-                let split = split_csv(raw, &mut csv_reader, &mut csv_scratch, &mut |f| {
-                    let s = field_buf.len();
-                    field_buf.extend_from_slice(f);
-                    fields.push((s, field_buf.len()));
-                });
-                if let Err(e) = split {
-                    Err((true, format!("CSV: {e}")))
-                } else if fields.len() != header.len() {
-                    Err((
-                        true,
-                        format!(
-                            "CSV row has {} fields, the header has {}",
-                            fields.len(),
-                            header.len()
-                        ),
-                    ))
-                } else {
-                    match std::str::from_utf8(&field_buf) {
-                        Err(e) => {
-                            Err((true, format!("not valid UTF-8 at byte {}", e.valid_up_to())))
-                        }
-                        Ok(all) => {
-                            let mut r = Ok(());
-                            for (c, (name, _, required)) in plan.declared.iter().enumerate() {
-                                let rules = &plan.text_rules[c];
-                                let span = csv_map[c].map(|j| fields[j]);
-                                let given = span
-                                    .map(|(a, b)| (&all[a..b], CsvText::Field(a, b)))
-                                    .filter(|(s, _)| !rules.is_null(s));
-                                let v = given.or_else(|| {
-                                    rules.default.as_deref().map(|d| (d, CsvText::Default(c)))
-                                });
-                                match v {
-                                    None if *required => {
-                                        r = Err((
-                                            true,
-                                            format!("required field {name:?} is empty"),
-                                        ));
-                                        break;
-                                    }
-                                    None => {
-                                        cells.push(Cell::Null);
-                                        csv_texts.push(CsvText::Field(0, 0));
-                                    }
-                                    Some((s, at)) => match builders[c].rule_cell(s, rules) {
-                                        Ok(cell) => {
-                                            cells.push(cell);
-                                            csv_texts.push(at);
-                                        }
-                                        Err(e) => {
-                                            r = Err((false, format!("field {name:?}: {e}")));
-                                            break;
-                                        }
-                                    },
-                                }
-                            }
-                            r
-                        }
-                    }
-                }
-            }
+            Format::Csv => csv_record(
+                plan, raw, csv_header, &csv_map, &mut csv, &builders, &mut cells,
+            ),
         };
         match outcome {
             Ok(()) if plan.format == Format::Csv => {
-                // Validated as UTF-8 above.
-                let all = std::str::from_utf8(&field_buf).unwrap_or_default();
-                for (c, cell) in cells.drain(..).enumerate() {
-                    let text = match csv_texts[c] {
-                        CsvText::Field(a, b) => &all[a..b],
-                        CsvText::Default(d) => plan.text_rules[d].default.as_deref().unwrap_or(""),
-                    };
-                    builders[c].push(cell, text);
-                }
+                push_csv(plan, &csv, &mut cells, &mut builders);
                 piece.rows.push(i as u32);
             }
             Ok(()) => {
@@ -457,16 +334,21 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
                 }
                 piece.rows.push(i as u32);
             }
-            Err((true, reason)) => malformed(&mut piece, i, reason),
-            Err((false, reason)) => {
-                *piece
-                    .counts
-                    .rejected
-                    .entry(INVALID_VALUE.into())
-                    .or_default() += 1;
+            Err((malformed, reason)) => {
+                let bucket = if malformed {
+                    piece.counts.malformed += 1;
+                    MALFORMED
+                } else {
+                    *piece
+                        .counts
+                        .rejected
+                        .entry(INVALID_VALUE.into())
+                        .or_default() += 1;
+                    INVALID_VALUE
+                };
                 piece.quarantine.push(QItem {
                     record: i as u32,
-                    bucket: INVALID_VALUE.into(),
+                    bucket: bucket.into(),
                     reason,
                 });
             }
@@ -476,4 +358,124 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
         piece.cols[c] = Some(b.finish());
     }
     piece
+}
+
+/// One JSON record: its declared values converted under their columns' rules into `cells`
+/// (and their text into `texts`).
+fn json_record<'c>(
+    plan: &Plan,
+    raw: &'c [u8],
+    slots: &mut Vec<Val<'c>>,
+    builders: &[ColBuilder],
+    cells: &mut Vec<Cell>,
+    texts: &mut Vec<std::borrow::Cow<'c, str>>,
+) -> RecordOutcome {
+    let text = std::str::from_utf8(raw)
+        .map_err(|e| (true, format!("not valid UTF-8 at byte {}", e.valid_up_to())))?;
+    for s in slots.iter_mut() {
+        *s = Val::Null;
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    ObjSeed {
+        tree: &plan.json_tree,
+        slots,
+        root: true,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end())
+    .map_err(|e| (true, format!("not a JSON object: {e}")))?;
+    for (c, (name, _, required)) in plan.declared.iter().enumerate() {
+        apply_text_rules(&plan.text_rules[c], &mut slots[c]);
+        if *required && matches!(slots[c], Val::Null) {
+            return Err((true, format!("required field {name:?} is missing or null")));
+        }
+        let cell = match &slots[c] {
+            Val::Str(s) => builders[c].rule_cell(s, &plan.text_rules[c]),
+            v => builders[c].val_cell(v),
+        };
+        let cell = cell.map_err(|e| (false, format!("field {name:?}: {e}")))?;
+        texts.push(match &slots[c] {
+            Val::Str(s) => s.clone(),
+            Val::I64(v) => v.to_string().into(),
+            Val::U64(v) => v.to_string().into(),
+            Val::F64(v) => v.to_string().into(),
+            Val::Bool(v) => v.to_string().into(),
+            _ => "".into(),
+        });
+        cells.push(cell);
+    }
+    Ok(())
+}
+
+/// One CSV row: split into fields, each declared column's field (or default) converted under
+/// its rules into `cells`; where its text is goes into `csv.texts`.
+fn csv_record(
+    plan: &Plan,
+    raw: &[u8],
+    header: &[String],
+    csv_map: &[Option<usize>],
+    csv: &mut CsvState,
+    builders: &[ColBuilder],
+    cells: &mut Vec<Cell>,
+) -> RecordOutcome {
+    csv.fields.clear();
+    csv.field_buf.clear();
+    csv.texts.clear();
+    let (fields, field_buf) = (&mut csv.fields, &mut csv.field_buf);
+    split_csv(raw, &mut csv.reader, &mut csv.scratch, &mut |f| {
+        let s = field_buf.len();
+        field_buf.extend_from_slice(f);
+        fields.push((s, field_buf.len()));
+    })
+    .map_err(|e| (true, format!("CSV: {e}")))?;
+    if csv.fields.len() != header.len() {
+        return Err((
+            true,
+            format!(
+                "CSV row has {} fields, the header has {}",
+                csv.fields.len(),
+                header.len()
+            ),
+        ));
+    }
+    let all = std::str::from_utf8(&csv.field_buf)
+        .map_err(|e| (true, format!("not valid UTF-8 at byte {}", e.valid_up_to())))?;
+    for (c, (name, _, required)) in plan.declared.iter().enumerate() {
+        let rules = &plan.text_rules[c];
+        let given = csv_map[c]
+            .map(|j| csv.fields[j])
+            .map(|(a, b)| (&all[a..b], CsvText::Field(a, b)))
+            .filter(|(s, _)| !rules.is_null(s));
+        let v = given.or_else(|| rules.default.as_deref().map(|d| (d, CsvText::Default(c))));
+        match v {
+            None if *required => {
+                return Err((true, format!("required field {name:?} is empty")));
+            }
+            None => {
+                cells.push(Cell::Null);
+                csv.texts.push(CsvText::Field(0, 0));
+            }
+            Some((s, at)) => {
+                let cell = builders[c]
+                    .rule_cell(s, rules)
+                    .map_err(|e| (false, format!("field {name:?}: {e}")))?;
+                cells.push(cell);
+                csv.texts.push(at);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends a parsed CSV row's cells, with their text from the row's fields or the defaults.
+fn push_csv(plan: &Plan, csv: &CsvState, cells: &mut Vec<Cell>, builders: &mut [ColBuilder]) {
+    // Validated as UTF-8 by csv_record.
+    let all = std::str::from_utf8(&csv.field_buf).unwrap_or_default();
+    for (c, cell) in cells.drain(..).enumerate() {
+        let text = match csv.texts[c] {
+            CsvText::Field(a, b) => &all[a..b],
+            CsvText::Default(d) => plan.text_rules[d].default.as_deref().unwrap_or(""),
+        };
+        builders[c].push(cell, text);
+    }
 }

@@ -100,186 +100,192 @@ pub(crate) fn run_steps(
         if piece.rows.is_empty() {
             return Ok(());
         }
-        match op {
-            StepOp::Filter {
-                conds,
-                predicate,
-                bucket,
-            } => {
-                let mut drop = match predicate {
-                    Some(p) => drop_where(piece, p)?,
-                    None => vec![false; piece.rows.len()],
-                };
-                for c in conds {
-                    let col = piece.cols[c.slot].as_ref().expect("set");
-                    match &c.kind {
-                        crate::plan::CondKind::IsNull(want) => {
-                            for (i, d) in drop.iter_mut().enumerate() {
-                                *d |= col.is_null(i) == *want;
-                            }
-                        }
-                        kind => {
-                            let a = col.as_string::<i32>();
-                            for (i, d) in drop.iter_mut().enumerate() {
-                                if *d || a.is_null(i) {
-                                    continue;
-                                }
-                                *d = kind.matches(a.value(i));
-                            }
-                        }
-                    }
-                }
-                let dropped = drop.iter().filter(|d| **d).count() as u64;
-                if dropped > 0 {
-                    *piece.counts.filtered.entry(bucket.clone()).or_default() += dropped;
-                    piece.keep(&BooleanArray::from(
-                        drop.into_iter().map(|d| !d).collect::<Vec<_>>(),
-                    ))?;
-                }
+        run_step(op, piece)?;
+    }
+    Ok(())
+}
+
+/// The input column in `slot` (set by parsing or an earlier step).
+fn col(piece: &Piece, slot: usize) -> &ArrayRef {
+    piece.cols[slot].as_ref().expect("set")
+}
+
+/// Replaces each of `slots` by `f` of itself.
+fn map_each(piece: &mut Piece, slots: &[usize], f: impl Fn(&ArrayRef) -> ArrayRef) {
+    for s in slots {
+        piece.cols[*s] = Some(f(col(piece, *s)));
+    }
+}
+
+/// One compiled step over a piece.
+fn run_step(op: &StepOp, piece: &mut Piece) -> Result<(), WorkerError> {
+    use crate::plan::StepOp as S;
+    match op {
+        S::Filter {
+            conds,
+            predicate,
+            bucket,
+        } => filter(piece, conds, predicate.as_ref(), bucket)?,
+        S::Derive {
+            expr,
+            out,
+            on_error,
+            bucket,
+            column,
+        } => {
+            let (a, errors) = expr
+                .expr
+                .evaluate(inputs(piece, &expr.inputs), piece.rows.len())
+                .map_err(|detail| WorkerError::Step {
+                    step: "derive".into(),
+                    detail,
+                })?;
+            piece.cols[*out] = Some(a);
+            piece.fail(errors, *on_error, bucket, column)?;
+        }
+        S::Reject {
+            predicate,
+            bucket,
+            reason,
+        } => reject(piece, predicate, bucket, reason)?,
+        S::Dedupe { .. } => unreachable!("dedupe runs between the parallel phases"),
+        S::Trim { slots, chars } => {
+            map_each(piece, slots, |a| transform::trim(a, chars.as_deref()))
+        }
+        S::Upper { slots } => map_each(piece, slots, transform::upper),
+        S::Lower { slots } => map_each(piece, slots, transform::lower),
+        S::Regex {
+            slot,
+            out,
+            re,
+            replacement,
+        } => piece.cols[*out] = Some(transform::regex_replace(col(piece, *slot), re, replacement)),
+        S::ParseTs {
+            slot,
+            out,
+            format,
+            on_error,
+            bucket,
+            column,
+        } => {
+            let (a, f) = transform::parse_timestamps(col(piece, *slot), format);
+            piece.cols[*out] = Some(a);
+            piece.fail(f, *on_error, bucket, column)?;
+        }
+        S::Date { slot, out } => piece.cols[*out] = Some(transform::date_of(col(piece, *slot))),
+        S::Hash {
+            slot,
+            out,
+            algorithm,
+            key,
+        } => piece.cols[*out] = Some(transform::hash(col(piece, *slot), *algorithm, key)),
+        S::Ipv4 {
+            slot,
+            out,
+            keep,
+            on_error,
+            bucket,
+            column,
+        } => {
+            let (a, f) = transform::ipv4_truncate(col(piece, *slot), *keep);
+            piece.cols[*out] = Some(a);
+            piece.fail(f, *on_error, bucket, column)?;
+        }
+        S::Lookup {
+            slot,
+            out,
+            table,
+            on_missing,
+            bucket,
+            column,
+        } => {
+            let (a, f) = transform::lookup(col(piece, *slot), table, *on_missing);
+            piece.cols[*out] = Some(a);
+            if *on_missing == OnMissing::Reject {
+                piece.fail(f, OnError::Reject, bucket, column)?;
             }
-            StepOp::Derive {
-                expr,
-                out,
-                on_error,
-                bucket,
-                column,
-            } => {
-                let (a, errors) = expr
-                    .expr
-                    .evaluate(inputs(piece, &expr.inputs), piece.rows.len())
-                    .map_err(|detail| WorkerError::Step {
-                        step: "derive".into(),
-                        detail,
-                    })?;
-                piece.cols[*out] = Some(a);
-                piece.fail(errors, *on_error, bucket, column)?;
-            }
-            StepOp::Reject {
-                predicate,
-                bucket,
-                reason,
-            } => {
-                let (held, mut errors) = eval_predicate(piece, predicate)?;
-                let failed: std::collections::HashSet<usize> =
-                    errors.iter().map(|(r, _)| *r).collect();
-                errors.extend(
-                    held.values()
-                        .set_indices()
-                        .filter(|r| !failed.contains(r))
-                        .map(|r| (r, reason.clone())),
-                );
-                errors.sort_by_key(|(r, _)| *r);
-                piece.quarantine_rows(errors, bucket)?;
-            }
-            StepOp::Dedupe { .. } => unreachable!("dedupe runs between the parallel phases"),
-            StepOp::Trim { slots, chars } => {
-                for s in slots {
-                    piece.cols[*s] = Some(transform::trim(
-                        piece.cols[*s].as_ref().expect("set"),
-                        chars.as_deref(),
-                    ));
-                }
-            }
-            StepOp::Upper { slots } => {
-                for s in slots {
-                    piece.cols[*s] = Some(transform::upper(piece.cols[*s].as_ref().expect("set")));
-                }
-            }
-            StepOp::Lower { slots } => {
-                for s in slots {
-                    piece.cols[*s] = Some(transform::lower(piece.cols[*s].as_ref().expect("set")));
-                }
-            }
-            StepOp::Regex {
-                slot,
-                out,
-                re,
-                replacement,
-            } => {
-                piece.cols[*out] = Some(transform::regex_replace(
-                    piece.cols[*slot].as_ref().expect("set"),
-                    re,
-                    replacement,
-                ));
-            }
-            StepOp::ParseTs {
-                slot,
-                out,
-                format,
-                on_error,
-                bucket,
-                column,
-            } => {
-                let (a, f) =
-                    transform::parse_timestamps(piece.cols[*slot].as_ref().expect("set"), format);
-                piece.cols[*out] = Some(a);
-                piece.fail(f, *on_error, bucket, column)?;
-            }
-            StepOp::Date { slot, out } => {
-                piece.cols[*out] =
-                    Some(transform::date_of(piece.cols[*slot].as_ref().expect("set")));
-            }
-            StepOp::Hash {
-                slot,
-                out,
-                algorithm,
-                key,
-            } => {
-                piece.cols[*out] = Some(transform::hash(
-                    piece.cols[*slot].as_ref().expect("set"),
-                    *algorithm,
-                    key,
-                ));
-            }
-            StepOp::Ipv4 {
-                slot,
-                out,
-                keep,
-                on_error,
-                bucket,
-                column,
-            } => {
-                let (a, f) =
-                    transform::ipv4_truncate(piece.cols[*slot].as_ref().expect("set"), *keep);
-                piece.cols[*out] = Some(a);
-                piece.fail(f, *on_error, bucket, column)?;
-            }
-            StepOp::Lookup {
-                slot,
-                out,
-                table,
-                on_missing,
-                bucket,
-                column,
-            } => {
-                let (a, f) =
-                    transform::lookup(piece.cols[*slot].as_ref().expect("set"), table, *on_missing);
-                piece.cols[*out] = Some(a);
-                if *on_missing == OnMissing::Reject {
-                    piece.fail(f, OnError::Reject, bucket, column)?;
-                }
-            }
-            StepOp::Cast {
-                slot,
-                out,
-                to,
-                on_error,
-                bucket,
-                column,
-            } => {
-                let src = piece.cols[*slot].as_ref().expect("set");
-                let (a, f) = if src.data_type() == &DataType::Utf8 {
-                    transform::cast_strings(src, *to)
-                } else {
-                    transform::cast_other(src, *to).map_err(|e| WorkerError::Step {
-                        step: "cast".into(),
-                        detail: e,
-                    })?
-                };
-                piece.cols[*out] = Some(a);
-                piece.fail(f, *on_error, bucket, column)?;
-            }
+        }
+        S::Cast {
+            slot,
+            out,
+            to,
+            on_error,
+            bucket,
+            column,
+        } => {
+            let src = col(piece, *slot);
+            let (a, f) = if src.data_type() == &DataType::Utf8 {
+                transform::cast_strings(src, *to)
+            } else {
+                transform::cast_other(src, *to).map_err(|e| WorkerError::Step {
+                    step: "cast".into(),
+                    detail: e,
+                })?
+            };
+            piece.cols[*out] = Some(a);
+            piece.fail(f, *on_error, bucket, column)?;
         }
     }
     Ok(())
+}
+
+/// `filter`: drops the rows its `drop_where` holds for or any `drop_if_any` condition matches,
+/// counted in `bucket`.
+fn filter(
+    piece: &mut Piece,
+    conds: &[crate::plan::Cond],
+    predicate: Option<&crate::plan::SlotExpr>,
+    bucket: &str,
+) -> Result<(), WorkerError> {
+    let mut drop = match predicate {
+        Some(p) => drop_where(piece, p)?,
+        None => vec![false; piece.rows.len()],
+    };
+    for c in conds {
+        let col = col(piece, c.slot);
+        match &c.kind {
+            crate::plan::CondKind::IsNull(want) => {
+                for (i, d) in drop.iter_mut().enumerate() {
+                    *d |= col.is_null(i) == *want;
+                }
+            }
+            kind => {
+                let a = col.as_string::<i32>();
+                for (i, d) in drop.iter_mut().enumerate() {
+                    if *d || a.is_null(i) {
+                        continue;
+                    }
+                    *d = kind.matches(a.value(i));
+                }
+            }
+        }
+    }
+    let dropped = drop.iter().filter(|d| **d).count() as u64;
+    if dropped > 0 {
+        *piece.counts.filtered.entry(bucket.to_string()).or_default() += dropped;
+        piece.keep(&BooleanArray::from(
+            drop.into_iter().map(|d| !d).collect::<Vec<_>>(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// `reject`: quarantines the rows its condition holds for with `reason` (a row whose
+/// condition cannot be computed, with the computation's error).
+fn reject(
+    piece: &mut Piece,
+    predicate: &crate::plan::SlotExpr,
+    bucket: &str,
+    reason: &str,
+) -> Result<(), WorkerError> {
+    let (held, mut errors) = eval_predicate(piece, predicate)?;
+    let failed: std::collections::HashSet<usize> = errors.iter().map(|(r, _)| *r).collect();
+    errors.extend(
+        held.values()
+            .set_indices()
+            .filter(|r| !failed.contains(r))
+            .map(|r| (r, reason.to_string())),
+    );
+    errors.sort_by_key(|(r, _)| *r);
+    piece.quarantine_rows(errors, bucket)
 }
