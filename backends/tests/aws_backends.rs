@@ -489,3 +489,87 @@ async fn s3_throttling_is_retried_and_access_denied_is_fatal() {
         "{msg}"
     );
 }
+
+/// The Redshift widening plan (a VARCHAR altered; other types rebuilt as a new column that takes
+/// the old one's values and name) run in one transaction on a real SQL engine: the values stay and
+/// the columns end up with the wider types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redshift_widening_plan_keeps_every_value_on_a_real_engine() {
+    use arrow::datatypes::{DataType, Field, Schema};
+    use backends::warehouse::plan::{self, Dialect};
+    let Some(pg) = testkit::postgres() else {
+        return;
+    };
+    let conn = testkit::postgres_schema(&pg, &testkit::unique("rswiden")).await;
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE TABLE t (id VARCHAR(4), qty INTEGER, amount DECIMAL(10,2));
+             INSERT INTO t VALUES ('a', 7, 12.50), ('b', NULL, NULL);",
+        )
+        .await
+        .unwrap();
+    let existing: Vec<plan::ExistingColumn> = client
+        .query(&plan::existing_columns_sql("t", Dialect::Redshift), &[])
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let row: Vec<Option<String>> = (0..5).map(|i| r.get(i)).collect();
+            plan::existing_column(&row)
+        })
+        .collect();
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Utf8, true),
+        Field::new("qty", DataType::Int64, true),
+        Field::new("amount", DataType::Decimal128(18, 2), true),
+    ]);
+    let cols: Vec<_> = plan::columns_for(&schema, &[], Dialect::Redshift)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.in_file)
+        .collect();
+    let ddl = plan::evolve_table("t", &cols, &existing, Dialect::Redshift).unwrap();
+    assert_eq!(ddl.len(), 9, "{ddl:#?}");
+    client
+        .batch_execute(&format!("BEGIN; {}; COMMIT", ddl.join(";\n")))
+        .await
+        .unwrap();
+    let rows: Vec<(String, Option<i64>, Option<String>)> = client
+        .query("SELECT id, qty, amount::text FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("a".to_string(), Some(7), Some("12.50".to_string())),
+            ("b".to_string(), None, None)
+        ]
+    );
+    let types: Vec<(String, String)> = client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 't' ORDER BY column_name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("amount", "numeric"),
+            ("id", "character varying"),
+            ("qty", "bigint")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+}
