@@ -204,9 +204,21 @@ pub mod suite {
         ids: &[&str],
         vals: ArrayRef,
     ) -> OutputFile {
+        let field = Field::new("val", vals.data_type().clone(), true);
+        write_field(files, key, ids, field, vals).await
+    }
+
+    /// A file of `id` strings and one `val` field as given (with its metadata).
+    async fn write_field(
+        files: &dyn ObjectStore,
+        key: &str,
+        ids: &[&str],
+        field: Field,
+        vals: ArrayRef,
+    ) -> OutputFile {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Utf8, false),
-            Field::new("val", vals.data_type().clone(), true),
+            field,
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
@@ -412,6 +424,27 @@ pub mod suite {
         assert_eq!(
             got,
             vec![vec![Some("1005.00".into())], vec![Some("81136.18".into())]]
+        );
+
+        // A field marked with Arrow's JSON extension type loads as JSON (jsonb on PostgreSQL).
+        let json = Field::new("val", DataType::Utf8, true)
+            .with_metadata([("ARROW:extension:name".to_string(), "arrow.json".to_string())].into());
+        let vals = Arc::new(StringArray::from(vec![Some(r#"{"tier": "gold"}"#), None])) as ArrayRef;
+        let f = write_field(&*files, "wh-suite/j0.parquet", &["a", "b"], json, vals).await;
+        let b = batch(
+            "r7-j-b0000",
+            "suite json",
+            vec![load_file(f, "raw/j", 0, 0)],
+        );
+        wh.load(&b, files.clone()).await.unwrap();
+        let got = wh
+            .query("SELECT val FROM \"suite json\" ORDER BY id")
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(
+            got,
+            vec![vec![Some(r#"{"tier": "gold"}"#.into())], vec![None]]
         );
     }
 }

@@ -172,6 +172,7 @@ pub fn parses_as(t: ColumnType, s: &str) -> bool {
         }
         ColumnType::Timestamp => values::parse_timestamp_text(s).is_some(),
         ColumnType::Date => values::parse_date(s).is_some(),
+        ColumnType::Json => values::is_json(s),
     }
 }
 

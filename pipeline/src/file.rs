@@ -138,11 +138,13 @@ pub enum ColumnType {
     /// Microseconds, UTC.
     Timestamp,
     Date,
+    /// Any JSON value, kept as its JSON text (jsonb on PostgreSQL, SUPER on Redshift).
+    Json,
 }
 
 /// The type names accepted in pipeline files, for messages.
 pub const TYPE_NAMES: &str =
-    "string, int16, int32, int64, float32, float64, bool, decimal(P,S), timestamp or date";
+    "string, int16, int32, int64, float32, float64, bool, decimal(P,S), timestamp, date or json";
 
 impl ColumnType {
     pub fn parse(s: &str) -> Option<ColumnType> {
@@ -158,6 +160,7 @@ impl ColumnType {
             "bool" | "boolean" => ColumnType::Bool,
             "timestamp" => ColumnType::Timestamp,
             "date" => ColumnType::Date,
+            "json" => ColumnType::Json,
             _ => {
                 let inner = s.strip_prefix("decimal(")?.strip_suffix(')')?;
                 let (p, sc) = inner.split_once(',')?;
@@ -185,6 +188,7 @@ impl std::fmt::Display for ColumnType {
             ColumnType::Decimal { precision, scale } => write!(f, "decimal({precision},{scale})"),
             ColumnType::Timestamp => f.write_str("timestamp"),
             ColumnType::Date => f.write_str("date"),
+            ColumnType::Json => f.write_str("json"),
         }
     }
 }

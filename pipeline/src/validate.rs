@@ -405,7 +405,12 @@ fn check_output(cx: &Ctx, o: &OutputSection, cols: &Columns) -> Result<(), Confi
     for c in &o.partition_by {
         if matches!(
             cols.ty(c),
-            Some(ColumnType::Float32 | ColumnType::Float64 | ColumnType::Timestamp)
+            Some(
+                ColumnType::Float32
+                    | ColumnType::Float64
+                    | ColumnType::Timestamp
+                    | ColumnType::Json
+            )
         ) {
             return Err(cx.err(
                 "output.partition_by",

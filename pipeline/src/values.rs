@@ -269,9 +269,32 @@ impl TextRules {
     }
 }
 
+/// Whether `s` is one JSON value (an object, array, string, number, bool or null).
+pub fn is_json(s: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_text_is_recognised() {
+        for ok in [
+            "{\"a\":[1,2]}",
+            "[]",
+            "\"x\"",
+            "12.5",
+            "true",
+            "null",
+            " {} ",
+        ] {
+            assert!(is_json(ok), "{ok}");
+        }
+        for bad in ["", "{", "abc", "{\"a\":1} x", "'x'"] {
+            assert!(!is_json(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn iso_timestamps_follow_the_workload_rules() {

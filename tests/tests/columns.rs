@@ -192,6 +192,45 @@ columns = ["receipt", "line_total", "note_number"]
     assert!(q.contains("zwei"), "{q}");
 }
 
+/// A `json` column from CSV: valid JSON text is kept and queryable with SQLite's JSON functions,
+/// anything else is an invalid value with its reason.
+#[test]
+fn json_columns_load_and_bad_json_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(
+        dir.path().join("in/a.csv"),
+        "id;attrs\n1;\"{\"\"tier\"\": \"\"gold\"\", \"\"n\"\": [1,2]}\"\n2;{oops\n3;\n",
+    )
+    .unwrap();
+    let p = dir.path().join("j.toml");
+    std::fs::write(
+        &p,
+        "[pipeline]\nname = \"j\"\n[source]\nlocation = \"in\"\nglob = \"*.csv\"\nformat = \"csv\"\n\
+         [source.csv]\ndelimiter = \";\"\n[[columns]]\nname = \"id\"\ntype = \"string\"\n\
+         [[columns]]\nname = \"attrs\"\ntype = \"json\"\n[output]\ncolumns = [\"id\", \"attrs\"]\n\
+         [load]\nmerge_keys = [\"id\"]\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let s = run(&p, &data);
+    assert_eq!(
+        (&s["rows_out"], &s["invalid_value"]),
+        (&2.into(), &1.into()),
+        "{s}"
+    );
+    let got = table(
+        &data,
+        "SELECT id || '|' || coalesce(json_extract(attrs, '$.tier'), 'NULL') || '|' || coalesce(json_array_length(attrs, '$.n'), 'NULL') AS r FROM j ORDER BY id",
+    );
+    assert!(
+        got.contains("1|gold|2") && got.contains("3|NULL|NULL"),
+        "{got}"
+    );
+    let q = quarantine_text(&data);
+    assert!(q.contains("expected json"), "{q}");
+}
+
 /// The shipped POS example (`examples/pos/kasse.toml`) runs as documented: vouchers filtered,
 /// a zero quantity and a time in the spring DST gap quarantined, a re-sent line deduplicated,
 /// exact line totals, the Berlin sale day as the partition, hashed e-mails, expectations passed.

@@ -594,6 +594,74 @@ columns = ["id", "n", "ts", "amount", "os"]
         assert!(rb.column(4).is_null(1));
     }
 
+    /// A `json` column keeps any JSON value as its JSON text (objects, arrays, strings with
+    /// their quotes); JSON null and a missing field are null; the Parquet field is marked with
+    /// Arrow's JSON extension type.
+    #[test]
+    fn json_columns_keep_each_value_as_its_json_text() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("in.ndjson"),
+            "{\"id\":\"a\",\"attrs\":{\"x\": [1, 2]}}\n{\"id\":\"b\",\"attrs\":\"str\"}\n\
+             {\"id\":\"c\",\"attrs\":null}\n{\"id\":\"d\"}\n{\"id\":\"e\",\"attrs\":12.5}\n",
+        )
+        .unwrap();
+        let text = "[pipeline]\nname = \"t\"\n[source]\nlocation = \".\"\nformat = \"ndjson\"\n\
+                    [[columns]]\nname = \"id\"\ntype = \"string\"\n[[columns]]\nname = \"attrs\"\ntype = \"json\"\n\
+                    [output]\ncolumns = [\"id\", \"attrs\"]\n";
+        let p = config::parse(text, "t.toml", dir.path().to_path_buf()).unwrap();
+        let plan = Plan::build(&p).unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let shard = ShardDescriptor {
+            shard_id: "s00000".into(),
+            index: 0,
+            inputs: vec![ShardInput {
+                object: ObjectRef {
+                    key: "in.ndjson".into(),
+                    size: 120,
+                },
+                range: None,
+            }],
+        };
+        let naming = OutputNaming {
+            prefix: "out".into(),
+            file_tag: "s00000".into(),
+        };
+        let scratch = dir.path().join("scratch");
+        let out = run_shard_blocking(&plan, &p, store, &shard, &naming, &scratch).unwrap();
+        assert_eq!(out.counts.rows_out, 5);
+        let f = std::fs::File::open(&out.files[0].local).unwrap();
+        let rb = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let field = rb.schema().field(1).clone();
+        assert_eq!(
+            field
+                .metadata()
+                .get("ARROW:extension:name")
+                .map(String::as_str),
+            Some("arrow.json")
+        );
+        let a = rb.column(1).as_string::<i32>();
+        let got: Vec<Option<&str>> = (0..a.len())
+            .map(|i| a.is_valid(i).then(|| a.value(i)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Some("{\"x\": [1, 2]}"),
+                Some("\"str\""),
+                None,
+                None,
+                Some("12.5")
+            ]
+        );
+    }
+
     /// A warehouse's string limit (Redshift VARCHAR) quarantines the row with a longer output
     /// value, naming the column and its length; the written file records the longest value.
     #[test]

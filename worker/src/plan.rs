@@ -13,7 +13,7 @@ use crate::WorkerError;
 use crate::config::{
     ColumnType, Format, HashAlgorithm, OnError, OnMissing, OutputSection, Pipeline, Step,
 };
-use crate::engine::{JsonTree, arrow_type, schema_of};
+use crate::engine::{JsonTree, schema_of};
 use crate::transform::TimestampFormat;
 
 #[derive(Debug)]
@@ -274,7 +274,7 @@ impl Plan {
                 .iter()
                 .cloned()
                 .enumerate()
-                .map(|(i, p)| (p, i))
+                .map(|(i, p)| (p, i, declared[i].1 == ColumnType::Json))
                 .collect::<Vec<_>>(),
         );
         let mut cx = crate::compile::Compiler {
@@ -310,7 +310,7 @@ impl Plan {
             .columns
             .iter()
             .zip(&output_slots)
-            .map(|(n, s)| Field::new(n, arrow_type(slot_types[*s]), true))
+            .map(|(n, s)| slot_types[*s].field(n))
             .collect();
         let partition_slots = f
             .output
@@ -348,7 +348,11 @@ impl Plan {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         for f in self.output_schema.fields() {
-            h.update(format!("{}:{}:{}\n", f.name(), f.data_type(), f.is_nullable()).as_bytes());
+            let ext = f.metadata().get(pipeline::expr::types::EXTENSION_NAME);
+            let ext = ext.map(|e| format!(":{e}")).unwrap_or_default();
+            h.update(
+                format!("{}:{}:{}{ext}\n", f.name(), f.data_type(), f.is_nullable()).as_bytes(),
+            );
         }
         for p in &self.partition_names {
             h.update(format!("partition:{p}\n").as_bytes());

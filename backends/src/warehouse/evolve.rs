@@ -9,7 +9,7 @@
 //! add/copy/drop/rename for the rest (Redshift alters no other type in place), SQLite a table
 //! rebuild (it has no `ALTER COLUMN`).
 
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field};
 
 use super::plan::Dialect;
 
@@ -35,6 +35,8 @@ pub enum ColType {
     Bool,
     Timestamp,
     Date,
+    /// JSON (jsonb on PostgreSQL, SUPER on Redshift, JSON text in the embedded warehouse).
+    Json,
     /// A type Tributary does not write (a column a user added or changed by hand).
     Other(String),
 }
@@ -61,6 +63,17 @@ pub struct Refusal {
 }
 
 impl ColType {
+    /// The type a Parquet field is loaded as: a string marked with Arrow's JSON extension type
+    /// (`arrow.json`, how workers write `json` columns) is JSON.
+    pub fn of_field(f: &Field) -> Option<ColType> {
+        let json =
+            f.metadata().get("ARROW:extension:name").map(String::as_str) == Some("arrow.json");
+        match ColType::from_arrow(f.data_type())? {
+            ColType::Text { .. } if json => Some(ColType::Json),
+            t => Some(t),
+        }
+    }
+
     /// The type a Parquet column of this Arrow type is loaded as.
     pub fn from_arrow(dt: &DataType) -> Option<ColType> {
         Some(match dt {
@@ -111,6 +124,7 @@ impl ColType {
             "boolean" => ColType::Bool,
             "timestamp without time zone" | "timestamp with time zone" => ColType::Timestamp,
             "date" => ColType::Date,
+            "jsonb" | "json" | "super" => ColType::Json,
             other => ColType::Other(other.into()),
         }
     }
@@ -139,6 +153,7 @@ impl ColType {
             "BOOLEAN" => ColType::Bool,
             "TIMESTAMP" => ColType::Timestamp,
             "DATE" => ColType::Date,
+            "JSON_TEXT" => ColType::Json,
             // Declared without precision and scale by older versions: any decimal replaces it.
             "DECIMAL" => ColType::Other("DECIMAL".into()),
             _ => ColType::Other(decl.into()),
@@ -167,6 +182,10 @@ impl ColType {
             // engines' COPY from Parquet).
             ColType::Timestamp => "TIMESTAMP".into(),
             ColType::Date => "DATE".into(),
+            ColType::Json => match d {
+                Dialect::Postgres => "JSONB".into(),
+                Dialect::Redshift => "SUPER".into(),
+            },
             ColType::Other(t) => t.clone(),
         }
     }
@@ -177,6 +196,8 @@ impl ColType {
         match self {
             ColType::Float64 => "DOUBLE".into(),
             ColType::Text { .. } => "TEXT".into(),
+            // TEXT affinity (the name holds TEXT): the JSON text is kept as written.
+            ColType::Json => "JSON_TEXT".into(),
             other => other.sql(Dialect::Postgres),
         }
     }
@@ -195,6 +216,7 @@ impl ColType {
             ColType::Bool => "bool".into(),
             ColType::Timestamp => "timestamp".into(),
             ColType::Date => "date".into(),
+            ColType::Json => "json".into(),
             ColType::Other(t) => return t.clone(),
         };
         format!("{} ({pipeline})", self.sql(Dialect::Postgres))
@@ -351,6 +373,7 @@ mod tests {
             ColType::Timestamp,
             ColType::Date,
             ColType::Text { max_bytes: None },
+            ColType::Json,
         ] {
             assert_eq!(ColType::from_sqlite(&t.sqlite()), t, "{}", t.sqlite());
         }

@@ -73,6 +73,16 @@ pub fn sql_type(dt: &DataType, d: Dialect) -> Result<String> {
     Ok(col_type(dt)?.sql(d))
 }
 
+fn field_type(f: &arrow::datatypes::Field) -> Result<ColType> {
+    ColType::of_field(f).ok_or_else(|| {
+        wh(format!(
+            "column {:?} of type {} cannot be loaded into SQL",
+            f.name(),
+            f.data_type()
+        ))
+    })
+}
+
 fn col_type(dt: &DataType) -> Result<ColType> {
     ColType::from_arrow(dt).ok_or_else(|| wh(format!("column type {dt} cannot be loaded into SQL")))
 }
@@ -90,7 +100,7 @@ pub fn columns_for(schema: &Schema, partition: &[String], d: Dialect) -> Result<
     };
     let mut defs = Vec::new();
     for f in schema.fields() {
-        let ty = match col_type(f.data_type())? {
+        let ty = match field_type(f)? {
             ColType::Text { max_bytes: None } if d == Dialect::Redshift => ColType::Text {
                 max_bytes: Some(REDSHIFT_MAX_VARCHAR),
             },
@@ -405,7 +415,11 @@ pub fn redshift_file_stage_ddl(plan: &LoadPlan) -> [String; 2] {
         .columns
         .iter()
         .filter(|c| c.in_file)
-        .map(|c| format!("{} {}", quote_ident(&c.name), c.sql_type))
+        .map(|c| match c.ty {
+            // COPY reads the Parquet string; the move into staging parses it.
+            ColType::Json => format!("{} VARCHAR({REDSHIFT_MAX_VARCHAR})", quote_ident(&c.name)),
+            _ => format!("{} {}", quote_ident(&c.name), c.sql_type),
+        })
         .collect::<Vec<_>>()
         .join(", ");
     [
@@ -431,7 +445,15 @@ pub fn redshift_copy_group(
         quote_literal(iam_role, d)
     );
     let mut names: Vec<String> = plan.file_columns().iter().map(|c| quote_ident(c)).collect();
-    let mut values: Vec<String> = names.clone();
+    let mut values: Vec<String> = plan
+        .columns
+        .iter()
+        .filter(|c| c.in_file)
+        .map(|c| match c.ty {
+            ColType::Json => format!("JSON_PARSE({})", quote_ident(&c.name)),
+            _ => quote_ident(&c.name),
+        })
+        .collect();
     for (k, v) in &group.partition {
         names.push(quote_ident(k));
         values.push(quote_literal(v, d));
@@ -684,6 +706,41 @@ ALTER TABLE "web events" RENAME COLUMN "qty__tributary_widen" TO "qty""#;
         let mut cols = columns_for(&schema(), &[], Dialect::Redshift).unwrap();
         size_varchars(&mut cols, &batch(&[]).files);
         assert_eq!(cols[0].sql_type, "VARCHAR(65535)");
+    }
+
+    /// A string field marked `arrow.json` loads as JSONB / SUPER; Redshift copies it as a VARCHAR
+    /// and parses it on the way into staging.
+    #[test]
+    fn json_columns_load_as_jsonb_and_super() {
+        let json = Field::new("attrs", DataType::Utf8, true)
+            .with_metadata([("ARROW:extension:name".to_string(), "arrow.json".to_string())].into());
+        let s = Schema::new(vec![Field::new("event_id", DataType::Utf8, false), json]);
+        let pg = columns_for(&s, &[], Dialect::Postgres).unwrap();
+        assert_eq!(pg[1].sql_type, "JSONB");
+        let b = batch(&[]);
+        let cols = columns_for(&s, &[], Dialect::Redshift).unwrap();
+        assert_eq!(cols[1].sql_type, "SUPER");
+        let plan = LoadPlan::new(&b, cols, &[], Dialect::Redshift).unwrap();
+        let [_, stage] = redshift_file_stage_ddl(&plan);
+        assert_eq!(
+            stage,
+            r#"CREATE TEMP TABLE _tributary_file_stage ("event_id" VARCHAR(65535), "attrs" VARCHAR(65535))"#
+        );
+        let groups = file_groups(&b);
+        let [_, insert, _] = redshift_copy_group(&plan, &b, &groups[0], "s3://m", "arn:r");
+        assert!(
+            insert.contains(r#"SELECT "event_id", JSON_PARSE("attrs"), '2025-05-01'"#),
+            "{insert}"
+        );
+        let existing = [existing_col(
+            "attrs",
+            ColType::from_catalog("jsonb", None, None, None),
+        )];
+        assert!(
+            evolve_table("t", &pg[1..2], &existing, Dialect::Postgres)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

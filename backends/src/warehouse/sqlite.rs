@@ -156,7 +156,11 @@ fn file_columns(schema: &Schema, partition: &[(String, String)]) -> Result<Vec<(
     let text = || ColType::Text { max_bytes: None };
     let mut defs = Vec::new();
     for f in schema.fields() {
-        defs.push((f.name().clone(), col_type(f.data_type())?));
+        let ty = match ColType::of_field(f) {
+            Some(t) => t,
+            None => col_type(f.data_type())?,
+        };
+        defs.push((f.name().clone(), ty));
     }
     for (col, _) in partition {
         defs.push((col.clone(), text()));

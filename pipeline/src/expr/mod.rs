@@ -13,7 +13,7 @@
 
 mod functions;
 mod locate;
-mod types;
+pub mod types;
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,11 +1,28 @@
 //! Column types and Arrow types, both ways: what a column holds in a batch, and which column type
 //! an expression's result is stored as.
 
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::datatypes::{DataType, Field, TimeUnit};
 
 use crate::ColumnType;
 
+/// The field metadata key of an Arrow extension type.
+pub const EXTENSION_NAME: &str = "ARROW:extension:name";
+/// Arrow's canonical JSON extension type: how a `json` column is marked in batches and Parquet,
+/// so that warehouses load it as jsonb / SUPER.
+pub const JSON_EXTENSION: &str = "arrow.json";
+
 impl ColumnType {
+    /// The output field of a column of this type (nullable; `json` carries its extension name).
+    pub fn field(self, name: &str) -> Field {
+        let f = Field::new(name, self.arrow(), true);
+        match self {
+            ColumnType::Json => {
+                f.with_metadata([(EXTENSION_NAME.to_string(), JSON_EXTENSION.to_string())].into())
+            }
+            _ => f,
+        }
+    }
+
     /// The Arrow type a column of this type has in every batch (timestamps: microseconds, UTC).
     pub fn arrow(self) -> DataType {
         match self {
@@ -19,6 +36,8 @@ impl ColumnType {
             ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
             ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             ColumnType::Date => DataType::Date32,
+            // JSON text; expressions see it as a string.
+            ColumnType::Json => DataType::Utf8,
         }
     }
 

@@ -18,6 +18,8 @@ pub enum ColBuilder {
     Dec(Decimal128Builder, u8, i8),
     Ts(TimestampMicrosecondBuilder),
     Date(Date32Builder),
+    /// JSON text, validated.
+    Json(StringBuilder),
 }
 
 /// One parsed value, before it is checked against its declared type.
@@ -69,6 +71,7 @@ impl ColBuilder {
                 ColBuilder::Ts(TimestampMicrosecondBuilder::with_capacity(cap))
             }
             ColumnType::Date => ColBuilder::Date(Date32Builder::with_capacity(cap)),
+            ColumnType::Json => ColBuilder::Json(StringBuilder::with_capacity(cap, cap * 32)),
         }
     }
 
@@ -84,6 +87,7 @@ impl ColBuilder {
             ColBuilder::Dec(..) => "decimal",
             ColBuilder::Ts(_) => "timestamp",
             ColBuilder::Date(_) => "date",
+            ColBuilder::Json(_) => "json",
         }
     }
 
@@ -99,6 +103,7 @@ impl ColBuilder {
             ColBuilder::Dec(b, ..) => b.append_null(),
             ColBuilder::Ts(b) => b.append_null(),
             ColBuilder::Date(b) => b.append_null(),
+            ColBuilder::Json(b) => b.append_null(),
         }
     }
 
@@ -118,6 +123,8 @@ impl ColBuilder {
             }
             ColBuilder::Ts(_) => Cell::Ts(values::parse_timestamp_text(s).ok_or_else(bad)?),
             ColBuilder::Date(_) => Cell::Date(values::parse_date(s).ok_or_else(bad)?),
+            ColBuilder::Json(_) if values::is_json(s) => Cell::Str,
+            ColBuilder::Json(_) => return Err(format!("expected json, got {:?}", truncate(s, 80))),
         })
     }
 
@@ -142,7 +149,7 @@ impl ColBuilder {
             Val::Complex(kind) => Err(format!("expected {}, got a JSON {kind}", self.ty())),
             Val::Bool(b) => match self {
                 ColBuilder::Bool(_) => Ok(Cell::Bool(*b)),
-                ColBuilder::Str(_) => Ok(Cell::Str),
+                ColBuilder::Str(_) | ColBuilder::Json(_) => Ok(Cell::Str),
                 _ => Err(format!("expected {}, got {b}", self.ty())),
             },
             Val::I64(i) => match self {
@@ -158,7 +165,7 @@ impl ColBuilder {
                 ColBuilder::Dec(_, p, s) => values::parse_decimal(&i.to_string(), *p, *s)
                     .map(Cell::Dec)
                     .ok_or_else(|| format!("{i} does not fit decimal({p},{s})")),
-                ColBuilder::Str(_) => Ok(Cell::Str),
+                ColBuilder::Str(_) | ColBuilder::Json(_) => Ok(Cell::Str),
                 _ => Err(format!("expected {}, got {i}", self.ty())),
             },
             Val::U64(u) => match self {
@@ -173,7 +180,7 @@ impl ColBuilder {
                     .map_err(|_| format!("{u} does not fit int64")),
                 ColBuilder::F32(_) => Ok(Cell::F32(*u as f32)),
                 ColBuilder::F64(_) => Ok(Cell::F64(*u as f64)),
-                ColBuilder::Str(_) => Ok(Cell::Str),
+                ColBuilder::Str(_) | ColBuilder::Json(_) => Ok(Cell::Str),
                 _ => Err(format!("expected {}, got {u}", self.ty())),
             },
             Val::F64(f) => match self {
@@ -186,7 +193,7 @@ impl ColBuilder {
                 ColBuilder::Dec(_, p, s) => values::parse_decimal(&f.to_string(), *p, *s)
                     .map(Cell::Dec)
                     .ok_or_else(|| format!("{f} does not fit decimal({p},{s})")),
-                ColBuilder::Str(_) => Ok(Cell::Str),
+                ColBuilder::Str(_) | ColBuilder::Json(_) => Ok(Cell::Str),
                 _ => Err(format!("expected {}, got {f}", self.ty())),
             },
         }
@@ -205,6 +212,7 @@ impl ColBuilder {
             (ColBuilder::Dec(b, ..), Cell::Dec(v)) => b.append_value(v),
             (ColBuilder::Ts(b), Cell::Ts(v)) => b.append_value(v),
             (ColBuilder::Date(b), Cell::Date(v)) => b.append_value(v),
+            (ColBuilder::Json(b), Cell::Str) => b.append_value(text),
             _ => unreachable!("cells are made by their own builder"),
         }
     }
@@ -228,6 +236,7 @@ impl ColBuilder {
             ColBuilder::Dec(b, ..) => Arc::new(b.finish()),
             ColBuilder::Ts(b) => Arc::new(b.finish().with_timezone("UTC")),
             ColBuilder::Date(b) => Arc::new(b.finish()),
+            ColBuilder::Json(b) => Arc::new(b.finish()),
         }
     }
 }

@@ -11,13 +11,16 @@ pub struct JsonTree {
 #[derive(Debug)]
 pub(crate) enum JsonNode {
     Leaf(usize),
+    /// A `json` column: the value's JSON text, whatever it is.
+    Raw(usize),
     Object(JsonTree),
 }
 
 impl JsonTree {
-    pub fn build(paths: &[(String, usize)]) -> JsonTree {
+    /// The tree of `(path, column, raw)`: `raw` columns (type `json`) take a value's JSON text.
+    pub fn build(paths: &[(String, usize, bool)]) -> JsonTree {
         let mut root = JsonTree::default();
-        for (path, col) in paths {
+        for (path, col, raw) in paths {
             let mut node = &mut root;
             let parts: Vec<&str> = path.split('.').collect();
             for (i, p) in parts.iter().enumerate() {
@@ -25,7 +28,9 @@ impl JsonTree {
                 let idx = match node.entries.iter().position(|(k, _)| &**k == *p) {
                     Some(i) => i,
                     None => {
-                        let n = if last {
+                        let n = if last && *raw {
+                            JsonNode::Raw(*col)
+                        } else if last {
                             JsonNode::Leaf(*col)
                         } else {
                             JsonNode::Object(JsonTree::default())
@@ -36,7 +41,7 @@ impl JsonTree {
                 };
                 match &mut node.entries[idx].1 {
                     JsonNode::Object(t) => node = t,
-                    JsonNode::Leaf(_) => break,
+                    JsonNode::Leaf(_) | JsonNode::Raw(_) => break,
                 }
             }
         }
@@ -156,6 +161,13 @@ impl<'de> Visitor<'de> for ObjSeed<'_, '_, 'de> {
         while let Some(KeyStr(k)) = m.next_key::<KeyStr<'de>>()? {
             match self.tree.get(&k) {
                 Some(JsonNode::Leaf(i)) => self.slots[*i] = m.next_value_seed(LeafSeed)?,
+                Some(JsonNode::Raw(i)) => {
+                    let v: &'de serde_json::value::RawValue = m.next_value()?;
+                    self.slots[*i] = match v.get() {
+                        "null" => Val::Null,
+                        text => Val::Str(text.into()),
+                    };
+                }
                 Some(JsonNode::Object(t)) => m.next_value_seed(ObjSeed {
                     tree: t,
                     slots: self.slots,
