@@ -23,6 +23,27 @@ pub struct PipelineFile {
     /// Data-quality expectations (see [`crate::expect`]).
     #[serde(default)]
     pub expect: Vec<crate::expect::ExpectEntry>,
+    #[serde(default)]
+    pub schema: SchemaSection,
+}
+
+/// `[schema]`: how a run treats what the source sends beyond the declared columns.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSection {
+    #[serde(default)]
+    pub on_new_column: OnNewColumn,
+}
+
+/// What happens to a field a JSON source sends that the pipeline does not declare.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNewColumn {
+    /// The field is dropped; the record is kept.
+    #[default]
+    Discard,
+    /// The record is rejected (bucket `invalid_value`), naming the field.
+    Freeze,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -67,6 +67,14 @@ impl PipelineFile {
             ));
         }
         check_source(&cx, &self.source)?;
+        if self.schema.on_new_column == OnNewColumn::Freeze
+            && !matches!(self.source.format, Format::Ndjson | Format::JsonArray)
+        {
+            return Err(cx.err(
+                "schema.on_new_column",
+                "\"freeze\" applies to JSON sources (ndjson, json_array); a CSV header names its columns at the start",
+            ));
+        }
         let mut cols = check_columns(&cx, &self.source, &self.columns)?;
         let mut dedupes = 0;
         for (i, step) in self.steps.iter().enumerate() {
@@ -693,6 +701,17 @@ merge_keys = ["id"]
             "source",
             "zero",
         );
+    }
+
+    #[test]
+    fn freeze_is_for_json_sources() {
+        let csv = MINIMAL.replace("format = \"ndjson\"", "format = \"csv\"")
+            + "[schema]\non_new_column = \"freeze\"\n";
+        expect_err(&csv, "schema.on_new_column", "JSON sources");
+        let bad = MINIMAL.to_string() + "[schema]\non_new_column = \"evolve\"\n";
+        assert!(check(&bad).unwrap_err().to_string().contains("evolve"));
+        let ok = check(&(MINIMAL.to_string() + "[schema]\non_new_column = \"freeze\"\n")).unwrap();
+        assert_eq!(ok.file.schema.on_new_column, OnNewColumn::Freeze);
     }
 
     #[test]

@@ -594,6 +594,60 @@ columns = ["id", "n", "ts", "amount", "os"]
         assert!(rb.column(4).is_null(1));
     }
 
+    /// `[schema] on_new_column = "freeze"` rejects a record with an undeclared field, naming it by
+    /// its dotted path (nested too); the default, `discard`, drops such fields and keeps the row.
+    #[test]
+    fn freeze_rejects_records_with_undeclared_fields_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("in.ndjson"),
+            "{\"id\":\"a\",\"device\":{\"os\":\"ios\"}}\n{\"id\":\"b\",\"extra\":1}\n\
+             {\"id\":\"c\",\"device\":{\"os\":\"x\",\"model\":\"y\"}}\n",
+        )
+        .unwrap();
+        let text = "[pipeline]\nname = \"t\"\n[source]\nlocation = \".\"\nformat = \"ndjson\"\n\
+                    [[columns]]\nname = \"id\"\ntype = \"string\"\n[[columns]]\nname = \"os\"\npath = \"device.os\"\ntype = \"string\"\n\
+                    [output]\ncolumns = [\"id\", \"os\"]\nSCHEMA";
+        let run = |schema: &str| {
+            let p = config::parse(
+                &text.replace("SCHEMA", schema),
+                "t.toml",
+                dir.path().to_path_buf(),
+            )
+            .unwrap();
+            let plan = Plan::build(&p).unwrap();
+            let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+            let shard = ShardDescriptor {
+                shard_id: "s00000".into(),
+                index: 0,
+                inputs: vec![ShardInput {
+                    object: ObjectRef {
+                        key: "in.ndjson".into(),
+                        size: 120,
+                    },
+                    range: None,
+                }],
+            };
+            let naming = OutputNaming {
+                prefix: "out".into(),
+                file_tag: "s00000".into(),
+            };
+            let scratch = dir.path().join(format!("scratch{}", schema.len()));
+            run_shard_blocking(&plan, &p, store, &shard, &naming, &scratch).unwrap()
+        };
+        let kept = run("");
+        assert_eq!(kept.counts.rows_out, 3, "discard keeps every row");
+        let frozen = run("[schema]\non_new_column = \"freeze\"\n");
+        assert_eq!(frozen.counts.rows_out, 1);
+        assert_eq!(frozen.counts.rejected.get("invalid_value"), Some(&2));
+        let q = std::fs::read_to_string(frozen.quarantine.unwrap().0).unwrap();
+        assert!(q.contains("field \\\"extra\\\" is not declared"), "{q}");
+        assert!(
+            q.contains("field \\\"device.model\\\" is not declared"),
+            "{q}"
+        );
+    }
+
     /// A `json` column keeps any JSON value as its JSON text (objects, arrays, strings with
     /// their quotes); JSON null and a missing field are null; the Parquet field is marked with
     /// Arrow's JSON extension type.

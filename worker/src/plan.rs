@@ -169,6 +169,8 @@ pub struct Plan {
     /// The longest output string the warehouse holds (set from the task; Redshift 65,535):
     /// rows with a longer value are quarantined in bucket `too_long`.
     pub max_string_bytes: Option<u64>,
+    /// `[schema] on_new_column = "freeze"`: a record with an undeclared field is rejected.
+    pub freeze: bool,
 }
 
 /// Compiles an expression against the columns live at its step (each name's latest slot).
@@ -340,6 +342,7 @@ impl Plan {
             buckets,
             checks,
             max_string_bytes: None,
+            freeze: f.schema.on_new_column == pipeline::OnNewColumn::Freeze,
         })
     }
 

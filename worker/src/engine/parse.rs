@@ -136,6 +136,18 @@ pub(crate) struct ObjSeed<'t, 's, 'de> {
     pub(crate) tree: &'t JsonTree,
     pub(crate) slots: &'s mut Vec<Val<'de>>,
     pub(crate) root: bool,
+    /// Under `on_new_column = "freeze"`: where the first undeclared field goes (its dotted
+    /// path), and this object's path.
+    pub(crate) undeclared: Option<(&'s mut Option<String>, String)>,
+}
+
+/// `prefix.key`, or `key` at the top.
+fn dotted(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for ObjSeed<'_, '_, 'de> {
@@ -157,7 +169,7 @@ impl<'de> Visitor<'de> for ObjSeed<'_, '_, 'de> {
     fn visit_unit<E>(self) -> Result<(), E> {
         Ok(()) // a null parent: every child is null
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut m: A) -> Result<(), A::Error> {
         while let Some(KeyStr(k)) = m.next_key::<KeyStr<'de>>()? {
             match self.tree.get(&k) {
                 Some(JsonNode::Leaf(i)) => self.slots[*i] = m.next_value_seed(LeafSeed)?,
@@ -172,8 +184,17 @@ impl<'de> Visitor<'de> for ObjSeed<'_, '_, 'de> {
                     tree: t,
                     slots: self.slots,
                     root: false,
+                    undeclared: self
+                        .undeclared
+                        .as_mut()
+                        .map(|(first, path)| (&mut **first, dotted(path, &k))),
                 })?,
                 None => {
+                    if let Some((first, path)) = self.undeclared.as_mut()
+                        && first.is_none()
+                    {
+                        **first = Some(dotted(path, &k));
+                    }
                     m.next_value::<IgnoredAny>()?;
                 }
             }
@@ -388,14 +409,22 @@ fn json_record<'c>(
         *s = Val::Null;
     }
     let mut de = serde_json::Deserializer::from_str(text);
+    let mut undeclared: Option<String> = None;
     ObjSeed {
         tree: &plan.json_tree,
         slots,
         root: true,
+        undeclared: plan.freeze.then(|| (&mut undeclared, String::new())),
     }
     .deserialize(&mut de)
     .and_then(|()| de.end())
     .map_err(|e| (true, format!("not a JSON object: {e}")))?;
+    if let Some(field) = undeclared {
+        return Err((
+            false,
+            format!("field {field:?} is not declared (schema.on_new_column = \"freeze\")"),
+        ));
+    }
     for (c, (name, _, required)) in plan.declared.iter().enumerate() {
         apply_text_rules(&plan.text_rules[c], &mut slots[c]);
         if *required && matches!(slots[c], Val::Null) {
