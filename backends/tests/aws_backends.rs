@@ -280,6 +280,17 @@ async fn postgres_unreachable_is_a_clear_error() {
     );
 }
 
+/// A client on a fresh schema of the test PostgreSQL, if there is one.
+async fn pg_client(prefix: &str) -> Option<tokio_postgres::Client> {
+    let pg = testkit::postgres()?;
+    let conn = testkit::postgres_schema(&pg, &testkit::unique(prefix)).await;
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    Some(client)
+}
+
 /// The Redshift plan's SQL (everything but the COPY from S3) on a real SQL engine: PostgreSQL
 /// with a GETDATE() shim, the COPY replaced by inserting the file's rows into the file-shaped
 /// table. Proves the staging, dedupe, merge and ledger statements do what the Data API transport
@@ -289,14 +300,9 @@ async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() 
     use arrow::datatypes::{DataType, Field, Schema};
     use backends::warehouse::plan::{self, Dialect, LoadPlan};
     use protocol::{LoadBatch, LoadFile, OutputFile, SourcePosition};
-    let Some(pg) = testkit::postgres() else {
+    let Some(client) = pg_client("rsplan").await else {
         return;
     };
-    let conn = testkit::postgres_schema(&pg, &testkit::unique("rsplan")).await;
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     client
         .batch_execute(
             "CREATE FUNCTION getdate() RETURNS timestamp AS 'SELECT now()::timestamp' LANGUAGE sql",
@@ -497,14 +503,9 @@ async fn s3_throttling_is_retried_and_access_denied_is_fatal() {
 async fn the_redshift_widening_plan_keeps_every_value_on_a_real_engine() {
     use arrow::datatypes::{DataType, Field, Schema};
     use backends::warehouse::plan::{self, Dialect};
-    let Some(pg) = testkit::postgres() else {
+    let Some(client) = pg_client("rswiden").await else {
         return;
     };
-    let conn = testkit::postgres_schema(&pg, &testkit::unique("rswiden")).await;
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     client
         .batch_execute(
             "CREATE TABLE t (id VARCHAR(4), qty INTEGER, amount DECIMAL(10,2));

@@ -971,9 +971,14 @@ impl Loader {
             counts.add(&d.counts);
         }
         let mut dupes = BTreeMap::new();
+        // The run's files, read from the manifests once for every `unique` check.
+        let mut files: Option<Vec<String>> = None;
         for x in &self.expectations {
             if let Check::Unique { column } = &x.check {
-                let files = self.output_files(done).await?;
+                if files.is_none() {
+                    files = Some(self.output_files(done).await?);
+                }
+                let files = files.clone().unwrap_or_default();
                 let n =
                     crate::quality::count_duplicates(self.output.clone(), files, column.clone())
                         .await
@@ -988,6 +993,16 @@ impl Loader {
         Ok(self.quality.insert(report))
     }
 
+    /// A finished shard's manifest.
+    async fn manifest(&self, shard_id: &str, d: &DoneRecord) -> anyhow::Result<ShardManifest> {
+        let bytes = self
+            .files
+            .get(&d.manifest_key)
+            .await
+            .with_context(|| format!("manifest of shard {shard_id}"))?;
+        Ok(ShardManifest::from_json(&String::from_utf8_lossy(&bytes))?)
+    }
+
     /// The Parquet files of the finished shards, from their manifests.
     async fn output_files(
         &self,
@@ -995,12 +1010,7 @@ impl Loader {
     ) -> anyhow::Result<Vec<String>> {
         let mut out = Vec::new();
         for (shard_id, d) in done {
-            let bytes = self
-                .files
-                .get(&d.manifest_key)
-                .await
-                .with_context(|| format!("manifest of shard {shard_id}"))?;
-            let m = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))?;
+            let m = self.manifest(shard_id, d).await?;
             out.extend(m.outputs.into_iter().map(|f| f.key));
         }
         Ok(out)
@@ -1052,12 +1062,7 @@ impl Loader {
         let mut files = Vec::new();
         let mut ids = Vec::new();
         for (shard_id, d) in group {
-            let bytes = self
-                .files
-                .get(&d.manifest_key)
-                .await
-                .with_context(|| format!("manifest of shard {shard_id}"))?;
-            let m = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))?;
+            let m = self.manifest(shard_id, d).await?;
             let desc = shards.get(*shard_id).context("shard not in plan")?;
             for f in m.outputs {
                 files.push(LoadFile {

@@ -32,6 +32,12 @@ impl Slots {
         self.types.len() - 1
     }
 
+    /// The slot a step reads (`column`) and the new slot it writes (`output`, else the column).
+    fn derived(&mut self, column: &str, output: &Option<String>, ty: ColumnType) -> (usize, usize) {
+        let slot = self.get(column);
+        (slot, self.add(output_name(output, column), ty))
+    }
+
     fn all(&self, names: &[String]) -> Vec<usize> {
         names.iter().map(|n| self.get(n)).collect()
     }
@@ -188,10 +194,7 @@ impl Compiler<'_> {
 
     fn hash(&mut self, i: usize, s: &HashStep) -> Result<StepOp, WorkerError> {
         let key = self.hash_key(i, s)?;
-        let slot = self.slots.get(&s.column);
-        let out = self
-            .slots
-            .add(output_name(&s.output, &s.column), ColumnType::String);
+        let (slot, out) = self.slots.derived(&s.column, &s.output, ColumnType::String);
         Ok(StepOp::Hash {
             slot,
             out,
@@ -236,10 +239,7 @@ impl Compiler<'_> {
 
     fn ipv4_truncate(&mut self, s: &Ipv4TruncateStep) -> StepOp {
         self.buckets.push((true, s.bucket.clone()));
-        let slot = self.slots.get(&s.column);
-        let out = self
-            .slots
-            .add(output_name(&s.output, &s.column), ColumnType::String);
+        let (slot, out) = self.slots.derived(&s.column, &s.output, ColumnType::String);
         StepOp::Ipv4 {
             slot,
             out,
@@ -271,8 +271,7 @@ impl Compiler<'_> {
 
     fn cast(&mut self, s: &CastStep) -> StepOp {
         self.buckets.push((true, s.bucket.clone()));
-        let slot = self.slots.get(&s.column);
-        let out = self.slots.add(output_name(&s.output, &s.column), s.to);
+        let (slot, out) = self.slots.derived(&s.column, &s.output, s.to);
         StepOp::Cast {
             slot,
             out,

@@ -454,6 +454,46 @@ keys = ["id"]
 columns = ["id", "n", "ts", "amount", "os"]
 "#;
 
+    /// Runs one shard of the whole object `key` in `dir` (Parquet to `out/`, scratch as given).
+    fn run_whole(
+        plan: &Plan,
+        p: &config::Pipeline,
+        dir: &Path,
+        key: &str,
+        scratch: &Path,
+    ) -> ShardOutput {
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir).unwrap());
+        let size = std::fs::metadata(dir.join(key)).unwrap().len();
+        let shard = ShardDescriptor {
+            shard_id: "s00000".into(),
+            index: 0,
+            inputs: vec![ShardInput {
+                object: ObjectRef {
+                    key: key.into(),
+                    size,
+                },
+                range: None,
+            }],
+        };
+        let naming = OutputNaming {
+            prefix: "out".into(),
+            file_tag: "s00000".into(),
+        };
+        run_shard_blocking(plan, p, store, &shard, &naming, scratch).unwrap()
+    }
+
+    /// The first record batch of the shard's first Parquet file.
+    fn first_batch(out: &ShardOutput) -> arrow::record_batch::RecordBatch {
+        let f = std::fs::File::open(&out.files[0].local).unwrap();
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
     #[test]
     fn scratch_is_removed_when_its_last_holder_lets_go() {
         let dir = tempfile::tempdir().unwrap();
@@ -523,31 +563,13 @@ columns = ["id", "n", "ts", "amount", "os"]
         std::fs::write(dir.path().join("in.parquet"), &buf).unwrap();
         let p = config::parse(PARQUET_PIPELINE, "pq.toml", dir.path().to_path_buf()).unwrap();
         let plan = Plan::build(&p).unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
-        let shard = ShardDescriptor {
-            shard_id: "s00000".into(),
-            index: 0,
-            inputs: vec![ShardInput {
-                object: ObjectRef {
-                    key: "in.parquet".into(),
-                    size: buf.len() as u64,
-                },
-                range: None,
-            }],
-        };
-        let naming = OutputNaming {
-            prefix: "out".into(),
-            file_tag: "s00000".into(),
-        };
-        let out = run_shard_blocking(
+        let out = run_whole(
             &plan,
             &p,
-            store,
-            &shard,
-            &naming,
+            dir.path(),
+            "in.parquet",
             &dir.path().join("scratch"),
-        )
-        .unwrap();
+        );
         assert_eq!(
             (
                 out.counts.lines_total,
@@ -557,14 +579,7 @@ columns = ["id", "n", "ts", "amount", "os"]
             ),
             (4, 1, 1, 2)
         );
-        let f = std::fs::File::open(&out.files[0].local).unwrap();
-        let rb = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-            .unwrap()
-            .build()
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
+        let rb = first_batch(&out);
         assert_eq!(rb.column(0).as_string::<i32>().value(1), "b");
         assert_eq!(
             rb.column(1)
@@ -616,24 +631,13 @@ columns = ["id", "n", "ts", "amount", "os"]
             )
             .unwrap();
             let plan = Plan::build(&p).unwrap();
-            let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
-            let shard = ShardDescriptor {
-                shard_id: "s00000".into(),
-                index: 0,
-                inputs: vec![ShardInput {
-                    object: ObjectRef {
-                        key: "in.ndjson".into(),
-                        size: 120,
-                    },
-                    range: None,
-                }],
-            };
-            let naming = OutputNaming {
-                prefix: "out".into(),
-                file_tag: "s00000".into(),
-            };
-            let scratch = dir.path().join(format!("scratch{}", schema.len()));
-            run_shard_blocking(&plan, &p, store, &shard, &naming, &scratch).unwrap()
+            run_whole(
+                &plan,
+                &p,
+                dir.path(),
+                "in.ndjson",
+                &dir.path().join(format!("scratch{}", schema.len())),
+            )
         };
         let kept = run("");
         assert_eq!(kept.counts.rows_out, 3, "discard keeps every row");
@@ -665,33 +669,15 @@ columns = ["id", "n", "ts", "amount", "os"]
                     [output]\ncolumns = [\"id\", \"attrs\"]\n";
         let p = config::parse(text, "t.toml", dir.path().to_path_buf()).unwrap();
         let plan = Plan::build(&p).unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
-        let shard = ShardDescriptor {
-            shard_id: "s00000".into(),
-            index: 0,
-            inputs: vec![ShardInput {
-                object: ObjectRef {
-                    key: "in.ndjson".into(),
-                    size: 120,
-                },
-                range: None,
-            }],
-        };
-        let naming = OutputNaming {
-            prefix: "out".into(),
-            file_tag: "s00000".into(),
-        };
-        let scratch = dir.path().join("scratch");
-        let out = run_shard_blocking(&plan, &p, store, &shard, &naming, &scratch).unwrap();
+        let out = run_whole(
+            &plan,
+            &p,
+            dir.path(),
+            "in.ndjson",
+            &dir.path().join("scratch"),
+        );
         assert_eq!(out.counts.rows_out, 5);
-        let f = std::fs::File::open(&out.files[0].local).unwrap();
-        let rb = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-            .unwrap()
-            .build()
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
+        let rb = first_batch(&out);
         let field = rb.schema().field(1).clone();
         assert_eq!(
             field
@@ -732,24 +718,13 @@ columns = ["id", "n", "ts", "amount", "os"]
         let p = config::parse(text, "t.toml", dir.path().to_path_buf()).unwrap();
         let mut plan = Plan::build(&p).unwrap();
         plan.max_string_bytes = Some(5);
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
-        let shard = ShardDescriptor {
-            shard_id: "s00000".into(),
-            index: 0,
-            inputs: vec![ShardInput {
-                object: ObjectRef {
-                    key: "in.ndjson".into(),
-                    size: 80,
-                },
-                range: None,
-            }],
-        };
-        let naming = OutputNaming {
-            prefix: "out".into(),
-            file_tag: "s00000".into(),
-        };
-        let scratch = dir.path().join("scratch");
-        let out = run_shard_blocking(&plan, &p, store, &shard, &naming, &scratch).unwrap();
+        let out = run_whole(
+            &plan,
+            &p,
+            dir.path(),
+            "in.ndjson",
+            &dir.path().join("scratch"),
+        );
         assert_eq!(out.counts.rows_out, 2);
         assert_eq!(out.counts.rejected.get("too_long"), Some(&1));
         assert!(out.counts.reconciles());
@@ -810,24 +785,13 @@ columns = ["id", "qty", "price", "big"]
 "#;
         let p = config::parse(text, "pq.toml", dir.path().to_path_buf()).unwrap();
         let plan = Plan::build(&p).unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
-        let shard = ShardDescriptor {
-            shard_id: "s00000".into(),
-            index: 0,
-            inputs: vec![ShardInput {
-                object: ObjectRef {
-                    key: "in.parquet".into(),
-                    size: buf.len() as u64,
-                },
-                range: None,
-            }],
-        };
-        let naming = OutputNaming {
-            prefix: "out".into(),
-            file_tag: "s00000".into(),
-        };
-        let scratch = dir.path().join("scratch");
-        let out = run_shard_blocking(&plan, &p, store, &shard, &naming, &scratch).unwrap();
+        let out = run_whole(
+            &plan,
+            &p,
+            dir.path(),
+            "in.parquet",
+            &dir.path().join("scratch"),
+        );
         assert_eq!(
             (
                 out.counts.rows_out,
@@ -835,14 +799,7 @@ columns = ["id", "qty", "price", "big"]
             ),
             (2, Some(&1))
         );
-        let f = std::fs::File::open(&out.files[0].local).unwrap();
-        let rb = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-            .unwrap()
-            .build()
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
+        let rb = first_batch(&out);
         let qty = rb.column(1).as_primitive::<arrow::datatypes::Int64Type>();
         assert_eq!((qty.value(0), qty.is_null(1)), (1, true));
         let price = rb

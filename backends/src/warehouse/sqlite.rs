@@ -258,6 +258,112 @@ fn extend_staging(
     Ok(())
 }
 
+/// Stages one file of the batch: brings the target and staging to its columns, then copies its
+/// rows (with partition values and lineage) into staging. The rows staged.
+fn stage_file(
+    tx: &Connection,
+    batch: &LoadBatch,
+    lf: &protocol::LoadFile,
+    files: &dyn ObjectStore,
+    staging: &mut Vec<String>,
+) -> Result<u64> {
+    let table = quote_ident(&batch.table);
+    let mut staged = 0u64;
+    let key = &lf.file.key;
+    let bytes = match files.local_path(key) {
+        Some(p) => std::fs::read(&p).map_err(|e| wh_err(format!("read {key}: {e}")))?,
+        None => {
+            let mut buf = Vec::new();
+            files
+                .open_read(key, None)?
+                .read_to_end(&mut buf)
+                .map_err(|e| wh_err(format!("read {key}: {e}")))?;
+            buf
+        }
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .map_err(|e| wh_err(format!("{key}: not a readable Parquet file: {e}")))?
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| wh_err(format!("{key}: {e}")))?;
+    let defs = file_columns(&reader.schema(), &lf.file.partition)?;
+    evolve_target(tx, batch, &defs)?;
+    if !batch.merge_keys.is_empty() {
+        let keys = quote_list(&batch.merge_keys);
+        let idx = quote_ident(&format!("{}__merge_key", batch.table));
+        tx.execute_batch(&format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {table} ({keys})"
+        ))
+        .map_err(wh_err)?;
+    }
+    extend_staging(tx, staging, &defs)?;
+    let columns: Vec<String> = defs.into_iter().map(|(n, _)| n).collect();
+    let placeholders = (1..=columns.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert_sql = format!(
+        "INSERT INTO temp._tributary_staging ({}) VALUES ({placeholders})",
+        quote_list(&columns)
+    );
+    let mut insert = tx.prepare_cached(&insert_sql).map_err(wh_err)?;
+    for rb in reader {
+        let rb = rb.map_err(|e| wh_err(format!("{key}: {e}")))?;
+        let mut row: Vec<Value> = Vec::with_capacity(columns.len());
+        for i in 0..rb.num_rows() {
+            row.clear();
+            for c in rb.columns() {
+                row.push(value_at(c.as_ref(), i)?);
+            }
+            for (_, v) in &lf.file.partition {
+                row.push(Value::Text(v.clone()));
+            }
+            row.push(Value::Text(lf.position.object.clone()));
+            row.push(Value::Integer(lf.position.offset as i64));
+            row.push(Value::Text(batch.batch_id.clone()));
+            insert
+                .execute(rusqlite::params_from_iter(row.iter()))
+                .map_err(wh_err)?;
+            staged += 1;
+        }
+    }
+    Ok(staged)
+}
+
+/// Moves staging into the target: appended, or merged by the merge keys keeping the earliest
+/// source position per key.
+fn merge_staging(tx: &Connection, batch: &LoadBatch, staging: &[String]) -> Result<()> {
+    let table = quote_ident(&batch.table);
+    let columns = &staging;
+    let cols = quote_list(columns);
+    let merge = if batch.merge_keys.is_empty() {
+        format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging")
+    } else {
+        let keys = quote_list(&batch.merge_keys);
+        let sets = columns
+            .iter()
+            .filter(|c| !batch.merge_keys.contains(c))
+            .map(|c| format!("{q} = excluded.{q}", q = quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (so, sf) = (
+            quote_ident(SOURCE_OBJECT_COLUMN),
+            quote_ident(SOURCE_OFFSET_COLUMN),
+        );
+        // Keep the earliest source position per key, whatever order batches arrive in.
+        format!(
+            "INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging WHERE true \
+             ORDER BY {so}, {sf} \
+             ON CONFLICT ({keys}) DO UPDATE SET {sets} \
+             WHERE (excluded.{so}, excluded.{sf}) < ({table}.{so}, {table}.{sf})"
+        )
+    };
+    tx.execute_batch(&merge).map_err(wh_err)?;
+    tx.execute_batch("DROP TABLE temp._tributary_staging")
+        .map_err(wh_err)?;
+    Ok(())
+}
+
 fn load_batch(
     conn: &mut Connection,
     batch: &LoadBatch,
@@ -279,93 +385,10 @@ fn load_batch(
     let mut staging: Vec<String> = Vec::new();
     let mut staged = 0u64;
     for lf in &batch.files {
-        let key = &lf.file.key;
-        let bytes = match files.local_path(key) {
-            Some(p) => std::fs::read(&p).map_err(|e| wh_err(format!("read {key}: {e}")))?,
-            None => {
-                let mut buf = Vec::new();
-                files
-                    .open_read(key, None)?
-                    .read_to_end(&mut buf)
-                    .map_err(|e| wh_err(format!("read {key}: {e}")))?;
-                buf
-            }
-        };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-            .map_err(|e| wh_err(format!("{key}: not a readable Parquet file: {e}")))?
-            .with_batch_size(8192)
-            .build()
-            .map_err(|e| wh_err(format!("{key}: {e}")))?;
-        let defs = file_columns(&reader.schema(), &lf.file.partition)?;
-        evolve_target(&tx, batch, &defs)?;
-        if !batch.merge_keys.is_empty() {
-            let keys = quote_list(&batch.merge_keys);
-            let idx = quote_ident(&format!("{}__merge_key", batch.table));
-            tx.execute_batch(&format!(
-                "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {table} ({keys})"
-            ))
-            .map_err(wh_err)?;
-        }
-        extend_staging(&tx, &mut staging, &defs)?;
-        let columns: Vec<String> = defs.into_iter().map(|(n, _)| n).collect();
-        let placeholders = (1..=columns.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let insert_sql = format!(
-            "INSERT INTO temp._tributary_staging ({}) VALUES ({placeholders})",
-            quote_list(&columns)
-        );
-        let mut insert = tx.prepare_cached(&insert_sql).map_err(wh_err)?;
-        for rb in reader {
-            let rb = rb.map_err(|e| wh_err(format!("{key}: {e}")))?;
-            let mut row: Vec<Value> = Vec::with_capacity(columns.len());
-            for i in 0..rb.num_rows() {
-                row.clear();
-                for c in rb.columns() {
-                    row.push(value_at(c.as_ref(), i)?);
-                }
-                for (_, v) in &lf.file.partition {
-                    row.push(Value::Text(v.clone()));
-                }
-                row.push(Value::Text(lf.position.object.clone()));
-                row.push(Value::Integer(lf.position.offset as i64));
-                row.push(Value::Text(batch.batch_id.clone()));
-                insert
-                    .execute(rusqlite::params_from_iter(row.iter()))
-                    .map_err(wh_err)?;
-                staged += 1;
-            }
-        }
+        staged += stage_file(&tx, batch, lf, files, &mut staging)?;
     }
     if !staging.is_empty() {
-        let columns = &staging;
-        let cols = quote_list(columns);
-        let merge = if batch.merge_keys.is_empty() {
-            format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging")
-        } else {
-            let keys = quote_list(&batch.merge_keys);
-            let sets = columns
-                .iter()
-                .filter(|c| !batch.merge_keys.contains(c))
-                .map(|c| format!("{q} = excluded.{q}", q = quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let (so, sf) = (
-                quote_ident(SOURCE_OBJECT_COLUMN),
-                quote_ident(SOURCE_OFFSET_COLUMN),
-            );
-            // Keep the earliest source position per key, whatever order batches arrive in.
-            format!(
-                "INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging WHERE true \
-                 ORDER BY {so}, {sf} \
-                 ON CONFLICT ({keys}) DO UPDATE SET {sets} \
-                 WHERE (excluded.{so}, excluded.{sf}) < ({table}.{so}, {table}.{sf})"
-            )
-        };
-        tx.execute_batch(&merge).map_err(wh_err)?;
-        tx.execute_batch("DROP TABLE temp._tributary_staging")
-            .map_err(wh_err)?;
+        merge_staging(&tx, batch, &staging)?;
     }
     tx.execute(
         &format!(

@@ -81,10 +81,7 @@ fn process_batch(
         .map(|p| find_column(rb, p))
         .collect();
     let n = rb.num_rows();
-    let ranges: Vec<std::ops::Range<usize>> = (0..n)
-        .step_by(PIECE_ROWS)
-        .map(|s| s..(s + PIECE_ROWS).min(n))
-        .collect();
+    let ranges = piece_ranges(n);
     let split = plan.dedupe_at.unwrap_or(plan.steps.len());
     let pieces: Vec<Piece> = ranges
         .into_par_iter()
@@ -141,13 +138,7 @@ fn convert_piece(
     columns: &[Option<ArrayRef>],
     range: std::ops::Range<usize>,
 ) -> Result<Piece, WorkerError> {
-    let mut piece = Piece {
-        cols: vec![None; plan.slot_types.len()],
-        rows: Vec::with_capacity(range.len()),
-        quarantine: Vec::new(),
-        counts: Counts::default(),
-    };
-    piece.counts.lines_total = range.len() as u64;
+    let mut piece = Piece::new(plan, range.len());
     let cols: Vec<Option<ArrayRef>> = columns
         .iter()
         .map(|c| c.as_ref().map(|a| a.slice(range.start, range.len())))
@@ -195,11 +186,11 @@ fn convert_piece(
             }
         }
     }
-    let kept = BooleanArray::from(
-        (0..range.len() as u32)
-            .map(|i| piece.rows.binary_search(&i).is_ok())
-            .collect::<Vec<_>>(),
-    );
+    let mut mask = vec![false; range.len()];
+    for r in &piece.rows {
+        mask[*r as usize] = true;
+    }
+    let kept = BooleanArray::from(mask);
     let all_kept = piece.rows.len() == range.len();
     for (c, b) in builders.iter_mut().enumerate() {
         piece.cols[c] = Some(match (b, &cols[c]) {

@@ -240,6 +240,19 @@ pub struct QItem {
 }
 
 impl Piece {
+    /// An empty piece for `lines` records (all counted in `lines_total`).
+    pub(crate) fn new(plan: &Plan, lines: usize) -> Piece {
+        Piece {
+            cols: vec![None; plan.slot_types.len()],
+            rows: Vec::with_capacity(lines),
+            quarantine: Vec::new(),
+            counts: Counts {
+                lines_total: lines as u64,
+                ..Counts::default()
+            },
+        }
+    }
+
     pub(crate) fn keep(&mut self, mask: &BooleanArray) -> Result<(), WorkerError> {
         if mask.true_count() == mask.len() {
             return Ok(());
@@ -320,13 +333,7 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
         .iter()
         .map(|(_, t, _)| ColBuilder::new(*t, range.len()))
         .collect();
-    let mut piece = Piece {
-        cols: vec![None; plan.slot_types.len()],
-        rows: Vec::with_capacity(range.len()),
-        quarantine: Vec::new(),
-        counts: Counts::default(),
-    };
-    piece.counts.lines_total = range.len() as u64;
+    let mut piece = Piece::new(plan, range.len());
     let mut cells: Vec<Cell> = Vec::with_capacity(declared);
     let mut texts: Vec<std::borrow::Cow<str>> = Vec::with_capacity(declared);
     let mut slots: Vec<Val> = vec![Val::Null; declared];

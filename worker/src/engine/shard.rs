@@ -28,6 +28,14 @@ pub struct StageTimes {
 /// known) and its raw bytes.
 pub(crate) type RecordSource<'a> = dyn Fn(u32) -> (u64, Option<u64>, Vec<u8>) + 'a;
 
+/// `0..n` cut into pieces of [`PIECE_ROWS`].
+pub(crate) fn piece_ranges(n: usize) -> Vec<std::ops::Range<usize>> {
+    (0..n)
+        .step_by(PIECE_ROWS)
+        .map(|s| s..(s + PIECE_ROWS).min(n))
+        .collect()
+}
+
 /// Processes one chunk: parse and steps in parallel, dedupe in order, write.
 pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<(), WorkerError> {
     let started = std::time::Instant::now();
@@ -45,10 +53,7 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
         )?;
     }
     let n = chunk.spans.len();
-    let ranges: Vec<std::ops::Range<usize>> = (0..n)
-        .step_by(PIECE_ROWS)
-        .map(|s| s..(s + PIECE_ROWS).min(n))
-        .collect();
+    let ranges = piece_ranges(n);
     let split = plan.dedupe_at.unwrap_or(plan.steps.len());
     let pieces: Vec<Piece> = ranges
         .into_par_iter()

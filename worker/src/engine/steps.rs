@@ -43,6 +43,8 @@ pub(crate) fn enforce_string_limit(plan: &Plan, piece: &mut Piece) -> Result<(),
         return Ok(());
     };
     let mut failed: Vec<(usize, String)> = Vec::new();
+    // One reason per row: the first column over the limit.
+    let mut flagged = vec![false; piece.rows.len()];
     for (name, slot) in plan.output.columns.iter().zip(&plan.output_slots) {
         let Some(a) = piece.cols[*slot].as_ref() else {
             continue;
@@ -51,13 +53,14 @@ pub(crate) fn enforce_string_limit(plan: &Plan, piece: &mut Piece) -> Result<(),
             continue;
         }
         let s = a.as_string::<i32>();
-        for r in 0..s.len() {
+        for (r, seen) in flagged.iter_mut().enumerate() {
             let n = if s.is_valid(r) {
                 s.value_length(r) as u64
             } else {
                 0
             };
-            if n > limit && !failed.iter().any(|(x, _)| *x == r) {
+            if n > limit && !*seen {
+                *seen = true;
                 failed.push((
                     r,
                     format!("column {name:?} holds {n} bytes; the warehouse holds at most {limit} (values are never truncated)"),
