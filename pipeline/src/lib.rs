@@ -9,6 +9,8 @@
 //! | module | holds |
 //! |---|---|
 //! | [`file`] | the serde model of a pipeline file (every key, its default) |
+//! | [`steps`] | one module per step kind: its spec, check, compilation and kernel |
+//! | [`builder`] | the typed Arrow builders a column type reads into |
 //! | [`columns`] | a declared column's reading rules (nulls, default, number locale) |
 //! | [`expr`] | SQL expressions: parsing, type checking, compiled vectorised kernels |
 //! | [`entries`] | where each `[[columns]]` / `[[steps]]` / `[[expect]]` entry starts, for errors at their own line |
@@ -19,12 +21,14 @@
 //!
 //! `examples/pipeline.example.toml` documents every key.
 
+pub mod builder;
 pub mod columns;
 pub mod entries;
 pub mod error;
 pub mod expect;
 pub mod expr;
 pub mod file;
+pub mod steps;
 pub mod time;
 pub mod validate;
 pub mod validated;

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::entries::Entries;
+use crate::steps::{CheckCx, Columns};
 use crate::validated::Pipeline;
-use crate::values::TimestampFormat;
 use crate::*;
 
 /// Letters, digits, `_` and `-`, 1 to 128 of them: pipeline, column, table and bucket names.
@@ -18,9 +18,6 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// Counters every run has; a step's bucket may not take their names.
-const RESERVED_BUCKETS: [&str; 4] = ["lines_total", "malformed", "duplicates", "rows_out"];
-
 /// Makes errors for one file, with the line of every field that is inside an entry.
 struct Ctx<'a> {
     file: &'a str,
@@ -30,20 +27,6 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::new(self.file, field, message).at_line(self.entries.line_of_field(field))
-    }
-}
-
-/// The columns known at a point of the pipeline: declared ones, then step outputs, in order.
-#[derive(Default)]
-struct Columns(Vec<(String, ColumnType)>);
-
-impl Columns {
-    fn ty(&self, name: &str) -> Option<ColumnType> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| *t)
     }
 }
 
@@ -79,11 +62,13 @@ impl PipelineFile {
         let mut dedupes = 0;
         for (i, step) in self.steps.iter().enumerate() {
             dedupes += usize::from(matches!(step, Step::Dedupe(_)));
-            let s = StepCx {
-                cx: &cx,
-                f: format!("steps[{i}] ({})", step.op()),
+            let err = |f: &str, m: String| cx.err(f, m);
+            let s = CheckCx {
+                entry: format!("steps[{i}] ({})", step.op()),
+                op: step.op(),
+                err: &err,
             };
-            s.check(step, &mut cols)?;
+            step.check(&s, &mut cols)?;
         }
         if dedupes > 1 {
             return Err(cx.err("steps", "at most one dedupe step"));
@@ -182,216 +167,6 @@ fn check_columns(
         }
     }
     Ok(cols)
-}
-
-/// Checks one step against the columns before it, and adds its outputs.
-struct StepCx<'a> {
-    cx: &'a Ctx<'a>,
-    /// `steps[i] (op)`.
-    f: String,
-}
-
-impl StepCx<'_> {
-    fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
-        self.cx.err(&format!("{}.{field}", self.f), message)
-    }
-
-    fn need(&self, cols: &Columns, name: &str, field: &str) -> Result<ColumnType, ConfigError> {
-        cols.ty(name)
-            .ok_or_else(|| self.err(field, format!("unknown column {name:?}")))
-    }
-
-    fn need_string(&self, cols: &Columns, name: &str, field: &str) -> Result<(), ConfigError> {
-        match self.need(cols, name, field)? {
-            ColumnType::String => Ok(()),
-            t => Err(self.err(
-                field,
-                format!("column {name:?} is {t}, this step needs a string"),
-            )),
-        }
-    }
-
-    fn out_name(&self, o: Option<&str>, field: &str) -> Result<(), ConfigError> {
-        match o {
-            Some(o) if !valid_name(o) => {
-                Err(self.err(field, format!("{o:?} is not a valid column name")))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn bucket(&self, b: &str) -> Result<(), ConfigError> {
-        if !valid_name(b) || RESERVED_BUCKETS.contains(&b) {
-            return Err(self.err("bucket", format!("{b:?} is not a usable bucket name")));
-        }
-        Ok(())
-    }
-
-    /// A step that reads `column` (a string) and writes `output` (default: `column`) as `ty`.
-    fn string_to(
-        &self,
-        cols: &mut Columns,
-        column: &str,
-        output: Option<&str>,
-        ty: ColumnType,
-    ) -> Result<(), ConfigError> {
-        self.need_string(cols, column, "column")?;
-        self.out_name(output, "output")?;
-        cols.0.push((output.unwrap_or(column).to_string(), ty));
-        Ok(())
-    }
-
-    fn check(&self, step: &Step, cols: &mut Columns) -> Result<(), ConfigError> {
-        match step {
-            Step::Filter(s) => self.filter(s, cols),
-            Step::Dedupe(s) => self.dedupe(s, cols),
-            Step::Cast(s) => {
-                self.bucket(&s.bucket)?;
-                self.need(cols, &s.column, "column")?;
-                self.out_name(s.output.as_deref(), "output")?;
-                cols.0
-                    .push((s.output.clone().unwrap_or(s.column.clone()), s.to));
-                Ok(())
-            }
-            Step::Trim(s) | Step::Upper(s) | Step::Lower(s) => {
-                self.case(s, matches!(step, Step::Trim(_)), cols)
-            }
-            Step::RegexReplace(s) => {
-                if let Err(e) = regex::Regex::new(&s.pattern) {
-                    return Err(self.err("pattern", format!("invalid regex: {e}")));
-                }
-                self.string_to(cols, &s.column, s.output.as_deref(), ColumnType::String)
-            }
-            Step::ParseTimestamp(s) => {
-                self.bucket(&s.bucket)?;
-                TimestampFormat::new(&s.format).map_err(|m| self.err("format", m))?;
-                self.string_to(cols, &s.column, s.output.as_deref(), ColumnType::Timestamp)
-            }
-            Step::Date(s) => self.date(s, cols),
-            Step::Hash(s) => {
-                if s.key_env.is_some() == s.key_file.is_some() {
-                    return Err(self.err(
-                        "key_env",
-                        "set exactly one of key_env or key_file (keys are never inline)",
-                    ));
-                }
-                self.string_to(cols, &s.column, s.output.as_deref(), ColumnType::String)
-            }
-            Step::Ipv4Truncate(s) => {
-                self.bucket(&s.bucket)?;
-                if s.keep_octets > 3 {
-                    return Err(self.err("keep_octets", "must be 0 to 3"));
-                }
-                self.string_to(cols, &s.column, s.output.as_deref(), ColumnType::String)
-            }
-            Step::Lookup(s) => {
-                self.bucket(&s.bucket)?;
-                self.string_to(cols, &s.column, Some(&s.output), ColumnType::String)
-            }
-            Step::Derive(s) => self.derive(s, cols),
-            Step::Reject(s) => {
-                self.bucket(&s.bucket)?;
-                self.predicate(&s.condition, "where", cols)
-            }
-        }
-    }
-
-    /// Compiles an expression against the columns so far; refusals name the key and position.
-    fn expr(&self, sql: &str, field: &str, cols: &Columns) -> Result<ColumnType, ConfigError> {
-        crate::expr::compile(sql, &cols.0)
-            .map(|e| e.ty)
-            .map_err(|e| self.err(field, e.to_string()))
-    }
-
-    fn predicate(&self, sql: &str, field: &str, cols: &Columns) -> Result<(), ConfigError> {
-        crate::expr::compile_predicate(sql, &cols.0)
-            .map(|_| ())
-            .map_err(|e| self.err(field, e.to_string()))
-    }
-
-    fn derive(&self, s: &DeriveStep, cols: &mut Columns) -> Result<(), ConfigError> {
-        self.bucket(&s.bucket)?;
-        if !valid_name(&s.column) {
-            return Err(self.err(
-                "column",
-                format!("{:?} is not a valid column name", s.column),
-            ));
-        }
-        let ty = self.expr(&s.expr, "expr", cols)?;
-        cols.0.push((s.column.clone(), ty));
-        Ok(())
-    }
-
-    fn filter(&self, s: &FilterStep, cols: &Columns) -> Result<(), ConfigError> {
-        self.bucket(&s.bucket)?;
-        if s.drop_if_any.is_empty() && s.drop_where.is_none() {
-            return Err(self.err(
-                "drop_if_any",
-                "set drop_if_any (at least one condition) or drop_where",
-            ));
-        }
-        if let Some(sql) = &s.drop_where {
-            self.predicate(sql, "drop_where", cols)?;
-        }
-        for (j, c) in s.drop_if_any.iter().enumerate() {
-            let set = [
-                c.equals.is_some(),
-                c.contains.is_some(),
-                c.is_null.is_some(),
-            ];
-            if set.iter().filter(|x| **x).count() != 1 {
-                return Err(self.err(
-                    &format!("drop_if_any[{j}]"),
-                    "set exactly one of equals, contains, is_null",
-                ));
-            }
-            let field = format!("drop_if_any[{j}].column");
-            if c.is_null.is_none() {
-                self.need_string(cols, &c.column, &field)?;
-            } else {
-                self.need(cols, &c.column, &field)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn dedupe(&self, s: &DedupeStep, cols: &Columns) -> Result<(), ConfigError> {
-        if s.keys.is_empty() {
-            return Err(self.err("keys", "needs at least one key column"));
-        }
-        for k in &s.keys {
-            self.need(cols, k, "keys")?;
-        }
-        Ok(())
-    }
-
-    fn case(&self, s: &CaseStep, is_trim: bool, cols: &Columns) -> Result<(), ConfigError> {
-        if s.columns.is_empty() {
-            return Err(self.err("columns", "needs at least one column"));
-        }
-        if s.chars.is_some() && !is_trim {
-            return Err(self.err("chars", "only trim takes chars"));
-        }
-        for c in &s.columns {
-            self.need_string(cols, c, "columns")?;
-        }
-        Ok(())
-    }
-
-    fn date(&self, s: &DateStep, cols: &mut Columns) -> Result<(), ConfigError> {
-        match self.need(cols, &s.column, "column")? {
-            ColumnType::Timestamp => {}
-            t => {
-                return Err(self.err(
-                    "column",
-                    format!("column {:?} is {t}, date needs a timestamp", s.column),
-                ));
-            }
-        }
-        self.out_name(Some(&s.output), "output")?;
-        cols.0.push((s.output.clone(), ColumnType::Date));
-        Ok(())
-    }
 }
 
 fn check_output(cx: &Ctx, o: &OutputSection, cols: &Columns) -> Result<(), ConfigError> {

@@ -2,15 +2,13 @@
 //! and writes partitioned Parquet, a quarantine file and a shard manifest.
 //!
 //! * [`config`]: reading pipeline files (their model and validation are the `pipeline` crate).
-//! * [`plan`]: a validated pipeline compiled for execution (keys and reference files loaded);
-//!   `compile` holds one compiling function per step kind.
+//! * [`plan`]: a validated pipeline compiled for execution: the reading rules and the steps, each
+//!   compiled by its own module of `pipeline::steps` (key and reference files read from here).
 //! * [`engine`]: the streaming shard engine (reader thread → parallel pieces on rayon → Parquet).
-//! * [`transform`]: the vectorised column transforms.
 //! * [`daemon`]: the fleet worker; CPU work reaches rayon through `runtime::cpu::run_cpu`.
 //! * [`harness`]: one shard of arbitrary bytes through the engine (fuzz targets, property tests).
 //! * [`execute_task`]: a queue task end to end — engine, uploads, manifest last.
 
-mod compile;
 pub mod config;
 pub mod daemon;
 pub mod engine;
@@ -19,7 +17,6 @@ pub mod metrics;
 pub mod plan;
 /// The fleet settings live in the `runtime` crate (the coordinator reads them too).
 pub use runtime::settings;
-pub mod transform;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +60,15 @@ pub enum WorkerError {
     /// then dead-lettered with this message.
     #[error("panicked: {message}")]
     Panicked { message: String },
+}
+
+impl From<pipeline::steps::StepError> for WorkerError {
+    fn from(e: pipeline::steps::StepError) -> Self {
+        WorkerError::Step {
+            step: e.step,
+            detail: e.detail,
+        }
+    }
 }
 
 impl From<runtime::cpu::CpuError> for WorkerError {

@@ -8,136 +8,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, SchemaRef};
+use pipeline::steps::{CompileCx, Compiled, Resources, SlotExpr, Slots};
 
 use crate::WorkerError;
-use crate::config::{
-    ColumnType, Format, HashAlgorithm, OnError, OnMissing, OutputSection, Pipeline, Step,
-};
+use crate::config::{ColumnType, Format, OutputSection, Pipeline};
 use crate::engine::{JsonTree, schema_of};
-use crate::transform::TimestampFormat;
 
-#[derive(Debug)]
-pub enum CondKind {
-    Equals(String, bool),
-    Contains(String, bool),
-    IsNull(bool),
-}
+/// The worker's resources for compiling steps: the process environment and the file system.
+pub struct Host;
 
-impl CondKind {
-    pub fn matches(&self, v: &str) -> bool {
-        match self {
-            CondKind::Equals(s, ci) => {
-                if *ci {
-                    v.eq_ignore_ascii_case(s)
-                } else {
-                    v == s
-                }
-            }
-            CondKind::Contains(s, false) => v.contains(s.as_str()),
-            CondKind::Contains(s, true) => {
-                // ASCII case-insensitive substring search without allocating.
-                let (h, n) = (v.as_bytes(), s.as_bytes());
-                n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-            }
-            CondKind::IsNull(_) => false,
-        }
+impl Resources for Host {
+    fn env(&self, var: &str) -> Option<String> {
+        std::env::var(var).ok()
     }
-}
-
-#[derive(Debug)]
-pub struct Cond {
-    pub slot: usize,
-    pub kind: CondKind,
-}
-
-/// A compiled SQL expression and the slots of the columns it reads (in its input order).
-#[derive(Debug)]
-pub struct SlotExpr {
-    pub expr: pipeline::expr::Expression,
-    pub inputs: Vec<usize>,
-}
-
-#[derive(Debug)]
-pub enum StepOp {
-    Filter {
-        conds: Vec<Cond>,
-        /// `drop_where`.
-        predicate: Option<SlotExpr>,
-        bucket: String,
-    },
-    Derive {
-        expr: SlotExpr,
-        out: usize,
-        on_error: OnError,
-        bucket: String,
-        column: String,
-    },
-    Reject {
-        predicate: SlotExpr,
-        bucket: String,
-        reason: String,
-    },
-    Dedupe {
-        slots: Vec<usize>,
-    },
-    Trim {
-        slots: Vec<usize>,
-        chars: Option<String>,
-    },
-    Upper {
-        slots: Vec<usize>,
-    },
-    Lower {
-        slots: Vec<usize>,
-    },
-    Regex {
-        slot: usize,
-        out: usize,
-        re: regex::Regex,
-        replacement: String,
-    },
-    ParseTs {
-        slot: usize,
-        out: usize,
-        format: TimestampFormat,
-        on_error: OnError,
-        bucket: String,
-        column: String,
-    },
-    Date {
-        slot: usize,
-        out: usize,
-    },
-    Hash {
-        slot: usize,
-        out: usize,
-        algorithm: HashAlgorithm,
-        key: Vec<u8>,
-    },
-    Ipv4 {
-        slot: usize,
-        out: usize,
-        keep: u8,
-        on_error: OnError,
-        bucket: String,
-        column: String,
-    },
-    Lookup {
-        slot: usize,
-        out: usize,
-        table: HashMap<String, String>,
-        on_missing: OnMissing,
-        bucket: String,
-        column: String,
-    },
-    Cast {
-        slot: usize,
-        out: usize,
-        to: ColumnType,
-        on_error: OnError,
-        bucket: String,
-        column: String,
-    },
+    fn read(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
 }
 
 #[derive(Debug)]
@@ -154,7 +40,7 @@ pub struct Plan {
     pub json_tree: JsonTree,
     pub csv_delimiter: u8,
     pub csv_quote: u8,
-    pub steps: Vec<StepOp>,
+    pub steps: Vec<Compiled>,
     pub dedupe_at: Option<usize>,
     pub output: OutputSection,
     pub output_slots: Vec<usize>,
@@ -173,39 +59,13 @@ pub struct Plan {
     pub freeze: bool,
 }
 
-/// Compiles an expression against the columns live at its step (each name's latest slot).
-pub(crate) fn slot_expr(
-    sql: &str,
-    predicate: bool,
-    names: &HashMap<String, usize>,
-    types: &[ColumnType],
-) -> Result<SlotExpr, pipeline::expr::ExprError> {
-    let mut live: Vec<(&String, usize)> = names.iter().map(|(n, s)| (n, *s)).collect();
-    live.sort_by_key(|(_, s)| *s);
-    let columns: Vec<(String, ColumnType)> = live
-        .iter()
-        .map(|(n, s)| ((*n).clone(), types[*s]))
-        .collect();
-    let expr = if predicate {
-        pipeline::expr::compile_predicate(sql, &columns)?
-    } else {
-        pipeline::expr::compile(sql, &columns)?
-    };
-    let inputs = expr.inputs.iter().map(|n| names[n]).collect();
-    Ok(SlotExpr { expr, inputs })
-}
-
 /// Compiles the row-level expectations against the columns live after the last step.
-fn row_checks(
-    p: &Pipeline,
-    names: &HashMap<String, usize>,
-    types: &[ColumnType],
-) -> Result<Vec<(String, SlotExpr)>, WorkerError> {
+fn row_checks(p: &Pipeline, slots: &Slots) -> Result<Vec<(String, SlotExpr)>, WorkerError> {
     use pipeline::expect::Check;
     let mut out = Vec::new();
     for x in &p.expectations {
         if let Check::Rows { predicate, .. } = &x.check {
-            let e = slot_expr(predicate, true, names, types).map_err(|e| {
+            let e = slots.expr(predicate, true).map_err(|e| {
                 WorkerError::Config(format!("{}: expectation {:?}: {e}", p.path, x.name))
             })?;
             out.push((x.name.clone(), e));
@@ -279,31 +139,18 @@ impl Plan {
                 .map(|(i, p)| (p, i, declared[i].1 == ColumnType::Json))
                 .collect::<Vec<_>>(),
         );
-        let mut cx = crate::compile::Compiler {
+        let (steps, slots, buckets) = compile_steps(
             p,
-            slots: crate::compile::Slots {
+            Slots {
                 names,
                 types: slot_types,
             },
-            buckets: Vec::new(),
-        };
-        let mut steps = Vec::new();
-        let mut dedupe_at = None;
-        for (i, step) in f.steps.iter().enumerate() {
-            if matches!(step, Step::Dedupe(_)) {
-                dedupe_at = Some(i);
-            }
-            steps.push(cx.step(i, step)?);
-        }
-        let crate::compile::Compiler {
-            slots:
-                crate::compile::Slots {
-                    names,
-                    types: slot_types,
-                },
-            buckets,
-            ..
-        } = cx;
+        )?;
+        let dedupe_at = steps.iter().position(|s| matches!(s, Compiled::Dedupe(_)));
+        let Slots {
+            names,
+            types: slot_types,
+        } = slots;
         let slot =
             |names: &HashMap<String, usize>, n: &str| *names.get(n).expect("validated column");
         let output_slots: Vec<usize> = f.output.columns.iter().map(|c| slot(&names, c)).collect();
@@ -320,7 +167,13 @@ impl Plan {
             .iter()
             .map(|c| slot(&names, c))
             .collect();
-        let checks = row_checks(p, &names, &slot_types)?;
+        let checks = row_checks(
+            p,
+            &Slots {
+                names: names.clone(),
+                types: slot_types.clone(),
+            },
+        )?;
         Ok(Plan {
             name: p.name().to_string(),
             table: p.table().to_string(),
@@ -364,52 +217,30 @@ impl Plan {
     }
 }
 
-/// A step's output column: `output` when set, otherwise the column it transforms.
-pub(crate) fn output_name<'a>(output: &'a Option<String>, column: &'a str) -> &'a str {
-    output.as_deref().unwrap_or(column)
-}
-
-/// Loads a two-column mapping from a CSV reference file with a header.
-pub(crate) fn load_reference(
-    path: &std::path::Path,
-    key: &str,
-    value: &str,
-) -> Result<HashMap<String, String>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("reference file {}: {e}", path.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .collect();
-    let ki = header
-        .iter()
-        .position(|h| *h == key)
-        .ok_or_else(|| format!("{}: no column {key:?} in the header", path.display()))?;
-    let vi = header
-        .iter()
-        .position(|h| *h == value)
-        .ok_or_else(|| format!("{}: no column {value:?} in the header", path.display()))?;
-    let mut map = HashMap::new();
-    for (n, line) in lines.enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').collect();
-        if fields.len() != header.len() {
-            return Err(format!(
-                "{} line {}: {} fields, the header has {}",
-                path.display(),
-                n + 2,
-                fields.len(),
-                header.len()
-            ));
-        }
-        map.insert(fields[ki].trim().to_string(), fields[vi].trim().to_string());
+/// Compiles the steps in order against the slots live at each (`pipeline::steps`); a failure
+/// names the pipeline file and the step.
+#[allow(clippy::type_complexity)]
+fn compile_steps(
+    p: &Pipeline,
+    slots: Slots,
+) -> Result<(Vec<Compiled>, Slots, Vec<(bool, String)>), WorkerError> {
+    let mut cx = CompileCx {
+        index: 0,
+        op: "",
+        slots,
+        buckets: Vec::new(),
+        resources: &Host,
+        base_dir: p.base_dir.clone(),
+    };
+    let mut steps = Vec::with_capacity(p.file.steps.len());
+    for (i, step) in p.file.steps.iter().enumerate() {
+        (cx.index, cx.op) = (i, step.op());
+        let c = step.compile(&mut cx).map_err(|detail| {
+            WorkerError::Config(format!("{}: steps[{i}] ({}): {detail}", p.path, step.op()))
+        })?;
+        steps.push(c);
     }
-    Ok(map)
+    Ok((steps, cx.slots, cx.buckets))
 }
 
 pub type SharedPlan = Arc<Plan>;

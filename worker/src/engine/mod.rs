@@ -17,10 +17,10 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | `columns` | the typed column builders and value conversion under a column's rules |
+//! | `columns` | a column's reading rules around the typed builders (`pipeline::builder`) |
 //! | `read` | decoding and splitting a byte range into chunks of records; CSV headers |
 //! | `parse` | records → typed columns (the JSON path tree, CSV fields), in pieces of rows |
-//! | `steps` | the compiled steps over a piece |
+//! | `steps` | a piece as the step kernels' `Rows`; the string limit; expectation counts |
 //! | `dedupe` | the shard's exact keep-first key set |
 //! | `write` | partitioning and the Parquet writers |
 //! | `quarantine` | the quarantine file |
@@ -33,11 +33,7 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder,
-    Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -47,10 +43,9 @@ use protocol::{ByteRange, Counts, ShardInput};
 use rayon::prelude::*;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use crate::config::{Codec, ColumnType, Compression, Format, OnError, OnMissing};
-use crate::transform;
-use crate::{WorkerError, plan::Plan, plan::StepOp};
-use pipeline::values;
+use crate::config::{Codec, Compression, Format};
+use crate::{WorkerError, plan::Plan};
+use pipeline::steps::Failures;
 
 pub const CHUNK_BYTES: usize = 4 << 20;
 pub(crate) const PIECE_ROWS: usize = 4096;

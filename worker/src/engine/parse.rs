@@ -269,28 +269,10 @@ impl Piece {
         Ok(())
     }
 
-    /// Applies a transform's failures: quarantine (and drop) or leave null.
-    pub(crate) fn fail(
-        &mut self,
-        fails: transform::Failures,
-        on_error: OnError,
-        bucket: &str,
-        column: &str,
-    ) -> Result<(), WorkerError> {
-        if fails.is_empty() || on_error == OnError::Null {
-            return Ok(());
-        }
-        let fails = fails
-            .into_iter()
-            .map(|(i, reason)| (i, format!("{column}: {reason}")))
-            .collect();
-        self.quarantine_rows(fails, bucket)
-    }
-
     /// Quarantines rows (index, reason) into `bucket` and drops them from the piece.
     pub(crate) fn quarantine_rows(
         &mut self,
-        rows: transform::Failures,
+        rows: Failures,
         bucket: &str,
     ) -> Result<(), WorkerError> {
         if rows.is_empty() {

@@ -87,7 +87,7 @@ pub(crate) fn finish_pieces(
 ) -> Result<(), WorkerError> {
     let split = plan.dedupe_at.unwrap_or(plan.steps.len());
     if let Some(d) = plan.dedupe_at {
-        let StepOp::Dedupe { slots } = &plan.steps[d] else {
+        let pipeline::steps::Compiled::Dedupe(slots) = &plan.steps[d] else {
             unreachable!("dedupe_at points at a dedupe")
         };
         for p in pieces.iter_mut() {
