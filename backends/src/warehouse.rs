@@ -169,6 +169,7 @@ pub mod evolve;
 pub mod plan;
 mod postgres;
 mod redshift;
+pub mod shapes;
 pub use postgres::PostgresWarehouse;
 pub use redshift::{RedshiftSettings, RedshiftWarehouse};
 
@@ -216,15 +217,21 @@ pub mod suite {
         field: Field,
         vals: ArrayRef,
     ) -> OutputFile {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Utf8, false),
-            field,
-        ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(StringArray::from(ids.to_vec())) as ArrayRef, vals],
-        )
-        .unwrap();
+        let id = Field::new("id", DataType::Utf8, false);
+        let ids = Arc::new(StringArray::from(ids.to_vec())) as ArrayRef;
+        write_columns(files, key, vec![(id, ids), (field, vals)]).await
+    }
+
+    /// A file of the given columns, partition `day=2025-05-01`.
+    async fn write_columns(
+        files: &dyn ObjectStore,
+        key: &str,
+        columns: Vec<(Field, ArrayRef)>,
+    ) -> OutputFile {
+        let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = columns.into_iter().unzip();
+        let rows = arrays[0].len() as u64;
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
         let mut buf = Vec::new();
         let mut w = ArrowWriter::try_new(&mut buf, schema, None).unwrap();
         w.write(&batch).unwrap();
@@ -235,7 +242,7 @@ pub mod suite {
             max_bytes: Default::default(),
             key: key.into(),
             partition: vec![("day".into(), "2025-05-01".into())],
-            rows: ids.len() as u64,
+            rows,
             bytes,
         }
     }
@@ -361,9 +368,157 @@ pub mod suite {
         assert_eq!(table_rows(wh, "suite events").await, want);
 
         evolution(wh, files.clone()).await;
+        mixed_shapes(wh, files.clone()).await;
 
         // Bad SQL is an error naming the problem, not a panic.
         assert!(wh.query("SELEC nonsense").await.is_err());
+    }
+
+    /// Issue 9: one batch whose files differ in schema (shards of different pipeline versions, or
+    /// JSON fields met under `on_new_column = "evolve"`) loads as the union of the files: a
+    /// column at its widest type, NULL where a file lacks it; irreconcilable types refuse the
+    /// batch naming both files, with nothing loaded.
+    async fn mixed_shapes(wh: &dyn Warehouse, files: Arc<dyn ObjectStore>) {
+        use arrow::array::{BooleanArray, Int32Array};
+        let id = |v: Vec<&str>| {
+            (
+                Field::new("id", DataType::Utf8, false),
+                Arc::new(StringArray::from(v)) as ArrayRef,
+            )
+        };
+        let f0 = write_columns(
+            &*files,
+            "wh-suite/m0.parquet",
+            vec![
+                id(vec!["a"]),
+                (
+                    Field::new("val", DataType::Int32, true),
+                    Arc::new(Int32Array::from(vec![7])),
+                ),
+            ],
+        )
+        .await;
+        let f1 = write_columns(
+            &*files,
+            "wh-suite/m1.parquet",
+            vec![
+                id(vec!["b"]),
+                (
+                    Field::new("val", DataType::Int64, true),
+                    Arc::new(Int64Array::from(vec![5_000_000_000])),
+                ),
+                (
+                    Field::new("note", DataType::Utf8, true),
+                    Arc::new(StringArray::from(vec!["new"])),
+                ),
+            ],
+        )
+        .await;
+        let files_of = |id: &str, fs: Vec<OutputFile>| {
+            let lfs = fs
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| load_file(f, "raw/m", i as u64 * 100, i as u32))
+                .collect();
+            batch(id, "suite shapes", lfs)
+        };
+        let b = files_of("r8-m-b0000", vec![f0.clone(), f1]);
+        wh.load(&b, files.clone()).await.unwrap();
+        let got = wh
+            .query("SELECT id, val, note FROM \"suite shapes\" ORDER BY id")
+            .await
+            .unwrap()
+            .rows;
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            got,
+            vec![
+                vec![s("a"), s("7"), None],
+                vec![s("b"), s("5000000000"), s("new")]
+            ]
+        );
+
+        let f2 = write_columns(
+            &*files,
+            "wh-suite/m2.parquet",
+            vec![
+                id(vec!["c"]),
+                (
+                    Field::new("val", DataType::Boolean, true),
+                    Arc::new(BooleanArray::from(vec![true])),
+                ),
+            ],
+        )
+        .await;
+        // Evolved columns (types inferred by the worker): a conflict keeps the values' text,
+        // across the files of a batch and against the table.
+        let ev = |t: DataType| {
+            let meta = [(protocol::EVOLVED_FIELD_KEY.to_string(), "true".to_string())].into();
+            Field::new("x", t, true).with_metadata(meta)
+        };
+        let e0 = write_columns(
+            &*files,
+            "wh-suite/v0.parquet",
+            vec![
+                id(vec!["a"]),
+                (ev(DataType::Int64), Arc::new(Int64Array::from(vec![5]))),
+            ],
+        )
+        .await;
+        let e1 = write_columns(
+            &*files,
+            "wh-suite/v1.parquet",
+            vec![
+                id(vec!["b"]),
+                (
+                    ev(DataType::Boolean),
+                    Arc::new(BooleanArray::from(vec![true])),
+                ),
+            ],
+        )
+        .await;
+        let e2 = write_columns(
+            &*files,
+            "wh-suite/v2.parquet",
+            vec![
+                id(vec!["c"]),
+                (ev(DataType::Utf8), Arc::new(StringArray::from(vec!["s"]))),
+            ],
+        )
+        .await;
+        let evolved = |bid: &str, fs: Vec<OutputFile>| {
+            let mut b = files_of(bid, fs);
+            b.table = "suite evolved".into();
+            b
+        };
+        wh.load(&evolved("r10-v-b0000", vec![e0]), files.clone())
+            .await
+            .unwrap();
+        wh.load(&evolved("r11-v-b0000", vec![e1, e2]), files.clone())
+            .await
+            .unwrap();
+        let got = wh
+            .query("SELECT id, x FROM \"suite evolved\" ORDER BY id")
+            .await
+            .unwrap()
+            .rows;
+        let bool_text = got[1][1].clone().unwrap_or_default();
+        assert!(
+            ["true", "1"].contains(&bool_text.as_str()),
+            "a boolean's text: {got:?}"
+        );
+        assert_eq!((got[0][1].clone(), got[2][1].clone()), (s("5"), s("s")));
+
+        let bad = files_of("r9-m-b0000", vec![f0, f2]);
+        let msg = wh.load(&bad, files.clone()).await.unwrap_err().to_string();
+        for want in [
+            "column \"val\"",
+            "wh-suite/m0.parquet",
+            "wh-suite/m2.parquet",
+        ] {
+            assert!(msg.contains(want), "{want:?} not in {msg}");
+        }
+        assert!(!wh.is_loaded("r9-m-b0000").await.unwrap());
     }
 
     /// Type widening between loads (int32 then int64), a narrowing refused naming the column and

@@ -369,10 +369,11 @@ async fn the_redshift_plan_merges_and_guards_with_the_ledger_on_a_real_engine() 
         let cols = plan::columns_for(&schema, &["day".into()], Dialect::Redshift).unwrap();
         let lp = LoadPlan::new(b, cols, &existing, Dialect::Redshift).unwrap();
         let mut sqls = lp.before_data.clone();
-        sqls.extend(plan::redshift_file_stage_ddl(&lp));
-        for (g, group) in plan::file_groups(b).iter().enumerate() {
+        let stage = plan::FileStage::new(&lp, &schema, 0).unwrap();
+        sqls.extend(stage.ddl());
+        for (g, group) in plan::file_groups(b, &[]).iter().enumerate() {
             let [copy, insert, delete] =
-                plan::redshift_copy_group(&lp, b, group, "s3://lake/m", "arn:aws:iam::1:role/r");
+                plan::redshift_copy_group(&stage, b, group, "s3://lake/m", "arn:aws:iam::1:role/r");
             assert!(copy.starts_with("COPY _tributary_file_stage FROM"));
             let values = rows[g]
                 .iter()
@@ -528,12 +529,12 @@ async fn the_redshift_widening_plan_keeps_every_value_on_a_real_engine() {
         Field::new("qty", DataType::Int64, true),
         Field::new("amount", DataType::Decimal128(18, 2), true),
     ]);
-    let cols: Vec<_> = plan::columns_for(&schema, &[], Dialect::Redshift)
+    let mut cols: Vec<_> = plan::columns_for(&schema, &[], Dialect::Redshift)
         .unwrap()
         .into_iter()
         .filter(|c| c.in_file)
         .collect();
-    let ddl = plan::evolve_table("t", &cols, &existing, Dialect::Redshift).unwrap();
+    let ddl = plan::evolve_table("t", &mut cols, &existing, Dialect::Redshift).unwrap();
     assert_eq!(ddl.len(), 9, "{ddl:#?}");
     client
         .batch_execute(&format!("BEGIN; {}; COMMIT", ddl.join(";\n")))

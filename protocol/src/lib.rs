@@ -19,6 +19,12 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks. Bumped on any incompatible change of a message.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The Parquet field metadata key (value `"true"`) that marks a column a worker added under
+/// `[schema] on_new_column = "evolve"`: its type was inferred from the values, so the loaders
+/// reconcile a type conflict of such a column by keeping its text (a string column) instead of
+/// refusing the batch.
+pub const EVOLVED_FIELD_KEY: &str = "tributary.evolved";
+
 /// Magic bytes at the start of every bincode document.
 const BINARY_MAGIC: &[u8; 4] = b"TRB1";
 

@@ -240,6 +240,28 @@ impl ColType {
     }
 }
 
+/// Whether a Parquet field is a column a worker added under `on_new_column = "evolve"`.
+pub fn is_evolved(f: &Field) -> bool {
+    f.metadata().contains_key(protocol::EVOLVED_FIELD_KEY)
+}
+
+/// [`compare`], except that for an evolved column (its type inferred from the values, see
+/// [`is_evolved`]) a change `compare` refuses keeps the values' text instead: the column is or
+/// becomes a string, which holds any of them.
+pub fn reconcile(
+    table: &str,
+    column: &str,
+    existing: &ColType,
+    incoming: &ColType,
+    evolved: bool,
+) -> Result<Change, Refusal> {
+    match compare(table, column, existing, incoming) {
+        Err(_) if evolved && matches!(existing, ColType::Text { .. }) => Ok(Change::Keep),
+        Err(_) if evolved => Ok(Change::Widen(ColType::Text { max_bytes: None })),
+        other => other,
+    }
+}
+
 /// What loading `incoming` data into a column of type `existing` needs.
 pub fn compare(
     table: &str,
@@ -317,6 +339,21 @@ mod tests {
             precision: p,
             scale: s,
         }
+    }
+
+    /// Issue 9: an evolved column whose inferred type changes keeps its values as text; a
+    /// declared one is still refused.
+    #[test]
+    fn evolved_columns_fall_back_to_text() {
+        use ColType::*;
+        let text = Text { max_bytes: None };
+        let r = |a: &ColType, b: &ColType, ev| reconcile("t", "c", a, b, ev);
+        assert_eq!(r(&Int64, &text, true), Ok(Change::Widen(text.clone())));
+        assert_eq!(r(&text, &Bool, true), Ok(Change::Keep));
+        assert_eq!(r(&Json, &Float64, true), Ok(Change::Widen(text.clone())));
+        assert_eq!(r(&Int32, &Int64, true), Ok(Change::Widen(Int64)));
+        assert!(r(&Int64, &text, false).is_err());
+        assert!(r(&text, &Bool, false).is_err());
     }
 
     #[test]

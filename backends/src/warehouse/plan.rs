@@ -28,7 +28,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Schema};
 use protocol::{LoadBatch, LoadFile};
 
-use super::evolve::{Change, ColType, REDSHIFT_MAX_VARCHAR, compare};
+use super::evolve::{Change, ColType, REDSHIFT_MAX_VARCHAR, reconcile};
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, SOURCE_OBJECT_COLUMN, SOURCE_OFFSET_COLUMN, format_days,
     format_decimal, format_micros, quote_ident, quote_list,
@@ -55,6 +55,9 @@ pub struct ColumnDef {
     pub sql_type: String,
     /// Whether the column is inside the Parquet files (not a partition or lineage column).
     pub in_file: bool,
+    /// A column evolved from undeclared JSON fields (`evolve::is_evolved`): a type conflict keeps
+    /// its text instead of refusing the batch.
+    pub evolved: bool,
 }
 
 /// A column the target table already has.
@@ -97,6 +100,7 @@ pub fn columns_for(schema: &Schema, partition: &[String], d: Dialect) -> Result<
         sql_type: ty.sql(d),
         ty,
         in_file,
+        evolved: false,
     };
     let mut defs = Vec::new();
     for f in schema.fields() {
@@ -106,7 +110,10 @@ pub fn columns_for(schema: &Schema, partition: &[String], d: Dialect) -> Result<
             },
             ty => ty,
         };
-        defs.push(def(f.name(), ty, true));
+        defs.push(ColumnDef {
+            evolved: super::evolve::is_evolved(f),
+            ..def(f.name(), ty, true)
+        });
     }
     for p in partition {
         defs.push(def(p, text.clone(), false));
@@ -149,16 +156,18 @@ pub fn size_varchars(columns: &mut [ColumnDef], files: &[LoadFile]) {
 }
 
 /// The DDL that brings an existing table to `columns` inside the load transaction: new columns
-/// added, widened columns altered; a narrowing or incompatible change refuses the batch.
+/// added, widened columns altered; a narrowing or incompatible change refuses the batch. An
+/// evolved column the table keeps as text takes the table's type in `columns` (the data step
+/// then moves the values' text into it).
 pub fn evolve_table(
     table: &str,
-    columns: &[ColumnDef],
+    columns: &mut [ColumnDef],
     existing: &[ExistingColumn],
     d: Dialect,
 ) -> Result<Vec<String>> {
     let q = quote_ident(table);
     let mut ddl = Vec::new();
-    for c in columns {
+    for c in columns.iter_mut() {
         let Some(have) = existing.iter().find(|e| e.name == c.name) else {
             ddl.push(format!(
                 "ALTER TABLE {q} ADD COLUMN {} {}",
@@ -167,8 +176,19 @@ pub fn evolve_table(
             ));
             continue;
         };
-        if let Change::Widen(to) = compare(table, &c.name, &have.ty, &c.ty)? {
-            ddl.extend(widen_column(&q, &c.name, &to, d));
+        match reconcile(table, &c.name, &have.ty, &c.ty, c.evolved)? {
+            Change::Widen(to) => {
+                ddl.extend(widen_column(&q, &c.name, &have.ty, &to, d));
+                if c.evolved && matches!(to, ColType::Text { .. }) {
+                    c.sql_type = to.sql(d);
+                    c.ty = to;
+                }
+            }
+            Change::Keep if c.evolved && matches!(have.ty, ColType::Text { .. }) => {
+                c.ty = have.ty.clone();
+                c.sql_type = have.ty.sql(d);
+            }
+            Change::Keep => {}
         }
     }
     Ok(ddl)
@@ -193,21 +213,56 @@ pub fn table_attributes(l: &protocol::TableLayout, d: Dialect) -> String {
     out
 }
 
-/// One column widened in place. Redshift alters only a VARCHAR's length; any other type is
-/// rebuilt as a new column that takes the old one's values and name.
-fn widen_column(table: &str, column: &str, to: &ColType, d: Dialect) -> Vec<String> {
+/// One column widened in place. Redshift alters only a VARCHAR's length; any other change
+/// (also a column that becomes a VARCHAR) is rebuilt as a new column that takes the old one's
+/// values and name. PostgreSQL alters in place (`USING … ::text` for a column becoming text).
+fn widen_column(
+    table: &str,
+    column: &str,
+    from: &ColType,
+    to: &ColType,
+    d: Dialect,
+) -> Vec<String> {
     let col = quote_ident(column);
     let sql = to.sql(d);
-    if d == Dialect::Postgres || matches!(to, ColType::Text { .. }) {
+    let to_text = matches!(to, ColType::Text { .. });
+    let from_text = matches!(from, ColType::Text { .. });
+    if d == Dialect::Postgres {
+        let using = if to_text && !from_text {
+            format!(" USING {col}::text")
+        } else {
+            String::new()
+        };
+        return vec![format!(
+            "ALTER TABLE {table} ALTER COLUMN {col} TYPE {sql}{using}"
+        )];
+    }
+    if to_text && from_text {
         return vec![format!("ALTER TABLE {table} ALTER COLUMN {col} TYPE {sql}")];
     }
     let tmp = quote_ident(&format!("{column}__tributary_widen"));
+    let value = if to_text {
+        redshift_text_of(&col, from)
+    } else {
+        col.clone()
+    };
     vec![
         format!("ALTER TABLE {table} ADD COLUMN {tmp} {sql}"),
-        format!("UPDATE {table} SET {tmp} = {col}"),
+        format!("UPDATE {table} SET {tmp} = {value}"),
         format!("ALTER TABLE {table} DROP COLUMN {col}"),
         format!("ALTER TABLE {table} RENAME COLUMN {tmp} TO {col}"),
     ]
+}
+
+/// A Redshift expression giving the text of column `col` of type `ty` (Redshift casts no
+/// BOOLEAN to a string, and a SUPER by JSON_SERIALIZE).
+fn redshift_text_of(col: &str, ty: &ColType) -> String {
+    match ty {
+        ColType::Text { .. } => col.to_string(),
+        ColType::Bool => format!("CASE WHEN {col} THEN 'true' WHEN NOT {col} THEN 'false' END"),
+        ColType::Json => format!("JSON_SERIALIZE({col})"),
+        _ => format!("CAST({col} AS VARCHAR({REDSHIFT_MAX_VARCHAR}))"),
+    }
 }
 
 /// An SQL string literal. Redshift also treats `\` as an escape inside literals.
@@ -276,7 +331,7 @@ impl LoadPlan {
     /// table cannot take (narrowed or changed type) refuses the batch before any statement runs.
     pub fn new(
         batch: &LoadBatch,
-        columns: Vec<ColumnDef>,
+        mut columns: Vec<ColumnDef>,
         existing: &[ExistingColumn],
         d: Dialect,
     ) -> Result<LoadPlan> {
@@ -296,7 +351,7 @@ impl LoadPlan {
             table_attributes(&batch.layout, d)
         ));
         if !existing.is_empty() {
-            before.extend(evolve_table(&batch.table, &columns, existing, d)?);
+            before.extend(evolve_table(&batch.table, &mut columns, existing, d)?);
         }
         before.push(format!("DROP TABLE IF EXISTS {STAGING_TABLE}"));
         before.push(format!("CREATE TEMP TABLE {STAGING_TABLE} (LIKE {table})"));
@@ -376,23 +431,28 @@ impl LoadPlan {
     }
 }
 
-/// Files of a batch that share their partition values and source position: Redshift copies
-/// each group with one COPY and then fills the columns that are not in the files.
+/// Files of a batch that share their partition values, source position and schema: Redshift
+/// copies each group with one COPY and then fills the columns that are not in the files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileGroup<'a> {
     pub partition: Vec<(String, String)>,
     pub object: String,
     pub offset: u64,
+    /// The files' schema: an index into the batch's distinct shapes (`shapes::Shapes`).
+    pub shape: usize,
     pub files: Vec<&'a LoadFile>,
 }
 
-pub fn file_groups(batch: &LoadBatch) -> Vec<FileGroup<'_>> {
+/// `shape_of[i]`: the shape of the batch's i-th file.
+pub fn file_groups<'a>(batch: &'a LoadBatch, shape_of: &[usize]) -> Vec<FileGroup<'a>> {
     let mut groups: Vec<FileGroup<'_>> = Vec::new();
-    for f in &batch.files {
+    for (i, f) in batch.files.iter().enumerate() {
+        let shape = shape_of.get(i).copied().unwrap_or(0);
         let found = groups.iter_mut().find(|g| {
             g.partition == f.file.partition
                 && g.object == f.position.object
                 && g.offset == f.position.offset
+                && g.shape == shape
         });
         match found {
             Some(g) => g.files.push(f),
@@ -400,6 +460,7 @@ pub fn file_groups(batch: &LoadBatch) -> Vec<FileGroup<'_>> {
                 partition: f.file.partition.clone(),
                 object: f.position.object.clone(),
                 offset: f.position.offset,
+                shape,
                 files: vec![f],
             }),
         }
@@ -408,31 +469,79 @@ pub fn file_groups(batch: &LoadBatch) -> Vec<FileGroup<'_>> {
 }
 
 /// Redshift's COPY from Parquet maps columns by position and needs as many table columns as the
-/// file has, so each group is copied into a file-shaped table first. Its DDL (appended to the
-/// plan's `before_data` by the Redshift transport).
-pub fn redshift_file_stage_ddl(plan: &LoadPlan) -> [String; 2] {
-    let cols = plan
-        .columns
-        .iter()
-        .filter(|c| c.in_file)
-        .map(|c| match c.ty {
-            // COPY reads the Parquet string; the move into staging parses it.
-            ColType::Json => format!("{} VARCHAR({REDSHIFT_MAX_VARCHAR})", quote_ident(&c.name)),
-            _ => format!("{} {}", quote_ident(&c.name), c.sql_type),
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    [
-        format!("DROP TABLE IF EXISTS {FILE_STAGE_TABLE}"),
-        format!("CREATE TEMP TABLE {FILE_STAGE_TABLE} ({cols})"),
-    ]
+/// file has, so each group is copied into a table shaped like its files first: one such table
+/// per distinct file schema of the batch, with the file's own types (an int16 file's column is
+/// SMALLINT there; the move into staging widens it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStage {
+    pub table: String,
+    /// (column, type in the file-shaped table, the value moved into staging).
+    columns: Vec<(String, String, String)>,
 }
 
-/// Redshift's data step for one group: COPY the group's manifest into the file-shaped table,
-/// move its rows into staging with the partition values and lineage of the group, empty it
-/// (DELETE, not TRUNCATE: TRUNCATE would commit the transaction).
+impl FileStage {
+    /// The `n`-th distinct shape of the batch (`_tributary_file_stage`, then `…_1`, `…_2`).
+    pub fn new(plan: &LoadPlan, shape: &Schema, n: usize) -> Result<FileStage> {
+        let mut columns = Vec::new();
+        for f in shape.fields() {
+            let c = plan
+                .columns
+                .iter()
+                .find(|c| c.in_file && c.name == *f.name())
+                .ok_or_else(|| {
+                    wh(format!(
+                        "column {:?} is missing from the load plan",
+                        f.name()
+                    ))
+                })?;
+            let q = quote_ident(f.name());
+            let target_text = matches!(c.ty, ColType::Text { .. });
+            let (sql, value) = match field_type(f)? {
+                // COPY reads the Parquet string; the move into staging parses it (or keeps the
+                // text, for an evolved column the table holds as text).
+                ColType::Json if target_text => {
+                    (format!("VARCHAR({REDSHIFT_MAX_VARCHAR})"), q.clone())
+                }
+                ColType::Json => (
+                    format!("VARCHAR({REDSHIFT_MAX_VARCHAR})"),
+                    format!("JSON_PARSE({q})"),
+                ),
+                ColType::Text { .. } => (c.sql_type.clone(), q.clone()),
+                t if t == c.ty => (c.sql_type.clone(), q.clone()),
+                // An evolved column held as text: the value's text.
+                t if target_text => (t.sql(Dialect::Redshift), redshift_text_of(&q, &t)),
+                t => (t.sql(Dialect::Redshift), q.clone()),
+            };
+            columns.push((q, sql, value));
+        }
+        let table = match n {
+            0 => FILE_STAGE_TABLE.to_string(),
+            n => format!("{FILE_STAGE_TABLE}_{n}"),
+        };
+        Ok(FileStage { table, columns })
+    }
+
+    /// Its DDL (appended to the plan's `before_data` by the Redshift transport).
+    pub fn ddl(&self) -> [String; 2] {
+        let cols = self
+            .columns
+            .iter()
+            .map(|(q, sql, _)| format!("{q} {sql}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        [
+            format!("DROP TABLE IF EXISTS {}", self.table),
+            format!("CREATE TEMP TABLE {} ({cols})", self.table),
+        ]
+    }
+}
+
+/// Redshift's data step for one group: COPY the group's manifest into its file-shaped table,
+/// move its rows into staging with the partition values and lineage of the group (columns the
+/// files lack stay NULL), empty it (DELETE, not TRUNCATE: TRUNCATE would commit the
+/// transaction).
 pub fn redshift_copy_group(
-    plan: &LoadPlan,
+    stage: &FileStage,
     batch: &LoadBatch,
     group: &FileGroup<'_>,
     manifest_url: &str,
@@ -440,20 +549,13 @@ pub fn redshift_copy_group(
 ) -> [String; 3] {
     let d = Dialect::Redshift;
     let copy = format!(
-        "COPY {FILE_STAGE_TABLE} FROM {} IAM_ROLE {} FORMAT AS PARQUET MANIFEST",
+        "COPY {} FROM {} IAM_ROLE {} FORMAT AS PARQUET MANIFEST",
+        stage.table,
         quote_literal(manifest_url, d),
         quote_literal(iam_role, d)
     );
-    let mut names: Vec<String> = plan.file_columns().iter().map(|c| quote_ident(c)).collect();
-    let mut values: Vec<String> = plan
-        .columns
-        .iter()
-        .filter(|c| c.in_file)
-        .map(|c| match c.ty {
-            ColType::Json => format!("JSON_PARSE({})", quote_ident(&c.name)),
-            _ => quote_ident(&c.name),
-        })
-        .collect();
+    let mut names: Vec<String> = stage.columns.iter().map(|c| c.0.clone()).collect();
+    let mut values: Vec<String> = stage.columns.iter().map(|c| c.2.clone()).collect();
     for (k, v) in &group.partition {
         names.push(quote_ident(k));
         values.push(quote_literal(v, d));
@@ -465,11 +567,12 @@ pub fn redshift_copy_group(
     names.push(quote_ident(BATCH_COLUMN));
     values.push(quote_literal(&batch.batch_id, d));
     let insert = format!(
-        "INSERT INTO {STAGING_TABLE} ({}) SELECT {} FROM {FILE_STAGE_TABLE}",
+        "INSERT INTO {STAGING_TABLE} ({}) SELECT {} FROM {}",
         names.join(", "),
-        values.join(", ")
+        values.join(", "),
+        stage.table
     );
-    [copy, insert, format!("DELETE FROM {FILE_STAGE_TABLE}")]
+    [copy, insert, format!("DELETE FROM {}", stage.table)]
 }
 
 /// Redshift's COPY manifest for a group (`content_length` is required for Parquet).
@@ -658,8 +761,8 @@ UPDATE "web events" SET "qty__tributary_widen" = "qty";
 ALTER TABLE "web events" DROP COLUMN "qty";
 ALTER TABLE "web events" RENAME COLUMN "qty__tributary_widen" TO "qty""#;
         for (d, want) in [(Dialect::Postgres, want_pg), (Dialect::Redshift, want_rs)] {
-            let cols = columns_for(&widened_schema(), &["day".into()], d).unwrap();
-            let ddl = evolve_table("web events", &cols, &earlier_table(d), d).unwrap();
+            let mut cols = columns_for(&widened_schema(), &["day".into()], d).unwrap();
+            let ddl = evolve_table("web events", &mut cols, &earlier_table(d), d).unwrap();
             assert_eq!(ddl.join(";\n"), want, "{d:?}");
         }
     }
@@ -688,7 +791,7 @@ ALTER TABLE "web events" RENAME COLUMN "qty__tributary_widen" TO "qty""#;
         b.files[1].file.max_bytes = [("event_id".to_string(), 70_000)].into();
         let mut cols = columns_for(&schema(), &["day".into()], Dialect::Redshift).unwrap();
         size_varchars(&mut cols, &b.files);
-        let ddl = evolve_table("web events", &cols[..1], &table, Dialect::Redshift).unwrap();
+        let ddl = evolve_table("web events", &mut cols[..1], &table, Dialect::Redshift).unwrap();
         assert_eq!(
             ddl,
             [r#"ALTER TABLE "web events" ALTER COLUMN "event_id" TYPE VARCHAR(65535)"#]
@@ -698,7 +801,7 @@ ALTER TABLE "web events" RENAME COLUMN "qty__tributary_widen" TO "qty""#;
         let mut cols = columns_for(&schema(), &[], Dialect::Redshift).unwrap();
         size_varchars(&mut cols, &b.files);
         assert!(
-            evolve_table("web events", &cols[..1], &table, Dialect::Redshift)
+            evolve_table("web events", &mut cols[..1], &table, Dialect::Redshift)
                 .unwrap()
                 .is_empty()
         );
@@ -715,19 +818,20 @@ ALTER TABLE "web events" RENAME COLUMN "qty__tributary_widen" TO "qty""#;
         let json = Field::new("attrs", DataType::Utf8, true)
             .with_metadata([("ARROW:extension:name".to_string(), "arrow.json".to_string())].into());
         let s = Schema::new(vec![Field::new("event_id", DataType::Utf8, false), json]);
-        let pg = columns_for(&s, &[], Dialect::Postgres).unwrap();
+        let mut pg = columns_for(&s, &[], Dialect::Postgres).unwrap();
         assert_eq!(pg[1].sql_type, "JSONB");
         let b = batch(&[]);
         let cols = columns_for(&s, &[], Dialect::Redshift).unwrap();
         assert_eq!(cols[1].sql_type, "SUPER");
         let plan = LoadPlan::new(&b, cols, &[], Dialect::Redshift).unwrap();
-        let [_, stage] = redshift_file_stage_ddl(&plan);
+        let stage = FileStage::new(&plan, &s, 0).unwrap();
+        let [_, ddl] = stage.ddl();
         assert_eq!(
-            stage,
+            ddl,
             r#"CREATE TEMP TABLE _tributary_file_stage ("event_id" VARCHAR(65535), "attrs" VARCHAR(65535))"#
         );
-        let groups = file_groups(&b);
-        let [_, insert, _] = redshift_copy_group(&plan, &b, &groups[0], "s3://m", "arn:r");
+        let groups = file_groups(&b, &[]);
+        let [_, insert, _] = redshift_copy_group(&stage, &b, &groups[0], "s3://m", "arn:r");
         assert!(
             insert.contains(r#"SELECT "event_id", JSON_PARSE("attrs"), '2025-05-01'"#),
             "{insert}"
@@ -737,7 +841,7 @@ ALTER TABLE "web events" RENAME COLUMN "qty__tributary_widen" TO "qty""#;
             ColType::from_catalog("jsonb", None, None, None),
         )];
         assert!(
-            evolve_table("t", &pg[1..2], &existing, Dialect::Postgres)
+            evolve_table("t", &mut pg[1..2], &existing, Dialect::Postgres)
                 .unwrap()
                 .is_empty()
         );
@@ -811,6 +915,65 @@ ALTER TABLE "web events" RENAME COLUMN "qty__tributary_widen" TO "qty""#;
         assert_eq!(existing_column(&row([None, None, None, None, None])), None);
     }
 
+    /// Issue 9: a batch whose files differ in schema gets one file-shaped table per shape, with
+    /// the file's own types, and each group's move into staging names only its file's columns.
+    #[test]
+    fn redshift_mixed_shapes_copy_each_shape_into_its_own_table() {
+        use super::super::shapes::Shapes;
+        use std::sync::Arc;
+        let narrow = Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("qty", DataType::Int16, true),
+        ]));
+        let wide = Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("qty", DataType::Int64, true),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        let b = batch(&[]);
+        let shapes = Shapes::new(
+            "web events",
+            &[
+                ("a".into(), narrow.clone()),
+                ("b".into(), narrow),
+                ("c".into(), wide),
+            ],
+        )
+        .unwrap();
+        let cols = columns_for(&shapes.union, &["day".into()], Dialect::Redshift).unwrap();
+        let plan = LoadPlan::new(&b, cols, &[], Dialect::Redshift).unwrap();
+        let groups = file_groups(&b, &shapes.of_file);
+        assert_eq!(groups.iter().map(|g| g.shape).collect::<Vec<_>>(), [0, 1]);
+        let stages: Vec<FileStage> = (0..2)
+            .map(|n| FileStage::new(&plan, &shapes.distinct[n], n).unwrap())
+            .collect();
+        assert_eq!(
+            stages[0].ddl()[1],
+            r#"CREATE TEMP TABLE _tributary_file_stage ("event_id" VARCHAR(65535), "qty" SMALLINT)"#
+        );
+        assert_eq!(
+            stages[1].ddl()[1],
+            r#"CREATE TEMP TABLE _tributary_file_stage_1 ("event_id" VARCHAR(65535), "qty" BIGINT, "note" VARCHAR(65535))"#
+        );
+        let [copy, insert, delete] = redshift_copy_group(&stages[0], &b, &groups[0], "s3://m", "r");
+        assert!(
+            copy.starts_with("COPY _tributary_file_stage FROM"),
+            "{copy}"
+        );
+        assert!(
+            insert.starts_with(r#"INSERT INTO _tributary_staging ("event_id", "qty", "day","#),
+            "{insert}"
+        );
+        assert_eq!(delete, "DELETE FROM _tributary_file_stage");
+        let [copy, insert, _] = redshift_copy_group(&stages[1], &b, &groups[1], "s3://m", "r");
+        assert!(
+            copy.starts_with("COPY _tributary_file_stage_1 FROM"),
+            "{copy}"
+        );
+        assert!(insert.contains(r#""qty", "note", "day""#), "{insert}");
+        assert!(insert.ends_with("FROM _tributary_file_stage_1"), "{insert}");
+    }
+
     /// The generated SQL, pinned: any change to it must be deliberate.
     #[test]
     fn redshift_plan_is_pinned() {
@@ -826,12 +989,13 @@ ALTER TABLE "web events" RENAME COLUMN "qty__tributary_widen" TO "qty""#;
             existing_col("amount", dec(18, 2)),
         ];
         let plan = LoadPlan::new(&b, cols, &existing, Dialect::Redshift).unwrap();
-        let groups = file_groups(&b);
+        let groups = file_groups(&b, &[0, 0, 0]);
         assert_eq!(groups.len(), 2);
         let mut all = plan.before_data.clone();
-        all.extend(redshift_file_stage_ddl(&plan));
+        let stage = FileStage::new(&plan, &schema(), 0).unwrap();
+        all.extend(stage.ddl());
         all.extend(redshift_copy_group(
-            &plan,
+            &stage,
             &b,
             &groups[0],
             "s3://lake/_manifests/run-1-events-b0003/g000.manifest",

@@ -175,8 +175,8 @@ impl PostgresWarehouse {
                 rows_in_table: 0,
             });
         };
-        let first_bytes = read_file(&*files, first).await?;
-        let schema = parquet_schema(&first.file.key, first_bytes.clone())?;
+        let shapes = super::shapes::read(&files, batch).await?;
+        let schema = shapes.union.clone();
         let partition: Vec<String> = first
             .file
             .partition
@@ -208,12 +208,8 @@ impl PostgresWarehouse {
             .await
             .map_err(|e| pg_err("COPY FROM STDIN", e))?;
         futures_util::pin_mut!(sink);
-        let mut first_bytes = Some(first_bytes);
         for lf in &batch.files {
-            let bytes = match first_bytes.take() {
-                Some(b) => b,
-                None => read_file(&*files, lf).await?,
-            };
+            let bytes = read_file(&*files, lf).await?;
             let (tx_chunks, mut rx_chunks) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(4);
             let lf2 = lf.clone();
             let batch_id = batch.batch_id.clone();
@@ -275,14 +271,8 @@ async fn read_file(files: &dyn ObjectStore, lf: &LoadFile) -> Result<Bytes> {
         .map_err(|e| BackendError::Warehouse(format!("reading {}: {e}", lf.file.key)))
 }
 
-fn parquet_schema(key: &str, bytes: Bytes) -> Result<Arc<Schema>> {
-    Ok(ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| BackendError::Warehouse(format!("{key}: not a readable Parquet file: {e}")))?
-        .schema()
-        .clone())
-}
-
-/// Decodes one Parquet file into COPY text chunks (file columns, partition values, lineage).
+/// Decodes one Parquet file into COPY text chunks: the batch's columns (`want`, the union of its
+/// files' schemas; a column this file lacks is NULL), partition values, lineage.
 fn render_file(
     lf: &LoadFile,
     batch_id: &str,
@@ -296,11 +286,12 @@ fn render_file(
         .with_batch_size(8192)
         .build()
         .map_err(|e| BackendError::Warehouse(format!("{key}: {e}")))?;
-    if reader.schema().fields() != want.fields() {
-        return Err(BackendError::Warehouse(format!(
-            "{key}: schema differs from the other files of the batch"
-        )));
-    }
+    let have = reader.schema();
+    let picks: Vec<Option<usize>> = want
+        .fields()
+        .iter()
+        .map(|f| have.index_of(f.name()).ok())
+        .collect();
     let mut tail = Vec::new();
     for (_, v) in &lf.file.partition {
         tail.push(b'\t');
@@ -315,11 +306,15 @@ fn render_file(
     for rb in reader {
         let rb = rb.map_err(|e| BackendError::Warehouse(format!("{key}: {e}")))?;
         for i in 0..rb.num_rows() {
-            for (c, col) in rb.columns().iter().enumerate() {
+            for (c, pick) in picks.iter().enumerate() {
                 if c > 0 {
                     buf.push(b'\t');
                 }
-                plan::push_copy_text(&mut buf, plan::render_value(col.as_ref(), i)?.as_deref());
+                let v = match pick {
+                    Some(at) => plan::render_value(rb.column(*at).as_ref(), i)?,
+                    None => None,
+                };
+                plan::push_copy_text(&mut buf, v.as_deref());
             }
             buf.extend_from_slice(&tail);
             if buf.len() >= 1 << 20 {

@@ -20,7 +20,7 @@ use protocol::LoadBatch;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{self, Dialect, LoadPlan, REDSHIFT_MAX_STATEMENTS};
-use super::{LoadOutcome, QueryResult, Warehouse, quote_ident};
+use super::{LoadOutcome, QueryResult, Warehouse, quote_ident, shapes};
 use crate::aws::classify;
 use crate::object_store::ObjectStore;
 use crate::{BackendError, Result};
@@ -326,15 +326,14 @@ impl RedshiftWarehouse {
             .files
             .first()
             .ok_or_else(|| wh("a batch without files has nothing to COPY"))?;
-        let schema =
-            read_footer_schema(files.clone(), first.file.key.clone(), first.file.bytes).await?;
+        let shapes = shapes::read(files, batch).await?;
         let partition: Vec<String> = first
             .file
             .partition
             .iter()
             .map(|(k, _)| k.clone())
             .collect();
-        let mut columns = plan::columns_for(&schema, &partition, Dialect::Redshift)?;
+        let mut columns = plan::columns_for(&shapes.union, &partition, Dialect::Redshift)?;
         plan::size_varchars(&mut columns, &batch.files);
         let existing: Vec<plan::ExistingColumn> = {
             let (id, _) = self
@@ -348,9 +347,14 @@ impl RedshiftWarehouse {
                 .collect()
         };
         let lp = LoadPlan::new(batch, columns, &existing, Dialect::Redshift)?;
-        let groups = plan::file_groups(batch);
+        let groups = plan::file_groups(batch, &shapes.of_file);
+        let stages: Vec<plan::FileStage> = (0..shapes.distinct.len())
+            .map(|n| plan::FileStage::new(&lp, &shapes.distinct[n], n))
+            .collect::<Result<_>>()?;
         let mut sqls = lp.before_data.clone();
-        sqls.extend(plan::redshift_file_stage_ddl(&lp));
+        for stage in &stages {
+            sqls.extend(stage.ddl());
+        }
         for (n, g) in groups.iter().enumerate() {
             let mut entries = Vec::new();
             for f in &g.files {
@@ -369,7 +373,7 @@ impl RedshiftWarehouse {
                 .await?;
             let manifest_url = files.url(&key).expect("checked above");
             sqls.extend(plan::redshift_copy_group(
-                &lp,
+                &stages[g.shape],
                 batch,
                 g,
                 &manifest_url,
@@ -387,60 +391,6 @@ impl RedshiftWarehouse {
         }
         Ok(sqls)
     }
-}
-
-/// Reads the Arrow schema from a Parquet file's footer with two ranged reads.
-async fn read_footer_schema(
-    files: Arc<dyn ObjectStore>,
-    key: String,
-    size: u64,
-) -> Result<Arc<arrow::datatypes::Schema>> {
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let bad = |d: String| wh(format!("{key}: not a readable Parquet file: {d}"));
-        if size < 12 {
-            return Err(bad("too small".into()));
-        }
-        let mut tail = [0u8; 8];
-        files
-            .open_read(
-                &key,
-                Some(protocol::ByteRange {
-                    start: size - 8,
-                    end: size,
-                }),
-            )?
-            .read_exact(&mut tail)
-            .map_err(|e| bad(e.to_string()))?;
-        if &tail[4..] != b"PAR1" {
-            return Err(bad("no PAR1 footer".into()));
-        }
-        let len = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
-        let start = size
-            .checked_sub(8 + len)
-            .ok_or_else(|| bad("bad footer length".into()))?;
-        let mut meta = Vec::with_capacity(len as usize);
-        files
-            .open_read(
-                &key,
-                Some(protocol::ByteRange {
-                    start,
-                    end: size - 8,
-                }),
-            )?
-            .read_to_end(&mut meta)
-            .map_err(|e| bad(e.to_string()))?;
-        let md = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&meta)
-            .map_err(|e| bad(e.to_string()))?;
-        let schema = parquet::arrow::parquet_to_arrow_schema(
-            md.file_metadata().schema_descr(),
-            md.file_metadata().key_value_metadata(),
-        )
-        .map_err(|e| bad(e.to_string()))?;
-        Ok(Arc::new(schema))
-    })
-    .await
-    .map_err(|e| wh(format!("reading a Parquet footer: {e}")))?
 }
 
 impl RedshiftWarehouse {

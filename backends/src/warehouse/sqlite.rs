@@ -23,7 +23,7 @@ use protocol::LoadBatch;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
-use super::evolve::{Change, ColType, compare};
+use super::evolve::{Change, ColType, reconcile};
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
     SOURCE_OFFSET_COLUMN, Warehouse, format_days, format_decimal, format_micros, quote_ident,
@@ -181,7 +181,15 @@ fn column_ddl<'a>(defs: impl Iterator<Item = (&'a String, String)>) -> String {
 /// new columns, and widens columns the file holds in a wider type. SQLite has no ALTER COLUMN,
 /// so a widening rebuilds the table (same rows, new declared types). A narrowing or
 /// incompatible change refuses the batch before anything of it is loaded.
-fn evolve_target(tx: &Connection, batch: &LoadBatch, defs: &[(String, ColType)]) -> Result<()> {
+///
+/// `evolved`: the file's columns added under `on_new_column = "evolve"`, whose type conflicts
+/// keep the values' text (`evolve::reconcile`).
+fn evolve_target(
+    tx: &Connection,
+    batch: &LoadBatch,
+    defs: &[(String, ColType)],
+    evolved: &[&str],
+) -> Result<()> {
     let table = quote_ident(&batch.table);
     let have = existing_columns(tx, &batch.table)?;
     if have.is_empty() {
@@ -204,7 +212,8 @@ fn evolve_target(tx: &Connection, batch: &LoadBatch, defs: &[(String, ColType)])
             }
             Some(i) => {
                 let existing = ColType::from_sqlite(&have[i].1);
-                if let Change::Widen(to) = compare(&batch.table, name, &existing, ty)? {
+                let ev = evolved.contains(&name.as_str());
+                if let Change::Widen(to) = reconcile(&batch.table, name, &existing, ty, ev)? {
                     decls[i].1 = to.sqlite();
                 }
             }
@@ -258,8 +267,8 @@ fn extend_staging(
     Ok(())
 }
 
-/// Stages one file of the batch: brings the target and staging to its columns, then copies its
-/// rows (with partition values and lineage) into staging. The rows staged.
+/// Stages one file of the batch: brings staging to its columns, then copies its rows (with
+/// partition values and lineage) into staging. The rows staged.
 fn stage_file(
     tx: &Connection,
     batch: &LoadBatch,
@@ -287,7 +296,6 @@ fn stage_file(
         .build()
         .map_err(|e| wh_err(format!("{key}: {e}")))?;
     let defs = file_columns(&reader.schema(), &lf.file.partition)?;
-    evolve_target(tx, batch, &defs)?;
     if !batch.merge_keys.is_empty() {
         let keys = quote_list(&batch.merge_keys);
         let idx = quote_ident(&format!("{}__merge_key", batch.table));
@@ -381,7 +389,20 @@ fn load_batch(
         return Ok(LoadOutcome::AlreadyLoaded);
     }
     let table = quote_ident(&batch.table);
-    // Staging's columns: the union of the batch's files (their schemas may differ).
+    // The target takes the union of the batch's files (their schemas may differ), once.
+    if let Some(first) = batch.files.first() {
+        let shapes = super::shapes::read_blocking(files, batch)?;
+        let defs = file_columns(&shapes.union, &first.file.partition)?;
+        let evolved: Vec<&str> = shapes
+            .union
+            .fields()
+            .iter()
+            .filter(|f| super::evolve::is_evolved(f))
+            .map(|f| f.name().as_str())
+            .collect();
+        evolve_target(&tx, batch, &defs, &evolved)?;
+    }
+    // Staging's columns: the union of the batch's files.
     let mut staging: Vec<String> = Vec::new();
     let mut staged = 0u64;
     for lf in &batch.files {
