@@ -44,6 +44,25 @@ pub enum OnNewColumn {
     Discard,
     /// The record is rejected (bucket `invalid_value`), naming the field.
     Freeze,
+    /// The field becomes a column of the output, after the declared ones: nullable, its type
+    /// inferred from the values (integers `int64`, other numbers `float64`, `bool`, strings
+    /// `string`, objects and arrays `json`; values of mixed kinds make it a `string` of their
+    /// text). A top-level field keeps its name; a field inside a declared object is named by its
+    /// path with `_` (`device.os` → `device_os`); characters other than letters, digits, `_`
+    /// and `-` become `_`. A name taken by a declared or step column is not evolved (the field
+    /// is dropped). Steps and expectations see only declared columns.
+    Evolve,
+}
+
+impl OnNewColumn {
+    /// The key's value as written.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnNewColumn::Discard => "discard",
+            OnNewColumn::Freeze => "freeze",
+            OnNewColumn::Evolve => "evolve",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -50,12 +50,16 @@ impl PipelineFile {
             ));
         }
         check_source(&cx, &self.source)?;
-        if self.schema.on_new_column == OnNewColumn::Freeze
+        let on_new = self.schema.on_new_column;
+        if on_new != OnNewColumn::Discard
             && !matches!(self.source.format, Format::Ndjson | Format::JsonArray)
         {
             return Err(cx.err(
                 "schema.on_new_column",
-                "\"freeze\" applies to JSON sources (ndjson, json_array); a CSV header names its columns at the start",
+                format!(
+                    "{:?} applies to JSON sources (ndjson, json_array); a CSV header names its columns at the start",
+                    on_new.name()
+                ),
             ));
         }
         let mut cols = check_columns(&cx, &self.source, &self.columns)?;
@@ -479,14 +483,18 @@ merge_keys = ["id"]
     }
 
     #[test]
-    fn freeze_is_for_json_sources() {
-        let csv = MINIMAL.replace("format = \"ndjson\"", "format = \"csv\"")
-            + "[schema]\non_new_column = \"freeze\"\n";
-        expect_err(&csv, "schema.on_new_column", "JSON sources");
-        let bad = MINIMAL.to_string() + "[schema]\non_new_column = \"evolve\"\n";
-        assert!(check(&bad).unwrap_err().to_string().contains("evolve"));
+    fn freeze_and_evolve_are_for_json_sources() {
+        for mode in ["freeze", "evolve"] {
+            let csv = MINIMAL.replace("format = \"ndjson\"", "format = \"csv\"")
+                + &format!("[schema]\non_new_column = \"{mode}\"\n");
+            expect_err(&csv, "schema.on_new_column", "JSON sources");
+        }
+        let bad = MINIMAL.to_string() + "[schema]\non_new_column = \"grow\"\n";
+        assert!(check(&bad).unwrap_err().to_string().contains("grow"));
         let ok = check(&(MINIMAL.to_string() + "[schema]\non_new_column = \"freeze\"\n")).unwrap();
         assert_eq!(ok.file.schema.on_new_column, OnNewColumn::Freeze);
+        let ok = check(&(MINIMAL.to_string() + "[schema]\non_new_column = \"evolve\"\n")).unwrap();
+        assert_eq!(ok.file.schema.on_new_column, OnNewColumn::Evolve);
     }
 
     #[test]

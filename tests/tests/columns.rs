@@ -303,3 +303,60 @@ fn the_shipped_pos_example_runs_as_documented() {
         "{q}"
     );
 }
+
+const EVOLVING: &str = r#"
+[pipeline]
+name = "signups"
+[source]
+location = "in"
+format = "ndjson"
+[[columns]]
+name = "id"
+type = "string"
+required = true
+[output]
+columns = ["id"]
+[load]
+merge_keys = ["id"]
+[schema]
+on_new_column = "evolve"
+"#;
+
+/// `[schema] on_new_column = "evolve"` end to end: undeclared fields become table columns;
+/// a later run's new fields are added, and a field whose inferred type changes between files
+/// and runs (an integer, then a string) keeps its values' text, with nothing refused or lost.
+#[test]
+fn evolved_fields_become_columns_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(
+        dir.path().join("in/a.ndjson"),
+        "{\"id\":\"1\",\"n\":5,\"plan\":\"pro\"}\n{\"id\":\"2\",\"n\":7}\n",
+    )
+    .unwrap();
+    let p = dir.path().join("signups.toml");
+    std::fs::write(&p, EVOLVING).unwrap();
+    let data = dir.path().join("data");
+    let s = run(&p, &data);
+    assert_eq!(s["rows_out"], 2, "{s}");
+    let sql = "SELECT id || '|' || coalesce(n, 'NULL') || '|' || coalesce(plan, 'NULL') AS r FROM signups ORDER BY id";
+    let got = table(&data, sql);
+    assert!(got.contains("1|5|pro") && got.contains("2|7|NULL"), "{got}");
+
+    std::fs::write(
+        dir.path().join("in/b.ndjson"),
+        "{\"id\":\"3\",\"n\":\"seven\",\"ref\":{\"src\":\"ad\"}}\n",
+    )
+    .unwrap();
+    let s = run(&p, &data);
+    assert_eq!(s["rows_out"], 3, "{s}");
+    let sql = "SELECT id || '|' || coalesce(n, 'NULL') || '|' || coalesce(plan, 'NULL') || '|' || coalesce(ref, 'NULL') AS r FROM signups ORDER BY id";
+    let got = table(&data, sql);
+    for want in [
+        "1|5|pro|NULL",
+        "2|7|NULL|NULL",
+        "3|seven|NULL|{\"src\":\"ad\"}",
+    ] {
+        assert!(got.contains(want), "{want:?} not in {got}");
+    }
+}

@@ -658,6 +658,87 @@ columns = ["id", "n", "ts", "amount", "os"]
         );
     }
 
+    /// `[schema] on_new_column = "evolve"`: undeclared fields become nullable columns after the
+    /// declared ones, typed from their values, nested ones named by their path; a field whose
+    /// name a declared column has is not evolved. Pieces that meet new fields or wider types
+    /// grow the partition's schema: each file has one schema, the last holds every column, and
+    /// rows of earlier pieces read NULL for columns they lacked.
+    #[test]
+    fn evolve_adds_undeclared_fields_as_typed_columns() {
+        use arrow::array::AsArray;
+        let dir = tempfile::tempdir().unwrap();
+        let mut input = String::new();
+        for i in 0..10_000 {
+            input.push_str(&format!("{{\"id\":\"r{i}\",\"device\":{{\"os\":\"ios\""));
+            if i >= 5_000 {
+                input.push_str(",\"model\":\"x1\"");
+            }
+            input.push_str("},\"os\":\"shadowed\"");
+            match i {
+                0..5_000 => {}
+                5_000..9_000 => input.push_str(&format!(",\"coupon\":\"C{i}\",\"n\":{i}")),
+                _ => input.push_str(",\"n\":1.5,\"flag\":true,\"meta\":{\"k\":[1]}"),
+            }
+            input.push_str("}\n");
+        }
+        std::fs::write(dir.path().join("in.ndjson"), input).unwrap();
+        let text = "[pipeline]\nname = \"t\"\n[source]\nlocation = \".\"\nformat = \"ndjson\"\n\
+                    [[columns]]\nname = \"id\"\ntype = \"string\"\n[[columns]]\nname = \"os\"\npath = \"device.os\"\ntype = \"string\"\n\
+                    [output]\ncolumns = [\"id\", \"os\"]\n[schema]\non_new_column = \"evolve\"\n";
+        let p = config::parse(text, "t.toml", dir.path().to_path_buf()).unwrap();
+        let plan = Plan::build(&p).unwrap();
+        let out = run_whole(&plan, &p, dir.path(), "in.ndjson", &dir.path().join("s"));
+        assert_eq!(out.counts.rows_out, 10_000);
+        assert!(out.files.len() >= 2, "a grown schema opens a new file");
+        let mut rows = 0;
+        let mut last = None;
+        for f in &out.files {
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&f.local).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            for rb in r {
+                let rb = rb.unwrap();
+                rows += rb.num_rows();
+                last = Some(rb);
+            }
+        }
+        assert_eq!(rows, 10_000);
+        let rb = last.unwrap();
+        let schema = rb.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            ["id", "os", "coupon", "device_model", "n", "flag", "meta"]
+        );
+        let n = rb.num_rows() - 1;
+        let col = |name: &str| rb.column(schema.index_of(name).unwrap());
+        assert_eq!(
+            col("os").as_string::<i32>().value(n),
+            "ios",
+            "declared wins"
+        );
+        assert_eq!(col("n").data_type(), &arrow::datatypes::DataType::Float64);
+        assert_eq!(
+            col("n")
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(n),
+            1.5
+        );
+        assert!(col("flag").as_boolean().value(n));
+        assert!(col("coupon").is_null(n));
+        assert_eq!(col("meta").as_string::<i32>().value(n), "{\"k\":[1]}");
+        assert!(
+            schema
+                .fields()
+                .iter()
+                .skip(2)
+                .all(|f| f.metadata().contains_key(protocol::EVOLVED_FIELD_KEY))
+        );
+    }
+
     /// A `json` column keeps any JSON value as its JSON text (objects, arrays, strings with
     /// their quotes); JSON null and a missing field are null; the Parquet field is marked with
     /// Arrow's JSON extension type.

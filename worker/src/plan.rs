@@ -4,7 +4,7 @@
 //! Building a plan reads key files, key environment variables and reference files; every failure
 //! names the pipeline file and the step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, SchemaRef};
@@ -13,6 +13,7 @@ use pipeline::steps::{CompileCx, Compiled, Resources, SlotExpr, Slots};
 use crate::WorkerError;
 use crate::config::{ColumnType, Format, OutputSection, Pipeline};
 use crate::engine::{JsonTree, schema_of};
+use pipeline::OnNewColumn;
 
 /// The worker's resources for compiling steps: the process environment and the file system.
 pub struct Host;
@@ -55,8 +56,21 @@ pub struct Plan {
     /// The longest output string the warehouse holds (set from the task; Redshift 65,535):
     /// rows with a longer value are quarantined in bucket `too_long`.
     pub max_string_bytes: Option<u64>,
-    /// `[schema] on_new_column = "freeze"`: a record with an undeclared field is rejected.
-    pub freeze: bool,
+    /// `[schema] on_new_column`: what becomes of a JSON record's undeclared fields.
+    pub on_new_column: OnNewColumn,
+    /// Names an evolved column cannot take: every column of the plan, the partition columns and
+    /// the warehouse's lineage columns.
+    pub taken_names: HashSet<String>,
+}
+
+/// See [`Plan::taken_names`].
+fn taken_names(slots: &HashMap<String, usize>, o: &OutputSection) -> HashSet<String> {
+    use backends::warehouse::{BATCH_COLUMN, SOURCE_OBJECT_COLUMN, SOURCE_OFFSET_COLUMN};
+    let mut taken: HashSet<String> = slots.keys().cloned().collect();
+    taken.extend(o.columns.iter().cloned());
+    taken.extend(o.partition_by.iter().cloned());
+    taken.extend([BATCH_COLUMN, SOURCE_OBJECT_COLUMN, SOURCE_OFFSET_COLUMN].map(String::from));
+    taken
 }
 
 /// Compiles the row-level expectations against the columns live after the last step.
@@ -75,6 +89,16 @@ fn row_checks(p: &Pipeline, slots: &Slots) -> Result<Vec<(String, SlotExpr)>, Wo
 }
 
 impl Plan {
+    /// The evolved columns of a record's undeclared fields (dotted path, raw JSON): each named
+    /// for its path, those whose name is taken dropped.
+    pub(crate) fn evolved_names<'a>(&self, found: &[(String, &'a str)]) -> Vec<(String, &'a str)> {
+        found
+            .iter()
+            .map(|(path, raw)| (crate::engine::evolved_column_name(path), *raw))
+            .filter(|(name, _)| !self.taken_names.contains(name))
+            .collect()
+    }
+
     /// Index of declared column `c` in a CSV header (by its path), if present.
     pub fn csv_index(&self, header: &[String], c: usize) -> Option<usize> {
         let want = &self.declared_paths[c];
@@ -195,7 +219,8 @@ impl Plan {
             buckets,
             checks,
             max_string_bytes: None,
-            freeze: f.schema.on_new_column == pipeline::OnNewColumn::Freeze,
+            on_new_column: f.schema.on_new_column,
+            taken_names: taken_names(&names, &f.output),
         })
     }
 

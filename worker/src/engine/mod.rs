@@ -22,6 +22,7 @@
 //! | `parse` | records → typed columns (the JSON path tree, CSV fields), in pieces of rows |
 //! | `steps` | a piece as the step kernels' `Rows`; the string limit; expectation counts |
 //! | `dedupe` | the shard's exact keep-first key set |
+//! | `evolve` | columns from undeclared JSON fields (`on_new_column = "evolve"`), schemas that grow |
 //! | `write` | partitioning and the Parquet writers |
 //! | `quarantine` | the quarantine file |
 //! | `parquet_in` | Parquet inputs: record batches projected and converted straight into columns |
@@ -45,6 +46,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use crate::config::{Codec, Compression, Format};
 use crate::{WorkerError, plan::Plan};
+use pipeline::OnNewColumn;
 use pipeline::steps::Failures;
 
 pub const CHUNK_BYTES: usize = 4 << 20;
@@ -62,6 +64,7 @@ pub const INVALID_VALUE: &str = "invalid_value";
 
 mod columns;
 mod dedupe;
+mod evolve;
 mod parquet_in;
 mod parse;
 mod quarantine;
@@ -72,6 +75,7 @@ mod write;
 
 pub use columns::*;
 pub use dedupe::*;
+pub(crate) use evolve::{Extras, column_name as evolved_column_name, conform, union};
 pub use parquet_in::*;
 pub use parse::*;
 pub use quarantine::*;

@@ -136,9 +136,30 @@ pub(crate) struct ObjSeed<'t, 's, 'de> {
     pub(crate) tree: &'t JsonTree,
     pub(crate) slots: &'s mut Vec<Val<'de>>,
     pub(crate) root: bool,
-    /// Under `on_new_column = "freeze"`: where the first undeclared field goes (its dotted
-    /// path), and this object's path.
-    pub(crate) undeclared: Option<(&'s mut Option<String>, String)>,
+    /// What becomes of fields the tree does not declare (`[schema] on_new_column`).
+    pub(crate) undeclared: Undeclared<'s, 'de>,
+    /// This object's dotted path (empty at the top).
+    pub(crate) path: String,
+}
+
+/// Where undeclared fields go, by `[schema] on_new_column`.
+pub(crate) enum Undeclared<'s, 'de> {
+    /// `discard`: skipped.
+    Skip,
+    /// `freeze`: the dotted path of the first one.
+    First(&'s mut Option<String>),
+    /// `evolve`: every one, as (dotted path, raw JSON text).
+    Collect(&'s mut Vec<(String, &'de str)>),
+}
+
+impl<'de> Undeclared<'_, 'de> {
+    fn reborrow(&mut self) -> Undeclared<'_, 'de> {
+        match self {
+            Undeclared::Skip => Undeclared::Skip,
+            Undeclared::First(f) => Undeclared::First(f),
+            Undeclared::Collect(c) => Undeclared::Collect(c),
+        }
+    }
 }
 
 /// `prefix.key`, or `key` at the top.
@@ -184,19 +205,27 @@ impl<'de> Visitor<'de> for ObjSeed<'_, '_, 'de> {
                     tree: t,
                     slots: self.slots,
                     root: false,
-                    undeclared: self
-                        .undeclared
-                        .as_mut()
-                        .map(|(first, path)| (&mut **first, dotted(path, &k))),
+                    path: match self.undeclared {
+                        Undeclared::Skip => String::new(),
+                        _ => dotted(&self.path, &k),
+                    },
+                    undeclared: self.undeclared.reborrow(),
                 })?,
-                None => {
-                    if let Some((first, path)) = self.undeclared.as_mut()
-                        && first.is_none()
-                    {
-                        **first = Some(dotted(path, &k));
+                None => match &mut self.undeclared {
+                    Undeclared::Skip => {
+                        m.next_value::<IgnoredAny>()?;
                     }
-                    m.next_value::<IgnoredAny>()?;
-                }
+                    Undeclared::First(first) => {
+                        if first.is_none() {
+                            **first = Some(dotted(&self.path, &k));
+                        }
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                    Undeclared::Collect(found) => {
+                        let v: &'de serde_json::value::RawValue = m.next_value()?;
+                        found.push((dotted(&self.path, &k), v.get()));
+                    }
+                },
             }
         }
         Ok(())
@@ -231,6 +260,8 @@ pub struct Piece {
     pub rows: Vec<u32>,
     pub quarantine: Vec<QItem>,
     pub counts: Counts,
+    /// Columns added under `[schema] on_new_column = "evolve"` (after the output columns).
+    pub extra: Vec<(Field, ArrayRef)>,
 }
 
 pub struct QItem {
@@ -250,6 +281,7 @@ impl Piece {
                 lines_total: lines as u64,
                 ..Counts::default()
             },
+            extra: Vec::new(),
         }
     }
 
@@ -258,6 +290,9 @@ impl Piece {
             return Ok(());
         }
         for c in self.cols.iter_mut().flatten() {
+            *c = arrow::compute::filter(c, mask).map_err(WorkerError::arrow)?;
+        }
+        for (_, c) in self.extra.iter_mut() {
             *c = arrow::compute::filter(c, mask).map_err(WorkerError::arrow)?;
         }
         let mut i = 0;
@@ -319,6 +354,8 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
     let mut cells: Vec<Cell> = Vec::with_capacity(declared);
     let mut texts: Vec<std::borrow::Cow<str>> = Vec::with_capacity(declared);
     let mut slots: Vec<Val> = vec![Val::Null; declared];
+    let mut found: Vec<(String, &str)> = Vec::new();
+    let mut extras = Extras::default();
     let mut csv = CsvState {
         reader: csv_core::ReaderBuilder::new()
             .delimiter(plan.csv_delimiter)
@@ -339,7 +376,10 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
         texts.clear();
         let outcome = match plan.format {
             Format::Ndjson | Format::JsonArray | Format::Parquet => {
-                json_record(plan, raw, &mut slots, &builders, &mut cells, &mut texts)
+                found.clear();
+                json_record(
+                    plan, raw, &mut found, &mut slots, &builders, &mut cells, &mut texts,
+                )
             }
             Format::Csv => csv_record(
                 plan, raw, csv_header, &csv_map, &mut csv, &builders, &mut cells,
@@ -353,6 +393,9 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
             Ok(()) => {
                 for (c, cell) in cells.drain(..).enumerate() {
                     builders[c].push(cell, &texts[c]);
+                }
+                if !found.is_empty() {
+                    extras.push_row(piece.rows.len() as u32, &plan.evolved_names(&found));
                 }
                 piece.rows.push(i as u32);
             }
@@ -379,14 +422,16 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
     for (c, b) in builders.iter_mut().enumerate() {
         piece.cols[c] = Some(b.finish());
     }
+    piece.extra = extras.finish(piece.rows.len());
     piece
 }
 
 /// One JSON record: its declared values converted under their columns' rules into `cells`
-/// (and their text into `texts`).
+/// (and their text into `texts`); under `evolve`, its undeclared fields into `found`.
 fn json_record<'c>(
     plan: &Plan,
     raw: &'c [u8],
+    found: &mut Vec<(String, &'c str)>,
     slots: &mut Vec<Val<'c>>,
     builders: &[ColBuilder],
     cells: &mut Vec<Cell>,
@@ -398,17 +443,23 @@ fn json_record<'c>(
         *s = Val::Null;
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let mut undeclared: Option<String> = None;
+    let mut first: Option<String> = None;
+    let undeclared = match plan.on_new_column {
+        OnNewColumn::Discard => Undeclared::Skip,
+        OnNewColumn::Freeze => Undeclared::First(&mut first),
+        OnNewColumn::Evolve => Undeclared::Collect(found),
+    };
     ObjSeed {
         tree: &plan.json_tree,
         slots,
         root: true,
-        undeclared: plan.freeze.then(|| (&mut undeclared, String::new())),
+        undeclared,
+        path: String::new(),
     }
     .deserialize(&mut de)
     .and_then(|()| de.end())
     .map_err(|e| (true, format!("not a JSON object: {e}")))?;
-    if let Some(field) = undeclared {
+    if let Some(field) = first {
         return Err((
             false,
             format!("field {field:?} is not declared (schema.on_new_column = \"freeze\")"),

@@ -40,10 +40,14 @@ pub(crate) fn enforce_string_limit(plan: &Plan, piece: &mut Piece) -> Result<(),
     let mut failed: Vec<(usize, String)> = Vec::new();
     // One reason per row: the first column over the limit.
     let mut flagged = vec![false; piece.rows.len()];
-    for (name, slot) in plan.output.columns.iter().zip(&plan.output_slots) {
-        let Some(a) = piece.cols[*slot].as_ref() else {
-            continue;
-        };
+    let declared = plan
+        .output
+        .columns
+        .iter()
+        .zip(&plan.output_slots)
+        .filter_map(|(name, slot)| Some((name.as_str(), piece.cols[*slot].as_ref()?)));
+    let evolved = piece.extra.iter().map(|(f, a)| (f.name().as_str(), a));
+    for (name, a) in declared.chain(evolved) {
         if a.data_type() != &DataType::Utf8 {
             continue;
         }

@@ -69,6 +69,9 @@ pub(crate) fn track_max_bytes(max: &mut BTreeMap<String, u64>, batch: &RecordBat
 }
 
 pub(crate) struct PartitionWriter {
+    /// The schema of this partition's files: the plan's output, grown by evolved columns
+    /// (`evolve::union`); a growth closes the open file, so every file has one schema.
+    pub(crate) schema: SchemaRef,
     pub(crate) values: PartitionValues,
     pub(crate) dir: String,
     pub(crate) seq: u32,
@@ -138,10 +141,12 @@ impl Writers {
         values: &[(String, String)],
         batch: RecordBatch,
     ) -> Result<(), WorkerError> {
+        let base = self.schema.clone();
         let pw = self
             .parts
             .entry(dir.to_string())
             .or_insert_with(|| PartitionWriter {
+                schema: base,
                 values: values.to_vec(),
                 dir: dir.to_string(),
                 seq: 0,
@@ -150,6 +155,17 @@ impl Writers {
                 pending_rows: 0,
                 pending_bytes: 0,
             });
+        let batch = if batch.schema().fields() == pw.schema.fields() {
+            batch
+        } else {
+            let grown = union(&pw.schema, &batch.schema());
+            if grown.fields() != pw.schema.fields() {
+                self.grow_partition(dir, Arc::new(grown))?;
+            }
+            let pw = self.parts.get(dir).expect("partition exists");
+            conform(batch, &pw.schema)?
+        };
+        let pw = self.parts.get_mut(dir).expect("partition exists");
         let bytes = batch.get_array_memory_size();
         pw.pending_rows += batch.num_rows();
         pw.pending_bytes += bytes;
@@ -159,6 +175,18 @@ impl Writers {
             let d = dir.to_string();
             self.flush_partition(&d, true)?;
         }
+        Ok(())
+    }
+
+    /// A partition meets evolved columns it has not written: what it holds is written and its
+    /// file closed under the old schema, and later files have the grown one.
+    fn grow_partition(&mut self, dir: &str, grown: SchemaRef) -> Result<(), WorkerError> {
+        self.flush_partition(dir, false)?;
+        let pw = self.parts.get_mut(dir).expect("partition exists");
+        if let Some(of) = pw.open.take() {
+            self.done.push(close(of, &pw.values)?);
+        }
+        pw.schema = grown;
         Ok(())
     }
 
@@ -204,7 +232,7 @@ impl Writers {
                 }
             }
             let batch =
-                arrow::compute::concat_batches(&self.schema, &group).map_err(WorkerError::arrow)?;
+                arrow::compute::concat_batches(&pw.schema, &group).map_err(WorkerError::arrow)?;
             drop(group);
             if pw.open.is_none() {
                 let name = format!("part-{}-{:05}.parquet", self.shard_id, pw.seq);
@@ -222,7 +250,7 @@ impl Writers {
                 let f = File::create(&local).map_err(|e| WorkerError::write(&local, e))?;
                 let writer = ArrowWriter::try_new(
                     BufWriter::with_capacity(1 << 20, f),
-                    self.schema.clone(),
+                    pw.schema.clone(),
                     Some(self.props.clone()),
                 )
                 .map_err(WorkerError::parquet)?;
@@ -306,13 +334,28 @@ pub(crate) fn partition_piece(plan: &Plan, piece: &Piece) -> Result<Vec<PartBatc
     if piece.rows.is_empty() {
         return Ok(Vec::new());
     }
-    let cols: Vec<ArrayRef> = plan
+    let mut cols: Vec<ArrayRef> = plan
         .output_slots
         .iter()
         .map(|s| piece.cols[*s].clone().expect("set"))
         .collect();
-    let batch =
-        RecordBatch::try_new(plan.output_schema.clone(), cols).map_err(WorkerError::arrow)?;
+    let schema = if piece.extra.is_empty() {
+        plan.output_schema.clone()
+    } else {
+        // Evolved columns after the declared ones.
+        let mut fields: Vec<Field> = plan
+            .output_schema
+            .fields()
+            .iter()
+            .map(|f| (**f).clone())
+            .collect();
+        for (f, c) in &piece.extra {
+            fields.push(f.clone());
+            cols.push(c.clone());
+        }
+        schema_of(fields)
+    };
+    let batch = RecordBatch::try_new(schema, cols).map_err(WorkerError::arrow)?;
     if plan.partition_slots.is_empty() {
         return Ok(vec![(String::new(), Vec::new(), batch)]);
     }
