@@ -575,3 +575,67 @@ async fn the_redshift_widening_plan_keeps_every_value_on_a_real_engine() {
         .map(|(a, b)| (a.to_string(), b.to_string()))
     );
 }
+
+/// Issue 9: evolved columns (types inferred by a worker) whose new data does not widen keep their
+/// text: the Redshift plan rebuilds an integer and a boolean column as VARCHAR with the values'
+/// text (`CAST … AS VARCHAR`, a `CASE` for booleans, which Redshift does not cast), run here on a
+/// real SQL engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redshift_plan_turns_evolved_columns_into_text_on_a_real_engine() {
+    use arrow::datatypes::{DataType, Field, Schema};
+    use backends::warehouse::plan::{self, Dialect};
+    let Some(client) = pg_client("rsevolve").await else {
+        return;
+    };
+    client
+        .batch_execute(
+            "CREATE TABLE t (id VARCHAR(4), n BIGINT, flag BOOLEAN);
+             INSERT INTO t VALUES ('a', 7, true), ('b', NULL, false);",
+        )
+        .await
+        .unwrap();
+    let existing: Vec<plan::ExistingColumn> = client
+        .query(&plan::existing_columns_sql("t", Dialect::Redshift), &[])
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let row: Vec<Option<String>> = (0..5).map(|i| r.get(i)).collect();
+            plan::existing_column(&row)
+        })
+        .collect();
+    let evolved = |name: &str| {
+        let meta = [(protocol::EVOLVED_FIELD_KEY.to_string(), "true".to_string())].into();
+        Field::new(name, DataType::Utf8, true).with_metadata(meta)
+    };
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Utf8, true),
+        evolved("n"),
+        evolved("flag"),
+    ]);
+    let mut cols: Vec<_> = plan::columns_for(&schema, &[], Dialect::Redshift)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.in_file)
+        .collect();
+    let ddl = plan::evolve_table("t", &mut cols, &existing, Dialect::Redshift).unwrap();
+    client
+        .batch_execute(&format!("BEGIN; {}; COMMIT", ddl.join(";\n")))
+        .await
+        .unwrap();
+    let rows: Vec<(String, Option<String>, Option<String>)> = client
+        .query("SELECT id, n, flag FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            ("a".to_string(), s("7"), s("true")),
+            ("b".to_string(), None, s("false"))
+        ]
+    );
+}
