@@ -3,6 +3,10 @@
 
 Usage: compare.py --input FILE --worker BIN --pipeline TOML --bench-dir ../shared/bench
                   [--peers duckdb,polars] [--modes 1core,all] [--runs 3] [--python PY] [--json OUT]
+                  [--baseline OLD_BIN [--baseline-pipeline OLD_TOML]]
+
+`--baseline` adds an earlier build of the worker as one more peer (`baseline`), run on the same
+input with the same arguments: the before/after cost of a change, measured in one command.
 
 Each (peer, mode) runs `runs` times, round-robin so that load drift hits every peer alike, under
 /usr/bin/time -v. Modes: `1core` = taskset -c 0 plus each tool's thread knob (worker --threads 1,
@@ -38,8 +42,10 @@ def command(a, peer, mode, out):
     env = dict(os.environ)
     env.pop("POLARS_MAX_THREADS", None)
     one = mode == "1core"
-    if peer == "tributary":
-        cmd = [a.worker, "process", a.pipeline, "--input", a.input, "--output", out,
+    if peer in ("tributary", "baseline"):
+        worker, pipeline = (a.worker, a.pipeline) if peer == "tributary" else \
+            (a.baseline, a.baseline_pipeline or a.pipeline)
+        cmd = [worker, "process", pipeline, "--input", a.input, "--output", out,
                "--quarantine", out + ".quarantine.ndjson", "--threads", "1" if one else str(os.cpu_count())]
     elif peer == "duckdb":
         cmd = [a.python, os.path.join(a.bench_dir, "peer_duckdb.py"), a.input, out] + (["--threads", "1"] if one else [])
@@ -66,11 +72,13 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--json", default=None, help="append one JSON line per run to this file")
+    ap.add_argument("--baseline", default=None, help="an earlier worker binary, run as peer 'baseline'")
+    ap.add_argument("--baseline-pipeline", default=None, help="its pipeline file (default --pipeline)")
     a = ap.parse_args()
     a.input = os.path.abspath(a.input)
     work = a.work or os.path.join(os.path.dirname(a.input), "bench-work")
     os.makedirs(work, exist_ok=True)
-    peers = ["tributary"] + [p for p in a.peers.split(",") if p]
+    peers = ["tributary"] + (["baseline"] if a.baseline else []) + [p for p in a.peers.split(",") if p]
     input_mb = os.path.getsize(a.input) / 1e6
     results = {}
     for mode in a.modes.split(","):
@@ -107,7 +115,7 @@ def main():
     # Every configuration must agree on the counts and the checksum.
     sums = {rs[0].get("checksum") for rs in results.values()}
     counts = {json.dumps(r["stats"], sort_keys=True) for rs in results.values() for r in rs
-              if r["peer"] == "tributary"}
+              if r["peer"] in ("tributary", "baseline")}
     ok = len(sums) == 1 and len(counts) == 1 and not any(rs[0].get("problems") for rs in results.values())
     print()
     print(f"input: {os.path.basename(a.input)}, {input_mb:,.0f} MB; medians of {a.runs} run(s); "
@@ -125,8 +133,14 @@ def main():
     print()
     for mode in a.modes.split(","):
         t = med.get(("tributary", mode))
+        b = med.get(("baseline", mode))
+        if t and b:
+            print(f"- {mode}: this build against the baseline: {(t[1] / b[1] - 1) * 100:+.1f}% CPU, "
+                  f"{(t[0] / b[0] - 1) * 100:+.1f}% wall, peak RSS {t[2]:,.0f} vs {b[2]:,.0f} MB")
         for peer in peers[1:]:
             p = med.get((peer, mode))
+            if peer == "baseline":
+                continue
             if t and p:
                 print(f"- {mode}: Tributary / {peer}: {p[1] / t[1]:.2f}x MB/s per core-s, {p[0] / t[0]:.2f}x wall throughput, "
                       f"peak RSS {t[2]:,.0f} vs {p[2]:,.0f} MB")

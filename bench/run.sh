@@ -4,7 +4,9 @@
 #
 # Usage: bench/run.sh DATA_DIR [ROWS]        (ROWS default 1000000; 5000000 is the 2.6 GB file)
 # Env:   RUNS (default 3), PEERS (default duckdb,polars), MODES (default 1core,all),
-#        VENV (default $HOME/.cache/tributary/bench-venv), BENCH_DIR (default ../shared/bench)
+#        VENV (default $HOME/.cache/tributary/bench-venv), BENCH_DIR (default ../shared/bench),
+#        BASELINE (an earlier worker binary, run as one more peer; see bench/baseline.sh) and
+#        BASELINE_PIPELINE (its pipeline file, default examples/workload.toml)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -24,4 +26,5 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 "$VENV/bin/python" "$HERE/compare.py" --input "$INPUT" --worker "$TARGET/release/worker" \
   --pipeline "$ROOT/examples/workload.toml" --bench-dir "$BENCH_DIR" --python "$VENV/bin/python" \
   --peers "${PEERS:-duckdb,polars}" --modes "${MODES:-1core,all}" --runs "${RUNS:-3}" \
-  --json "$DATA/bench-results.jsonl"
+  --json "$DATA/bench-results.jsonl" \
+  ${BASELINE:+--baseline "$BASELINE"} ${BASELINE_PIPELINE:+--baseline-pipeline "$BASELINE_PIPELINE"}
