@@ -128,6 +128,9 @@ pub struct ShardOutput {
     pub quarantine: Option<(PathBuf, u64)>,
     pub counts: Counts,
     pub times: engine::StageTimes,
+    /// The shard's output schema: the plan's, grown by any columns evolved from undeclared JSON
+    /// fields (`on_new_column = "evolve"`).
+    pub schema: arrow::datatypes::SchemaRef,
 }
 
 /// Where a shard's Parquet files go and how they are named.
@@ -311,9 +314,11 @@ pub fn run_shard_blocking(
     }
     debug_assert!(st.counts.reconciles(), "{:?}", st.counts);
     let t = std::time::Instant::now();
+    let schema = st.writers.schema();
     let files = st.writers.finish()?;
     st.times.write += t.elapsed();
     Ok(ShardOutput {
+        schema,
         files,
         quarantine: st.quarantine.finish()?,
         counts: st.counts,
@@ -411,7 +416,7 @@ pub async fn execute_task(
         outputs,
         quarantine,
         counts: out.counts,
-        schema_digest: plan.schema_digest(),
+        schema_digest: plan.schema_digest(&out.schema),
     };
     state_files
         .put(&task.manifest_key, manifest.to_json().into_bytes())

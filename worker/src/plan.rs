@@ -224,11 +224,12 @@ impl Plan {
         })
     }
 
-    /// SHA-256 of the output schema (names, types, nullability) and partition columns.
-    pub fn schema_digest(&self) -> String {
+    /// SHA-256 of a shard's output schema (names, types, nullability; the plan's, grown by any
+    /// evolved columns) and the partition columns.
+    pub fn schema_digest(&self, schema: &arrow::datatypes::Schema) -> String {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
-        for f in self.output_schema.fields() {
+        for f in schema.fields() {
             let ext = f.metadata().get(pipeline::expr::types::EXTENSION_NAME);
             let ext = ext.map(|e| format!(":{e}")).unwrap_or_default();
             h.update(

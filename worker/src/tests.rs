@@ -270,6 +270,12 @@ fn evolve_adds_undeclared_fields_as_typed_columns() {
     let out = run_whole(&plan, &p, dir.path(), "in.ndjson", &dir.path().join("s"));
     assert_eq!(out.counts.rows_out, 10_000);
     assert!(out.files.len() >= 2, "a grown schema opens a new file");
+    // The manifest's digest is of what the shard wrote, evolved columns included.
+    assert_eq!(out.schema.fields().len(), 7);
+    assert_ne!(
+        plan.schema_digest(&out.schema),
+        plan.schema_digest(&plan.output_schema)
+    );
     let mut rows = 0;
     let mut last = None;
     for f in &out.files {

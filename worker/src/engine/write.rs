@@ -290,6 +290,18 @@ impl Writers {
         Ok(())
     }
 
+    /// The schema of everything written: the plan's output grown by every partition's evolved
+    /// columns.
+    pub fn schema(&self) -> SchemaRef {
+        let mut s = (*self.schema).clone();
+        for pw in self.parts.values() {
+            if pw.schema.fields() != s.fields() {
+                s = union(&s, &pw.schema);
+            }
+        }
+        Arc::new(s)
+    }
+
     pub fn finish(mut self) -> Result<Vec<WrittenFile>, WorkerError> {
         let dirs: Vec<String> = self.parts.keys().cloned().collect();
         for d in dirs {
