@@ -374,37 +374,65 @@ pub mod suite {
         assert!(wh.query("SELEC nonsense").await.is_err());
     }
 
+    /// An `id` column of `ids`.
+    fn id_column(ids: Vec<&str>) -> (Field, ArrayRef) {
+        (
+            Field::new("id", DataType::Utf8, false),
+            Arc::new(StringArray::from(ids)) as ArrayRef,
+        )
+    }
+
+    /// A file of `id` and one more column `(name, values)`.
+    async fn write_pair(
+        files: &dyn ObjectStore,
+        key: &str,
+        id: &str,
+        field: Field,
+        vals: ArrayRef,
+    ) -> OutputFile {
+        write_columns(files, key, vec![id_column(vec![id]), (field, vals)]).await
+    }
+
+    /// A batch of `fs` into `table`, each file at its own source position.
+    fn batch_of(id: &str, table: &str, fs: Vec<OutputFile>) -> LoadBatch {
+        let lfs = fs
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| load_file(f, "raw/m", i as u64 * 100, i as u32))
+            .collect();
+        batch(id, table, lfs)
+    }
+
+    async fn rows_of(wh: &dyn Warehouse, sql: &str) -> Vec<Vec<Option<String>>> {
+        wh.query(sql).await.unwrap().rows
+    }
+
+    fn text(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
     /// Issue 9: one batch whose files differ in schema (shards of different pipeline versions, or
     /// JSON fields met under `on_new_column = "evolve"`) loads as the union of the files: a
     /// column at its widest type, NULL where a file lacks it; irreconcilable types refuse the
     /// batch naming both files, with nothing loaded.
     async fn mixed_shapes(wh: &dyn Warehouse, files: Arc<dyn ObjectStore>) {
         use arrow::array::{BooleanArray, Int32Array};
-        let id = |v: Vec<&str>| {
-            (
-                Field::new("id", DataType::Utf8, false),
-                Arc::new(StringArray::from(v)) as ArrayRef,
-            )
-        };
-        let f0 = write_columns(
+        let val = |t: DataType| Field::new("val", t, true);
+        let f0 = write_pair(
             &*files,
             "wh-suite/m0.parquet",
-            vec![
-                id(vec!["a"]),
-                (
-                    Field::new("val", DataType::Int32, true),
-                    Arc::new(Int32Array::from(vec![7])),
-                ),
-            ],
+            "a",
+            val(DataType::Int32),
+            Arc::new(Int32Array::from(vec![7])),
         )
         .await;
         let f1 = write_columns(
             &*files,
             "wh-suite/m1.parquet",
             vec![
-                id(vec!["b"]),
+                id_column(vec!["b"]),
                 (
-                    Field::new("val", DataType::Int64, true),
+                    val(DataType::Int64),
                     Arc::new(Int64Array::from(vec![5_000_000_000])),
                 ),
                 (
@@ -414,102 +442,26 @@ pub mod suite {
             ],
         )
         .await;
-        let files_of = |id: &str, fs: Vec<OutputFile>| {
-            let lfs = fs
-                .into_iter()
-                .enumerate()
-                .map(|(i, f)| load_file(f, "raw/m", i as u64 * 100, i as u32))
-                .collect();
-            batch(id, "suite shapes", lfs)
-        };
-        let b = files_of("r8-m-b0000", vec![f0.clone(), f1]);
+        let b = batch_of("r8-m-b0000", "suite shapes", vec![f0.clone(), f1]);
         wh.load(&b, files.clone()).await.unwrap();
-        let got = wh
-            .query("SELECT id, val, note FROM \"suite shapes\" ORDER BY id")
-            .await
-            .unwrap()
-            .rows;
-        let s = |v: &str| Some(v.to_string());
+        let got = rows_of(wh, "SELECT id, val, note FROM \"suite shapes\" ORDER BY id").await;
         assert_eq!(
             got,
             vec![
-                vec![s("a"), s("7"), None],
-                vec![s("b"), s("5000000000"), s("new")]
+                vec![text("a"), text("7"), None],
+                vec![text("b"), text("5000000000"), text("new")]
             ]
         );
 
-        let f2 = write_columns(
+        let f2 = write_pair(
             &*files,
             "wh-suite/m2.parquet",
-            vec![
-                id(vec!["c"]),
-                (
-                    Field::new("val", DataType::Boolean, true),
-                    Arc::new(BooleanArray::from(vec![true])),
-                ),
-            ],
+            "c",
+            val(DataType::Boolean),
+            Arc::new(BooleanArray::from(vec![true])),
         )
         .await;
-        // Evolved columns (types inferred by the worker): a conflict keeps the values' text,
-        // across the files of a batch and against the table.
-        let ev = |t: DataType| {
-            let meta = [(protocol::EVOLVED_FIELD_KEY.to_string(), "true".to_string())].into();
-            Field::new("x", t, true).with_metadata(meta)
-        };
-        let e0 = write_columns(
-            &*files,
-            "wh-suite/v0.parquet",
-            vec![
-                id(vec!["a"]),
-                (ev(DataType::Int64), Arc::new(Int64Array::from(vec![5]))),
-            ],
-        )
-        .await;
-        let e1 = write_columns(
-            &*files,
-            "wh-suite/v1.parquet",
-            vec![
-                id(vec!["b"]),
-                (
-                    ev(DataType::Boolean),
-                    Arc::new(BooleanArray::from(vec![true])),
-                ),
-            ],
-        )
-        .await;
-        let e2 = write_columns(
-            &*files,
-            "wh-suite/v2.parquet",
-            vec![
-                id(vec!["c"]),
-                (ev(DataType::Utf8), Arc::new(StringArray::from(vec!["s"]))),
-            ],
-        )
-        .await;
-        let evolved = |bid: &str, fs: Vec<OutputFile>| {
-            let mut b = files_of(bid, fs);
-            b.table = "suite evolved".into();
-            b
-        };
-        wh.load(&evolved("r10-v-b0000", vec![e0]), files.clone())
-            .await
-            .unwrap();
-        wh.load(&evolved("r11-v-b0000", vec![e1, e2]), files.clone())
-            .await
-            .unwrap();
-        let got = wh
-            .query("SELECT id, x FROM \"suite evolved\" ORDER BY id")
-            .await
-            .unwrap()
-            .rows;
-        let bool_text = got[1][1].clone().unwrap_or_default();
-        assert!(
-            ["true", "1"].contains(&bool_text.as_str()),
-            "a boolean's text: {got:?}"
-        );
-        assert_eq!((got[0][1].clone(), got[2][1].clone()), (s("5"), s("s")));
-
-        let bad = files_of("r9-m-b0000", vec![f0, f2]);
+        let bad = batch_of("r9-m-b0000", "suite shapes", vec![f0, f2]);
         let msg = wh.load(&bad, files.clone()).await.unwrap_err().to_string();
         for want in [
             "column \"val\"",
@@ -519,6 +471,55 @@ pub mod suite {
             assert!(msg.contains(want), "{want:?} not in {msg}");
         }
         assert!(!wh.is_loaded("r9-m-b0000").await.unwrap());
+        evolved_shapes(wh, files).await;
+    }
+
+    /// Evolved columns (types inferred by the worker): a conflict keeps the values' text,
+    /// across the files of a batch and against the table.
+    async fn evolved_shapes(wh: &dyn Warehouse, files: Arc<dyn ObjectStore>) {
+        use arrow::array::BooleanArray;
+        let ev = |t: DataType| evolve::mark_evolved(Field::new("x", t, true));
+        let e0 = write_pair(
+            &*files,
+            "wh-suite/v0.parquet",
+            "a",
+            ev(DataType::Int64),
+            Arc::new(Int64Array::from(vec![5])),
+        )
+        .await;
+        let e1 = write_pair(
+            &*files,
+            "wh-suite/v1.parquet",
+            "b",
+            ev(DataType::Boolean),
+            Arc::new(BooleanArray::from(vec![true])),
+        )
+        .await;
+        let e2 = write_pair(
+            &*files,
+            "wh-suite/v2.parquet",
+            "c",
+            ev(DataType::Utf8),
+            Arc::new(StringArray::from(vec!["s"])),
+        )
+        .await;
+        let table = "suite evolved";
+        wh.load(&batch_of("r10-v-b0000", table, vec![e0]), files.clone())
+            .await
+            .unwrap();
+        wh.load(&batch_of("r11-v-b0000", table, vec![e1, e2]), files.clone())
+            .await
+            .unwrap();
+        let got = rows_of(wh, "SELECT id, x FROM \"suite evolved\" ORDER BY id").await;
+        let bool_text = got[1][1].clone().unwrap_or_default();
+        assert!(
+            ["true", "1"].contains(&bool_text.as_str()),
+            "a boolean's text: {got:?}"
+        );
+        assert_eq!(
+            (got[0][1].clone(), got[2][1].clone()),
+            (text("5"), text("s"))
+        );
     }
 
     /// Type widening between loads (int32 then int64), a narrowing refused naming the column and

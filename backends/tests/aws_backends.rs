@@ -497,6 +497,24 @@ async fn s3_throttling_is_retried_and_access_denied_is_fatal() {
     );
 }
 
+/// The columns of `table` as the Redshift transport reads them (its catalog query, run here).
+async fn redshift_existing_columns(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> Vec<backends::warehouse::plan::ExistingColumn> {
+    use backends::warehouse::plan::{self, Dialect};
+    client
+        .query(&plan::existing_columns_sql(table, Dialect::Redshift), &[])
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let row: Vec<Option<String>> = (0..5).map(|i| r.get(i)).collect();
+            plan::existing_column(&row)
+        })
+        .collect()
+}
+
 /// The Redshift widening plan (a VARCHAR altered; other types rebuilt as a new column that takes
 /// the old one's values and name) run in one transaction on a real SQL engine: the values stay and
 /// the columns end up with the wider types.
@@ -514,16 +532,7 @@ async fn the_redshift_widening_plan_keeps_every_value_on_a_real_engine() {
         )
         .await
         .unwrap();
-    let existing: Vec<plan::ExistingColumn> = client
-        .query(&plan::existing_columns_sql("t", Dialect::Redshift), &[])
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|r| {
-            let row: Vec<Option<String>> = (0..5).map(|i| r.get(i)).collect();
-            plan::existing_column(&row)
-        })
-        .collect();
+    let existing = redshift_existing_columns(&client, "t").await;
     let schema = Schema::new(vec![
         Field::new("id", DataType::Utf8, true),
         Field::new("qty", DataType::Int64, true),
@@ -594,19 +603,9 @@ async fn the_redshift_plan_turns_evolved_columns_into_text_on_a_real_engine() {
         )
         .await
         .unwrap();
-    let existing: Vec<plan::ExistingColumn> = client
-        .query(&plan::existing_columns_sql("t", Dialect::Redshift), &[])
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|r| {
-            let row: Vec<Option<String>> = (0..5).map(|i| r.get(i)).collect();
-            plan::existing_column(&row)
-        })
-        .collect();
+    let existing = redshift_existing_columns(&client, "t").await;
     let evolved = |name: &str| {
-        let meta = [(protocol::EVOLVED_FIELD_KEY.to_string(), "true".to_string())].into();
-        Field::new(name, DataType::Utf8, true).with_metadata(meta)
+        backends::warehouse::evolve::mark_evolved(Field::new(name, DataType::Utf8, true))
     };
     let schema = Schema::new(vec![
         Field::new("id", DataType::Utf8, true),

@@ -240,6 +240,14 @@ impl ColType {
     }
 }
 
+/// `f` marked as a column a worker added under `on_new_column = "evolve"` (its other metadata
+/// kept).
+pub fn mark_evolved(f: Field) -> Field {
+    let mut meta = f.metadata().clone();
+    meta.insert(protocol::EVOLVED_FIELD_KEY.to_string(), "true".to_string());
+    f.with_metadata(meta)
+}
+
 /// Whether a Parquet field is a column a worker added under `on_new_column = "evolve"`.
 pub fn is_evolved(f: &Field) -> bool {
     f.metadata().contains_key(protocol::EVOLVED_FIELD_KEY)

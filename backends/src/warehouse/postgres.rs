@@ -208,26 +208,7 @@ impl PostgresWarehouse {
             .await
             .map_err(|e| pg_err("COPY FROM STDIN", e))?;
         futures_util::pin_mut!(sink);
-        for lf in &batch.files {
-            let bytes = read_file(&*files, lf).await?;
-            let (tx_chunks, mut rx_chunks) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(4);
-            let lf2 = lf.clone();
-            let batch_id = batch.batch_id.clone();
-            let want = schema.clone();
-            let producer = tokio::task::spawn_blocking(move || {
-                if let Err(e) = render_file(&lf2, &batch_id, bytes, &want, &tx_chunks) {
-                    let _ = tx_chunks.blocking_send(Err(e));
-                }
-            });
-            while let Some(chunk) = rx_chunks.recv().await {
-                sink.send(Bytes::from(chunk?))
-                    .await
-                    .map_err(|e| pg_err(&format!("COPY of {}", lf.file.key), e))?;
-            }
-            producer
-                .await
-                .map_err(|e| BackendError::Warehouse(format!("decoding {}: {e}", lf.file.key)))?;
-        }
+        copy_files(sink.as_mut(), batch, &*files, &schema).await?;
         let staged = sink
             .as_mut()
             .finish()
@@ -261,6 +242,37 @@ impl PostgresWarehouse {
             rows_in_table: in_table as u64,
         })
     }
+}
+
+/// Streams every file of the batch into the open COPY, each rendered against the batch's
+/// schema on a blocking thread while the previous chunk is sent.
+async fn copy_files(
+    mut sink: std::pin::Pin<&mut tokio_postgres::CopyInSink<Bytes>>,
+    batch: &LoadBatch,
+    files: &dyn ObjectStore,
+    schema: &Arc<Schema>,
+) -> Result<()> {
+    for lf in &batch.files {
+        let bytes = read_file(files, lf).await?;
+        let (tx_chunks, mut rx_chunks) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(4);
+        let lf2 = lf.clone();
+        let batch_id = batch.batch_id.clone();
+        let want = schema.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            if let Err(e) = render_file(&lf2, &batch_id, bytes, &want, &tx_chunks) {
+                let _ = tx_chunks.blocking_send(Err(e));
+            }
+        });
+        while let Some(chunk) = rx_chunks.recv().await {
+            sink.send(Bytes::from(chunk?))
+                .await
+                .map_err(|e| pg_err(&format!("COPY of {}", lf.file.key), e))?;
+        }
+        producer
+            .await
+            .map_err(|e| BackendError::Warehouse(format!("decoding {}: {e}", lf.file.key)))?;
+    }
+    Ok(())
 }
 
 async fn read_file(files: &dyn ObjectStore, lf: &LoadFile) -> Result<Bytes> {

@@ -110,10 +110,11 @@ fn wider(table: &str, a: &Field, b: &Field, a_key: &str, b_key: &str) -> Result<
         return Ok(None);
     }
     if evolve::is_evolved(a) || evolve::is_evolved(b) {
-        let meta = [(protocol::EVOLVED_FIELD_KEY.to_string(), "true".to_string())].into();
-        return Ok(Some(
-            Field::new(a.name(), DataType::Utf8, true).with_metadata(meta),
-        ));
+        return Ok(Some(evolve::mark_evolved(Field::new(
+            a.name(),
+            DataType::Utf8,
+            true,
+        ))));
     }
     Err(BackendError::Warehouse(format!(
         "table {table:?}, column {:?}: {a_key} has {} and {b_key} has {}; the types are incompatible, so the files cannot load in one batch (nothing was loaded)",
@@ -235,10 +236,9 @@ mod tests {
     #[test]
     fn an_evolved_column_of_mixed_types_loads_as_text() {
         let ev = |t: DataType| {
-            let meta = [(protocol::EVOLVED_FIELD_KEY.to_string(), "true".to_string())].into();
-            Arc::new(Schema::new(vec![
-                Field::new("x", t, true).with_metadata(meta),
-            ]))
+            Arc::new(Schema::new(vec![evolve::mark_evolved(Field::new(
+                "x", t, true,
+            ))]))
         };
         let s = Shapes::new(
             "t",

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray, new_null_array};
+use backends::warehouse::evolve::{is_evolved, mark_evolved};
 use pipeline::expr::types::{EXTENSION_NAME, JSON_EXTENSION};
 
 use super::*;
@@ -131,12 +132,13 @@ pub(crate) fn evolved_field(name: &str, kind: Kind) -> Field {
         Kind::Bool => DataType::Boolean,
         Kind::Str | Kind::Json => DataType::Utf8,
     };
-    let mut meta: HashMap<String, String> =
-        [(protocol::EVOLVED_FIELD_KEY.to_string(), "true".to_string())].into();
-    if kind == Kind::Json {
-        meta.insert(EXTENSION_NAME.into(), JSON_EXTENSION.into());
-    }
-    Field::new(name, dt, true).with_metadata(meta)
+    let f = Field::new(name, dt, true);
+    let f = if kind == Kind::Json {
+        f.with_metadata([(EXTENSION_NAME.to_string(), JSON_EXTENSION.to_string())].into())
+    } else {
+        f
+    };
+    mark_evolved(f)
 }
 
 fn build(c: ExtraCol, rows: usize) -> (Field, ArrayRef) {
@@ -172,10 +174,6 @@ fn build(c: ExtraCol, rows: usize) -> (Field, ArrayRef) {
         Kind::Str | Kind::Json => Arc::new(StringArray::from(texts)),
     };
     (evolved_field(&c.name, c.kind), array)
-}
-
-fn is_evolved(f: &Field) -> bool {
-    f.metadata().contains_key(protocol::EVOLVED_FIELD_KEY)
 }
 
 /// The type of a column two batches give different types: `float64` for integers and floats,
