@@ -360,3 +360,43 @@ fn evolved_fields_become_columns_across_runs() {
         assert!(got.contains(want), "{want:?} not in {got}");
     }
 }
+
+/// Regression (issue 9, item 7): a decimal wider than a double's 15 digits was stored as a REAL
+/// in the embedded warehouse, so `1234567890123456.78` read back as `1.23456789012346e+15`.
+/// Every value reads back exactly through `coordinator sql`, narrow ones still compare as numbers.
+#[test]
+fn wide_decimals_are_stored_and_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(
+        dir.path().join("in/a.csv"),
+        "id,amount,rate\n1,1234567890123456.78,0.000000000000000001\n2,12.5,2.25\n\
+         3,-99999999999999999.99,123456789.123456789012345678\n",
+    )
+    .unwrap();
+    let p = dir.path().join("d.toml");
+    std::fs::write(
+        &p,
+        "[pipeline]\nname = \"d\"\n[source]\nlocation = \"in\"\nglob = \"*.csv\"\nformat = \"csv\"\n\
+         [[columns]]\nname = \"id\"\ntype = \"int64\"\n\
+         [[columns]]\nname = \"amount\"\ntype = \"decimal(20,2)\"\n\
+         [[columns]]\nname = \"rate\"\ntype = \"decimal(38,18)\"\n\
+         [output]\ncolumns = [\"id\", \"amount\", \"rate\"]\n[load]\nmerge_keys = [\"id\"]\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    assert_eq!(run(&p, &data)["rows_out"], 3);
+    let got = table(&data, "SELECT id, amount, rate FROM d ORDER BY id");
+    for want in [
+        "1234567890123456.78",
+        "0.000000000000000001",
+        "12.50",
+        "2.250000000000000000",
+        "-99999999999999999.99",
+        "123456789.123456789012345678",
+    ] {
+        assert!(got.contains(want), "{want} in {got}");
+    }
+    let narrow = table(&data, "SELECT id FROM d WHERE amount > 10 AND amount < 13");
+    assert!(narrow.contains('2'), "{narrow}");
+}

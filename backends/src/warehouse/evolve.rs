@@ -128,13 +128,27 @@ impl ColType {
             other => ColType::Other(other.into()),
         }
     }
+}
 
+/// Significant decimal digits that survive a round trip through a REAL (an IEEE double:
+/// `DBL_DIG`), so a decimal of at most this many digits is stored exactly as a number.
+pub const SQLITE_EXACT_DIGITS: u32 = 15;
+
+/// The embedded warehouse's declared type for a decimal wider than [`SQLITE_EXACT_DIGITS`],
+/// up to the opening parenthesis.
+const EXACT_DECIMAL_SQLITE: &str = "DECIMAL_BLOB(";
+
+impl ColType {
     /// A column as SQLite's `PRAGMA table_info` gives its declared type. The older spellings
     /// (`INTEGER` for every integer, `REAL` for every float, `DECIMAL` without precision) read
     /// as the narrowest type they held, so a newer batch widens them.
     pub fn from_sqlite(decl: &str) -> ColType {
         let d = decl.trim().to_ascii_uppercase();
-        if let Some(args) = d.strip_prefix("DECIMAL(").and_then(|r| r.strip_suffix(')')) {
+        let args = d
+            .strip_prefix("DECIMAL(")
+            .or_else(|| d.strip_prefix(EXACT_DECIMAL_SQLITE))
+            .and_then(|r| r.strip_suffix(')'));
+        if let Some(args) = args {
             let mut it = args.split(',').map(|x| x.trim().parse::<i64>().ok());
             if let (Some(Some(p)), Some(Some(sc))) = (it.next(), it.next()) {
                 return ColType::Decimal {
@@ -192,8 +206,16 @@ impl ColType {
 
     /// The declared type in the embedded warehouse: the pipeline type's name (SQLite derives
     /// the storage affinity from it; `DECIMAL(P,S)` keeps the scale that reads render with).
+    ///
+    /// A decimal of more than [`SQLITE_EXACT_DIGITS`] digits is `DECIMAL_BLOB(P,S)`: the name
+    /// holds BLOB, so the column has no affinity and keeps each value as the loader stored it
+    /// (a number where a REAL holds it exactly, exact text otherwise). NUMERIC affinity would
+    /// turn `1234567890123456.78` into the REAL `1.23456789012346e+15`.
     pub fn sqlite(&self) -> String {
         match self {
+            ColType::Decimal { precision, scale } if *precision as u32 > SQLITE_EXACT_DIGITS => {
+                format!("{EXACT_DECIMAL_SQLITE}{precision},{scale})")
+            }
             ColType::Float64 => "DOUBLE".into(),
             ColType::Text { .. } => "TEXT".into(),
             // TEXT affinity (the name holds TEXT): the JSON text is kept as written.
@@ -414,6 +436,8 @@ mod tests {
             ColType::Float32,
             ColType::Float64,
             dec(18, 2),
+            dec(15, 4),
+            dec(38, 9),
             ColType::Bool,
             ColType::Timestamp,
             ColType::Date,
@@ -422,6 +446,8 @@ mod tests {
         ] {
             assert_eq!(ColType::from_sqlite(&t.sqlite()), t, "{}", t.sqlite());
         }
+        assert_eq!(dec(15, 4).sqlite(), "DECIMAL(15,4)");
+        assert_eq!(dec(16, 2).sqlite(), "DECIMAL_BLOB(16,2)");
         assert_eq!(
             ColType::from_catalog("character varying", Some(300), None, None),
             ColType::Text {

@@ -6,9 +6,12 @@
 //!
 //! Type mapping (declared types name the pipeline type, see [`ColType::sqlite`]): strings → TEXT;
 //! int16, int32, int64 → SMALLINT, INTEGER, BIGINT and booleans → BOOLEAN (all stored as
-//! integers); float32 → REAL, float64 → DOUBLE; decimal(P,S) → DECIMAL(P,S) (NUMERIC affinity:
-//! compared and sorted as numbers by every SQLite client; exact to 15 significant digits, and read
-//! back with its scale's digits, see [`render`]); timestamps → TEXT `YYYY-MM-DD HH:MM:SS.ffffff` in UTC (what SQLite's date
+//! integers); float32 → REAL, float64 → DOUBLE; decimal(P,S) with P ≤ 15 → DECIMAL(P,S)
+//! (NUMERIC affinity: compared and sorted as numbers by every SQLite client, and exact, since a
+//! double holds 15 significant digits); decimal(P,S) with P > 15 → DECIMAL_BLOB(P,S) (no
+//! affinity: a value of at most 15 significant digits stored as a number, a longer one as its
+//! exact text, see [`decimal_value`]); both read back with their scale's digits by
+//! `coordinator sql` (see [`render`]); timestamps → TEXT `YYYY-MM-DD HH:MM:SS.ffffff` in UTC (what SQLite's date
 //! functions read), dates → TEXT `YYYY-MM-DD`, partition columns → TEXT. Types widen between
 //! loads as on the other warehouses (see `evolve`).
 
@@ -23,7 +26,7 @@ use protocol::LoadBatch;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
-use super::evolve::{Change, ColType, reconcile};
+use super::evolve::{Change, ColType, SQLITE_EXACT_DIGITS, reconcile};
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
     SOURCE_OFFSET_COLUMN, Warehouse, format_days, format_decimal, format_micros, quote_ident,
@@ -101,6 +104,39 @@ fn float32_as_f64(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(f64::from(v))
 }
 
+/// How a decimal is stored so that it reads back exactly: an INTEGER when it is whole and fits
+/// one, a REAL when it has at most [`SQLITE_EXACT_DIGITS`] significant digits (a double holds
+/// those exactly: its shortest decimal form is the value), else its exact text. Only a
+/// `DECIMAL_BLOB(P,S)` column (no affinity) keeps the text; a `DECIMAL(P,S)` column holds at
+/// most 15 digits, so nothing of it is lost.
+fn decimal_value(v: i128, scale: i8) -> Value {
+    if scale <= 0 {
+        let whole = v.checked_mul(10i128.pow(u32::from(scale.unsigned_abs())));
+        if let Some(i) = whole.and_then(|w| i64::try_from(w).ok()) {
+            return Value::Integer(i);
+        }
+    }
+    let text = format_decimal(v, scale);
+    if significant_digits(&text) <= SQLITE_EXACT_DIGITS as usize
+        && let Ok(f) = text.parse::<f64>()
+    {
+        return Value::Real(f);
+    }
+    Value::Text(text)
+}
+
+/// The significant digits of a plain decimal text (`-0.0120` has 2).
+fn significant_digits(text: &str) -> usize {
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_start_matches('0');
+    let digits = if text.contains('.') {
+        digits.trim_end_matches('0')
+    } else {
+        digits
+    };
+    digits.len()
+}
+
 fn value_at(col: &dyn Array, i: usize) -> Result<Value> {
     if col.is_null(i) {
         return Ok(Value::Null);
@@ -125,8 +161,7 @@ fn value_at(col: &dyn Array, i: usize) -> Result<Value> {
         )),
         DataType::Float64 => Value::Real(col.as_primitive::<t::Float64Type>().value(i)),
         DataType::Decimal128(_, s) => {
-            let v = col.as_primitive::<t::Decimal128Type>().value(i);
-            Value::Text(format_decimal(v, *s))
+            decimal_value(col.as_primitive::<t::Decimal128Type>().value(i), *s)
         }
         DataType::Timestamp(unit, _) => {
             let raw = super::timestamp_micros(col, unit, i);
@@ -487,12 +522,28 @@ fn render(v: Value, decimal_scale: Option<usize>) -> Option<String> {
             _ => i.to_string(),
         },
         Value::Real(f) => match decimal_scale {
-            Some(s) if f.is_finite() => format!("{f:.s$}"),
+            Some(s) if f.is_finite() => with_scale(f, s),
             _ => real_15(f),
         },
         Value::Text(t) => t,
         Value::Blob(b) => format!("<{} bytes>", b.len()),
     })
+}
+
+/// A decimal column's REAL with its scale's digits: its shortest decimal form (the value the
+/// loader stored) padded with zeros, so a `DECIMAL_BLOB(38,20)` holding 0.1 reads `0.1000…0`,
+/// not the binary float's `0.10000000000000000555`. A REAL with more digits than the scale (one
+/// written by hand) is rounded to it.
+fn with_scale(f: f64, scale: usize) -> String {
+    let shortest = f.to_string();
+    let have = shortest.split_once('.').map_or(0, |(_, frac)| frac.len());
+    if have > scale {
+        format!("{f:.scale$}")
+    } else if have == 0 && scale > 0 {
+        format!("{shortest}.{}", "0".repeat(scale))
+    } else {
+        format!("{shortest}{}", "0".repeat(scale - have))
+    }
 }
 
 /// `f` with at most 15 significant digits (SQLite's `%!.15g`): `0.1`, `2469.0`, `1.5e+20`.
@@ -623,6 +674,33 @@ mod tests {
         assert_eq!(render(Value::Integer(7), Some(2)), Some("7.00".into()));
         assert_eq!(render(Value::Integer(7), None), Some("7".into()));
         assert_eq!(render(Value::Null, Some(2)), None);
+    }
+
+    #[test]
+    fn decimals_beyond_15_digits_are_stored_as_exact_text() {
+        assert_eq!(
+            decimal_value(123_456_789_012_345_678, 2),
+            Value::Text("1234567890123456.78".into())
+        );
+        assert_eq!(decimal_value(1250, 2), Value::Real(12.5));
+        assert_eq!(decimal_value(-1, 18), Value::Real(-1e-18));
+        assert_eq!(decimal_value(42, 0), Value::Integer(42));
+        assert_eq!(
+            decimal_value(i128::from(i64::MAX) + 1, 0),
+            Value::Text("9223372036854775808".into())
+        );
+        assert_eq!(significant_digits("-0.0120"), 2);
+        assert_eq!(significant_digits("1200"), 4);
+        assert_eq!(significant_digits("123456789012345.6"), 16);
+    }
+
+    #[test]
+    fn a_wide_decimal_real_reads_back_with_its_scale_not_binary_noise() {
+        assert_eq!(with_scale(0.1, 20), format!("0.1{}", "0".repeat(19)));
+        assert_eq!(with_scale(12.0, 2), "12.00");
+        assert_eq!(with_scale(12.0, 0), "12");
+        assert_eq!(with_scale(1e-18, 18), "0.000000000000000001");
+        assert_eq!(with_scale(2.675, 1), "2.7");
     }
 
     #[test]
