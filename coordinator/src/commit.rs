@@ -14,7 +14,8 @@ use anyhow::Context;
 use backends::object_store::ObjectStore;
 use protocol::{OutputFile, RunCommit, ShardManifest};
 
-use crate::run::{DoneRecord, RunRecord, now};
+use crate::engine::DoneRecord;
+use crate::run::{RunRecord, now};
 
 /// Sweeps the run's unlisted files under its table prefix in `lake` and writes its commit record
 /// into `commits` (the lake itself, except for `coordinator run --output DIR`, whose DIR holds
@@ -58,7 +59,7 @@ pub async fn commit_run(
         run_id: record.run_id.clone(),
         pipeline: record.pipeline.clone(),
         table: record.table.clone(),
-        status: record.status.clone(),
+        status: record.status.to_string(),
         committed_at: now(),
         rows: listed.iter().map(|f| f.rows).sum(),
         files: listed,
@@ -94,7 +95,7 @@ mod tests {
             "web_events".into(),
             0,
         );
-        r.status = "completed".into();
+        r.status = crate::engine::RunStatus::Completed;
         r
     }
 

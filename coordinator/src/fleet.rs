@@ -27,14 +27,16 @@ use backends::state::{FileStateStore, ObjectStateStore, StateStore};
 use backends::warehouse::{PostgresWarehouse, RedshiftWarehouse, Warehouse};
 use pipeline::Pipeline;
 use protocol::{
-    Counts, Message, ObjectRef, PipelineSpec, ResultMessage, ShardDescriptor, ShardPlan,
-    TaskMessage, TaskOutcome,
+    Message, ObjectRef, PipelineSpec, ResultMessage, ShardDescriptor, ShardPlan, TaskMessage,
+    TaskOutcome,
 };
 use runtime::settings::{FleetBackends, FleetSettings, WarehouseKind};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{Applied, DoneRecord, Event, RunMachine, RunStatus};
+use crate::loader::Loader;
 use crate::metrics::METRICS;
-use crate::run::{DoneRecord, Fault, Loader, RunRecord, fault, now, plan_run, record_new_run};
+use crate::run::{Fault, RunRecord, fault, now, plan_run, record_new_run, task_bodies};
 
 /// A pipeline the coordinator knows, and its schedule.
 struct Scheduled {
@@ -47,11 +49,46 @@ struct Scheduled {
 struct ActiveRun {
     record: RunRecord,
     shards: BTreeMap<String, ShardDescriptor>,
-    done: BTreeMap<String, DoneRecord>,
-    failed: BTreeMap<String, String>,
+    machine: RunMachine,
     loader: Loader,
     oldest_unbatched: Option<Instant>,
     next_load_try: Instant,
+}
+
+impl ActiveRun {
+    /// One advance of the run's machine: `Some(None)` when it waits for shards, `Some(Some(s))`
+    /// when it is to finish with status `s`, `None` when a load failed (retried with backoff).
+    async fn advance(&mut self, window: Duration, attempts: u32) -> Option<Option<RunStatus>> {
+        if self.machine.has_unbatched() {
+            self.oldest_unbatched.get_or_insert_with(Instant::now);
+        }
+        let flush = self.oldest_unbatched.is_some_and(|t| t.elapsed() >= window);
+        match self
+            .loader
+            .advance(&mut self.machine, &self.shards, flush)
+            .await
+        {
+            Ok(status) => {
+                if !self.machine.has_unbatched() {
+                    self.oldest_unbatched = None;
+                }
+                self.record.last_error = None;
+                Some(status)
+            }
+            Err(e) => {
+                self.record.load_failures += 1;
+                let backoff = if self.record.load_failures >= attempts {
+                    Duration::from_secs(300)
+                } else {
+                    Duration::from_secs(1 << self.record.load_failures.min(6))
+                };
+                tracing::error!(run = %self.record.run_id, error = %format!("{e:#}"), failures = self.record.load_failures, retry_in_s = backoff.as_secs(), "load failed; will retry");
+                self.record.last_error = Some(format!("{e:#}"));
+                self.next_load_try = Instant::now() + backoff;
+                None
+            }
+        }
+    }
 }
 
 /// What the API shows of a pipeline.
@@ -251,7 +288,9 @@ impl Coordinator {
         Ok(run_id)
     }
 
-    /// Takes a recorded run into the loop: enqueues what was never enqueued, reads completions.
+    /// Takes a recorded run into the loop: replays its state, enqueues what was never
+    /// enqueued; recorded batches not marked loaded load on its first advance (the ledger skips
+    /// those that committed).
     async fn activate(&mut self, record: RunRecord, plan: ShardPlan) -> anyhow::Result<()> {
         let run_id = record.run_id.clone();
         let sched = self.pipelines.get(&record.pipeline).with_context(|| {
@@ -261,19 +300,22 @@ impl Coordinator {
             )
         })?;
         let p = &sched.pipeline;
-        let mut done = BTreeMap::new();
-        for key in self.state.list(&format!("runs/{run_id}/done/")).await? {
-            let d: DoneRecord =
-                serde_json::from_slice(&self.state.get(&key).await?.unwrap_or_default())
-                    .with_context(|| format!("state {key} is corrupt"))?;
-            done.insert(key.rsplit('/').next().unwrap_or_default().to_string(), d);
-        }
-        let mut failed = BTreeMap::new();
-        for key in self.state.list(&format!("runs/{run_id}/failed/")).await? {
-            let why = String::from_utf8_lossy(&self.state.get(&key).await?.unwrap_or_default())
-                .to_string();
-            failed.insert(key.rsplit('/').next().unwrap_or_default().to_string(), why);
-        }
+        let shards: BTreeMap<String, ShardDescriptor> = plan
+            .shards
+            .into_iter()
+            .map(|s| (s.shard_id.clone(), s))
+            .collect();
+        let mut loader = Loader::new(
+            self.state.clone(),
+            self.backends.files.clone(),
+            &run_id,
+            p,
+            self.warehouse.clone(),
+            self.backends.store(&record.output)?,
+        );
+        let machine = loader
+            .replay(shards.keys().cloned(), self.settings.coordinator.batch_rows)
+            .await?;
         let enqueued_key = format!("runs/{run_id}/enqueued");
         if self.state.get(&enqueued_key).await?.is_none() {
             let spec = PipelineSpec {
@@ -281,30 +323,20 @@ impl Coordinator {
                 toml: p.text.clone(),
                 base_dir: p.base_dir.display().to_string(),
             };
-            let mut bodies: Vec<String> = plan
-                .shards
-                .iter()
-                .filter(|s| !done.contains_key(&s.shard_id) && !failed.contains_key(&s.shard_id))
-                .map(|s| {
-                    Message::Task(TaskMessage {
-                        max_string_bytes: self
-                            .warehouse
-                            .as_ref()
-                            .and_then(|w| w.max_string_bytes()),
-                        task_id: format!("{run_id}/{}", s.shard_id),
-                        run_id: run_id.clone(),
-                        pipeline: spec.clone(),
-                        shard: s.clone(),
-                        output_prefix: record.output_prefix.clone(),
-                        quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
-                        manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
-                        source_url: Some(record.source.clone()),
-                        output_url: Some(record.output.clone()),
-                        files_url: Some(self.backends.files_url.clone()),
-                    })
-                    .to_body()
-                })
-                .collect();
+            let max_string_bytes = self.warehouse.as_ref().and_then(|w| w.max_string_bytes());
+            let mut bodies = task_bodies(&machine, &shards, |s| TaskMessage {
+                max_string_bytes,
+                task_id: format!("{run_id}/{}", s.shard_id),
+                run_id: run_id.clone(),
+                pipeline: spec.clone(),
+                shard: s.clone(),
+                output_prefix: record.output_prefix.clone(),
+                quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
+                manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
+                source_url: Some(record.source.clone()),
+                output_url: Some(record.output.clone()),
+                files_url: Some(self.backends.files_url.clone()),
+            });
             if fault() == Some(Fault::DuplicateTasks) {
                 let copy = bodies.clone();
                 bodies.extend(copy);
@@ -312,40 +344,15 @@ impl Coordinator {
             self.backends.tasks.send_batch(bodies).await?;
             self.state.put(&enqueued_key, now().as_bytes()).await?;
         }
-        let mut loader = Loader::new(
-            self.state.clone(),
-            self.backends.files.clone(),
-            &run_id,
-            &record.table,
-            p,
-            self.settings.coordinator.batch_rows,
-            self.warehouse.clone(),
-            self.backends.store(&record.output)?,
-        )
-        .await?;
-        let shards: BTreeMap<String, ShardDescriptor> = plan
-            .shards
-            .into_iter()
-            .map(|s| (s.shard_id.clone(), s))
-            .collect();
-        // Batches recorded before a restart are loaded again (the ledger skips committed ones).
-        let mut next_load_try = Instant::now();
-        let mut record = record;
-        if let Err(e) = loader.flush_recorded().await {
-            record.last_error = Some(format!("{e:#}"));
-            record.load_failures += 1;
-            next_load_try = Instant::now() + Duration::from_secs(2);
-        }
         self.runs.insert(
             run_id,
             ActiveRun {
                 record,
                 shards,
-                done,
-                failed,
+                machine,
                 loader,
                 oldest_unbatched: None,
-                next_load_try,
+                next_load_try: Instant::now(),
             },
         );
         Ok(())
@@ -425,7 +432,7 @@ impl Coordinator {
             tracing::warn!(run = %r.run_id, shard = %r.shard_id, "result for a run that is not active; ignored");
             return Ok(());
         };
-        if !run.shards.contains_key(&r.shard_id) || run.done.contains_key(&r.shard_id) {
+        if !run.shards.contains_key(&r.shard_id) || run.machine.done().contains_key(&r.shard_id) {
             return Ok(()); // unknown shard, or a duplicate completion
         }
         let outcome =
@@ -445,16 +452,19 @@ impl Coordinator {
                         &serde_json::to_vec(&d)?,
                     )
                     .await?;
-                run.failed.remove(&r.shard_id);
-                run.done.insert(r.shard_id.clone(), d);
+                let shard = r.shard_id.clone();
+                if run.machine.apply(Event::ShardDone { shard, done: d }) == Applied::Ignored {
+                    return Ok(());
+                }
                 METRICS
                     .shards
                     .with_label_values(&[&run.record.pipeline, "succeeded"])
                     .inc();
                 run.oldest_unbatched.get_or_insert_with(Instant::now);
-                tracing::info!(run = %r.run_id, shard = %r.shard_id, done = run.done.len(), of = run.shards.len(), "shard done");
+                let done = run.machine.done().len();
+                tracing::info!(run = %r.run_id, shard = %r.shard_id, done, of = run.shards.len(), "shard done");
                 if let Some(Fault::CrashAfterShards(n)) = fault()
-                    && run.done.len() == n
+                    && done == n
                 {
                     std::process::abort();
                 }
@@ -471,7 +481,10 @@ impl Coordinator {
                     .shards
                     .with_label_values(&[&run.record.pipeline, "failed"])
                     .inc();
-                run.failed.insert(r.shard_id, error);
+                run.machine.apply(Event::ShardFailed {
+                    shard: r.shard_id,
+                    reason: error,
+                });
             }
         }
         Ok(())
@@ -488,8 +501,10 @@ impl Coordinator {
                 continue;
             };
             if let Some(run) = self.runs.get_mut(&t.run_id)
-                && !run.done.contains_key(&t.shard.shard_id)
-                && !run.failed.contains_key(&t.shard.shard_id)
+                && run
+                    .machine
+                    .unfinished()
+                    .contains(&t.shard.shard_id.as_str())
             {
                 let why = format!("dead-lettered: {}", dl.reason);
                 self.state
@@ -498,74 +513,35 @@ impl Coordinator {
                         why.as_bytes(),
                     )
                     .await?;
-                run.failed.insert(t.shard.shard_id.clone(), why);
+                run.machine.apply(Event::ShardFailed {
+                    shard: t.shard.shard_id.clone(),
+                    reason: why,
+                });
             }
         }
         Ok(())
     }
 
-    /// Closes batches by size or time window, loads them, and finishes complete runs.
+    /// Advances every run's machine (batches closed by size or time window, loads, verdicts),
+    /// retrying failed loads with backoff, and finishes the runs it ends.
     async fn advance_runs(&mut self) -> anyhow::Result<()> {
         let window = Duration::from_secs(self.settings.coordinator.batch_window_secs);
         let attempts = self.settings.coordinator.load_attempts;
         let mut finished = Vec::new();
         for (id, run) in self.runs.iter_mut() {
-            let complete = run.done.len() + run.failed.len() >= run.shards.len();
-            if Instant::now() >= run.next_load_try {
-                let all = complete || run.oldest_unbatched.is_some_and(|t| t.elapsed() >= window);
-                let shards: BTreeMap<String, &ShardDescriptor> =
-                    run.shards.iter().map(|(k, v)| (k.clone(), v)).collect();
-                let result = async {
-                    if run.loader.has_unloaded() {
-                        run.loader.flush_recorded().await?;
-                    }
-                    if complete && run.loader.quality.is_none() {
-                        run.loader.judge(&run.done).await?;
-                    }
-                    run.loader.add_done(&run.done, &shards, all).await
-                }
-                .await;
-                match result {
-                    Ok(()) => {
-                        if all {
-                            run.oldest_unbatched = None;
-                        }
-                        run.record.last_error = None;
-                    }
-                    Err(e) => {
-                        run.record.load_failures += 1;
-                        let backoff = if run.record.load_failures >= attempts {
-                            Duration::from_secs(300)
-                        } else {
-                            Duration::from_secs(1 << run.record.load_failures.min(6))
-                        };
-                        tracing::error!(run = %id, error = %format!("{e:#}"), failures = run.record.load_failures, retry_in_s = backoff.as_secs(), "load failed; will retry");
-                        run.record.last_error = Some(format!("{e:#}"));
-                        run.next_load_try = Instant::now() + backoff;
-                        continue;
-                    }
-                }
-            } else {
+            if Instant::now() < run.next_load_try {
                 continue;
             }
-            run.record.shards_done = run.done.len();
-            run.record.batches_loaded = run.loader.loaded_total;
-            let mut counts = Counts::default();
-            for d in run.done.values() {
-                counts.add(&d.counts);
-            }
-            run.record.counts = counts;
-            run.record.failed_shards = run
-                .failed
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if complete {
-                run.record.finish(run.loader.quality.clone());
+            let Some(status) = run.advance(window, attempts).await else {
+                continue;
+            };
+            run.record.observe(&run.machine);
+            if let Some(status) = status {
+                run.record.finish(status, run.loader.quality.clone());
                 let lake = self.backends.store(&run.record.output)?;
                 crate::commit::commit_run(
                     &run.record,
-                    &run.done,
+                    run.machine.done(),
                     &*self.backends.files,
                     &*lake,
                     &*lake,
@@ -580,6 +556,9 @@ impl Coordinator {
                     &serde_json::to_vec_pretty(&run.record)?,
                 )
                 .await?;
+            if let Some(status) = status {
+                run.machine.apply(Event::Finished(status));
+            }
         }
         for id in finished {
             let run = self.runs.remove(&id).expect("finished run");
@@ -589,7 +568,7 @@ impl Coordinator {
             tracing::info!(run = %id, status = %run.record.status, rows_out = run.record.counts.rows_out, batches = run.record.batches_loaded, "run finished");
             METRICS
                 .runs
-                .with_label_values(&[&run.record.pipeline, &run.record.status])
+                .with_label_values(&[&run.record.pipeline, run.record.status.as_str()])
                 .inc();
             self.shared
                 .lock()
@@ -651,7 +630,7 @@ impl Coordinator {
         METRICS.oldest_task_age.set(
             self.runs
                 .values()
-                .filter(|r| r.done.len() + r.failed.len() < r.shards.len())
+                .filter(|r| !r.machine.is_complete())
                 .filter_map(|r| age(&r.record.started_at))
                 .fold(0.0, f64::max),
         );
@@ -660,7 +639,7 @@ impl Coordinator {
             if let Some(lag) = sh
                 .runs
                 .values()
-                .filter(|r| &r.pipeline == name && r.status == "completed")
+                .filter(|r| &r.pipeline == name && r.status == RunStatus::Completed)
                 .filter_map(|r| age(&r.started_at))
                 .reduce(f64::min)
             {
@@ -669,7 +648,7 @@ impl Coordinator {
         }
         for (id, run) in &self.runs {
             let mut r = run.record.clone();
-            r.shards_done = run.done.len();
+            r.shards_done = run.machine.done().len();
             sh.runs.insert(id.clone(), r);
         }
         sh.pipelines = self
@@ -910,6 +889,7 @@ pub fn load_settings(config: Option<&Path>) -> anyhow::Result<(FleetSettings, Pa
 mod tests {
     use super::*;
     use backends::object_store::{LocalStore, ObjectStore};
+    use protocol::Counts;
 
     fn success(key: &str) -> TaskOutcome {
         TaskOutcome::Succeeded {

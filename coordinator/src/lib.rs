@@ -2,6 +2,8 @@
 //! finished Parquet into the warehouse in batched, exactly-once loads.
 //!
 //! * [`planner`]: source listing → shards (grouping small files, splitting large ones).
+//! * [`engine`]: the pure state machine of a run and its load batches, which both modes drive.
+//! * `loader`: performs the machine's load actions (record, load, judge) with the backends.
 //! * [`run`]: a pipeline run in local mode, durable and resumable.
 //! * [`commit`]: a run's end in the lake: unlisted files removed, the commit record written.
 //! * [`local_worker`]: the in-process worker loop on the embedded queue.
@@ -12,7 +14,9 @@
 
 pub mod commit;
 pub mod demo;
+pub mod engine;
 pub mod fleet;
+mod loader;
 pub mod local_worker;
 pub mod metrics;
 pub mod planner;

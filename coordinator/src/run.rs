@@ -16,7 +16,7 @@
 //! manifest already written) are not redone, recorded batches are re-loaded (the warehouse ledger
 //! skips those that committed), and the rest is planned as before.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,14 +25,16 @@ use anyhow::{Context, bail};
 use backends::object_store::{LocalStore, ObjectStore};
 use backends::queue::{MemoryQueue, Queue};
 use backends::state::{FileStateStore, StateStore};
-use backends::warehouse::{LoadOutcome, Warehouse};
+use backends::warehouse::Warehouse;
 use pipeline::{Compression, Format, Pipeline};
 use protocol::{
-    Counts, LoadBatch, LoadFile, Message, ObjectRef, PipelineSpec, ResultMessage, ShardManifest,
+    Counts, Message, ObjectRef, PipelineSpec, ResultMessage, ShardDescriptor, ShardManifest,
     ShardPlan, TaskMessage, TaskOutcome,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{DoneRecord, Event, RunMachine, RunStatus};
+use crate::loader::Loader;
 use crate::planner::plan_shards;
 
 /// Options of `coordinator run`.
@@ -75,7 +77,7 @@ pub struct RunRecord {
     pub run_id: String,
     pub pipeline: String,
     pub table: String,
-    pub status: String,
+    pub status: RunStatus,
     pub started_at: String,
     pub finished_at: Option<String>,
     pub source: String,
@@ -101,10 +103,25 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// The status of a run whose shards have all ended: `failed` when a shard failed or a `fail`
-    /// expectation is broken (then nothing was loaded, and `last_error` says which and by how
-    /// much), else `completed`.
-    pub(crate) fn finish(&mut self, quality: Option<crate::quality::QualityReport>) {
+    /// Brings the record up to the machine: shards done and failed, counts, batches loaded.
+    pub(crate) fn observe(&mut self, m: &RunMachine) {
+        self.shards_done = m.done().len();
+        self.counts = m.counts();
+        self.batches_loaded = m.batches_loaded();
+        self.failed_shards = m
+            .failed()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+
+    /// The end of a run, with the status the machine gave it. When a `fail` expectation is
+    /// broken (then nothing was loaded), `last_error` says which and by how much.
+    pub(crate) fn finish(
+        &mut self,
+        status: RunStatus,
+        quality: Option<crate::quality::QualityReport>,
+    ) {
         let broken = quality.as_ref().map(|q| q.failures()).unwrap_or_default();
         if !broken.is_empty() {
             self.last_error = Some(format!(
@@ -112,11 +129,7 @@ impl RunRecord {
                 broken.join("; ")
             ));
         }
-        self.status = if self.failed_shards.is_empty() && broken.is_empty() {
-            "completed".into()
-        } else {
-            "failed".into()
-        };
+        self.status = status;
         self.quality = quality;
         self.finished_at = Some(now());
     }
@@ -136,7 +149,7 @@ impl RunRecord {
             run_id: plan.run_id.clone(),
             pipeline: plan.pipeline.clone(),
             table: table.to_string(),
-            status: "running".into(),
+            status: RunStatus::Running,
             started_at: now(),
             finished_at: None,
             source,
@@ -200,13 +213,6 @@ pub(crate) async fn record_new_run(
         )
         .await?;
     Ok(())
-}
-
-/// A finished shard, as recorded in state (`runs/RUN/done/SHARD`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DoneRecord {
-    pub manifest_key: String,
-    pub counts: Counts,
 }
 
 /// What a finished run reports.
@@ -544,36 +550,23 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         None
     };
 
-    // What is already done.
-    let mut done: BTreeMap<String, DoneRecord> = BTreeMap::new();
-    for key in dd.state.list(&format!("runs/{run_id}/done/")).await? {
-        let bytes = dd.state.get(&key).await?.unwrap_or_default();
-        let d: DoneRecord =
-            serde_json::from_slice(&bytes).with_context(|| format!("state {key} is corrupt"))?;
-        done.insert(key.rsplit('/').next().unwrap_or_default().to_string(), d);
-    }
-    let manifest_key = |shard: &str| format!("manifests/{run_id}/{shard}.json");
-    // A shard whose manifest was written before a crash is done: record it instead of redoing it.
-    for s in &plan.shards {
-        if done.contains_key(&s.shard_id) {
-            continue;
-        }
-        if let Ok(bytes) = dd.files.get(&manifest_key(&s.shard_id)).await
-            && let Ok(m) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))
-        {
-            let d = DoneRecord {
-                manifest_key: manifest_key(&s.shard_id),
-                counts: m.counts,
-            };
-            dd.state
-                .put(
-                    &format!("runs/{run_id}/done/{}", s.shard_id),
-                    &serde_json::to_vec(&d)?,
-                )
-                .await?;
-            done.insert(s.shard_id.clone(), d);
-        }
-    }
+    let shards: BTreeMap<String, ShardDescriptor> = plan
+        .shards
+        .iter()
+        .map(|s| (s.shard_id.clone(), s.clone()))
+        .collect();
+    let mut loader = Loader::new(
+        dd.state.clone(),
+        dd.files.clone(),
+        &run_id,
+        &pipeline,
+        warehouse.clone(),
+        output.clone(),
+    );
+    let mut m = loader
+        .replay(shards.keys().cloned(), opts.batch_rows)
+        .await?;
+    adopt_written_manifests(&dd, &run_id, &mut m).await?;
 
     let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("tasks", Duration::from_secs(30), 3));
     let results: Arc<dyn Queue> = Arc::new(MemoryQueue::new("results", Duration::from_secs(30), 5));
@@ -582,149 +575,77 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         toml: pipeline.text.clone(),
         base_dir: pipeline.base_dir.display().to_string(),
     };
-    let pending: Vec<_> = plan
-        .shards
-        .iter()
-        .filter(|s| !done.contains_key(&s.shard_id))
-        .collect();
-    let bodies: Vec<String> = pending
-        .iter()
-        .map(|s| {
-            Message::Task(TaskMessage {
-                max_string_bytes: warehouse.as_ref().and_then(|w| w.max_string_bytes()),
-                task_id: format!("{run_id}/{}", s.shard_id),
-                run_id: run_id.clone(),
-                pipeline: spec.clone(),
-                shard: (*s).clone(),
-                output_prefix: output_prefix.clone(),
-                quarantine_prefix: format!("quarantine/{name}/{run_id}"),
-                manifest_key: manifest_key(&s.shard_id),
-                source_url: None,
-                output_url: None,
-                files_url: None,
-            })
-            .to_body()
-        })
-        .collect();
+    let bodies = task_bodies(&m, &shards, |s| TaskMessage {
+        max_string_bytes: warehouse.as_ref().and_then(|w| w.max_string_bytes()),
+        task_id: format!("{run_id}/{}", s.shard_id),
+        run_id: run_id.clone(),
+        pipeline: spec.clone(),
+        shard: s.clone(),
+        output_prefix: output_prefix.clone(),
+        quarantine_prefix: format!("quarantine/{name}/{run_id}"),
+        manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
+        source_url: None,
+        output_url: None,
+        files_url: None,
+    });
     for chunk in bodies.chunks(10) {
         tasks.send_batch(chunk.to_vec()).await?;
     }
 
     let progress = progress_bar(opts.progress, record.source_bytes, &name);
     progress.inc(
-        plan.shards
-            .iter()
-            .filter(|s| done.contains_key(&s.shard_id))
+        m.done()
+            .keys()
+            .filter_map(|k| shards.get(k))
             .map(|s| s.bytes())
             .sum(),
     );
     let scratch = dd.root.join("tmp");
-    let mut workers = Vec::new();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (src2, out2) = (source.clone(), output.clone());
-    let files2 = dd.files.clone();
+    let stores = worker::TaskStores {
+        source: source.clone(),
+        output: output.clone(),
+        files: dd.files.clone(),
+    };
     let env = worker::daemon::TaskEnv {
         tasks: tasks.clone(),
         results: results.clone(),
-        stores: Arc::new(move |_| {
-            Ok(worker::TaskStores {
-                source: src2.clone(),
-                output: out2.clone(),
-                files: files2.clone(),
-            })
-        }),
+        stores: Arc::new(move |_| Ok(stores.clone())),
         visibility: Duration::from_secs(30),
     };
-    for w in 0..opts.workers.max(1) {
-        let ctx = crate::local_worker::WorkerCtx {
-            id: w,
-            env: env.clone(),
-            scratch: scratch.clone(),
-            stopping: stopping.clone(),
-        };
-        workers.push(tokio::spawn(crate::local_worker::work_loop(ctx)));
-    }
+    let workers: Vec<_> = (0..opts.workers.max(1))
+        .map(|id| {
+            tokio::spawn(crate::local_worker::work_loop(
+                crate::local_worker::WorkerCtx {
+                    id,
+                    env: env.clone(),
+                    scratch: scratch.clone(),
+                    stopping: stopping.clone(),
+                },
+            ))
+        })
+        .collect();
 
-    let shard_bytes: BTreeMap<String, u64> = plan
-        .shards
-        .iter()
-        .map(|s| (s.shard_id.clone(), s.bytes()))
-        .collect();
-    let shard_index: BTreeMap<String, &protocol::ShardDescriptor> = plan
-        .shards
-        .iter()
-        .map(|s| (s.shard_id.clone(), s))
-        .collect();
-    let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let fault = fault();
     let mut done_here = 0usize;
-    let mut loader = Loader::new(
-        dd.state.clone(),
-        dd.files.clone(),
-        &run_id,
-        &table,
-        &pipeline,
-        opts.batch_rows,
-        warehouse.clone(),
-        output.clone(),
-    )
-    .await?;
-    loader.flush_recorded().await?;
-    loader.add_done(&done, &shard_index, false).await?;
-
-    while done.len() + failed.len() < plan.shards.len() {
-        let got = results.receive(10, Duration::from_millis(500)).await?;
-        for m in got {
-            match Message::from_body(&m.body) {
-                Ok(Message::Result(ResultMessage {
-                    shard_id, outcome, ..
-                })) => match outcome {
-                    TaskOutcome::Succeeded {
-                        manifest_key,
-                        counts,
-                    } => {
-                        if !done.contains_key(&shard_id) {
-                            let d = DoneRecord {
-                                manifest_key,
-                                counts,
-                            };
-                            dd.state
-                                .put(
-                                    &format!("runs/{run_id}/done/{shard_id}"),
-                                    &serde_json::to_vec(&d)?,
-                                )
-                                .await?;
-                            progress.inc(shard_bytes.get(&shard_id).copied().unwrap_or(0));
-                            done.insert(shard_id.clone(), d);
-                            done_here += 1;
-                            if fault == Some(Fault::CrashAfterShards(done_here)) {
-                                std::process::abort();
-                            }
-                        }
-                    }
-                    TaskOutcome::Failed { error } => {
-                        failed.insert(shard_id, error);
-                    }
-                },
-                Ok(other) => tracing::warn!(?other, "unexpected message on the results queue"),
-                Err(e) => {
-                    results.dead_letter(&m.receipt, &e.to_string()).await?;
-                    continue;
-                }
+    while !m.is_complete() {
+        for shard in receive_results(&*results, &*dd.state, &run_id, &mut m).await? {
+            progress.inc(shards.get(&shard).map(|s| s.bytes()).unwrap_or(0));
+            done_here += 1;
+            if fault == Some(Fault::CrashAfterShards(done_here)) {
+                std::process::abort();
             }
-            results.delete(&m.receipt).await?;
         }
         // Tasks the queue gave up on (redelivered too often) fail their shard.
         for dl in tasks.dead_letters().await? {
-            if let Ok(Message::Task(t)) = Message::from_body(&dl.body)
-                && !done.contains_key(&t.shard.shard_id)
-            {
-                failed
-                    .entry(t.shard.shard_id.clone())
-                    .or_insert(dl.reason.clone());
+            if let Ok(Message::Task(t)) = Message::from_body(&dl.body) {
+                m.apply(Event::ShardFailed {
+                    shard: t.shard.shard_id.clone(),
+                    reason: dl.reason.clone(),
+                });
             }
         }
-        loader.add_done(&done, &shard_index, false).await?;
+        loader.advance(&mut m, &shards, false).await?;
     }
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     for w in workers {
@@ -732,19 +653,14 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     }
     // Every worker loop has stopped: no task of this run is using scratch any more.
     let _ = std::fs::remove_dir_all(&scratch);
-    loader.judge(&done).await?;
-    loader.add_done(&done, &shard_index, true).await?;
+    let status = loader
+        .advance(&mut m, &shards, false)
+        .await?
+        .context("a run whose shards have all ended finishes")?;
     progress.finish_and_clear();
 
-    let mut counts = Counts::default();
-    for d in done.values() {
-        counts.add(&d.counts);
-    }
-    record.counts = counts;
-    record.batches_loaded = loader.loaded_total;
-    record.shards_done = done.len();
-    record.failed_shards = failed.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    record.finish(loader.quality.clone());
+    record.observe(&m);
+    record.finish(status, loader.quality.clone());
     // `--output DIR` holds only partition folders (the reference workload's contract): its
     // commit record goes to the data dir's files.
     let commits: &dyn ObjectStore = if opts.output.is_some() {
@@ -752,14 +668,15 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     } else {
         &*output
     };
-    crate::commit::commit_run(&record, &done, &*dd.files, &*output, commits).await?;
+    crate::commit::commit_run(&record, m.done(), &*dd.files, &*output, commits).await?;
     dd.state
         .put(
             &format!("runs/{run_id}/run.json"),
             &serde_json::to_vec_pretty(&record)?,
         )
         .await?;
-    if failed.is_empty() {
+    m.apply(Event::Finished(status));
+    if m.failed().is_empty() {
         dd.state.delete(&current_key).await?;
     }
     let rows_in_table = match &warehouse {
@@ -780,7 +697,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     };
     let files_root = dd.root.join("files");
     let mut quarantine_files = Vec::new();
-    for d in done.values() {
+    for d in m.done().values() {
         if let Ok(bytes) = dd.files.get(&d.manifest_key).await
             && let Ok(m) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))
         {
@@ -801,6 +718,97 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     })
 }
 
+/// A shard whose manifest was written before a crash is done: it is recorded instead of redone.
+async fn adopt_written_manifests(
+    dd: &DataDir,
+    run_id: &str,
+    m: &mut RunMachine,
+) -> anyhow::Result<()> {
+    let unfinished: Vec<String> = m.unfinished().into_iter().map(String::from).collect();
+    for shard in unfinished {
+        let manifest_key = format!("manifests/{run_id}/{shard}.json");
+        if let Ok(bytes) = dd.files.get(&manifest_key).await
+            && let Ok(man) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))
+        {
+            let done = DoneRecord {
+                manifest_key,
+                counts: man.counts,
+            };
+            let key = format!("runs/{run_id}/done/{shard}");
+            dd.state.put(&key, &serde_json::to_vec(&done)?).await?;
+            m.apply(Event::ShardDone { shard, done });
+        }
+    }
+    Ok(())
+}
+
+/// The task messages of the run's unfinished shards (none once it is cancelled).
+pub(crate) fn task_bodies(
+    m: &RunMachine,
+    shards: &BTreeMap<String, ShardDescriptor>,
+    task: impl Fn(&ShardDescriptor) -> TaskMessage,
+) -> Vec<String> {
+    m.unfinished()
+        .into_iter()
+        .filter_map(|id| shards.get(id))
+        .map(|s| Message::Task(task(s)).to_body())
+        .collect()
+}
+
+/// Reads a round of completions, records each newly done shard durably before the machine
+/// takes it, and deletes the messages; returns the shards done by this round.
+async fn receive_results(
+    results: &dyn Queue,
+    state: &dyn StateStore,
+    run_id: &str,
+    m: &mut RunMachine,
+) -> anyhow::Result<Vec<String>> {
+    let mut newly_done = Vec::new();
+    for msg in results.receive(10, Duration::from_millis(500)).await? {
+        let r = match Message::from_body(&msg.body) {
+            Ok(Message::Result(r)) => r,
+            Ok(other) => {
+                tracing::warn!(?other, "unexpected message on the results queue");
+                results.delete(&msg.receipt).await?;
+                continue;
+            }
+            Err(e) => {
+                results.dead_letter(&msg.receipt, &e.to_string()).await?;
+                continue;
+            }
+        };
+        let ResultMessage {
+            shard_id, outcome, ..
+        } = r;
+        match outcome {
+            TaskOutcome::Succeeded {
+                manifest_key,
+                counts,
+            } if !m.done().contains_key(&shard_id) => {
+                let done = DoneRecord {
+                    manifest_key,
+                    counts,
+                };
+                let key = format!("runs/{run_id}/done/{shard_id}");
+                state.put(&key, &serde_json::to_vec(&done)?).await?;
+                let shard = shard_id.clone();
+                if m.apply(Event::ShardDone { shard, done }) == crate::engine::Applied::Changed {
+                    newly_done.push(shard_id);
+                }
+            }
+            TaskOutcome::Succeeded { .. } => {}
+            TaskOutcome::Failed { error } => {
+                m.apply(Event::ShardFailed {
+                    shard: shard_id,
+                    reason: error,
+                });
+            }
+        }
+        results.delete(&msg.receipt).await?;
+    }
+    Ok(newly_done)
+}
+
 fn progress_bar(enabled: bool, total: u64, name: &str) -> indicatif::ProgressBar {
     if !enabled {
         return indicatif::ProgressBar::hidden();
@@ -818,280 +826,6 @@ fn progress_bar(enabled: bool, total: u64, name: &str) -> indicatif::ProgressBar
     );
     pb.set_prefix(name.to_string());
     pb
-}
-
-/// The table layout a pipeline's `[load]` asks of the warehouse.
-fn table_layout(l: &pipeline::LoadSection) -> protocol::TableLayout {
-    protocol::TableLayout {
-        sort_keys: l.sort_keys.clone(),
-        dist_key: l.dist_key.clone(),
-        dist_style: l
-            .dist_style
-            .map(|s| s.as_str().to_string())
-            .or_else(|| l.dist_key.as_ref().map(|_| "key".to_string())),
-        analyze_share_bp: l
-            .analyze
-            .then(|| (l.analyze_share * 10_000.0).round() as u32),
-    }
-}
-
-/// Groups finished shards into load batches and loads them exactly once.
-pub(crate) struct Loader {
-    state: Arc<dyn StateStore>,
-    files: Arc<dyn ObjectStore>,
-    run_id: String,
-    table: String,
-    pipeline: String,
-    merge_keys: Vec<String>,
-    masked_columns: Vec<String>,
-    layout: protocol::TableLayout,
-    batch_rows: u64,
-    warehouse: Option<Arc<dyn Warehouse>>,
-    output: Arc<dyn ObjectStore>,
-    batched: BTreeSet<String>,
-    next_seq: usize,
-    loaded: usize,
-    /// Batches known to be loaded (their count is the run's `batches_loaded`).
-    loaded_ids: BTreeSet<String>,
-    pub(crate) loaded_total: usize,
-    expectations: Vec<pipeline::expect::Expectation>,
-    /// Whether nothing loads before the run's quality verdict (see [`crate::quality::gated`]).
-    gated: bool,
-    /// The run's verdict, once every shard has ended.
-    pub(crate) quality: Option<crate::quality::QualityReport>,
-}
-
-impl Loader {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn new(
-        state: Arc<dyn StateStore>,
-        files: Arc<dyn ObjectStore>,
-        run_id: &str,
-        table: &str,
-        p: &Pipeline,
-        batch_rows: u64,
-        warehouse: Option<Arc<dyn Warehouse>>,
-        output: Arc<dyn ObjectStore>,
-    ) -> anyhow::Result<Loader> {
-        let mut l = Loader {
-            state: state.clone(),
-            files,
-            run_id: run_id.into(),
-            table: table.into(),
-            pipeline: p.name().to_string(),
-            merge_keys: p.file.load.merge_keys.clone(),
-            masked_columns: p.masked_columns(),
-            layout: table_layout(&p.file.load),
-            batch_rows: batch_rows.max(1),
-            warehouse,
-            output,
-            batched: BTreeSet::new(),
-            next_seq: 0,
-            loaded: 0,
-            loaded_ids: BTreeSet::new(),
-            loaded_total: 0,
-            expectations: p.expectations.clone(),
-            gated: crate::quality::gated(&p.expectations),
-            quality: None,
-        };
-        for key in state.list(&format!("runs/{run_id}/batches/")).await? {
-            let b: LoadBatch = serde_json::from_slice(&state.get(&key).await?.unwrap_or_default())?;
-            l.batched.extend(b.shards.iter().cloned());
-            l.next_seq += 1;
-        }
-        Ok(l)
-    }
-
-    /// Whether a recorded batch still waits for its load (after a failed attempt).
-    pub(crate) fn has_unloaded(&self) -> bool {
-        self.loaded_ids.len() < self.next_seq
-    }
-
-    /// Loads every recorded batch that is not marked loaded (the ledger skips committed ones).
-    pub(crate) async fn flush_recorded(&mut self) -> anyhow::Result<()> {
-        for key in self
-            .state
-            .list(&format!("runs/{}/batches/", self.run_id))
-            .await?
-        {
-            let b: LoadBatch =
-                serde_json::from_slice(&self.state.get(&key).await?.unwrap_or_default())?;
-            self.load(&b).await?;
-        }
-        Ok(())
-    }
-
-    async fn load(&mut self, b: &LoadBatch) -> anyhow::Result<()> {
-        if self.loaded_ids.contains(&b.batch_id) {
-            return Ok(());
-        }
-        let mark = format!("runs/{}/loaded/{}", self.run_id, b.batch_id);
-        if self.state.get(&mark).await?.is_some() {
-            self.loaded_ids.insert(b.batch_id.clone());
-            self.loaded_total = self.loaded_ids.len();
-            return Ok(());
-        }
-        if let Some(w) = &self.warehouse {
-            let started = std::time::Instant::now();
-            let result = w.load(b, self.output.clone()).await;
-            crate::metrics::METRICS.load(
-                &self.table,
-                match &result {
-                    Ok(LoadOutcome::Loaded { .. }) => "loaded",
-                    Ok(LoadOutcome::AlreadyLoaded) => "already_loaded",
-                    Err(_) => "failed",
-                },
-                started.elapsed(),
-            );
-            let outcome = result.with_context(|| format!("loading batch {}", b.batch_id))?;
-            tracing::info!(run = %self.run_id, table = %self.table, batch = %b.batch_id, ?outcome, "load batch");
-            if matches!(outcome, LoadOutcome::Loaded { .. }) {
-                self.loaded += 1;
-                // Test hook: die between the warehouse commit and recording it.
-                if fault() == Some(Fault::CrashAfterLoadCommit) {
-                    std::process::abort();
-                }
-            }
-        }
-        self.state.put(&mark, now().as_bytes()).await?;
-        self.loaded_ids.insert(b.batch_id.clone());
-        self.loaded_total = self.loaded_ids.len();
-        Ok(())
-    }
-
-    /// Judges the finished run against its expectations (once every shard has ended); a run
-    /// that breaks a `fail` expectation loads nothing from then on.
-    pub(crate) async fn judge(
-        &mut self,
-        done: &BTreeMap<String, DoneRecord>,
-    ) -> anyhow::Result<&crate::quality::QualityReport> {
-        use pipeline::expect::Check;
-        let mut counts = Counts::default();
-        for d in done.values() {
-            counts.add(&d.counts);
-        }
-        let mut dupes = BTreeMap::new();
-        // The run's files, read from the manifests once for every `unique` check.
-        let mut files: Option<Vec<String>> = None;
-        for x in &self.expectations {
-            if let Check::Unique { column } = &x.check {
-                if files.is_none() {
-                    files = Some(self.output_files(done).await?);
-                }
-                let files = files.clone().unwrap_or_default();
-                let n =
-                    crate::quality::count_duplicates(self.output.clone(), files, column.clone())
-                        .await
-                        .with_context(|| format!("checking expectation {}", x.name))?;
-                dupes.insert(column.clone(), n);
-            }
-        }
-        let report = crate::quality::judge(&self.expectations, &counts, &|c| {
-            dupes.get(c).copied().unwrap_or(0)
-        });
-        crate::metrics::METRICS.quality(&self.pipeline, &report);
-        Ok(self.quality.insert(report))
-    }
-
-    /// A finished shard's manifest.
-    async fn manifest(&self, shard_id: &str, d: &DoneRecord) -> anyhow::Result<ShardManifest> {
-        let bytes = self
-            .files
-            .get(&d.manifest_key)
-            .await
-            .with_context(|| format!("manifest of shard {shard_id}"))?;
-        Ok(ShardManifest::from_json(&String::from_utf8_lossy(&bytes))?)
-    }
-
-    /// The Parquet files of the finished shards, from their manifests.
-    async fn output_files(
-        &self,
-        done: &BTreeMap<String, DoneRecord>,
-    ) -> anyhow::Result<Vec<String>> {
-        let mut out = Vec::new();
-        for (shard_id, d) in done {
-            let m = self.manifest(shard_id, d).await?;
-            out.extend(m.outputs.into_iter().map(|f| f.key));
-        }
-        Ok(out)
-    }
-
-    /// Batches done shards (in shard order) once a batch is full, or all of them when `all`.
-    /// A gated run batches nothing before its verdict, and nothing at all if it failed.
-    pub(crate) async fn add_done(
-        &mut self,
-        done: &BTreeMap<String, DoneRecord>,
-        shards: &BTreeMap<String, &protocol::ShardDescriptor>,
-        all: bool,
-    ) -> anyhow::Result<()> {
-        let held = match &self.quality {
-            None => self.gated,
-            Some(q) => !q.passed,
-        };
-        if held {
-            return Ok(());
-        }
-        let waiting: Vec<(&String, &DoneRecord)> = done
-            .iter()
-            .filter(|(k, _)| !self.batched.contains(*k))
-            .collect();
-        // Batches of at least `batch_rows` rows, in shard order; the rest only when `all`.
-        let mut group: Vec<(&String, &DoneRecord)> = Vec::new();
-        let mut rows = 0u64;
-        for (id, d) in waiting {
-            group.push((id, d));
-            rows += d.counts.rows_out;
-            if rows >= self.batch_rows {
-                self.batch_and_load(&group, shards).await?;
-                group.clear();
-                rows = 0;
-            }
-        }
-        if all && !group.is_empty() {
-            self.batch_and_load(&group, shards).await?;
-        }
-        Ok(())
-    }
-
-    /// Records one batch of finished shards, then loads it.
-    async fn batch_and_load(
-        &mut self,
-        group: &[(&String, &DoneRecord)],
-        shards: &BTreeMap<String, &protocol::ShardDescriptor>,
-    ) -> anyhow::Result<()> {
-        let mut files = Vec::new();
-        let mut ids = Vec::new();
-        for (shard_id, d) in group {
-            let m = self.manifest(shard_id, d).await?;
-            let desc = shards.get(*shard_id).context("shard not in plan")?;
-            for f in m.outputs {
-                files.push(LoadFile {
-                    file: f,
-                    shard_index: desc.index,
-                    position: desc.source_position(),
-                });
-            }
-            ids.push((*shard_id).clone());
-        }
-        let batch = LoadBatch {
-            batch_id: format!("{}-{}-b{:04}", self.run_id, self.table, self.next_seq),
-            run_id: self.run_id.clone(),
-            table: self.table.clone(),
-            merge_keys: self.merge_keys.clone(),
-            shards: ids.clone(),
-            files,
-            masked_columns: self.masked_columns.clone(),
-            layout: self.layout.clone(),
-        };
-        // Record the batch before loading it: a retry after a crash loads the same batch id.
-        let key = format!("runs/{}/batches/b{:04}.json", self.run_id, self.next_seq);
-        self.state
-            .put_if_absent(&key, &serde_json::to_vec(&batch)?)
-            .await?;
-        self.next_seq += 1;
-        self.batched.extend(ids);
-        self.load(&batch).await
-    }
 }
 
 #[cfg(test)]
