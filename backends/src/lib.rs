@@ -13,6 +13,7 @@
 pub mod aws;
 pub mod object_store;
 pub mod queue;
+pub mod source;
 pub mod state;
 pub mod testkit;
 pub mod warehouse;
@@ -34,6 +35,14 @@ pub enum BackendError {
     Queue { queue: String, detail: String },
     #[error("warehouse: {0}")]
     Warehouse(String),
+    /// A database or API source failed; `retryable` when the connection dropped (the shard is
+    /// tried again), not when the source refused the statement (a missing table or column).
+    #[error("source {source_name}: {detail}")]
+    Source {
+        source_name: String,
+        detail: String,
+        retryable: bool,
+    },
     /// The target table cannot take a batch's schema (a narrowed or changed column type).
     #[error("warehouse: {0}")]
     Schema(#[from] crate::warehouse::evolve::Refusal),
@@ -80,6 +89,7 @@ impl BackendError {
             ),
             BackendError::Queue { .. } => true,
             BackendError::Aws { retryable, .. } => *retryable,
+            BackendError::Source { retryable, .. } => *retryable,
             BackendError::Setting { source, .. } => source.is_retryable(),
             _ => false,
         }

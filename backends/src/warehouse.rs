@@ -167,7 +167,7 @@ pub(crate) fn timestamp_micros(
 
 pub mod evolve;
 pub mod plan;
-mod postgres;
+pub(crate) mod postgres;
 mod redshift;
 pub mod shapes;
 pub use postgres::PostgresWarehouse;

@@ -108,6 +108,7 @@ mod tests {
             shard: ShardDescriptor {
                 shard_id: shard.into(),
                 index: 0,
+                extract: None,
                 inputs: vec![],
             },
             outputs: keys

@@ -188,7 +188,8 @@ impl Coordinator {
             };
             let p = worker::config::load_file(&path)?;
             worker::plan::Plan::build(&p)?;
-            if !p.file.source.location.starts_with("s3://")
+            if !p.file.source.kind.is_sql()
+                && !p.file.source.location.starts_with("s3://")
                 && !Path::new(&p.resolve(&p.file.source.location)).is_dir()
             {
                 bail!(
@@ -250,6 +251,32 @@ impl Coordinator {
             );
         }
         let p = &sched.pipeline;
+        let (plan, record) = if p.file.source.kind.is_sql() {
+            let run = crate::sources::plan_sql_run(p, &*self.state).await?;
+            let table = p.table().to_string();
+            let mut record = RunRecord::started(
+                &run.plan,
+                &table,
+                crate::sources::describe(p),
+                self.backends.lake_url.clone(),
+                table.clone(),
+                0,
+            );
+            record.watermark = run.watermark;
+            (run.plan, record)
+        } else {
+            self.plan_files_run(p).await?
+        };
+        let run_id = plan.run_id.clone();
+        record_new_run(&*self.state, &plan, &record).await?;
+        tracing::info!(run = %run_id, pipeline = name, shards = plan.shards.len(), "run planned");
+        METRICS.runs.with_label_values(&[name, "started"]).inc();
+        self.activate(record, plan).await?;
+        Ok(run_id)
+    }
+
+    /// Plans a run of a files source from a listing of its location.
+    async fn plan_files_run(&self, p: &Pipeline) -> anyhow::Result<(ShardPlan, RunRecord)> {
         let source_url = self.source_url(p);
         let source = self.backends.store(&source_url)?;
         let glob = globset::Glob::new(&p.file.source.glob)?.compile_matcher();
@@ -271,7 +298,6 @@ impl Coordinator {
             .shard_bytes
             .unwrap_or(p.file.source.shard_bytes.get());
         let plan = plan_run(p, &objects, shard_bytes);
-        let run_id = plan.run_id.clone();
         let table = p.table().to_string();
         let record = RunRecord::started(
             &plan,
@@ -281,11 +307,7 @@ impl Coordinator {
             table.clone(),
             objects.iter().map(|o| o.size).sum(),
         );
-        record_new_run(&*self.state, &plan, &record).await?;
-        tracing::info!(run = %run_id, pipeline = name, shards = plan.shards.len(), "run planned");
-        METRICS.runs.with_label_values(&[name, "started"]).inc();
-        self.activate(record, plan).await?;
-        Ok(run_id)
+        Ok((plan, record))
     }
 
     /// Takes a recorded run into the loop: replays its state, enqueues what was never
@@ -333,7 +355,12 @@ impl Coordinator {
                 output_prefix: record.output_prefix.clone(),
                 quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
                 manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
-                source_url: Some(record.source.clone()),
+                // Database shards read the raw zone they extract into, in the files store.
+                source_url: Some(if p.file.source.kind.is_sql() {
+                    self.backends.files_url.clone()
+                } else {
+                    record.source.clone()
+                }),
                 output_url: Some(record.output.clone()),
                 files_url: Some(self.backends.files_url.clone()),
             });
@@ -548,6 +575,7 @@ impl Coordinator {
                 )
                 .await
                 .with_context(|| format!("committing run {id} to the lake"))?;
+                crate::sources::advance_watermark(&*self.state, &run.record).await?;
                 finished.push(id.clone());
             }
             self.state
@@ -936,6 +964,7 @@ mod tests {
             shard: ShardDescriptor {
                 shard_id: "s00002".into(),
                 index: 2,
+                extract: None,
                 inputs: vec![],
             },
             outputs: vec![],

@@ -5,6 +5,8 @@
 //! * [`engine`]: the pure state machine of a run and its load batches, which both modes drive.
 //! * `loader`: performs the machine's load actions (record, load, judge) with the backends.
 //! * [`run`]: a pipeline run in local mode, durable and resumable.
+//! * [`sources`]: planning database sources from their watermark; watermarks advanced after
+//!   a run completed.
 //! * [`commit`]: a run's end in the lake: unlisted files removed, the commit record written.
 //! * [`local_worker`]: the in-process worker loop on the embedded queue.
 //! * [`fleet`]: `coordinator serve`, the fleet coordinator on SQS, S3 and a SQL warehouse, with
@@ -22,3 +24,4 @@ pub mod metrics;
 pub mod planner;
 pub mod quality;
 pub mod run;
+pub mod sources;

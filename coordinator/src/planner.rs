@@ -25,6 +25,7 @@ pub fn plan_shards(
         shards.push(ShardDescriptor {
             shard_id: format!("s{index:05}"),
             index,
+            extract: None,
             inputs,
         });
     };

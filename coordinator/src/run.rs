@@ -100,6 +100,10 @@ pub struct RunRecord {
     /// The data-quality verdict, once every shard has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<crate::quality::QualityReport>,
+    /// A database source's cursor value this run read up to: the pipeline's watermark once the
+    /// run has completed (see [`crate::sources`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<String>,
 }
 
 impl RunRecord {
@@ -164,23 +168,28 @@ impl RunRecord {
             last_error: None,
             load_failures: 0,
             quality: None,
+            watermark: None,
         }
     }
 }
 
-/// A new run of `p` over `objects`: a run id unique across processes and restarts (time to the
-/// millisecond, process id, and a per-process sequence), and its shards.
-pub(crate) fn plan_run(p: &Pipeline, objects: &[ObjectRef], shard_bytes: u64) -> ShardPlan {
+/// A run id unique across processes and restarts: time to the millisecond, process id, and a
+/// per-process sequence.
+pub(crate) fn new_run_id(p: &Pipeline) -> String {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let run_id = format!(
+    format!(
         "{}-{}-{:04x}{seq:02x}",
         p.name(),
         chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"),
         std::process::id() & 0xffff
-    );
+    )
+}
+
+/// A new run of `p` over `objects`, and its shards.
+pub(crate) fn plan_run(p: &Pipeline, objects: &[ObjectRef], shard_bytes: u64) -> ShardPlan {
     ShardPlan {
-        run_id,
+        run_id: new_run_id(p),
         pipeline: p.name().to_string(),
         shards: plan_shards(objects, shard_bytes, &splittable(p)),
     }
@@ -362,6 +371,43 @@ pub fn sql_query(
     )
 }
 
+/// What a local run reads: a folder (listed with the glob, or one file of it), or a database.
+enum LocalSource {
+    Folder {
+        dir: PathBuf,
+        single: Option<String>,
+    },
+    Database,
+}
+
+impl LocalSource {
+    fn resolve(p: &Pipeline, over: Option<&Path>) -> anyhow::Result<LocalSource> {
+        if !p.file.source.kind.is_sql() {
+            let (dir, single) = resolve_source(p, over)?;
+            return Ok(LocalSource::Folder {
+                dir: dir.canonicalize()?,
+                single,
+            });
+        }
+        if over.is_some() {
+            bail!(
+                "{}: --source applies to file sources; this pipeline reads {}",
+                p.path,
+                crate::sources::describe(p)
+            );
+        }
+        Ok(LocalSource::Database)
+    }
+
+    /// The source as run records name it (a resumed run must read the same).
+    fn describe(&self, p: &Pipeline) -> String {
+        match self {
+            LocalSource::Folder { dir, .. } => dir.display().to_string(),
+            LocalSource::Database => crate::sources::describe(p),
+        }
+    }
+}
+
 /// Resolves the source: a folder (listed with the glob) or one file.
 fn resolve_source(p: &Pipeline, over: Option<&Path>) -> anyhow::Result<(PathBuf, Option<String>)> {
     let loc = match over {
@@ -413,7 +459,7 @@ pub(crate) fn splittable(p: &Pipeline) -> impl Fn(&ObjectRef) -> bool + '_ {
         let compressed_name = [".gz", ".zst", ".zstd", ".gzip"]
             .iter()
             .any(|e| o.key.ends_with(e));
-        let format_ok = match src.format {
+        let format_ok = match src.format() {
             Format::Ndjson => true,
             Format::Csv => src.csv.splittable,
             _ => false,
@@ -474,8 +520,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let dd = DataDir::open(&opts.data_dir)?;
     let name = pipeline.name().to_string();
     let table = pipeline.table().to_string();
-    let (source_dir, single) = resolve_source(&pipeline, opts.source.as_deref())?;
-    let source_dir = source_dir.canonicalize()?;
+    let src = LocalSource::resolve(&pipeline, opts.source.as_deref())?;
     let (output_root, output_prefix) = match &opts.output {
         Some(o) => {
             std::fs::create_dir_all(o).with_context(|| format!("output folder {}", o.display()))?;
@@ -492,8 +537,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         let id = String::from_utf8_lossy(&id).to_string();
         if let Some(bytes) = dd.state.get(&format!("runs/{id}/run.json")).await? {
             let r: RunRecord = serde_json::from_slice(&bytes)?;
-            if r.source != source_dir.display().to_string()
-                || r.output != output_root.display().to_string()
+            if r.source != src.describe(&pipeline) || r.output != output_root.display().to_string()
             {
                 bail!(
                     "run {id} of pipeline {name} is unfinished with source {} and output {}; rerun with those to resume it, or remove {} to abandon it",
@@ -523,26 +567,40 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
             (r, plan)
         }
         None => {
-            let objects =
-                source_objects(&pipeline, &compiled, &source_dir, single.as_deref()).await?;
-            let shard_bytes = opts
-                .shard_size
-                .unwrap_or(pipeline.file.source.shard_bytes.get());
-            let plan = plan_run(&pipeline, &objects, shard_bytes);
-            let rec = RunRecord::started(
+            let (plan, source_bytes, watermark) = match &src {
+                LocalSource::Folder { dir, single } => {
+                    let objects =
+                        source_objects(&pipeline, &compiled, dir, single.as_deref()).await?;
+                    let shard_bytes = opts
+                        .shard_size
+                        .unwrap_or(pipeline.file.source.shard_bytes.get());
+                    let bytes = objects.iter().map(|o| o.size).sum();
+                    (plan_run(&pipeline, &objects, shard_bytes), bytes, None)
+                }
+                LocalSource::Database => {
+                    let run = crate::sources::plan_sql_run(&pipeline, &*dd.state).await?;
+                    (run.plan, 0, run.watermark)
+                }
+            };
+            let mut rec = RunRecord::started(
                 &plan,
                 &table,
-                source_dir.display().to_string(),
+                src.describe(&pipeline),
                 output_root.display().to_string(),
                 output_prefix.clone(),
-                objects.iter().map(|o| o.size).sum(),
+                source_bytes,
             );
+            rec.watermark = watermark;
             record_new_run(&*dd.state, &plan, &rec).await?;
             (rec, plan)
         }
     };
     let run_id = record.run_id.clone();
-    let source: Arc<dyn ObjectStore> = Arc::new(LocalStore::open_existing(&source_dir)?);
+    let source: Arc<dyn ObjectStore> = match &src {
+        LocalSource::Folder { dir, .. } => Arc::new(LocalStore::open_existing(dir)?),
+        // Database shards read the raw zone, in the data dir's files.
+        LocalSource::Database => dd.files.clone(),
+    };
     let output: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&output_root)?);
     let warehouse = if pipeline.file.load.enabled {
         Some(dd.warehouse()?)
@@ -669,6 +727,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         &*output
     };
     crate::commit::commit_run(&record, m.done(), &*dd.files, &*output, commits).await?;
+    crate::sources::advance_watermark(&*dd.state, &record).await?;
     dd.state
         .put(
             &format!("runs/{run_id}/run.json"),

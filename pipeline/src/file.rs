@@ -94,15 +94,51 @@ pub enum Compression {
     Zstd,
 }
 
+/// Where a pipeline's rows come from.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Objects under `location` (a folder or an `s3://` prefix).
+    #[default]
+    Files,
+    /// A PostgreSQL table or query (`[source.sql]`).
+    Postgres,
+    /// A MySQL or MariaDB table or query (`[source.sql]`).
+    Mysql,
+    /// An HTTP JSON API (`[source.http]`).
+    Http,
+}
+
+impl SourceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Files => "files",
+            SourceKind::Postgres => "postgres",
+            SourceKind::Mysql => "mysql",
+            SourceKind::Http => "http",
+        }
+    }
+
+    /// Whether the source is a database read through `[source.sql]`.
+    pub fn is_sql(self) -> bool {
+        matches!(self, SourceKind::Postgres | SourceKind::Mysql)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
-    /// A folder (relative to the pipeline file) or an `s3://bucket/prefix`.
+    #[serde(default)]
+    pub kind: SourceKind,
+    /// A folder (relative to the pipeline file) or an `s3://bucket/prefix` (files only).
+    #[serde(default)]
     pub location: String,
     /// Glob matched against object keys relative to `location`.
     #[serde(default = "default_glob")]
     pub glob: String,
-    pub format: Format,
+    /// Required for files; database and API extracts are NDJSON (see [`SourceSection::format`]).
+    #[serde(default)]
+    pub format: Option<Format>,
     #[serde(default)]
     pub compression: Compression,
     /// Longest line accepted (NDJSON, CSV); longer lines are quarantined without being held in memory.
@@ -113,6 +149,64 @@ pub struct SourceSection {
     pub shard_bytes: NonZeroU64,
     #[serde(default)]
     pub csv: CsvOptions,
+    /// The table or query of a `postgres` or `mysql` source.
+    #[serde(default)]
+    pub sql: Option<SqlSource>,
+}
+
+impl SourceSection {
+    /// The format the worker parses: the declared one for files; NDJSON for database and API
+    /// sources, whose rows land in the raw zone as zstd NDJSON objects.
+    pub fn format(&self) -> Format {
+        match self.kind {
+            SourceKind::Files => self.format.unwrap_or(Format::Ndjson),
+            _ => Format::Ndjson,
+        }
+    }
+}
+
+/// `[source.sql]`: what a database source reads and how it is sharded and made incremental.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSource {
+    /// The environment variable holding the connection string (never written in the file):
+    /// `host=… user=… dbname=…` or `postgres://…` for PostgreSQL, `mysql://…` for MySQL.
+    pub connection_env: String,
+    /// `schema.table` or `table` (each part quoted as an identifier).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A `SELECT …` read as a subquery (instead of `table`).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Incremental runs read rows whose cursor is after the pipeline's watermark and at most
+    /// the high mark taken when the run is planned.
+    #[serde(default)]
+    pub cursor_column: Option<String>,
+    /// Shards are key ranges of about `shard_rows` rows each.
+    #[serde(default)]
+    pub key_column: Option<String>,
+    #[serde(default)]
+    pub shard_rows: Option<NonZeroU64>,
+    /// Re-read this far behind the watermark (`"2h"`, `"1d"`), for rows that committed late.
+    #[serde(default)]
+    pub lookback: Option<String>,
+    /// Rows per round trip of the server-side cursor (bounds a worker's memory).
+    #[serde(default = "default_fetch_rows")]
+    pub fetch_rows: NonZeroU64,
+}
+
+impl SqlSource {
+    /// `lookback` as a duration (validated; zero when not given).
+    pub fn lookback(&self) -> std::time::Duration {
+        self.lookback
+            .as_deref()
+            .and_then(|l| humantime::parse_duration(l).ok())
+            .unwrap_or_default()
+    }
+}
+
+fn default_fetch_rows() -> NonZeroU64 {
+    NonZeroU64::new(10_000).expect("non-zero")
 }
 
 fn default_glob() -> String {

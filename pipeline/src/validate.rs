@@ -52,7 +52,7 @@ impl PipelineFile {
         check_source(&cx, &self.source)?;
         let on_new = self.schema.on_new_column;
         if on_new != OnNewColumn::Discard
-            && !matches!(self.source.format, Format::Ndjson | Format::JsonArray)
+            && !matches!(self.source.format(), Format::Ndjson | Format::JsonArray)
         {
             return Err(cx.err(
                 "schema.on_new_column",
@@ -99,11 +99,15 @@ impl PipelineFile {
 }
 
 fn check_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
-    if s.location.trim().is_empty() {
-        return Err(cx.err("source.location", "must not be empty"));
-    }
-    if let Err(e) = globset::Glob::new(&s.glob) {
-        return Err(cx.err("source.glob", format!("invalid glob: {e}")));
+    match s.kind {
+        SourceKind::Files => check_files_source(cx, s)?,
+        SourceKind::Postgres | SourceKind::Mysql => check_sql_source(cx, s)?,
+        SourceKind::Http => {
+            return Err(cx.err(
+                "source.kind",
+                "\"http\" sources are not built yet; use files, postgres or mysql",
+            ));
+        }
     }
     for (f, v) in [
         ("source.csv.delimiter", &s.csv.delimiter),
@@ -111,6 +115,105 @@ fn check_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
     ] {
         if v.len() != 1 || !v.is_ascii() {
             return Err(cx.err(f, format!("{v:?} must be exactly one ASCII character")));
+        }
+    }
+    Ok(())
+}
+
+fn check_files_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
+    if s.location.trim().is_empty() {
+        return Err(cx.err("source.location", "must not be empty"));
+    }
+    if s.format.is_none() {
+        return Err(cx.err(
+            "source.format",
+            "required for a files source: ndjson, csv, json_array or parquet",
+        ));
+    }
+    if s.sql.is_some() {
+        return Err(cx.err(
+            "source.sql",
+            "applies to kind = \"postgres\" or \"mysql\"; this source is files",
+        ));
+    }
+    if let Err(e) = globset::Glob::new(&s.glob) {
+        return Err(cx.err("source.glob", format!("invalid glob: {e}")));
+    }
+    Ok(())
+}
+
+/// A `postgres` or `mysql` source: `[source.sql]` names one table or query, and its optional
+/// cursor, key and lookback fit together. File keys do not apply.
+fn check_sql_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
+    let kind = s.kind.name();
+    let Some(sql) = &s.sql else {
+        return Err(cx.err(
+            "source.sql",
+            format!("kind = {kind:?} reads [source.sql]: connection_env and table or query"),
+        ));
+    };
+    for (key, given) in [
+        ("source.location", !s.location.is_empty()),
+        ("source.format", s.format.is_some()),
+    ] {
+        if given {
+            return Err(cx.err(
+                key,
+                format!("applies to files sources, not kind = {kind:?}"),
+            ));
+        }
+    }
+    let env_ok = !sql.connection_env.is_empty()
+        && sql
+            .connection_env
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !env_ok {
+        return Err(cx.err(
+            "source.sql.connection_env",
+            format!(
+                "{:?} must name an environment variable (letters, digits, '_'); the connection string is never written in the file",
+                sql.connection_env
+            ),
+        ));
+    }
+    match (&sql.table, &sql.query) {
+        (Some(_), Some(_)) => {
+            return Err(cx.err("source.sql", "give table or query, not both"));
+        }
+        (None, None) => return Err(cx.err("source.sql", "give table or query")),
+        (Some(t), None) => {
+            let parts: Vec<&str> = t.split('.').collect();
+            if parts.len() > 2 || parts.iter().any(|p| p.trim().is_empty()) {
+                return Err(cx.err(
+                    "source.sql.table",
+                    format!("{t:?} must be \"table\" or \"schema.table\""),
+                ));
+            }
+        }
+        (None, Some(q)) if q.trim().is_empty() => {
+            return Err(cx.err("source.sql.query", "must not be empty"));
+        }
+        (None, Some(_)) => {}
+    }
+    if sql.shard_rows.is_some() && sql.key_column.is_none() {
+        return Err(cx.err(
+            "source.sql.shard_rows",
+            "needs key_column: shards are ranges of the key",
+        ));
+    }
+    if let Some(l) = &sql.lookback {
+        if sql.cursor_column.is_none() {
+            return Err(cx.err(
+                "source.sql.lookback",
+                "needs cursor_column: it re-reads behind the cursor's watermark",
+            ));
+        }
+        if let Err(e) = humantime::parse_duration(l) {
+            return Err(cx.err(
+                "source.sql.lookback",
+                format!("{l:?} is not a duration (\"2h\", \"1d\", \"30m\"): {e}"),
+            ));
         }
     }
     Ok(())
@@ -152,7 +255,7 @@ fn check_columns(
                 format!("path {:?} is read by two columns", c.path()),
             ));
         }
-        if source.format == Format::Csv && c.path().contains('.') {
+        if source.format() == Format::Csv && c.path().contains('.') {
             return Err(cx.err(
                 &format!("{f}.path"),
                 "CSV columns are flat: use the header name",
@@ -304,6 +407,7 @@ merge_keys = ["id"]
             "demo/pos_sales.toml",
             "demo/billing.toml",
             "pos/kasse.toml",
+            "postgres/orders.toml",
         ] {
             let text = std::fs::read_to_string(dir.join(f))
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()));
@@ -531,5 +635,99 @@ merge_keys = ["id"]
         .unwrap();
         assert_eq!(ok.file.load.sort_keys, ["id", "amount"]);
         assert_eq!(ok.file.load.dist_style, None);
+    }
+
+    fn sql_source(sql: &str) -> String {
+        MINIMAL.replace(
+            "[source]\nlocation = \"in\"\nformat = \"ndjson\"\n",
+            &format!("[source]\nkind = \"postgres\"\n[source.sql]\n{sql}\n"),
+        )
+    }
+
+    #[test]
+    fn a_postgres_source_reads_a_table_incrementally_in_key_ranges() {
+        let p = check(&sql_source(
+            "connection_env = \"ORDERS_DB\"\ntable = \"shop.orders\"\ncursor_column = \"updated_at\"\n\
+             key_column = \"id\"\nshard_rows = 5000\nlookback = \"2h\"",
+        ))
+        .unwrap();
+        let src = &p.file.source;
+        assert_eq!(src.kind, SourceKind::Postgres);
+        assert_eq!(src.format(), Format::Ndjson, "extracts land as NDJSON");
+        let sql = src.sql.as_ref().unwrap();
+        assert_eq!(sql.table.as_deref(), Some("shop.orders"));
+        assert_eq!(sql.shard_rows.map(|n| n.get()), Some(5000));
+        assert_eq!(sql.lookback(), std::time::Duration::from_secs(7200));
+        assert_eq!(sql.fetch_rows.get(), 10_000);
+    }
+
+    #[test]
+    fn sql_source_keys_are_checked_before_anything_runs() {
+        for (sql, field, needle) in [
+            ("table = \"t\"", "source", "missing field `connection_env`"),
+            (
+                "connection_env = \"postgres://u@h/db\"\ntable = \"t\"",
+                "source.sql.connection_env",
+                "never written in the file",
+            ),
+            (
+                "connection_env = \"DB\"",
+                "source.sql",
+                "give table or query",
+            ),
+            (
+                "connection_env = \"DB\"\ntable = \"t\"\nquery = \"SELECT 1\"",
+                "source.sql",
+                "not both",
+            ),
+            (
+                "connection_env = \"DB\"\ntable = \"a.b.c\"",
+                "source.sql.table",
+                "schema.table",
+            ),
+            (
+                "connection_env = \"DB\"\ntable = \"t\"\nshard_rows = 10",
+                "source.sql.shard_rows",
+                "needs key_column",
+            ),
+            (
+                "connection_env = \"DB\"\ntable = \"t\"\nlookback = \"1h\"",
+                "source.sql.lookback",
+                "needs cursor_column",
+            ),
+            (
+                "connection_env = \"DB\"\ntable = \"t\"\ncursor_column = \"u\"\nlookback = \"soon\"",
+                "source.sql.lookback",
+                "not a duration",
+            ),
+            (
+                "connection_env = \"DB\"\ntable = \"t\"\ncursr_column = \"u\"",
+                "source",
+                "cursr_column",
+            ),
+        ] {
+            expect_err(&sql_source(sql), field, needle);
+        }
+        let no_sql = MINIMAL.replace(
+            "location = \"in\"\nformat = \"ndjson\"\n",
+            "kind = \"mysql\"\n",
+        );
+        expect_err(&no_sql, "source.sql", "reads [source.sql]");
+        let with_location = sql_source("connection_env = \"DB\"\ntable = \"t\"").replace(
+            "kind = \"postgres\"\n",
+            "kind = \"postgres\"\nlocation = \"in\"\n",
+        );
+        expect_err(
+            &with_location,
+            "source.location",
+            "applies to files sources",
+        );
+        let no_format = MINIMAL.replace("format = \"ndjson\"\n", "");
+        expect_err(&no_format, "source.format", "required for a files source");
+        let http = MINIMAL.replace(
+            "location = \"in\"\nformat = \"ndjson\"\n",
+            "kind = \"http\"\n",
+        );
+        expect_err(&http, "source.kind", "not built yet");
     }
 }

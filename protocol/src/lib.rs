@@ -223,7 +223,62 @@ pub struct ShardDescriptor {
     /// Position of the shard in the plan. Shards cover consecutive, disjoint stretches of the
     /// source in (object key, offset) order, so this index orders rows across shards.
     pub index: u32,
+    /// The objects the worker reads. Empty in the plan of a database shard: the worker fills it
+    /// with the raw-zone object its [`Extract`] wrote.
     pub inputs: Vec<ShardInput>,
+    /// What the worker extracts first, for sources that are not files.
+    #[serde(default)]
+    pub extract: Option<Extract>,
+}
+
+/// What a worker extracts before it curates: the rows of a database source, landed as one zstd
+/// NDJSON object in the raw zone (a redone shard replaces its own object).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Extract {
+    Sql(Box<SqlRange>),
+}
+
+impl Extract {
+    /// The raw-zone object (in the files store) the extract writes.
+    pub fn raw_key(&self) -> &str {
+        match self {
+            Extract::Sql(r) => &r.raw_key,
+        }
+    }
+}
+
+/// The rows of one database shard: a key range of the rows whose cursor is in
+/// `(cursor_after, cursor_upto]`. Bounds are the text of SQL literals as the database printed
+/// them; `None` is unbounded. Rows whose cursor is NULL are read only when `cursor_after` is
+/// `None` (a pipeline's first run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlRange {
+    /// Inclusive.
+    pub key_from: Option<String>,
+    /// Exclusive: the next shard's `key_from`.
+    pub key_before: Option<String>,
+    pub cursor_after: Option<String>,
+    pub cursor_upto: Option<String>,
+    /// The raw-zone object key: `raw/PIPELINE/RUN/SHARD.ndjson.zst`.
+    pub raw_key: String,
+    /// Rows the planner counted in the range (at planning time).
+    pub rows: u64,
+    /// When the run was planned (Unix milliseconds): orders extracts across runs.
+    pub planned_at_ms: u64,
+}
+
+impl SqlRange {
+    /// A database row's place in the source order. The load keeps the row at the earliest
+    /// position per merge key; a database's truth is its latest state, so a later extract sorts
+    /// earlier (`sql/` and the planning time counted down), and within one run the shards' key
+    /// ranges are disjoint.
+    pub fn source_position(&self) -> SourcePosition {
+        SourcePosition {
+            object: format!("sql/{:020}/{}", u64::MAX - self.planned_at_ms, self.raw_key),
+            offset: 0,
+        }
+    }
 }
 
 impl ShardDescriptor {
@@ -234,8 +289,12 @@ impl ShardDescriptor {
             .sum()
     }
 
-    /// Where the shard starts in the source: its first input's object and offset.
+    /// Where the shard starts in the source: its first input's object and offset, or for a
+    /// database shard its extract's place (see [`SqlRange::source_position`]).
     pub fn source_position(&self) -> SourcePosition {
+        if let Some(Extract::Sql(r)) = &self.extract {
+            return r.source_position();
+        }
         let first = self.inputs.first();
         SourcePosition {
             object: first.map(|i| i.object.key.clone()).unwrap_or_default(),
@@ -568,10 +627,41 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn a_later_database_extract_sorts_before_an_earlier_one() {
+        let at = |ms: u64, key: &str| SqlRange {
+            key_from: None,
+            key_before: None,
+            cursor_after: None,
+            cursor_upto: None,
+            raw_key: key.into(),
+            rows: 0,
+            planned_at_ms: ms,
+        };
+        let (old, new) = (at(1_000, "raw/o/r1/s00000"), at(2_000, "raw/o/r2/s00000"));
+        assert!(new.source_position() < old.source_position());
+        let d = ShardDescriptor {
+            shard_id: "s00000".into(),
+            index: 0,
+            inputs: Vec::new(),
+            extract: Some(Extract::Sql(Box::new(new.clone()))),
+        };
+        assert_eq!(d.source_position(), new.source_position());
+        assert_eq!(d.extract.as_ref().unwrap().raw_key(), "raw/o/r2/s00000");
+        let plan = ShardPlan {
+            run_id: "r2".into(),
+            pipeline: "o".into(),
+            shards: vec![d],
+        };
+        let back: ShardPlan = decode_binary(&encode_binary(&plan)).unwrap();
+        assert_eq!(back, plan, "a database shard survives the binary plan");
+    }
+
     fn shard() -> ShardDescriptor {
         ShardDescriptor {
             shard_id: "s00003".into(),
             index: 3,
+            extract: None,
             inputs: vec![
                 ShardInput {
                     object: ObjectRef {

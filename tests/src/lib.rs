@@ -43,6 +43,11 @@ pub fn coordinator_bin() -> PathBuf {
 
 /// Runs the coordinator with `args`; `fault` sets TRIBUTARY_FAULT.
 pub fn coordinator(args: &[&str], fault: Option<&str>) -> Output {
+    coordinator_with(args, fault, &[])
+}
+
+/// Runs the coordinator with `args` and these extra environment variables.
+pub fn coordinator_with(args: &[&str], fault: Option<&str>, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(coordinator_bin());
     cmd.args(args)
         .env_remove("TRIBUTARY_FAULT")
@@ -50,6 +55,7 @@ pub fn coordinator(args: &[&str], fault: Option<&str>) -> Output {
     if let Some(f) = fault {
         cmd.env("TRIBUTARY_FAULT", f);
     }
+    cmd.envs(env.iter().copied());
     cmd.output().expect("coordinator starts")
 }
 

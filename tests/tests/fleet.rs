@@ -301,6 +301,7 @@ fn poison_messages_are_dead_lettered_with_reasons_and_work_carries_on() {
         shard: protocol::ShardDescriptor {
             shard_id: "s00000".into(),
             index: 0,
+            extract: None,
             inputs: vec![protocol::ShardInput {
                 object: protocol::ObjectRef {
                     key: "deleted.ndjson".into(),
@@ -803,6 +804,7 @@ fn a_task_naming_a_bucket_the_worker_cannot_write_fails_with_the_reason() {
         shard: protocol::ShardDescriptor {
             shard_id: "s00000".into(),
             index: 0,
+            extract: None,
             inputs: vec![protocol::ShardInput {
                 object: protocol::ObjectRef { key: name, size },
                 range: Some(protocol::ByteRange {

@@ -417,6 +417,7 @@ columns = ["id", "n"]
             shard: ShardDescriptor {
                 shard_id: shard_id.into(),
                 index: 0,
+                extract: None,
                 inputs: vec![ShardInput {
                     object: ObjectRef {
                         key: key.into(),

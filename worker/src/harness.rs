@@ -155,6 +155,7 @@ impl RecordHarness {
         let shard = ShardDescriptor {
             shard_id: "s00000".into(),
             index: 0,
+            extract: None,
             inputs: vec![ShardInput {
                 object: ObjectRef {
                     key: name.into(),

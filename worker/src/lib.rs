@@ -4,6 +4,7 @@
 //! * [`config`]: reading pipeline files (their model and validation are the `pipeline` crate).
 //! * [`plan`]: a validated pipeline compiled for execution: the reading rules and the steps, each
 //!   compiled by its own module of `pipeline::steps` (key and reference files read from here).
+//! * [`extract`]: database shards read into the raw zone before they are processed.
 //! * [`engine`]: the streaming shard engine (reader thread → parallel pieces on rayon → Parquet).
 //! * [`daemon`]: the fleet worker; CPU work reaches rayon through `runtime::cpu::run_cpu`.
 //! * [`harness`]: one shard of arbitrary bytes through the engine (fuzz targets, property tests).
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod extract;
 pub mod harness;
 pub mod metrics;
 pub mod plan;
@@ -348,7 +350,17 @@ pub async fn execute_task(
         files: state_files,
     } = stores;
     let scratch = ScratchDir::new(scratch.join(format!("{}-{}", task.run_id, task.shard.shard_id)));
-    let shard = task.shard.clone();
+    // A database shard reads its rows into the raw zone first, then that object.
+    let (source, shard) = match &task.shard.extract {
+        Some(protocol::Extract::Sql(range)) => {
+            let shard =
+                extract::extract_sql(&pipeline, &task.shard, range, &*state_files, scratch.path())
+                    .await?;
+            (state_files.clone(), shard)
+        }
+        None => (source, task.shard.clone()),
+    };
+    let processed = shard.clone();
     let naming = OutputNaming::for_task(task);
     let (p2, s2) = (plan.clone(), scratch.clone());
     let out = runtime::cpu::run_cpu(move || {
@@ -412,7 +424,7 @@ pub async fn execute_task(
         run_id: task.run_id.clone(),
         pipeline: task.pipeline.name.clone(),
         table: plan.table.clone(),
-        shard: task.shard.clone(),
+        shard: processed,
         outputs,
         quarantine,
         counts: out.counts,

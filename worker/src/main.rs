@@ -120,6 +120,7 @@ fn run() -> anyhow::Result<()> {
             let shard = ShardDescriptor {
                 shard_id: "s00000".into(),
                 index: 0,
+                extract: None,
                 inputs: vec![ShardInput {
                     object: ObjectRef {
                         key: name,

@@ -201,7 +201,7 @@ impl Plan {
         Ok(Plan {
             name: p.name().to_string(),
             table: p.table().to_string(),
-            format: f.source.format,
+            format: f.source.format(),
             declared,
             declared_paths: paths,
             text_rules,

@@ -53,6 +53,7 @@ fn run_whole(
     let shard = ShardDescriptor {
         shard_id: "s00000".into(),
         index: 0,
+        extract: None,
         inputs: vec![ShardInput {
             object: ObjectRef {
                 key: key.into(),

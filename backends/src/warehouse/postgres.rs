@@ -46,7 +46,7 @@ fn pg_err(context: &str, e: tokio_postgres::Error) -> BackendError {
 
 /// An error and its causes (`error connecting to server: Connection refused (os error 111)`):
 /// tokio-postgres keeps the cause out of its own message.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -61,7 +61,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// `postgresql://user@host:port/db` of a connection config (never the password), for messages.
-fn describe_config(config: &tokio_postgres::Config) -> String {
+pub(crate) fn describe_config(config: &tokio_postgres::Config) -> String {
     let ports = config.get_ports();
     let hosts: Vec<String> = config
         .get_hosts()

@@ -1,0 +1,526 @@
+//! A PostgreSQL table or query as a source: planned into key-range shards of the rows after the
+//! pipeline's watermark (the coordinator), and read shard by shard through a server-side cursor
+//! into NDJSON (a worker), so a worker holds at most `fetch_rows` rows at a time.
+//!
+//! Values are read in PostgreSQL's text form in a session set to UTC and ISO dates, and written
+//! as JSON that the declared columns read faithfully: integers and floats as numbers, numeric as
+//! a string of its exact digits, booleans as `true`/`false`, json and jsonb as nested JSON,
+//! timestamps with time zone as RFC 3339 in UTC (`2026-12-01T10:00:00.5Z`), timestamps without
+//! one and dates as ISO text; anything else as its text.
+
+use std::io::Write;
+
+use protocol::SqlRange;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use super::sql::{SqlSpec, integer_boundaries, ranges};
+use super::{SourcePlan, SqlShard};
+use crate::warehouse::postgres::{describe_config, error_chain};
+use crate::{BackendError, Result};
+
+/// A PostgreSQL source.
+pub struct PostgresSource {
+    spec: SqlSpec,
+    config: tokio_postgres::Config,
+    describe: String,
+    fetch_rows: u64,
+}
+
+impl PostgresSource {
+    /// `conn`: a libpq-style connection string or URL (read from the pipeline's
+    /// `connection_env`).
+    pub fn new(spec: SqlSpec, conn: &str, fetch_rows: u64) -> Result<Self> {
+        let config: tokio_postgres::Config = conn.parse().map_err(|e| BackendError::Source {
+            source_name: "postgres".into(),
+            detail: format!("invalid PostgreSQL connection string: {e}"),
+            retryable: false,
+        })?;
+        let describe = describe_config(&config);
+        Ok(PostgresSource {
+            spec,
+            config,
+            describe,
+            fetch_rows: fetch_rows.max(1),
+        })
+    }
+
+    fn err(&self, doing: &str, e: tokio_postgres::Error) -> BackendError {
+        let retryable = e.as_db_error().is_none();
+        let detail = match e.as_db_error() {
+            Some(db) => format!("{doing}: {}", db.message()),
+            None => format!("{doing}: {}", error_chain(&e)),
+        };
+        BackendError::Source {
+            source_name: self.describe.clone(),
+            detail,
+            retryable,
+        }
+    }
+
+    async fn connect(&self) -> Result<Client> {
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| self.err("connecting", e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL source connection closed");
+            }
+        });
+        client
+            .batch_execute(
+                "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3",
+            )
+            .await
+            .map_err(|e| self.err("setting up the session", e))?;
+        Ok(client)
+    }
+
+    /// The relation's columns and types; refuses a cursor or key column it does not have.
+    async fn columns(&self, client: &Client) -> Result<Vec<(String, Type)>> {
+        let what = match &self.spec.relation {
+            super::sql::Relation::Table(t) => format!("reading table {t}"),
+            super::sql::Relation::Query(_) => "preparing the query".to_string(),
+        };
+        let stmt = client
+            .prepare(&self.spec.describe_query())
+            .await
+            .map_err(|e| self.err(&what, e))?;
+        let cols: Vec<(String, Type)> = stmt
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_string(), c.type_().clone()))
+            .collect();
+        for (key, name) in [
+            ("cursor_column", &self.spec.cursor),
+            ("key_column", &self.spec.key),
+        ] {
+            if let Some(n) = name
+                && !cols.iter().any(|(c, _)| c == n)
+            {
+                return Err(BackendError::Source {
+                    source_name: self.describe.clone(),
+                    detail: format!(
+                        "{what}: source.sql.{key} {n:?} is not a column (columns: {})",
+                        cols.iter()
+                            .map(|(c, _)| c.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    retryable: false,
+                });
+            }
+        }
+        Ok(cols)
+    }
+
+    /// One row of text values from a simple query.
+    async fn row(&self, client: &Client, sql: &str, doing: &str) -> Result<Vec<Option<String>>> {
+        for m in client
+            .simple_query(sql)
+            .await
+            .map_err(|e| self.err(doing, e))?
+        {
+            if let SimpleQueryMessage::Row(r) = m {
+                return Ok((0..r.len()).map(|i| r.get(i).map(String::from)).collect());
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Plans a run: the rows after `watermark` (moved back by `lookback_secs`) up to the high
+    /// mark taken now, in key ranges of about `shard_rows` rows.
+    pub async fn plan(
+        &self,
+        watermark: Option<&str>,
+        lookback_secs: u64,
+        shard_rows: Option<u64>,
+    ) -> Result<SourcePlan> {
+        let client = self.connect().await?;
+        let cols = self.columns(&client).await?;
+        let cursor_type = self
+            .spec
+            .cursor
+            .as_ref()
+            .and_then(|c| cols.iter().find(|(n, _)| n == c).map(|(_, t)| t.clone()));
+        let after = match (watermark, &cursor_type) {
+            (Some(w), Some(t)) if lookback_secs > 0 => {
+                let q = self.spec.lookback_query(w, t.name(), lookback_secs);
+                self.row(&client, &q, "moving the watermark back by the lookback")
+                    .await?
+                    .into_iter()
+                    .next()
+                    .flatten()
+            }
+            (w, _) => w.map(String::from),
+        };
+        let stats = self
+            .row(
+                &client,
+                &self.spec.stats_query(after.as_deref()),
+                "counting the rows to read",
+            )
+            .await?;
+        let get = |i: usize| stats.get(i).cloned().flatten();
+        let count: u64 = get(0).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let high = get(3);
+        if count == 0 {
+            return Ok(SourcePlan {
+                after,
+                high: None,
+                watermark: watermark.map(String::from),
+                shards: Vec::new(),
+                rows: 0,
+            });
+        }
+        let next_watermark = match (watermark, &high, &cursor_type) {
+            (Some(w), Some(h), Some(t)) if lookback_secs > 0 => {
+                let q = self.spec.later_query(w, h, t.name());
+                self.row(&client, &q, "comparing the high mark with the watermark")
+                    .await?
+                    .into_iter()
+                    .next()
+                    .flatten()
+            }
+            _ => high.clone(),
+        };
+        let boundaries = match (shard_rows, &self.spec.key) {
+            (Some(n), Some(k)) => {
+                let key_type = cols.iter().find(|(c, _)| c == k).map(|(_, t)| t.clone());
+                let ints = matches!(key_type, Some(Type::INT2 | Type::INT4 | Type::INT8));
+                match (
+                    ints,
+                    get(1).and_then(|v| v.parse().ok()),
+                    get(2).and_then(|v| v.parse().ok()),
+                ) {
+                    (true, Some(lo), Some(hi)) => integer_boundaries(lo, hi, count, n)
+                        .into_iter()
+                        .map(|b| b.to_string())
+                        .collect(),
+                    _ => {
+                        self.boundaries(&client, after.as_deref(), high.as_deref(), n)
+                            .await?
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        let ranges = ranges(&boundaries);
+        let per = count.div_ceil(ranges.len() as u64);
+        Ok(SourcePlan {
+            after,
+            high,
+            watermark: next_watermark,
+            shards: ranges
+                .into_iter()
+                .map(|(from, before)| SqlShard {
+                    key_from: from,
+                    key_before: before,
+                    rows: per,
+                })
+                .collect(),
+            rows: count,
+        })
+    }
+
+    async fn boundaries(
+        &self,
+        client: &Client,
+        after: Option<&str>,
+        upto: Option<&str>,
+        shard_rows: u64,
+    ) -> Result<Vec<String>> {
+        let Some(q) = self.spec.boundaries_query(after, upto, shard_rows) else {
+            return Ok(Vec::new());
+        };
+        let msgs = client
+            .simple_query(&q)
+            .await
+            .map_err(|e| self.err("finding key ranges", e))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Reads one shard's rows into `out` as NDJSON; returns how many.
+    pub async fn extract(&self, range: &SqlRange, out: &mut (dyn Write + Send)) -> Result<u64> {
+        let mut client = self.connect().await?;
+        let cols = self.columns(&client).await?;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| self.err("starting a read", e))?;
+        tx.batch_execute(&format!(
+            "DECLARE tributary_rows NO SCROLL CURSOR FOR {}",
+            self.spec.shard_query(range)
+        ))
+        .await
+        .map_err(|e| self.err("opening a cursor", e))?;
+        let fetch = format!("FETCH FORWARD {} FROM tributary_rows", self.fetch_rows);
+        let mut rows = 0u64;
+        let mut line = String::new();
+        loop {
+            let msgs = tx
+                .simple_query(&fetch)
+                .await
+                .map_err(|e| self.err("reading rows", e))?;
+            let mut got = 0u64;
+            for m in msgs {
+                let SimpleQueryMessage::Row(r) = m else {
+                    continue;
+                };
+                line.clear();
+                line.push('{');
+                for (i, (name, ty)) in cols.iter().enumerate() {
+                    if i > 0 {
+                        line.push(',');
+                    }
+                    line.push_str(&serde_json::to_string(name).expect("a string serialises"));
+                    line.push(':');
+                    render_value(ty, r.get(i), &mut line);
+                }
+                line.push_str("}\n");
+                out.write_all(line.as_bytes())
+                    .map_err(|e| BackendError::io("the raw extract", e))?;
+                got += 1;
+            }
+            rows += got;
+            if got < self.fetch_rows {
+                break;
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| self.err("ending the read", e))?;
+        Ok(rows)
+    }
+}
+
+/// One PostgreSQL value (its text form, `None` for NULL) as JSON.
+pub(crate) fn render_value(ty: &Type, text: Option<&str>, out: &mut String) {
+    let Some(t) = text else {
+        out.push_str("null");
+        return;
+    };
+    let quoted = |out: &mut String, s: &str| {
+        out.push_str(&serde_json::to_string(s).expect("a string serialises"));
+    };
+    match *ty {
+        Type::BOOL => out.push_str(if t == "t" { "true" } else { "false" }),
+        Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => out.push_str(t),
+        Type::FLOAT4 | Type::FLOAT8 if t.parse::<f64>().is_ok_and(f64::is_finite) => {
+            out.push_str(t)
+        }
+        Type::JSON | Type::JSONB => out.push_str(t),
+        Type::TIMESTAMPTZ => {
+            let iso = t.replacen(' ', "T", 1);
+            match iso.strip_suffix("+00") {
+                Some(utc) => quoted(out, &format!("{utc}Z")),
+                None => quoted(out, &iso),
+            }
+        }
+        Type::TIMESTAMP => quoted(out, &t.replacen(' ', "T", 1)),
+        // numeric (exact digits as a string, so no float is in between), date, text and the rest.
+        _ => quoted(out, t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(ty: Type, text: Option<&str>) -> String {
+        let mut s = String::new();
+        render_value(&ty, text, &mut s);
+        s
+    }
+
+    #[test]
+    fn values_are_written_as_json_the_declared_columns_read_faithfully() {
+        assert_eq!(json(Type::BOOL, Some("t")), "true");
+        assert_eq!(json(Type::BOOL, Some("f")), "false");
+        assert_eq!(
+            json(Type::INT8, Some("-9223372036854775808")),
+            "-9223372036854775808"
+        );
+        assert_eq!(json(Type::FLOAT8, Some("0.1")), "0.1");
+        assert_eq!(json(Type::FLOAT8, Some("NaN")), "\"NaN\"");
+        assert_eq!(json(Type::FLOAT4, Some("-Infinity")), "\"-Infinity\"");
+        assert_eq!(
+            json(Type::NUMERIC, Some("12345678901234567890.123456")),
+            "\"12345678901234567890.123456\"",
+            "numeric keeps its digits"
+        );
+        assert_eq!(
+            json(Type::JSONB, Some("{\"a\": [1, 2]}")),
+            "{\"a\": [1, 2]}"
+        );
+        assert_eq!(
+            json(Type::TIMESTAMPTZ, Some("2026-03-29 01:30:00.25+00")),
+            "\"2026-03-29T01:30:00.25Z\""
+        );
+        assert_eq!(
+            json(Type::TIMESTAMP, Some("2026-03-29 02:30:00")),
+            "\"2026-03-29T02:30:00\""
+        );
+        assert_eq!(json(Type::DATE, Some("2026-12-01")), "\"2026-12-01\"");
+        assert_eq!(
+            json(Type::TEXT, Some("say \"hi\"\n")),
+            "\"say \\\"hi\\\"\\n\""
+        );
+        assert_eq!(json(Type::TEXT, None), "null");
+    }
+
+    async fn seeded(name: &str) -> Option<(String, Client)> {
+        let conn = crate::testkit::postgres()?;
+        let conn = crate::testkit::postgres_schema(&conn, &crate::testkit::unique(name)).await;
+        let (client, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "CREATE TABLE orders (id BIGINT PRIMARY KEY, amount NUMERIC(12,2), paid BOOLEAN,
+                   attrs JSONB, updated_at TIMESTAMPTZ, day DATE, note TEXT);
+                 INSERT INTO orders SELECT g, g * 1.25, g % 2 = 0, jsonb_build_object('g', g),
+                   TIMESTAMPTZ '2026-12-01 00:00:00+00' + g * INTERVAL '1 second',
+                   DATE '2026-12-01', CASE WHEN g % 10 = 0 THEN NULL ELSE 'n' || g END
+                 FROM generate_series(1, 1000) AS g;",
+            )
+            .await
+            .unwrap();
+        Some((conn, client))
+    }
+
+    fn orders(conn: &str, fetch_rows: u64) -> PostgresSource {
+        let spec = SqlSpec {
+            dialect: super::super::Dialect::Postgres,
+            relation: super::super::Relation::Table("orders".into()),
+            cursor: Some("updated_at".into()),
+            key: Some("id".into()),
+        };
+        PostgresSource::new(spec, conn, fetch_rows).unwrap()
+    }
+
+    fn range(plan: &SourcePlan, s: &SqlShard) -> SqlRange {
+        SqlRange {
+            key_from: s.key_from.clone(),
+            key_before: s.key_before.clone(),
+            cursor_after: plan.after.clone(),
+            cursor_upto: plan.high.clone(),
+            raw_key: "raw".into(),
+            rows: s.rows,
+            planned_at_ms: 0,
+        }
+    }
+
+    async fn read_all(src: &PostgresSource, plan: &SourcePlan) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for s in &plan.shards {
+            let mut buf = Vec::new();
+            src.extract(&range(plan, s), &mut buf).await.unwrap();
+            out.extend(
+                String::from_utf8(buf)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+            );
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_table_is_planned_in_key_ranges_and_read_incrementally_after_its_watermark() {
+        let Some((conn, client)) = seeded("pgsrc").await else {
+            return;
+        };
+        let src = orders(&conn, 64);
+        let plan = src.plan(None, 0, Some(300)).await.unwrap();
+        assert_eq!(plan.rows, 1000);
+        assert_eq!(plan.shards.len(), 4, "{plan:?}");
+        assert_eq!(plan.high.as_deref(), Some("2026-12-01 00:16:40+00"));
+        let rows = read_all(&src, &plan).await;
+        assert_eq!(
+            rows.len(),
+            1000,
+            "every row once, across cursor fetches of 64"
+        );
+        let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "key order");
+        let r7 = &rows[6];
+        assert_eq!(r7["amount"], "8.75");
+        assert_eq!(r7["paid"], false);
+        assert_eq!(r7["attrs"]["g"], 7);
+        assert_eq!(r7["updated_at"], "2026-12-01T00:00:07Z");
+        assert_eq!(r7["day"], "2026-12-01");
+        assert!(rows[9]["note"].is_null());
+
+        client
+            .batch_execute(
+                "UPDATE orders SET amount = 0, updated_at = TIMESTAMPTZ '2026-12-02 00:00:00+00' WHERE id IN (5, 500);
+                 INSERT INTO orders VALUES (1001, 1, true, '{}', TIMESTAMPTZ '2026-12-02 00:00:01+00', NULL, NULL);",
+            )
+            .await
+            .unwrap();
+        let next = src.plan(plan.high.as_deref(), 0, Some(300)).await.unwrap();
+        assert_eq!((next.rows, next.shards.len()), (3, 1), "{next:?}");
+        let rows = read_all(&src, &next).await;
+        let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        assert_eq!(ids, vec![5, 500, 1001]);
+        let back = src
+            .plan(next.high.as_deref(), 3600 * 24 + 1, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            back.after.as_deref(),
+            Some("2026-12-01 00:00:00+00"),
+            "lookback"
+        );
+        assert_eq!(back.rows, 1001);
+        let none = src.plan(next.high.as_deref(), 0, None).await.unwrap();
+        assert_eq!((none.rows, none.shards.len(), none.high), (0, 0, None));
+    }
+
+    #[tokio::test]
+    async fn a_missing_table_or_column_is_refused_naming_it_and_is_not_retried() {
+        let Some((conn, _client)) = seeded("pgsrc_bad").await else {
+            return;
+        };
+        let mut spec = orders(&conn, 10).spec;
+        spec.cursor = Some("modified".into());
+        let e = PostgresSource::new(spec.clone(), &conn, 10)
+            .unwrap()
+            .plan(None, 0, None)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cursor_column \"modified\" is not a column"),
+            "{e}"
+        );
+        assert!(!e.is_retryable());
+        spec.relation = super::super::Relation::Table("nope".into());
+        let e = PostgresSource::new(spec, &conn, 10)
+            .unwrap()
+            .plan(None, 0, None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("\"nope\" does not exist"), "{e}");
+        assert!(!e.is_retryable());
+        let e = PostgresSource::new(orders(&conn, 1).spec, "host=127.0.0.1 port=1 user=x", 1)
+            .unwrap()
+            .plan(None, 0, None)
+            .await
+            .unwrap_err();
+        assert!(
+            e.is_retryable(),
+            "a connection that cannot be made is retried: {e}"
+        );
+    }
+}
