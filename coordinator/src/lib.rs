@@ -7,6 +7,7 @@
 //! * [`run`]: a pipeline run in local mode, durable and resumable.
 //! * [`sources`]: planning database sources from their watermark; watermarks advanced after
 //!   a run completed.
+//! * [`backfill`]: a time range of a source run again window by window.
 //! * [`commit`]: a run's end in the lake: unlisted files removed, the commit record written.
 //! * [`local_worker`]: the in-process worker loop on the embedded queue.
 //! * [`fleet`]: `coordinator serve`, the fleet coordinator on SQS, S3 and a SQL warehouse, with
@@ -14,6 +15,7 @@
 //! * [`quality`]: a run's data-quality verdict from its pipeline's `[[expect]]` entries.
 //! * [`demo`]: the demo's sample sources and pipeline files.
 
+pub mod backfill;
 pub mod commit;
 pub mod demo;
 pub mod engine;

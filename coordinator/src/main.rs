@@ -1,6 +1,6 @@
 //! `coordinator`: the Tributary command line.
 //!
-//! `demo`, `run`, `validate`, `status` and `sql` on the embedded backends; `serve` (the fleet
+//! `demo`, `run`, `backfill`, `validate`, `status` and `sql` on the embedded backends; `serve` (the fleet
 //! coordinator), and `status --server` / `trigger --server` against its HTTP API. Errors go to
 //! stderr with a non-zero exit.
 
@@ -64,6 +64,31 @@ enum Command {
         /// Never draw a progress bar.
         #[arg(long)]
         no_progress: bool,
+    },
+    /// Run a time range of a pipeline's source again, window by window (local mode: PIPELINE is
+    /// a pipeline file). A rerun of the same command resumes it.
+    Backfill {
+        pipeline: PathBuf,
+        /// First date (2026-11-02) or timestamp (2026-11-02T06:00:00) of the range.
+        #[arg(long)]
+        from: String,
+        /// Last date (inclusive) or end timestamp (exclusive) of the range.
+        #[arg(long)]
+        to: String,
+        /// Width of a window (1d, 6h, 1h).
+        #[arg(long, default_value = "1d")]
+        window: String,
+        /// Print the plan and a `PLAN {json}` line; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Shards in flight at most (in local mode: the in-process workers).
+        #[arg(long, default_value_t = 2)]
+        max_in_flight: usize,
+        #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Rows per warehouse load batch.
+        #[arg(long, default_value_t = 2_000_000)]
+        batch_rows: u64,
     },
     /// Check a pipeline file (and its key and reference files) without running anything.
     Validate { pipeline: PathBuf },
@@ -238,9 +263,82 @@ fn shell_quote(p: &Path) -> String {
     }
 }
 
+/// `coordinator backfill`: prints each window's plan; then the `PLAN` line (a dry run) or the
+/// runs made.
+async fn backfill(opts: coordinator::backfill::BackfillOptions) -> anyhow::Result<()> {
+    use coordinator::backfill::{BackfillOutcome, backfill_local, plan_line};
+    let name = worker::config::load_file(&opts.pipeline)?
+        .name()
+        .to_string();
+    let outcome = backfill_local(&opts).await?;
+    let plans = match &outcome {
+        BackfillOutcome::Planned(p) => p,
+        BackfillOutcome::Ran { plans, .. } => plans,
+    };
+    for p in plans {
+        println!(
+            "window {} .. {}: {} object(s), {} shard(s), {} bytes",
+            p.window.from,
+            p.window.to,
+            p.objects.len(),
+            p.shards,
+            p.bytes
+        );
+    }
+    match outcome {
+        BackfillOutcome::Planned(plans) => {
+            println!("{}", plan_line(&name, &opts.window, &plans));
+            println!("dry run: nothing was written");
+        }
+        BackfillOutcome::Ran {
+            record, reports, ..
+        } => {
+            for r in &reports {
+                print_report(r);
+            }
+            let skipped = record
+                .runs
+                .iter()
+                .filter(|r| r.as_deref() == Some(""))
+                .count();
+            println!(
+                "backfill {}: {} window(s) done ({} run now, {} without objects)",
+                record.backfill_id,
+                record.runs.iter().filter(|r| r.is_some()).count(),
+                reports.len(),
+                skipped
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let interactive = std::io::stderr().is_terminal();
     match cli.command {
+        Command::Backfill {
+            pipeline,
+            from,
+            to,
+            window,
+            dry_run,
+            max_in_flight,
+            data_dir,
+            batch_rows,
+        } => {
+            backfill(coordinator::backfill::BackfillOptions {
+                pipeline,
+                data_dir,
+                from,
+                to,
+                window,
+                dry_run,
+                max_in_flight,
+                workers: 2,
+                batch_rows,
+            })
+            .await?
+        }
         Command::Validate { pipeline } => {
             let p = worker::config::load_file(&pipeline)?;
             let plan = worker::plan::Plan::build(&p)?;
@@ -274,6 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 shard_size,
                 progress: interactive && !no_progress,
                 batch_rows,
+                window: None,
             };
             let report = run_local(&opts).await?;
             print_report(&report);
@@ -321,6 +420,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     shard_size: None,
                     progress: interactive,
                     batch_rows: 2_000_000,
+                    window: None,
                 };
                 let report = run_local(&opts).await?;
                 print_report(&report);

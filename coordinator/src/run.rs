@@ -49,6 +49,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Rows per load batch (a batch closes when it reaches this many rows).
     pub batch_rows: u64,
+    /// Only the objects whose key's time (`[source] time_template`) is in this window: one
+    /// window of a backfill.
+    pub window: Option<crate::backfill::Window>,
 }
 
 /// Test hook: crash the process at a chosen point, as `kill -9` would (no cleanup).
@@ -473,11 +476,41 @@ pub(crate) fn splittable(p: &Pipeline) -> impl Fn(&ObjectRef) -> bool + '_ {
 /// Runs (or resumes) a pipeline end to end in local mode.
 /// The source objects of a new run (one file, or what the glob matches), refusing an empty source
 /// and — before anything runs — a CSV header that lacks a declared column.
+/// Which objects a run takes: all, or those whose key's time is in the backfill window.
+fn window_filter(
+    p: &Pipeline,
+    window: Option<crate::backfill::Window>,
+) -> anyhow::Result<impl Fn(&ObjectRef) -> bool> {
+    let template = match (window, &p.file.source.time_template) {
+        (None, _) => None,
+        (Some(_), None) => bail!("{}: a window needs [source] time_template", p.path),
+        (Some(_), Some(t)) => {
+            Some(pipeline::template::TimeTemplate::new(t).map_err(anyhow::Error::msg)?)
+        }
+    };
+    Ok(move |o: &ObjectRef| match (&template, window) {
+        (Some(t), Some(w)) => t.time_of(&o.key).is_some_and(|at| w.contains(at)),
+        _ => true,
+    })
+}
+
+/// The objects a local run of `p` reads: its location listed with its glob.
+pub(crate) async fn list_source(p: &Pipeline) -> anyhow::Result<Vec<ObjectRef>> {
+    let compiled = worker::plan::Plan::build(p)?;
+    match LocalSource::resolve(p, None)? {
+        LocalSource::Folder { dir, single } => {
+            source_objects(p, &compiled, &dir, single.as_deref(), &|_| true).await
+        }
+        LocalSource::Database => bail!("{}: a database source has no objects", p.path),
+    }
+}
+
 async fn source_objects(
     pipeline: &Pipeline,
     compiled: &worker::plan::Plan,
     source_dir: &Path,
     single: Option<&str>,
+    keep: &dyn Fn(&ObjectRef) -> bool,
 ) -> anyhow::Result<Vec<ObjectRef>> {
     let store = LocalStore::open_existing(source_dir)?;
     let glob = globset::Glob::new(&pipeline.file.source.glob)?.compile_matcher();
@@ -492,7 +525,7 @@ async fn source_objects(
             .list("")
             .await?
             .into_iter()
-            .filter(|o| glob.is_match(&o.key))
+            .filter(|o| glob.is_match(&o.key) && keep(o))
             .collect(),
     };
     if objects.is_empty() {
@@ -569,8 +602,9 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         None => {
             let (plan, source_bytes, watermark) = match &src {
                 LocalSource::Folder { dir, single } => {
+                    let keep = window_filter(&pipeline, opts.window)?;
                     let objects =
-                        source_objects(&pipeline, &compiled, dir, single.as_deref()).await?;
+                        source_objects(&pipeline, &compiled, dir, single.as_deref(), &keep).await?;
                     let shard_bytes = opts
                         .shard_size
                         .unwrap_or(pipeline.file.source.shard_bytes.get());

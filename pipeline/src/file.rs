@@ -149,6 +149,10 @@ pub struct SourceSection {
     pub shard_bytes: NonZeroU64,
     #[serde(default)]
     pub csv: CsvOptions,
+    /// A chrono format matched against the start of each key relative to `location`
+    /// (`"%Y/%m/%d/"`): gives the source a time dimension for backfills (files only).
+    #[serde(default)]
+    pub time_template: Option<String>,
     /// The table or query of a `postgres` or `mysql` source.
     #[serde(default)]
     pub sql: Option<SqlSource>,

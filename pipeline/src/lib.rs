@@ -29,6 +29,7 @@ pub mod expect;
 pub mod expr;
 pub mod file;
 pub mod steps;
+pub mod template;
 pub mod time;
 pub mod validate;
 pub mod validated;

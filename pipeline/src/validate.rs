@@ -139,6 +139,11 @@ fn check_files_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
     if let Err(e) = globset::Glob::new(&s.glob) {
         return Err(cx.err("source.glob", format!("invalid glob: {e}")));
     }
+    if let Some(t) = &s.time_template
+        && let Err(e) = crate::template::TimeTemplate::new(t)
+    {
+        return Err(cx.err("source.time_template", e));
+    }
     Ok(())
 }
 
@@ -155,6 +160,7 @@ fn check_sql_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
     for (key, given) in [
         ("source.location", !s.location.is_empty()),
         ("source.format", s.format.is_some()),
+        ("source.time_template", s.time_template.is_some()),
     ] {
         if given {
             return Err(cx.err(
@@ -724,6 +730,11 @@ merge_keys = ["id"]
         );
         let no_format = MINIMAL.replace("format = \"ndjson\"\n", "");
         expect_err(&no_format, "source.format", "required for a files source");
+        let bad_template = MINIMAL.replace(
+            "format = \"ndjson\"\n",
+            "format = \"ndjson\"\ntime_template = \"%d/%m/\"\n",
+        );
+        expect_err(&bad_template, "source.time_template", "no year");
         let http = MINIMAL.replace(
             "location = \"in\"\nformat = \"ndjson\"\n",
             "kind = \"http\"\n",
