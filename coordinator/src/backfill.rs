@@ -253,7 +253,7 @@ fn backfill_id(pipeline: &str, ws: &[Window], width: &str) -> String {
 
 /// `coordinator backfill` in local mode.
 pub async fn backfill_local(opts: &BackfillOptions) -> anyhow::Result<BackfillOutcome> {
-    let p = worker::config::load_file(&opts.pipeline)?;
+    let p = crate::sources::load_pipeline(&opts.pipeline).await?;
     let (ws, plans) = plan_local(&p, opts).await?;
     if opts.dry_run {
         return Ok(BackfillOutcome::Planned(plans));

@@ -186,7 +186,7 @@ impl Coordinator {
             } else {
                 base.join(&sp.file)
             };
-            let p = worker::config::load_file(&path)?;
+            let p = crate::sources::load_pipeline(&path).await?;
             worker::plan::Plan::build(&p)?;
             if !p.file.source.kind.is_sql()
                 && !p.file.source.location.starts_with("s3://")

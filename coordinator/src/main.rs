@@ -267,7 +267,8 @@ fn shell_quote(p: &Path) -> String {
 /// runs made.
 async fn backfill(opts: coordinator::backfill::BackfillOptions) -> anyhow::Result<()> {
     use coordinator::backfill::{BackfillOutcome, backfill_local, plan_line};
-    let name = worker::config::load_file(&opts.pipeline)?
+    let name = coordinator::sources::load_pipeline(&opts.pipeline)
+        .await?
         .name()
         .to_string();
     let outcome = backfill_local(&opts).await?;
@@ -340,7 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?
         }
         Command::Validate { pipeline } => {
-            let p = worker::config::load_file(&pipeline)?;
+            let p = coordinator::sources::load_pipeline(&pipeline).await?;
             let plan = worker::plan::Plan::build(&p)?;
             println!(
                 "ok: {} — pipeline {:?}: {} columns, {} steps → table {:?}, {} output columns, partitioned by {:?}",

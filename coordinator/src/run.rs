@@ -547,7 +547,7 @@ async fn source_objects(
 }
 
 pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
-    let pipeline = worker::config::load_file(&opts.pipeline)?;
+    let pipeline = crate::sources::load_pipeline(&opts.pipeline).await?;
     // Fail on bad key files or reference files before anything runs.
     let compiled = worker::plan::Plan::build(&pipeline)?;
     let dd = DataDir::open(&opts.data_dir)?;

@@ -8,7 +8,7 @@
 //! when the run completed, after its loads committed, so a failed or cancelled run never moves
 //! it and a watermark never passes rows that were not loaded.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use backends::state::StateStore;
 use pipeline::Pipeline;
 use protocol::{Extract, ShardDescriptor, ShardPlan, SqlRange};
@@ -68,6 +68,76 @@ pub(crate) async fn advance_watermark(
         .await?;
     tracing::info!(pipeline = %record.pipeline, run = %record.run_id, watermark = %cursor, "watermark advanced");
     Ok(())
+}
+
+/// Reads and validates a pipeline file. A database source that declares no `[[columns]]` gets
+/// its table's (or query's) columns, each typed from the database type ([`pipeline_type`]),
+/// appended to its text as `[[columns]]` entries, so the workers read the same declaration and
+/// errors in the user's part keep their lines.
+pub async fn load_pipeline(path: &std::path::Path) -> anyhow::Result<Pipeline> {
+    let (text, file, base) = worker::config::read_file(path)?;
+    let raw: Option<pipeline::PipelineFile> = toml::from_str(&text).ok();
+    let Some(raw) = raw.filter(|r| r.source.kind.is_sql() && r.columns.is_empty()) else {
+        return Ok(pipeline::parse(&text, &file, base)?);
+    };
+    let source = worker::extract::open_source_of(&raw.source, &file)?;
+    let columns = source
+        .table_columns()
+        .await
+        .with_context(|| format!("{file}: reading the columns of the source"))?;
+    if columns.is_empty() {
+        bail!("{file}: the source has no columns");
+    }
+    let mut full = text.clone();
+    full.push_str(&columns_toml(&columns));
+    Ok(pipeline::parse(&full, &file, base)?)
+}
+
+/// `[[columns]]` entries for a database relation's columns (name, PostgreSQL type).
+fn columns_toml(columns: &[(String, String)]) -> String {
+    let mut out =
+        String::from("\n# Columns read from the database source when the run was planned.\n");
+    for (name, ty) in columns {
+        let quoted = toml::Value::String(name.clone()).to_string();
+        out.push_str(&format!(
+            "[[columns]]\nname = {quoted}\ntype = \"{}\"\n",
+            pipeline_type(ty)
+        ));
+    }
+    out
+}
+
+/// The pipeline type that reads a PostgreSQL type (as `format_type` writes it) faithfully.
+/// An unconstrained `numeric` is `decimal(38,10)` (a value with more digits is quarantined with
+/// the reason); types without a pipeline counterpart (uuid, arrays, intervals, …) are strings
+/// of their text.
+pub fn pipeline_type(pg: &str) -> String {
+    let t = pg.trim().to_ascii_lowercase();
+    if let Some(args) = t.strip_prefix("numeric(").and_then(|r| r.strip_suffix(')')) {
+        let mut it = args.split(',').map(|a| a.trim().parse::<u32>().ok());
+        if let (Some(Some(p)), s) = (it.next(), it.next()) {
+            let s = s.flatten().unwrap_or(0);
+            if (1..=38).contains(&p) && s <= p {
+                return format!("decimal({p},{s})");
+            }
+        }
+        return "string".into();
+    }
+    let base = t.split('(').next().unwrap_or(&t).trim();
+    match base {
+        "smallint" => "int16",
+        "integer" => "int32",
+        "bigint" => "int64",
+        "real" => "float32",
+        "double precision" => "float64",
+        "numeric" => "decimal(38,10)",
+        "boolean" => "bool",
+        "date" => "date",
+        "json" | "jsonb" => "json",
+        _ if base.starts_with("timestamp") => "timestamp",
+        _ => "string",
+    }
+    .into()
 }
 
 /// A planned run of a database source.
@@ -163,6 +233,38 @@ mod tests {
         r.status = status;
         r.watermark = watermark.map(String::from);
         r
+    }
+
+    #[test]
+    fn database_types_map_to_the_pipeline_types_that_read_them_faithfully() {
+        for (pg, want) in [
+            ("smallint", "int16"),
+            ("integer", "int32"),
+            ("bigint", "int64"),
+            ("real", "float32"),
+            ("double precision", "float64"),
+            ("numeric(12,2)", "decimal(12,2)"),
+            ("numeric(10)", "decimal(10,0)"),
+            ("numeric", "decimal(38,10)"),
+            ("numeric(50,2)", "string"),
+            ("boolean", "bool"),
+            ("date", "date"),
+            ("timestamp with time zone", "timestamp"),
+            ("timestamp(3) without time zone", "timestamp"),
+            ("jsonb", "json"),
+            ("json", "json"),
+            ("text", "string"),
+            ("character varying(40)", "string"),
+            ("uuid", "string"),
+            ("integer[]", "string"),
+        ] {
+            assert_eq!(pipeline_type(pg), want, "{pg}");
+        }
+        let toml = columns_toml(&[("order id".into(), "bigint".into())]);
+        assert!(
+            toml.contains("[[columns]]\nname = \"order id\"\ntype = \"int64\"\n"),
+            "{toml}"
+        );
     }
 
     #[tokio::test]

@@ -12,11 +12,14 @@ use serde::{Deserialize, Serialize};
 pub struct PipelineFile {
     pub pipeline: PipelineSection,
     pub source: SourceSection,
-    /// The declared, typed input schema.
+    /// The declared, typed input schema. A database source may leave it out: its columns are
+    /// then read from its table when a run is planned.
+    #[serde(default)]
     pub columns: Vec<ColumnDecl>,
     /// Curation and transform steps, run in order on every row.
     #[serde(default)]
     pub steps: Vec<Step>,
+    #[serde(default)]
     pub output: OutputSection,
     #[serde(default)]
     pub load: LoadSection,
@@ -425,7 +428,9 @@ pub enum Codec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSection {
-    /// The data columns, in order (curation: everything else is dropped).
+    /// The data columns, in order (curation: everything else is dropped). Default: every
+    /// declared and derived column, in that order, but the partition columns.
+    #[serde(default)]
     pub columns: Vec<String>,
     /// Hive partition columns (`COLUMN=VALUE/` folders); they are not stored inside the files.
     #[serde(default)]
@@ -440,6 +445,19 @@ pub struct OutputSection {
     #[serde(default = "default_file_bytes")]
     pub target_file_bytes: NonZeroU64,
 }
+impl Default for OutputSection {
+    fn default() -> Self {
+        OutputSection {
+            columns: Vec::new(),
+            partition_by: Vec::new(),
+            codec: Codec::default(),
+            level: default_level(),
+            row_group_rows: default_rg(),
+            target_file_bytes: default_file_bytes(),
+        }
+    }
+}
+
 fn default_level() -> i32 {
     3
 }

@@ -33,7 +33,7 @@ impl Ctx<'_> {
 impl PipelineFile {
     /// Pure validation: names, references between steps and columns, option ranges.
     pub fn validate(
-        self,
+        mut self,
         file: &str,
         base_dir: PathBuf,
         text: &str,
@@ -76,6 +76,16 @@ impl PipelineFile {
         }
         if dedupes > 1 {
             return Err(cx.err("steps", "at most one dedupe step"));
+        }
+        if self.output.columns.is_empty() {
+            let partition = &self.output.partition_by;
+            let mut all: Vec<String> = Vec::new();
+            for (name, _) in &cols.0 {
+                if !partition.contains(name) && !all.contains(name) {
+                    all.push(name.clone());
+                }
+            }
+            self.output.columns = all;
         }
         check_output(&cx, &self.output, &cols)?;
         check_load(&cx, &self.load, &self.output)?;
@@ -231,7 +241,14 @@ fn check_columns(
     decls: &[ColumnDecl],
 ) -> Result<Columns, ConfigError> {
     if decls.is_empty() {
-        return Err(cx.err("columns", "declare at least one column"));
+        return Err(cx.err(
+            "columns",
+            if source.kind.is_sql() {
+                "declare at least one column (coordinator run and serve read a database source's columns from its table when this is left out)"
+            } else {
+                "declare at least one column"
+            },
+        ));
     }
     let mut cols = Columns::default();
     let mut paths = BTreeSet::new();
@@ -740,5 +757,35 @@ merge_keys = ["id"]
             "kind = \"http\"\n",
         );
         expect_err(&http, "source.kind", "not built yet");
+    }
+
+    #[test]
+    fn output_columns_default_to_every_column_but_the_partitions() {
+        let text = MINIMAL.replace(
+            "[output]\ncolumns = [\"id\", \"os\", \"amount\"]\n",
+            "[output]\npartition_by = [\"os\"]\n",
+        );
+        let p = check(&text).unwrap();
+        assert_eq!(p.file.output.columns, ["id", "amount"]);
+        let none = MINIMAL.replace("[output]\ncolumns = [\"id\", \"os\", \"amount\"]\n", "");
+        assert_eq!(
+            check(&none).unwrap().file.output.columns,
+            ["id", "os", "amount"]
+        );
+    }
+
+    #[test]
+    fn a_database_source_without_columns_is_told_where_they_come_from() {
+        let text = sql_source("connection_env = \"DB\"\ntable = \"t\"");
+        let start = text.find("[[columns]]").unwrap();
+        let end = text.find("[[steps]]").unwrap();
+        let mut bare = text.clone();
+        bare.replace_range(start..end, "");
+        let bare = bare.replace("[[steps]]\nop = \"upper\"\ncolumns = [\"os\"]\n", "");
+        expect_err(
+            &bare,
+            "columns",
+            "read a database source's columns from its table",
+        );
     }
 }

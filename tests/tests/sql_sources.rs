@@ -156,3 +156,62 @@ fn a_missing_connection_variable_is_refused_naming_it() {
         "{err}"
     );
 }
+
+/// The keys of the issue only: no `[[columns]]` and no `[output]`; the table's columns are
+/// read from PostgreSQL with their types.
+const BARE: &str = r#"
+[pipeline]
+name = "orders"
+[source]
+kind = "postgres"
+[source.sql]
+connection_env = "TRIBUTARY_TEST_ORDERS_DB"
+table = "orders"
+cursor_column = "updated_at"
+key_column = "order_id"
+shard_rows = 2000
+[load]
+merge_keys = ["order_id"]
+"#;
+
+#[tokio::test]
+async fn a_pipeline_without_columns_takes_the_tables_columns_and_types() {
+    let Some(pg) = backends::testkit::postgres() else {
+        return;
+    };
+    let (conn, client) = seed(&pg, &backends::testkit::unique("sqlbare")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("orders.toml");
+    std::fs::write(&p, BARE).unwrap();
+    let data = dir.path().join("data");
+    let env = [("TRIBUTARY_TEST_ORDERS_DB", conn.as_str())];
+    let v = ok(&coordinator_with(
+        &["validate", p.to_str().unwrap()],
+        None,
+        &env,
+    ));
+    assert!(v.contains("5 columns"), "{v}");
+    assert_eq!(run(&p, &data, &conn)["rows_out"], 5000);
+    let cols = table(
+        &data,
+        "SELECT name || ':' || type AS c FROM pragma_table_info('orders') WHERE name NOT LIKE '_tributary%' ORDER BY cid",
+    );
+    for want in [
+        "order_id:BIGINT",
+        "customer:TEXT",
+        "amount:DECIMAL(12,2)",
+        "paid:BOOLEAN",
+        "updated_at:TIMESTAMP",
+    ] {
+        assert!(cols.contains(want), "{want} in {cols}");
+    }
+    client
+        .batch_execute("UPDATE orders SET paid = true, updated_at = now() WHERE order_id = 10")
+        .await
+        .unwrap();
+    assert_eq!(run(&p, &data, &conn)["rows_out"], 1);
+    assert_eq!(
+        count(&data, "SELECT paid FROM orders WHERE order_id = 10"),
+        "1"
+    );
+}

@@ -8,6 +8,13 @@ pub use pipeline::*;
 
 /// Reads and validates a pipeline file; relative paths in it resolve against its folder.
 pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
+    let (text, file, base) = read_file(path)?;
+    parse(&text, &file, base)
+}
+
+/// A pipeline file's text, its name for messages, and the folder its relative paths resolve
+/// against.
+pub fn read_file(path: &Path) -> Result<(String, String, PathBuf), ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(&file, "(file)", format!("cannot read: {e}")))?;
@@ -16,7 +23,7 @@ pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
         _ => PathBuf::from("."),
     };
     let base = base.canonicalize().unwrap_or(base);
-    parse(&text, &file, base)
+    Ok((text, file, base))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use backends::object_store::ObjectStore;
 use backends::source::{Dialect, PostgresSource, Relation, SqlSpec};
-use pipeline::{Pipeline, SourceKind};
+use pipeline::{Pipeline, SourceKind, SourceSection};
 use protocol::{ObjectRef, ShardDescriptor, ShardInput, SqlRange};
 
 use crate::WorkerError;
@@ -19,8 +19,13 @@ pub fn raw_key(pipeline: &str, run_id: &str, shard_id: &str) -> String {
 
 /// What the pipeline's `[source.sql]` reads, in its dialect.
 pub fn sql_spec(p: &Pipeline) -> Option<SqlSpec> {
-    let sql = p.file.source.sql.as_ref()?;
-    let dialect = match p.file.source.kind {
+    sql_spec_of(&p.file.source)
+}
+
+/// What a `[source]` section's `[source.sql]` reads, in its dialect.
+pub fn sql_spec_of(src: &SourceSection) -> Option<SqlSpec> {
+    let sql = src.sql.as_ref()?;
+    let dialect = match src.kind {
         SourceKind::Postgres => Dialect::Postgres,
         SourceKind::Mysql => Dialect::Mysql,
         _ => return None,
@@ -41,24 +46,26 @@ pub fn sql_spec(p: &Pipeline) -> Option<SqlSpec> {
 /// The database source of a pipeline, connected through the variable its `connection_env`
 /// names (in this process's environment).
 pub fn open_sql_source(p: &Pipeline) -> Result<PostgresSource, WorkerError> {
-    let (Some(spec), Some(sql)) = (sql_spec(p), p.file.source.sql.as_ref()) else {
+    open_source_of(&p.file.source, &p.path)
+}
+
+/// The database source of a `[source]` section (`file` names the pipeline file in messages).
+pub fn open_source_of(src: &SourceSection, file: &str) -> Result<PostgresSource, WorkerError> {
+    let (Some(spec), Some(sql)) = (sql_spec_of(src), src.sql.as_ref()) else {
         return Err(WorkerError::Config(format!(
-            "{}: source kind {:?} has no [source.sql]",
-            p.path,
-            p.file.source.kind.name()
+            "{file}: source kind {:?} has no [source.sql]",
+            src.kind.name()
         )));
     };
     if spec.dialect == Dialect::Mysql {
         return Err(WorkerError::Config(format!(
-            "{}: kind = \"mysql\" sources are not built yet",
-            p.path
+            "{file}: kind = \"mysql\" sources are not built yet"
         )));
     }
     let var = &sql.connection_env;
     let conn = std::env::var(var).map_err(|_| {
         WorkerError::Config(format!(
-            "{}: environment variable {var} (source.sql.connection_env) is not set",
-            p.path
+            "{file}: environment variable {var} (source.sql.connection_env) is not set"
         ))
     })?;
     Ok(PostgresSource::new(spec, &conn, sql.fetch_rows.get())?)

@@ -116,6 +116,44 @@ impl PostgresSource {
         Ok(cols)
     }
 
+    /// The relation's columns in order, each with its PostgreSQL type as `format_type` writes
+    /// it (`numeric(12,2)`, `timestamp with time zone`): what a pipeline that declares no
+    /// columns takes from its table. A query is described through a temporary view.
+    pub async fn table_columns(&self) -> Result<Vec<(String, String)>> {
+        let client = self.connect().await?;
+        let regclass = match &self.spec.relation {
+            super::sql::Relation::Table(t) => {
+                let quoted: Vec<String> = t.split('.').map(|p| self.spec.ident(p.trim())).collect();
+                self.spec.literal(&quoted.join("."))
+            }
+            super::sql::Relation::Query(q) => {
+                client
+                    .batch_execute(&format!(
+                        "CREATE TEMP VIEW tributary_describe AS {}",
+                        q.trim().trim_end_matches(';')
+                    ))
+                    .await
+                    .map_err(|e| self.err("describing the query", e))?;
+                "'tributary_describe'".to_string()
+            }
+        };
+        let sql = format!(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = {regclass}::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+        );
+        let msgs = client
+            .simple_query(&sql)
+            .await
+            .map_err(|e| self.err("reading the columns", e))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some((r.get(0)?.to_string(), r.get(1)?.to_string())),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// One row of text values from a simple query.
     async fn row(&self, client: &Client, sql: &str, doing: &str) -> Result<Vec<Option<String>>> {
         for m in client
@@ -485,6 +523,36 @@ mod tests {
         assert_eq!(back.rows, 1001);
         let none = src.plan(next.high.as_deref(), 0, None).await.unwrap();
         assert_eq!((none.rows, none.shards.len(), none.high), (0, 0, None));
+    }
+
+    #[tokio::test]
+    async fn a_tables_columns_and_a_querys_are_described_with_their_types() {
+        let Some((conn, _client)) = seeded("pgsrc_cols").await else {
+            return;
+        };
+        let cols = orders(&conn, 10).table_columns().await.unwrap();
+        let want = [
+            ("id", "bigint"),
+            ("amount", "numeric(12,2)"),
+            ("paid", "boolean"),
+            ("attrs", "jsonb"),
+            ("updated_at", "timestamp with time zone"),
+            ("day", "date"),
+            ("note", "text"),
+        ];
+        let got: Vec<(&str, &str)> = cols.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(got, want);
+        let mut spec = orders(&conn, 10).spec;
+        spec.relation = super::super::Relation::Query(
+            "SELECT id, amount * 2 AS doubled, now()::date AS d FROM orders".into(),
+        );
+        let q = PostgresSource::new(spec, &conn, 10)
+            .unwrap()
+            .table_columns()
+            .await
+            .unwrap();
+        assert_eq!(q[0], ("id".to_string(), "bigint".to_string()));
+        assert_eq!(q[2], ("d".to_string(), "date".to_string()));
     }
 
     #[tokio::test]
