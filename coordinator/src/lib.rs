@@ -8,6 +8,7 @@
 //! * [`sources`]: planning database sources from their watermark; watermarks advanced after
 //!   a run completed.
 //! * [`backfill`]: a time range of a source run again window by window.
+//! * [`commands`]: `cancel` and `retry` of a run in local mode.
 //! * [`commit`]: a run's end in the lake: unlisted files removed, the commit record written.
 //! * [`local_worker`]: the in-process worker loop on the embedded queue.
 //! * [`fleet`]: `coordinator serve`, the fleet coordinator on SQS, S3 and a SQL warehouse, with
@@ -16,6 +17,7 @@
 //! * [`demo`]: the demo's sample sources and pipeline files.
 
 pub mod backfill;
+pub mod commands;
 pub mod commit;
 pub mod demo;
 pub mod engine;

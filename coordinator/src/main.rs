@@ -1,6 +1,7 @@
 //! `coordinator`: the Tributary command line.
 //!
-//! `demo`, `run`, `backfill`, `validate`, `status` and `sql` on the embedded backends; `serve` (the fleet
+//! `demo`, `run`, `backfill`, `runs`, `cancel`, `retry`, `validate`, `status` and `sql` on the
+//! embedded backends; `serve` (the fleet
 //! coordinator), and `status --server` / `trigger --server` against its HTTP API. Errors go to
 //! stderr with a non-zero exit.
 
@@ -89,6 +90,30 @@ enum Command {
         /// Rows per warehouse load batch.
         #[arg(long, default_value_t = 2_000_000)]
         batch_rows: u64,
+    },
+    /// List the runs of a data dir, of one pipeline (a pipeline file or its name) or all.
+    Runs {
+        pipeline: Option<String>,
+        #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask an unfinished run to stop: nothing more of it is enqueued or loaded.
+    Cancel {
+        run: String,
+        #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Run the failed shards of a failed run again, in the same run (exactly-once kept).
+    Retry {
+        run: String,
+        #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
+        data_dir: PathBuf,
+        /// In-process workers.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
     },
     /// Check a pipeline file (and its key and reference files) without running anything.
     Validate { pipeline: PathBuf },
@@ -314,9 +339,77 @@ async fn backfill(opts: coordinator::backfill::BackfillOptions) -> anyhow::Resul
     Ok(())
 }
 
+/// `coordinator runs [PIPELINE]`: a data dir's runs, oldest first.
+async fn list_runs(pipeline: Option<String>, data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let dd = DataDir::open_existing(data_dir)?;
+    let name = match pipeline {
+        Some(p) if Path::new(&p).is_file() => Some(
+            coordinator::sources::load_pipeline(Path::new(&p))
+                .await?
+                .name()
+                .to_string(),
+        ),
+        other => other,
+    };
+    let mut runs = dd.runs().await?;
+    runs.retain(|r| name.as_ref().is_none_or(|n| &r.pipeline == n));
+    runs.sort_by(|a, b| {
+        a.started_at
+            .cmp(&b.started_at)
+            .then(a.run_id.cmp(&b.run_id))
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(());
+    }
+    if runs.is_empty() {
+        println!("no runs in {}", dd.root.display());
+    }
+    for r in runs {
+        let done = dd
+            .state
+            .list(&format!("runs/{}/done/", r.run_id))
+            .await?
+            .len();
+        print_run_line(&r, done);
+    }
+    Ok(())
+}
+
+/// `coordinator retry RUN`: the run's report and its lines, as `coordinator run` prints them.
+async fn retry(run_id: &str, data_dir: &Path, workers: usize) -> anyhow::Result<()> {
+    let report = coordinator::commands::retry_local(data_dir, run_id, workers).await?;
+    print_report(&report);
+    println!("{}", stats_line(&report));
+    if let Some(q) = &report.record.quality {
+        println!("{}", q.line(&report.record.run_id));
+    }
+    if !report.record.failed_shards.is_empty() {
+        anyhow::bail!(
+            "{} shard(s) failed again; `coordinator retry {run_id}` tries them once more",
+            report.record.failed_shards.len()
+        );
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let interactive = std::io::stderr().is_terminal();
     match cli.command {
+        Command::Runs {
+            pipeline,
+            data_dir,
+            json,
+        } => list_runs(pipeline, &data_dir, json).await?,
+        Command::Cancel { run, data_dir } => {
+            let dd = DataDir::open_existing(&data_dir)?;
+            println!("{}", coordinator::commands::cancel_local(&dd, &run).await?);
+        }
+        Command::Retry {
+            run,
+            data_dir,
+            workers,
+        } => retry(&run, &data_dir, workers).await?,
         Command::Backfill {
             pipeline,
             from,

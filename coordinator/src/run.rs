@@ -107,6 +107,9 @@ pub struct RunRecord {
     /// run has completed (see [`crate::sources`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<String>,
+    /// Local mode: the pipeline file the run was started from (`coordinator retry` reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_file: Option<String>,
 }
 
 impl RunRecord {
@@ -172,6 +175,7 @@ impl RunRecord {
             load_failures: 0,
             quality: None,
             watermark: None,
+            pipeline_file: None,
         }
     }
 }
@@ -625,6 +629,13 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
                 source_bytes,
             );
             rec.watermark = watermark;
+            rec.pipeline_file = Some(
+                opts.pipeline
+                    .canonicalize()
+                    .unwrap_or_else(|_| opts.pipeline.clone())
+                    .display()
+                    .to_string(),
+            );
             record_new_run(&*dd.state, &plan, &rec).await?;
             (rec, plan)
         }
@@ -659,6 +670,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         .replay(shards.keys().cloned(), opts.batch_rows)
         .await?;
     adopt_written_manifests(&dd, &run_id, &mut m).await?;
+    observe_cancel(&*dd.state, &run_id, &mut m).await?;
 
     let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("tasks", Duration::from_secs(30), 3));
     let results: Arc<dyn Queue> = Arc::new(MemoryQueue::new("results", Duration::from_secs(30), 5));
@@ -720,7 +732,8 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
 
     let fault = fault();
     let mut done_here = 0usize;
-    while !m.is_complete() {
+    while !m.is_complete() && !m.is_cancelled() {
+        observe_cancel(&*dd.state, &run_id, &mut m).await?;
         for shard in receive_results(&*results, &*dd.state, &run_id, &mut m).await? {
             progress.inc(shards.get(&shard).map(|s| s.bytes()).unwrap_or(0));
             done_here += 1;
@@ -769,7 +782,9 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         )
         .await?;
     m.apply(Event::Finished(status));
-    if m.failed().is_empty() {
+    // A run with failed shards stays its pipeline's current run: the next `coordinator run`
+    // (or `coordinator retry RUN`) redoes them in the same run.
+    if m.failed().is_empty() || status == RunStatus::Cancelled {
         dd.state.delete(&current_key).await?;
     }
     let rows_in_table = match &warehouse {
@@ -809,6 +824,24 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         resumed,
         quarantine_files,
     })
+}
+
+/// The state key whose presence asks a run to stop (`coordinator cancel RUN`).
+pub fn cancel_key(run_id: &str) -> String {
+    format!("runs/{run_id}/cancel")
+}
+
+/// Takes a cancel request of the run into the machine: nothing more is enqueued or loaded.
+async fn observe_cancel(
+    state: &dyn StateStore,
+    run_id: &str,
+    m: &mut RunMachine,
+) -> anyhow::Result<()> {
+    if !m.is_cancelled() && state.get(&cancel_key(run_id)).await?.is_some() {
+        tracing::warn!(run = %run_id, "run cancelled");
+        m.apply(Event::Cancelled);
+    }
+    Ok(())
 }
 
 /// A shard whose manifest was written before a crash is done: it is recorded instead of redone.

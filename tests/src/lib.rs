@@ -158,3 +158,36 @@ pub fn web_fixture(root: &Path, rows: usize, files: u64) -> PathBuf {
     }
     pipelines[0].clone()
 }
+
+/// A gzip member written by hand (stored blocks), so the test needs no compression crate.
+pub fn stored_gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    for (i, chunk) in data.chunks(65535).enumerate() {
+        let last = (i + 1) * 65535 >= data.len();
+        out.push(u8::from(last));
+        let len = chunk.len() as u16;
+        std::io::Write::write_all(&mut out, &len.to_le_bytes()).unwrap();
+        std::io::Write::write_all(&mut out, &(!len).to_le_bytes()).unwrap();
+        out.extend_from_slice(chunk);
+    }
+    let crc = crc32(data);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// The CRC-32 of a gzip trailer.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}

@@ -1,6 +1,5 @@
 //! Bad input gets a clear error or a quarantined row with its reason, and counts reconcile.
 
-use std::io::Write;
 use std::path::Path;
 
 use tributary_tests::*;
@@ -96,7 +95,7 @@ fn bad_rows_are_quarantined_with_reasons_and_counts_reconcile() {
 
 #[test]
 fn corrupt_gzip_fails_the_shard_with_a_clear_error() {
-    let mut gz = flate2_like_gzip(b"{\"id\":\"a\"}\n".repeat(1000).as_slice());
+    let mut gz = stored_gzip(b"{\"id\":\"a\"}\n".repeat(1000).as_slice());
     let n = gz.len();
     gz.truncate(n / 2);
     gz.extend_from_slice(&[0u8; 64]);
@@ -108,38 +107,6 @@ fn corrupt_gzip_fails_the_shard_with_a_clear_error() {
         err.contains("c.ndjson.gz") && err.contains("corrupt"),
         "{err}"
     );
-}
-
-/// A gzip member written by hand (stored blocks), so the test needs no compression crate.
-fn flate2_like_gzip(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-    for (i, chunk) in data.chunks(65535).enumerate() {
-        let last = (i + 1) * 65535 >= data.len();
-        out.push(u8::from(last));
-        let len = chunk.len() as u16;
-        out.write_all(&len.to_le_bytes()).unwrap();
-        out.write_all(&(!len).to_le_bytes()).unwrap();
-        out.extend_from_slice(chunk);
-    }
-    let crc = crc32(data);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in data {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xEDB8_8320
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
 }
 
 #[test]
