@@ -298,6 +298,15 @@ postgres = "{pg}"
         })
     }
 
+    /// Makes `file` (written into the fleet's folder) its one pipeline, instead of the workload
+    /// (before the coordinator starts).
+    pub fn use_pipeline(&self, file: &str, text: &str) {
+        std::fs::write(self.dir.path().join(file), text).expect("pipeline");
+        let config = std::fs::read_to_string(&self.config).expect("config");
+        let config = config.replace(r#"file = "workload.toml""#, &format!(r#"file = "{file}""#));
+        std::fs::write(&self.config, config).expect("config");
+    }
+
     /// Gives the pipeline a cron schedule (before the coordinator starts).
     pub fn set_cron(&self, expr: &str) {
         let text = std::fs::read_to_string(&self.config).expect("config");
@@ -359,11 +368,19 @@ postgres = "{pg}"
 
     /// Starts `coordinator serve`; returns its index in `procs`.
     pub fn start_coordinator(&mut self, fault: Option<&str>) -> usize {
+        match fault {
+            Some(f) => self.start_coordinator_with_env(&[("TRIBUTARY_FAULT", f)]),
+            None => self.start_coordinator_with_env(&[]),
+        }
+    }
+
+    /// Starts `coordinator serve` with extra environment variables.
+    pub fn start_coordinator_with_env(&mut self, env: &[(&str, &str)]) -> usize {
         let mut cmd = Command::new(coordinator_bin());
         cmd.arg("serve").arg("--config").arg(&self.config);
         cmd.env_remove("TRIBUTARY_FAULT");
-        if let Some(f) = fault {
-            cmd.env("TRIBUTARY_FAULT", f);
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let n = self
             .procs
@@ -496,10 +513,16 @@ postgres = "{pg}"
             .then(|| String::from_utf8_lossy(&out.stdout).to_string())
     }
 
-    /// Starts a run through the CLI (`coordinator trigger --server`); returns its id.
+    /// Starts a run of the workload through the CLI (`coordinator trigger --server`); returns
+    /// its id.
     pub fn trigger(&self) -> String {
+        self.trigger_pipeline("workload")
+    }
+
+    /// Starts a run of `pipeline` through the CLI; returns its id.
+    pub fn trigger_pipeline(&self, pipeline: &str) -> String {
         let out = Command::new(coordinator_bin())
-            .args(["trigger", "workload", "--server", &self.api])
+            .args(["trigger", pipeline, "--server", &self.api])
             .output()
             .expect("trigger runs");
         let text = ok(&out);
