@@ -550,6 +550,120 @@ async fn source_objects(
     Ok(objects)
 }
 
+/// What a local run starts from: its options, pipeline, data dir, source and output.
+struct Starting<'a> {
+    opts: &'a RunOptions,
+    pipeline: &'a Pipeline,
+    compiled: &'a worker::plan::Plan,
+    dd: &'a DataDir,
+    src: &'a LocalSource,
+    output_root: &'a Path,
+    output_prefix: &'a str,
+}
+
+impl Starting<'_> {
+    /// The pipeline's unfinished run (refused if it read another source or wrote another
+    /// output), or a new run planned and recorded; and whether it was resumed.
+    async fn resume_or_plan(&self) -> anyhow::Result<(RunRecord, ShardPlan, bool)> {
+        let (p, dd) = (self.pipeline, self.dd);
+        let name = p.name();
+        let current_key = format!("pipelines/{name}/current");
+        if let Some(id) = dd.state.get(&current_key).await? {
+            let id = String::from_utf8_lossy(&id).to_string();
+            if let Some(bytes) = dd.state.get(&format!("runs/{id}/run.json")).await? {
+                let r: RunRecord = serde_json::from_slice(&bytes)?;
+                if r.source != self.src.describe(p)
+                    || r.output != self.output_root.display().to_string()
+                {
+                    bail!(
+                        "run {id} of pipeline {name} is unfinished with source {} and output {}; rerun with those to resume it, or remove {} to abandon it",
+                        r.source,
+                        r.output,
+                        dd.root.join("state").join(&current_key).display()
+                    );
+                }
+                let bytes = dd
+                    .state
+                    .get(&format!("runs/{id}/plan.bin"))
+                    .await?
+                    .context("the run's shard plan is missing from state")?;
+                let plan: ShardPlan = protocol::decode_binary(&bytes)?;
+                return Ok((r, plan, true));
+            }
+        }
+        if let Some(o) = &self.opts.output
+            && std::fs::read_dir(o)?.next().is_some()
+        {
+            bail!("output folder {} exists and is not empty", o.display());
+        }
+        let (rec, plan) = self.plan_new().await?;
+        Ok((rec, plan, false))
+    }
+
+    /// Plans a new run from the source and records it.
+    async fn plan_new(&self) -> anyhow::Result<(RunRecord, ShardPlan)> {
+        let (p, opts) = (self.pipeline, self.opts);
+        let (plan, source_bytes, watermark) = match self.src {
+            LocalSource::Folder { dir, single } => {
+                let keep = window_filter(p, opts.window)?;
+                let objects =
+                    source_objects(p, self.compiled, dir, single.as_deref(), &keep).await?;
+                let shard_bytes = opts.shard_size.unwrap_or(p.file.source.shard_bytes.get());
+                let bytes = objects.iter().map(|o| o.size).sum();
+                (plan_run(p, &objects, shard_bytes), bytes, None)
+            }
+            LocalSource::Database => {
+                let run = crate::sources::plan_sql_run(p, &*self.dd.state).await?;
+                (run.plan, 0, run.watermark)
+            }
+        };
+        let mut rec = RunRecord::started(
+            &plan,
+            p.table(),
+            self.src.describe(p),
+            self.output_root.display().to_string(),
+            self.output_prefix.to_string(),
+            source_bytes,
+        );
+        rec.watermark = watermark;
+        rec.pipeline_file = Some(
+            opts.pipeline
+                .canonicalize()
+                .unwrap_or_else(|_| opts.pipeline.clone())
+                .display()
+                .to_string(),
+        );
+        record_new_run(&*self.dd.state, &plan, &rec).await?;
+        Ok((rec, plan))
+    }
+}
+
+/// The rows of the table after the run's loads (for the report; `None` if it cannot be read).
+async fn rows_in(w: &dyn Warehouse, table: &str) -> Option<u64> {
+    let r = w
+        .query(&format!(
+            "SELECT count(*) FROM {}",
+            backends::warehouse::quote_ident(table)
+        ))
+        .await
+        .ok()?;
+    r.rows.first()?.first()?.as_ref()?.parse().ok()
+}
+
+/// The quarantine files the run's done shards wrote.
+async fn quarantine_files(dd: &DataDir, done: &BTreeMap<String, DoneRecord>) -> Vec<PathBuf> {
+    let files_root = dd.root.join("files");
+    let mut out = Vec::new();
+    for d in done.values() {
+        if let Ok(bytes) = dd.files.get(&d.manifest_key).await
+            && let Ok(m) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))
+        {
+            out.extend(m.quarantine.iter().map(|q| files_root.join(&q.key)));
+        }
+    }
+    out
+}
+
 pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let pipeline = crate::sources::load_pipeline(&opts.pipeline).await?;
     // Fail on bad key files or reference files before anything runs.
@@ -566,80 +680,17 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         None => (dd.lake.clone(), table.clone()),
     };
 
-    // Resume the unfinished run of this pipeline, if any.
     let current_key = format!("pipelines/{name}/current");
-    let mut resumed = false;
-    let mut run: Option<RunRecord> = None;
-    if let Some(id) = dd.state.get(&current_key).await? {
-        let id = String::from_utf8_lossy(&id).to_string();
-        if let Some(bytes) = dd.state.get(&format!("runs/{id}/run.json")).await? {
-            let r: RunRecord = serde_json::from_slice(&bytes)?;
-            if r.source != src.describe(&pipeline) || r.output != output_root.display().to_string()
-            {
-                bail!(
-                    "run {id} of pipeline {name} is unfinished with source {} and output {}; rerun with those to resume it, or remove {} to abandon it",
-                    r.source,
-                    r.output,
-                    dd.root.join("state").join(&current_key).display()
-                );
-            }
-            resumed = true;
-            run = Some(r);
-        }
-    }
-    if !resumed
-        && let Some(o) = &opts.output
-        && std::fs::read_dir(o)?.next().is_some()
-    {
-        bail!("output folder {} exists and is not empty", o.display());
-    }
-    let (mut record, plan) = match run {
-        Some(r) => {
-            let bytes = dd
-                .state
-                .get(&format!("runs/{}/plan.bin", r.run_id))
-                .await?
-                .context("the run's shard plan is missing from state")?;
-            let plan: ShardPlan = protocol::decode_binary(&bytes)?;
-            (r, plan)
-        }
-        None => {
-            let (plan, source_bytes, watermark) = match &src {
-                LocalSource::Folder { dir, single } => {
-                    let keep = window_filter(&pipeline, opts.window)?;
-                    let objects =
-                        source_objects(&pipeline, &compiled, dir, single.as_deref(), &keep).await?;
-                    let shard_bytes = opts
-                        .shard_size
-                        .unwrap_or(pipeline.file.source.shard_bytes.get());
-                    let bytes = objects.iter().map(|o| o.size).sum();
-                    (plan_run(&pipeline, &objects, shard_bytes), bytes, None)
-                }
-                LocalSource::Database => {
-                    let run = crate::sources::plan_sql_run(&pipeline, &*dd.state).await?;
-                    (run.plan, 0, run.watermark)
-                }
-            };
-            let mut rec = RunRecord::started(
-                &plan,
-                &table,
-                src.describe(&pipeline),
-                output_root.display().to_string(),
-                output_prefix.clone(),
-                source_bytes,
-            );
-            rec.watermark = watermark;
-            rec.pipeline_file = Some(
-                opts.pipeline
-                    .canonicalize()
-                    .unwrap_or_else(|_| opts.pipeline.clone())
-                    .display()
-                    .to_string(),
-            );
-            record_new_run(&*dd.state, &plan, &rec).await?;
-            (rec, plan)
-        }
+    let started = Starting {
+        opts,
+        pipeline: &pipeline,
+        compiled: &compiled,
+        dd: &dd,
+        src: &src,
+        output_root: &output_root,
+        output_prefix: &output_prefix,
     };
+    let (mut record, plan, resumed) = started.resume_or_plan().await?;
     let run_id = record.run_id.clone();
     let source: Arc<dyn ObjectStore> = match &src {
         LocalSource::Folder { dir, .. } => Arc::new(LocalStore::open_existing(dir)?),
@@ -788,30 +839,10 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         dd.state.delete(&current_key).await?;
     }
     let rows_in_table = match &warehouse {
-        Some(w) => w
-            .query(&format!(
-                "SELECT count(*) FROM {}",
-                backends::warehouse::quote_ident(&table)
-            ))
-            .await
-            .ok()
-            .and_then(|r| {
-                r.rows
-                    .first()
-                    .and_then(|r| r[0].as_ref())
-                    .and_then(|v| v.parse().ok())
-            }),
+        Some(w) => rows_in(&**w, &table).await,
         None => None,
     };
-    let files_root = dd.root.join("files");
-    let mut quarantine_files = Vec::new();
-    for d in m.done().values() {
-        if let Ok(bytes) = dd.files.get(&d.manifest_key).await
-            && let Ok(m) = ShardManifest::from_json(&String::from_utf8_lossy(&bytes))
-        {
-            quarantine_files.extend(m.quarantine.iter().map(|q| files_root.join(&q.key)));
-        }
-    }
+    let quarantine_files = quarantine_files(&dd, m.done()).await;
     Ok(RunReport {
         parquet_location: if output_prefix.is_empty() {
             output_root
