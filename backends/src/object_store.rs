@@ -45,6 +45,17 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     fn url(&self, _key: &str) -> Option<String> {
         None
     }
+    /// Moves `from` to `to` for keeping: S3 copies it server-side into `storage_class` (e.g.
+    /// `GLACIER_IR`) and deletes the original; other stores copy and delete. Moving an object
+    /// that is gone (moved by an earlier, interrupted attempt) is not an error.
+    async fn archive(&self, from: &str, to: &str, _storage_class: Option<&str>) -> Result<()> {
+        match self.get(from).await {
+            Ok(data) => self.put(to, data).await?,
+            Err(BackendError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.delete(from).await
+    }
     /// Checks at start-up that the store exists and answers (S3: `HeadBucket`), so a wrong
     /// bucket fails the process before any work is accepted.
     async fn check_access(&self) -> Result<()> {
@@ -311,6 +322,36 @@ pub mod suite {
         put_if_absent_claims_once(store).await;
         put_file_moves_content(store).await;
         bad_keys_are_refused(store).await;
+        archive_moves_once(store).await;
+    }
+
+    pub async fn archive_moves_once(store: &dyn ObjectStore) {
+        store
+            .put("suite/raw/r1/s0.zst", b"rows".to_vec())
+            .await
+            .unwrap();
+        store
+            .archive(
+                "suite/raw/r1/s0.zst",
+                "suite/archive/raw/r1/s0.zst",
+                Some("STANDARD_IA"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.head("suite/raw/r1/s0.zst").await.unwrap(), None);
+        assert_eq!(
+            store.get("suite/archive/raw/r1/s0.zst").await.unwrap(),
+            b"rows"
+        );
+        // A repeat after an interrupted attempt: the source is gone, nothing happens.
+        store
+            .archive("suite/raw/r1/s0.zst", "suite/archive/raw/r1/s0.zst", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get("suite/archive/raw/r1/s0.zst").await.unwrap(),
+            b"rows"
+        );
     }
 
     pub async fn put_get_replace(store: &dyn ObjectStore) {

@@ -121,6 +121,7 @@ pub struct Coordinator {
     shared: Arc<Mutex<Shared>>,
     last_dead_letter_check: Instant,
     last_depth_poll: Instant,
+    last_archive: Instant,
 }
 
 /// Opens the state store named by the settings.
@@ -225,6 +226,7 @@ impl Coordinator {
             shared: Arc::default(),
             last_dead_letter_check: Instant::now() - Duration::from_secs(3600),
             last_depth_poll: Instant::now() - Duration::from_secs(3600),
+            last_archive: Instant::now(),
         })
     }
 
@@ -607,6 +609,26 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Moves raw objects past their pipeline's retention to `archive/`, once an hour.
+    async fn archive_hourly(&mut self) {
+        if self.last_archive.elapsed() < Duration::from_secs(3600) {
+            return;
+        }
+        self.last_archive = Instant::now();
+        for (name, s) in &self.pipelines {
+            let r = crate::archive::archive_raw(
+                &*self.state,
+                &*self.backends.files,
+                &s.pipeline,
+                chrono::Utc::now(),
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(pipeline = %name, error = %format!("{e:#}"), "archiving raw objects failed; tried again in an hour");
+            }
+        }
+    }
+
     /// Starts the runs whose cron time has come (once per fire time, across restarts).
     async fn fire_schedules(&mut self) -> anyhow::Result<()> {
         let now_t = chrono::Utc::now();
@@ -748,6 +770,7 @@ impl Coordinator {
                     self.check_dead_letters().await?;
                 }
                 self.advance_runs().await?;
+                self.archive_hourly().await;
                 anyhow::Ok(())
             };
             let r = tokio::select! {

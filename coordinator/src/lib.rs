@@ -7,6 +7,7 @@
 //! * [`run`]: a pipeline run in local mode, durable and resumable.
 //! * [`sources`]: planning database sources from their watermark; watermarks advanced after
 //!   a run completed.
+//! * [`archive`]: raw-zone objects past their retention moved to `archive/`.
 //! * [`backfill`]: a time range of a source run again window by window.
 //! * [`commands`]: `cancel` and `retry` of a run in local mode.
 //! * [`commit`]: a run's end in the lake: unlisted files removed, the commit record written.
@@ -16,6 +17,7 @@
 //! * [`quality`]: a run's data-quality verdict from its pipeline's `[[expect]]` entries.
 //! * [`demo`]: the demo's sample sources and pipeline files.
 
+pub mod archive;
 pub mod backfill;
 pub mod commands;
 pub mod commit;

@@ -310,18 +310,23 @@ impl DataDir {
     }
 
     pub async fn runs(&self) -> anyhow::Result<Vec<RunRecord>> {
-        let mut out = Vec::new();
-        for key in self.state.list("runs/").await? {
-            if key.ends_with("/run.json") {
-                let bytes = self.state.get(&key).await?.unwrap_or_default();
-                out.push(
-                    serde_json::from_slice(&bytes)
-                        .with_context(|| format!("state {key} is corrupt"))?,
-                );
-            }
-        }
-        Ok(out)
+        all_runs(&*self.state).await
     }
+}
+
+/// Every run recorded in a state store.
+pub async fn all_runs(state: &dyn StateStore) -> anyhow::Result<Vec<RunRecord>> {
+    let mut out = Vec::new();
+    for key in state.list("runs/").await? {
+        if key.ends_with("/run.json") {
+            let bytes = state.get(&key).await?.unwrap_or_default();
+            out.push(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("state {key} is corrupt"))?,
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Fails with a hint when this process cannot write into the data dir (typically a folder
@@ -837,6 +842,12 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     // (or `coordinator retry RUN`) redoes them in the same run.
     if m.failed().is_empty() || status == RunStatus::Cancelled {
         dd.state.delete(&current_key).await?;
+    }
+    // Raw objects of runs past the source's retention: kept, moved to archive/.
+    if let Err(e) =
+        crate::archive::archive_raw(&*dd.state, &*dd.files, &pipeline, chrono::Utc::now()).await
+    {
+        tracing::warn!(pipeline = %name, error = %format!("{e:#}"), "archiving raw objects failed; tried again after the next run");
     }
     let rows_in_table = match &warehouse {
         Some(w) => rows_in(&**w, &table).await,

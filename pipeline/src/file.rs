@@ -159,6 +159,17 @@ pub struct SourceSection {
     /// The table or query of a `postgres` or `mysql` source.
     #[serde(default)]
     pub sql: Option<SqlSource>,
+    /// Database sources: the raw-zone objects of runs that ended more than this many days ago
+    /// move to `archive/` (file sources are referenced where they are, never copied).
+    #[serde(default)]
+    pub raw_retention_days: Option<std::num::NonZeroU32>,
+    /// The S3 storage class archived raw objects are copied into.
+    #[serde(default = "default_archive_class")]
+    pub raw_archive_storage_class: String,
+}
+
+fn default_archive_class() -> String {
+    "GLACIER_IR".into()
 }
 
 impl SourceSection {

@@ -146,6 +146,12 @@ fn check_files_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
             "applies to kind = \"postgres\" or \"mysql\"; this source is files",
         ));
     }
+    if s.raw_retention_days.is_some() {
+        return Err(cx.err(
+            "source.raw_retention_days",
+            "applies to database sources: a file source is read where it is, never copied into the raw zone",
+        ));
+    }
     if let Err(e) = globset::Glob::new(&s.glob) {
         return Err(cx.err("source.glob", format!("invalid glob: {e}")));
     }
@@ -752,6 +758,11 @@ merge_keys = ["id"]
             "format = \"ndjson\"\ntime_template = \"%d/%m/\"\n",
         );
         expect_err(&bad_template, "source.time_template", "no year");
+        let retention = MINIMAL.replace(
+            "format = \"ndjson\"\n",
+            "format = \"ndjson\"\nraw_retention_days = 30\n",
+        );
+        expect_err(&retention, "source.raw_retention_days", "never copied");
         let http = MINIMAL.replace(
             "location = \"in\"\nformat = \"ndjson\"\n",
             "kind = \"http\"\n",

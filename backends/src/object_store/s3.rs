@@ -364,6 +364,31 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    async fn archive(&self, from: &str, to: &str, storage_class: Option<&str>) -> Result<()> {
+        let (src, dst) = (self.full_key(from)?, self.full_key(to)?);
+        if self.head(from).await?.is_none() {
+            return Ok(());
+        }
+        let mut req = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&dst)
+            .copy_source(format!("{}/{src}", self.bucket));
+        if let Some(class) = storage_class {
+            req = req.storage_class(aws_sdk_s3::types::StorageClass::from(class));
+        }
+        if let Some(k) = &self.kms_key_id {
+            req = req
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(k);
+        }
+        req.send()
+            .await
+            .map_err(|e| classify("S3", "CopyObject", &self.url_of(&dst), e))?;
+        self.delete(from).await
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         let full = self.full_key(key)?;
         self.client
