@@ -408,6 +408,8 @@ impl LocalSource {
                 crate::sources::describe(p)
             );
         }
+        // An unbuilt kind or an unset connection variable is refused here, before anything.
+        worker::extract::open_sql_source(p)?;
         Ok(LocalSource::Database)
     }
 
@@ -673,10 +675,12 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let pipeline = crate::sources::load_pipeline(&opts.pipeline).await?;
     // Fail on bad key files or reference files before anything runs.
     let compiled = worker::plan::Plan::build(&pipeline)?;
+    // The source is resolved (a database source's kind and connection variable checked)
+    // before the data dir is created.
+    let src = LocalSource::resolve(&pipeline, opts.source.as_deref())?;
     let dd = DataDir::open(&opts.data_dir)?;
     let name = pipeline.name().to_string();
     let table = pipeline.table().to_string();
-    let src = LocalSource::resolve(&pipeline, opts.source.as_deref())?;
     let (output_root, output_prefix) = match &opts.output {
         Some(o) => {
             std::fs::create_dir_all(o).with_context(|| format!("output folder {}", o.display()))?;
