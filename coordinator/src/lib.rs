@@ -10,6 +10,7 @@
 //! * [`archive`]: raw-zone objects past their retention moved to `archive/`.
 //! * [`backfill`]: a time range of a source run again window by window.
 //! * [`commands`]: `cancel` and `retry` of a run in local mode.
+//! * [`status`]: one run in detail, for `coordinator status RUN`.
 //! * [`commit`]: a run's end in the lake: unlisted files removed, the commit record written.
 //! * [`local_worker`]: the in-process worker loop on the embedded queue.
 //! * [`fleet`]: `coordinator serve`, the fleet coordinator on SQS, S3 and a SQL warehouse, with
@@ -31,3 +32,4 @@ pub mod planner;
 pub mod quality;
 pub mod run;
 pub mod sources;
+pub mod status;

@@ -339,6 +339,33 @@ async fn backfill(opts: coordinator::backfill::BackfillOptions) -> anyhow::Resul
     Ok(())
 }
 
+/// `coordinator status RUN` on a data dir: the run in detail, its counts live from state.
+async fn run_detail(dd: &DataDir, run_id: &str) -> anyhow::Result<()> {
+    let bytes = dd
+        .state
+        .get(&format!("runs/{run_id}/run.json"))
+        .await?
+        .with_context(|| format!("no run {run_id} in {}", dd.root.display()))?;
+    let r: coordinator::run::RunRecord = serde_json::from_slice(&bytes)?;
+    let mut counts = protocol::Counts::default();
+    let done_keys = dd.state.list(&format!("runs/{run_id}/done/")).await?;
+    for key in &done_keys {
+        let d: coordinator::engine::DoneRecord =
+            serde_json::from_slice(&dd.state.get(key).await?.unwrap_or_default())?;
+        counts.add(&d.counts);
+    }
+    let cancel = dd
+        .state
+        .get(&coordinator::run::cancel_key(run_id))
+        .await?
+        .is_some();
+    print!(
+        "{}",
+        coordinator::status::run_detail(&r, done_keys.len(), &counts, cancel)
+    );
+    Ok(())
+}
+
 /// `coordinator runs [PIPELINE]`: a data dir's runs, oldest first.
 async fn list_runs(pipeline: Option<String>, data_dir: &Path, json: bool) -> anyhow::Result<()> {
     let dd = DataDir::open_existing(data_dir)?;
@@ -591,6 +618,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server: None,
         } => {
             let dd = DataDir::open_existing(&data_dir)?;
+            if let (Some(id), false) = (&run, json) {
+                return run_detail(&dd, id).await;
+            }
             let mut runs = dd.runs().await?;
             if let Some(id) = &run {
                 runs.retain(|r| &r.run_id == id);

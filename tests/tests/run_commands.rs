@@ -69,6 +69,19 @@ fn a_failed_shard_is_retried_in_the_same_run_and_loaded_once() {
         "{listed}"
     );
     assert_eq!(count(&data), "50", "the good shard loaded");
+    let st = ok(&coordinator(
+        &["status", &id, "--data-dir", dd(&data)],
+        None,
+    ));
+    for want in [
+        ": failed",
+        "1 failed",
+        "b.ndjson.gz",
+        "50 out",
+        "quality: passed",
+    ] {
+        assert!(st.contains(want), "{want:?} in\n{st}");
+    }
 
     std::fs::write(
         dir.path().join("in/b.ndjson.gz"),
