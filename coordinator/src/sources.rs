@@ -80,7 +80,7 @@ pub async fn load_pipeline(path: &std::path::Path) -> anyhow::Result<Pipeline> {
     let Some(raw) = raw.filter(|r| r.source.kind.is_sql() && r.columns.is_empty()) else {
         return Ok(pipeline::parse(&text, &file, base)?);
     };
-    let source = worker::extract::open_source_of(&raw.source, &file)?;
+    let source = worker::extract::open_source_of(&raw.source, &file, &base)?;
     let columns = source
         .table_columns()
         .await

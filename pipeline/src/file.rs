@@ -211,6 +211,11 @@ pub struct SqlSource {
     /// Rows per round trip of the server-side cursor (bounds a worker's memory).
     #[serde(default = "default_fetch_rows")]
     pub fetch_rows: NonZeroU64,
+    /// With `sslmode=require` in the connection string: the PEM certificates trusted for the
+    /// server's (relative to the pipeline file); default the system's roots. The server's name
+    /// is always verified.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
 }
 
 impl SqlSource {

@@ -237,3 +237,34 @@ async fn a_pipeline_without_columns_takes_the_tables_columns_and_types() {
         "1"
     );
 }
+
+/// `sslmode=require` in the connection string: the run reads over TLS, the server's certificate
+/// verified against `tls_ca_file` (the machine's PostgreSQL serves Debian's `localhost` one).
+#[tokio::test]
+async fn a_run_reads_over_tls_when_the_connection_string_requires_it() {
+    let snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let Some(pg) = backends::testkit::postgres() else {
+        return;
+    };
+    if !Path::new(snakeoil).is_file() {
+        eprintln!("SKIPPED: no {snakeoil}");
+        return;
+    }
+    let (conn, _client) = seed(&pg, &backends::testkit::unique("sqltls")).await;
+    let tls = format!(
+        "{} host=localhost sslmode=require",
+        conn.replace("host=127.0.0.1", "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("orders.toml");
+    std::fs::write(
+        &p,
+        PIPELINE.replace(
+            "shard_rows = 1500\n",
+            &format!("shard_rows = 1500\ntls_ca_file = \"{snakeoil}\"\n"),
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    assert_eq!(run(&p, &data, &tls)["rows_out"], 5000);
+}

@@ -46,11 +46,16 @@ pub fn sql_spec_of(src: &SourceSection) -> Option<SqlSpec> {
 /// The database source of a pipeline, connected through the variable its `connection_env`
 /// names (in this process's environment).
 pub fn open_sql_source(p: &Pipeline) -> Result<PostgresSource, WorkerError> {
-    open_source_of(&p.file.source, &p.path)
+    open_source_of(&p.file.source, &p.path, &p.base_dir)
 }
 
-/// The database source of a `[source]` section (`file` names the pipeline file in messages).
-pub fn open_source_of(src: &SourceSection, file: &str) -> Result<PostgresSource, WorkerError> {
+/// The database source of a `[source]` section (`file` names the pipeline file in messages;
+/// `base` is its folder, which a relative `tls_ca_file` is read from).
+pub fn open_source_of(
+    src: &SourceSection,
+    file: &str,
+    base: &Path,
+) -> Result<PostgresSource, WorkerError> {
     let (Some(spec), Some(sql)) = (sql_spec_of(src), src.sql.as_ref()) else {
         return Err(WorkerError::Config(format!(
             "{file}: source kind {:?} has no [source.sql]",
@@ -68,7 +73,8 @@ pub fn open_source_of(src: &SourceSection, file: &str) -> Result<PostgresSource,
             "{file}: environment variable {var} (source.sql.connection_env) is not set"
         ))
     })?;
-    Ok(PostgresSource::new(spec, &conn, sql.fetch_rows.get())?)
+    let ca = sql.tls_ca_file.as_ref().map(|f| base.join(f));
+    Ok(PostgresSource::new(spec, &conn, sql.fetch_rows.get())?.with_tls_ca_file(ca))
 }
 
 /// Reads a database shard into its raw-zone object and returns the shard as it is processed:
