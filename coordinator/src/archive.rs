@@ -81,23 +81,9 @@ mod tests {
     use crate::engine::RunStatus;
     use backends::object_store::LocalStore;
     use backends::state::FileStateStore;
-    use protocol::ShardPlan;
 
     fn record(run: &str, status: RunStatus, finished: Option<&str>) -> RunRecord {
-        let plan = ShardPlan {
-            run_id: run.into(),
-            pipeline: "orders".into(),
-            shards: Vec::new(),
-        };
-        let mut r = RunRecord::started(
-            &plan,
-            "orders",
-            "postgres orders".into(),
-            "lake".into(),
-            "orders".into(),
-            0,
-        );
-        r.status = status;
+        let mut r = RunRecord::for_test(run, "orders", status);
         r.finished_at = finished.map(String::from);
         r
     }

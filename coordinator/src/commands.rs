@@ -16,15 +16,6 @@ use anyhow::{Context, bail};
 use crate::engine::RunStatus;
 use crate::run::{DataDir, RunOptions, RunRecord, RunReport, cancel_key, now, run_local};
 
-async fn record(dd: &DataDir, run_id: &str) -> anyhow::Result<RunRecord> {
-    let bytes = dd
-        .state
-        .get(&format!("runs/{run_id}/run.json"))
-        .await?
-        .with_context(|| format!("no run {run_id} in {}", dd.root.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("state of run {run_id} is corrupt"))
-}
-
 /// Whether `run_id` is its pipeline's unfinished run.
 async fn is_current(dd: &DataDir, r: &RunRecord) -> anyhow::Result<bool> {
     let current = dd
@@ -36,7 +27,7 @@ async fn is_current(dd: &DataDir, r: &RunRecord) -> anyhow::Result<bool> {
 
 /// Requests that an unfinished run stop; returns what happens next, for the user.
 pub async fn cancel_local(dd: &DataDir, run_id: &str) -> anyhow::Result<String> {
-    let r = record(dd, run_id).await?;
+    let r = dd.run(run_id).await?;
     if r.status.is_final() && !is_current(dd, &r).await? {
         bail!("run {run_id} has already ended: {}", r.status);
     }
@@ -55,7 +46,7 @@ pub async fn retry_local(
     workers: usize,
 ) -> anyhow::Result<RunReport> {
     let dd = DataDir::open_existing(data_dir)?;
-    let r = record(&dd, run_id).await?;
+    let r = dd.run(run_id).await?;
     if r.status != RunStatus::Failed || r.failed_shards.is_empty() {
         bail!(
             "run {run_id} is {} with no failed shards: retry redoes the failed shards of a failed run{}",

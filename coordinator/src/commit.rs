@@ -82,20 +82,9 @@ mod tests {
     use protocol::{Counts, ShardDescriptor};
 
     fn record(run: &str) -> RunRecord {
-        let plan = protocol::ShardPlan {
-            run_id: run.into(),
-            pipeline: "web".into(),
-            shards: vec![],
-        };
-        let mut r = RunRecord::started(
-            &plan,
-            "web_events",
-            "src".into(),
-            "lake".into(),
-            "web_events".into(),
-            0,
-        );
-        r.status = crate::engine::RunStatus::Completed;
+        let mut r = RunRecord::for_test(run, "web", crate::engine::RunStatus::Completed);
+        r.table = "web_events".into();
+        r.output_prefix = "web_events".into();
         r
     }
 

@@ -267,6 +267,16 @@ fn api_call(url: &str, body: Option<&serde_json::Value>) -> anyhow::Result<serde
     Ok(v)
 }
 
+/// A finished run as `coordinator run` prints it: the report, the `STATS` line and the
+/// `QUALITY` line.
+fn print_outcome(r: &RunReport) {
+    print_report(r);
+    println!("{}", stats_line(r));
+    if let Some(q) = &r.record.quality {
+        println!("{}", q.line(&r.record.run_id));
+    }
+}
+
 fn stats_line(r: &RunReport) -> String {
     let mut m = r.record.counts.to_flat_json();
     m.insert("run_id".into(), r.record.run_id.clone().into());
@@ -286,6 +296,68 @@ fn shell_quote(p: &Path) -> String {
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
+}
+
+/// `coordinator demo`: writes the sample sources and pipelines, runs them, and prints how to
+/// query the results.
+async fn demo(
+    data_dir: &Path,
+    rows: usize,
+    workers: usize,
+    interactive: bool,
+) -> anyhow::Result<()> {
+    let root = std::fs::create_dir_all(data_dir)
+        .and_then(|_| data_dir.canonicalize())
+        .with_context(|| format!("data dir {}", data_dir.display()))?;
+    let demo = root.join("demo");
+    let pipelines = coordinator::demo::write_demo(&demo, rows)?;
+    println!(
+        "demo: sample sources in {}, pipeline files in {}",
+        demo.join("sources").display(),
+        demo.join("pipelines").display()
+    );
+    let mut failed = 0;
+    for p in &pipelines {
+        let opts = RunOptions {
+            pipeline: p.clone(),
+            data_dir: root.clone(),
+            workers,
+            source: None,
+            output: None,
+            shard_size: None,
+            progress: interactive,
+            batch_rows: 2_000_000,
+            window: None,
+        };
+        let report = run_local(&opts).await?;
+        print_report(&report);
+        failed += report.record.failed_shards.len();
+    }
+    let bin = "cargo run --release -p coordinator --";
+    let dd = shell_quote(&root);
+    println!();
+    println!(
+        "Query the warehouse ({}):",
+        root.join("warehouse.db").display()
+    );
+    println!(
+        "  {bin} sql --data-dir {dd} \"SELECT country, count(*) AS events FROM web_events GROUP BY country ORDER BY events DESC\""
+    );
+    println!(
+        "  {bin} sql --data-dir {dd} \"SELECT region, sum(quantity * unit_price) AS revenue FROM pos_sales GROUP BY region\""
+    );
+    println!(
+        "  {bin} sql --data-dir {dd} \"SELECT currency, status, count(*), sum(amount) FROM billing_invoices GROUP BY 1, 2\""
+    );
+    println!("Runs and their progress:  {bin} status --data-dir {dd}");
+    println!(
+        "Write your own pipeline: copy {} and run  {bin} run YOUR.toml --data-dir {dd}",
+        demo.join("pipelines/web_events.toml").display()
+    );
+    if failed > 0 {
+        anyhow::bail!("{failed} shard(s) failed");
+    }
+    Ok(())
 }
 
 /// `coordinator backfill`: prints each window's plan; then the `PLAN` line (a dry run) or the
@@ -339,14 +411,20 @@ async fn backfill(opts: coordinator::backfill::BackfillOptions) -> anyhow::Resul
     Ok(())
 }
 
+/// `coordinator status [RUN]` on a data dir: one run in detail, or the runs a line each (or
+/// JSON).
+async fn status_local(data_dir: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let dd = DataDir::open_existing(data_dir)?;
+    match (run, json) {
+        (Some(id), false) => run_detail(&dd, id).await,
+        (Some(id), true) => print_local_runs(&dd, vec![dd.run(id).await?], true).await,
+        (None, _) => print_local_runs(&dd, dd.runs().await?, json).await,
+    }
+}
+
 /// `coordinator status RUN` on a data dir: the run in detail, its counts live from state.
 async fn run_detail(dd: &DataDir, run_id: &str) -> anyhow::Result<()> {
-    let bytes = dd
-        .state
-        .get(&format!("runs/{run_id}/run.json"))
-        .await?
-        .with_context(|| format!("no run {run_id} in {}", dd.root.display()))?;
-    let r: coordinator::run::RunRecord = serde_json::from_slice(&bytes)?;
+    let r = dd.run(run_id).await?;
     let mut counts = protocol::Counts::default();
     let done_keys = dd.state.list(&format!("runs/{run_id}/done/")).await?;
     for key in &done_keys {
@@ -380,6 +458,15 @@ async fn list_runs(pipeline: Option<String>, data_dir: &Path, json: bool) -> any
     };
     let mut runs = dd.runs().await?;
     runs.retain(|r| name.as_ref().is_none_or(|n| &r.pipeline == n));
+    print_local_runs(&dd, runs, json).await
+}
+
+/// A data dir's runs, oldest first: a line each (shards done counted from state), or JSON.
+async fn print_local_runs(
+    dd: &DataDir,
+    mut runs: Vec<coordinator::run::RunRecord>,
+    json: bool,
+) -> anyhow::Result<()> {
     runs.sort_by(|a, b| {
         a.started_at
             .cmp(&b.started_at)
@@ -406,11 +493,7 @@ async fn list_runs(pipeline: Option<String>, data_dir: &Path, json: bool) -> any
 /// `coordinator retry RUN`: the run's report and its lines, as `coordinator run` prints them.
 async fn retry(run_id: &str, data_dir: &Path, workers: usize) -> anyhow::Result<()> {
     let report = coordinator::commands::retry_local(data_dir, run_id, workers).await?;
-    print_report(&report);
-    println!("{}", stats_line(&report));
-    if let Some(q) = &report.record.quality {
-        println!("{}", q.line(&report.record.run_id));
-    }
+    print_outcome(&report);
     if !report.record.failed_shards.is_empty() {
         anyhow::bail!(
             "{} shard(s) failed again; `coordinator retry {run_id}` tries them once more",
@@ -496,17 +579,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 window: None,
             };
             let report = run_local(&opts).await?;
-            print_report(&report);
-            println!("{}", stats_line(&report));
-            if let Some(q) = &report.record.quality {
-                println!("{}", q.line(&report.record.run_id));
-                if !q.passed {
-                    anyhow::bail!(
-                        "run {} was not loaded: expectation(s) failed: {} (its Parquet and quarantine are kept)",
-                        report.record.run_id,
-                        q.failures().join("; ")
-                    );
-                }
+            print_outcome(&report);
+            if let Some(q) = report.record.quality.as_ref().filter(|q| !q.passed) {
+                anyhow::bail!(
+                    "run {} was not loaded: expectation(s) failed: {} (its Parquet and quarantine are kept)",
+                    report.record.run_id,
+                    q.failures().join("; ")
+                );
             }
             if !report.record.failed_shards.is_empty() {
                 anyhow::bail!(
@@ -519,59 +598,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             rows,
             workers,
-        } => {
-            let root = std::fs::create_dir_all(&data_dir)
-                .and_then(|_| data_dir.canonicalize())
-                .with_context(|| format!("data dir {}", data_dir.display()))?;
-            let demo = root.join("demo");
-            let pipelines = coordinator::demo::write_demo(&demo, rows)?;
-            println!(
-                "demo: sample sources in {}, pipeline files in {}",
-                demo.join("sources").display(),
-                demo.join("pipelines").display()
-            );
-            let mut failed = 0;
-            for p in &pipelines {
-                let opts = RunOptions {
-                    pipeline: p.clone(),
-                    data_dir: root.clone(),
-                    workers,
-                    source: None,
-                    output: None,
-                    shard_size: None,
-                    progress: interactive,
-                    batch_rows: 2_000_000,
-                    window: None,
-                };
-                let report = run_local(&opts).await?;
-                print_report(&report);
-                failed += report.record.failed_shards.len();
-            }
-            let bin = "cargo run --release -p coordinator --";
-            let dd = shell_quote(&root);
-            println!();
-            println!(
-                "Query the warehouse ({}):",
-                root.join("warehouse.db").display()
-            );
-            println!(
-                "  {bin} sql --data-dir {dd} \"SELECT country, count(*) AS events FROM web_events GROUP BY country ORDER BY events DESC\""
-            );
-            println!(
-                "  {bin} sql --data-dir {dd} \"SELECT region, sum(quantity * unit_price) AS revenue FROM pos_sales GROUP BY region\""
-            );
-            println!(
-                "  {bin} sql --data-dir {dd} \"SELECT currency, status, count(*), sum(amount) FROM billing_invoices GROUP BY 1, 2\""
-            );
-            println!("Runs and their progress:  {bin} status --data-dir {dd}");
-            println!(
-                "Write your own pipeline: copy {} and run  {bin} run YOUR.toml --data-dir {dd}",
-                demo.join("pipelines/web_events.toml").display()
-            );
-            if failed > 0 {
-                anyhow::bail!("{failed} shard(s) failed");
-            }
-        }
+        } => demo(&data_dir, rows, workers, interactive).await?,
         Command::Serve { config } => {
             let (settings, base) = coordinator::fleet::load_settings(config.as_deref())?;
             let c = coordinator::fleet::Coordinator::open(settings, &base).await?;
@@ -616,38 +643,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             run,
             server: None,
-        } => {
-            let dd = DataDir::open_existing(&data_dir)?;
-            if let (Some(id), false) = (&run, json) {
-                return run_detail(&dd, id).await;
-            }
-            let mut runs = dd.runs().await?;
-            if let Some(id) = &run {
-                runs.retain(|r| &r.run_id == id);
-                if runs.is_empty() {
-                    anyhow::bail!("no run {id} in {}", dd.root.display());
-                }
-            }
-            runs.sort_by(|a, b| {
-                a.started_at
-                    .cmp(&b.started_at)
-                    .then(a.run_id.cmp(&b.run_id))
-            });
-            if json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
-            } else if runs.is_empty() {
-                println!("no runs in {}", dd.root.display());
-            } else {
-                for r in runs {
-                    let done = dd
-                        .state
-                        .list(&format!("runs/{}/done/", r.run_id))
-                        .await?
-                        .len();
-                    print_run_line(&r, done);
-                }
-            }
-        }
+        } => status_local(&data_dir, run.as_deref(), json).await?,
         Command::Sql {
             query,
             data_dir,

@@ -193,6 +193,28 @@ pub(crate) fn new_run_id(p: &Pipeline) -> String {
     )
 }
 
+#[cfg(test)]
+impl RunRecord {
+    /// A record of run `run_id` of `pipeline` into a table of the same name, for tests.
+    pub(crate) fn for_test(run_id: &str, pipeline: &str, status: RunStatus) -> RunRecord {
+        let plan = ShardPlan {
+            run_id: run_id.into(),
+            pipeline: pipeline.into(),
+            shards: Vec::new(),
+        };
+        let mut r = RunRecord::started(
+            &plan,
+            pipeline,
+            "src".into(),
+            "lake".into(),
+            pipeline.into(),
+            0,
+        );
+        r.status = status;
+        r
+    }
+}
+
 /// A new run of `p` over `objects`, and its shards.
 pub(crate) fn plan_run(p: &Pipeline, objects: &[ObjectRef], shard_bytes: u64) -> ShardPlan {
     ShardPlan {
@@ -311,6 +333,16 @@ impl DataDir {
 
     pub async fn runs(&self) -> anyhow::Result<Vec<RunRecord>> {
         all_runs(&*self.state).await
+    }
+
+    /// One run's record; a run the data dir does not hold is an error naming both.
+    pub async fn run(&self, run_id: &str) -> anyhow::Result<RunRecord> {
+        let bytes = self
+            .state
+            .get(&format!("runs/{run_id}/run.json"))
+            .await?
+            .with_context(|| format!("no run {run_id} in {}", self.root.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("state of run {run_id} is corrupt"))
     }
 }
 
@@ -777,18 +809,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         stores: Arc::new(move |_| Ok(stores.clone())),
         visibility: Duration::from_secs(30),
     };
-    let workers: Vec<_> = (0..opts.workers.max(1))
-        .map(|id| {
-            tokio::spawn(crate::local_worker::work_loop(
-                crate::local_worker::WorkerCtx {
-                    id,
-                    env: env.clone(),
-                    scratch: scratch.clone(),
-                    stopping: stopping.clone(),
-                },
-            ))
-        })
-        .collect();
+    let workers = spawn_workers(opts.workers, &env, &scratch, &stopping);
 
     let fault = fault();
     let mut done_here = 0usize;
@@ -912,6 +933,27 @@ async fn adopt_written_manifests(
         }
     }
     Ok(())
+}
+
+/// The in-process workers: each takes tasks from the embedded queue until `stopping`.
+fn spawn_workers(
+    n: usize,
+    env: &worker::daemon::TaskEnv,
+    scratch: &Path,
+    stopping: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n.max(1))
+        .map(|id| {
+            tokio::spawn(crate::local_worker::work_loop(
+                crate::local_worker::WorkerCtx {
+                    id,
+                    env: env.clone(),
+                    scratch: scratch.to_path_buf(),
+                    stopping: stopping.clone(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The task messages of the run's unfinished shards (none once it is cancelled).

@@ -217,20 +217,7 @@ mod tests {
     use backends::state::FileStateStore;
 
     fn record(status: RunStatus, watermark: Option<&str>) -> RunRecord {
-        let plan = ShardPlan {
-            run_id: "orders-1".into(),
-            pipeline: "orders".into(),
-            shards: Vec::new(),
-        };
-        let mut r = RunRecord::started(
-            &plan,
-            "orders",
-            "postgres orders".into(),
-            "lake".into(),
-            "orders".into(),
-            0,
-        );
-        r.status = status;
+        let mut r = RunRecord::for_test("orders-1", "orders", status);
         r.watermark = watermark.map(String::from);
         r
     }

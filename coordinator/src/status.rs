@@ -94,25 +94,11 @@ pub fn run_detail(r: &RunRecord, done: usize, counts: &Counts, cancel_requested:
 mod tests {
     use super::*;
     use crate::engine::RunStatus;
-    use protocol::ShardPlan;
 
     #[test]
     fn a_run_shows_progress_outcomes_failures_and_its_verdict() {
-        let plan = ShardPlan {
-            run_id: "orders-1".into(),
-            pipeline: "orders".into(),
-            shards: Vec::new(),
-        };
-        let mut r = RunRecord::started(
-            &plan,
-            "orders",
-            "in".into(),
-            "lake".into(),
-            "orders".into(),
-            9,
-        );
+        let mut r = RunRecord::for_test("orders-1", "orders", RunStatus::Failed);
         r.shards = 3;
-        r.status = RunStatus::Failed;
         r.failed_shards = vec![("s00002".into(), "b.ndjson.gz: corrupt".into())];
         r.quality = Some(crate::quality::QualityReport {
             passed: false,
