@@ -94,9 +94,19 @@ pub fn windows(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowPlan {
     pub window: Window,
+    /// A files source's objects in the window (none for other kinds).
     pub objects: Vec<ObjectRef>,
     pub shards: usize,
-    pub bytes: u64,
+    /// `None` where the source cannot know before it is read (an API).
+    pub bytes: Option<u64>,
+}
+
+impl WindowPlan {
+    /// `12345 bytes`, or `bytes unknown`.
+    pub fn bytes_text(&self) -> String {
+        self.bytes
+            .map_or_else(|| "bytes unknown".into(), |b| format!("{b} bytes"))
+    }
 }
 
 /// Places every object of the listing in its window by its key's time; objects outside the
@@ -135,14 +145,15 @@ pub fn plan_windows(
             WindowPlan {
                 window: *w,
                 shards: plan_shards(&objects, shard_bytes, splittable).len(),
-                bytes: objects.iter().map(|o| o.size).sum(),
+                bytes: Some(objects.iter().map(|o| o.size).sum()),
                 objects,
             }
         })
         .collect())
 }
 
-/// The `PLAN {json}` line of a backfill: totals, then every window.
+/// The `PLAN {json}` line of a backfill: totals, then every window (`bytes` is null where the
+/// source cannot know them before it is read).
 pub fn plan_line(pipeline: &str, width: &str, plans: &[WindowPlan]) -> String {
     let by_window: Vec<serde_json::Value> = plans
         .iter()
@@ -162,7 +173,7 @@ pub fn plan_line(pipeline: &str, width: &str, plans: &[WindowPlan]) -> String {
         "windows": plans.len(),
         "shards": plans.iter().map(|p| p.shards).sum::<usize>(),
         "objects": plans.iter().map(|p| p.objects.len()).sum::<usize>(),
-        "bytes": plans.iter().map(|p| p.bytes).sum::<u64>(),
+        "bytes": plans.iter().map(|p| p.bytes).sum::<Option<u64>>(),
         "by_window": by_window,
     });
     format!("PLAN {v}")
@@ -193,24 +204,11 @@ pub struct BackfillRecord {
     pub runs: Vec<Option<String>>,
 }
 
-/// The windows' plans of a local file source.
+/// The windows' plans of a local source.
 pub async fn plan_local(
     p: &Pipeline,
     opts: &BackfillOptions,
 ) -> anyhow::Result<(Vec<Window>, Vec<WindowPlan>)> {
-    if p.file.source.kind.is_sql() {
-        bail!(
-            "{}: backfills of database sources are not built yet (a run reads after the watermark)",
-            p.path
-        );
-    }
-    let template = p.file.source.time_template.as_deref().with_context(|| {
-        format!(
-            "{}: a backfill needs [source] time_template (e.g. \"%Y/%m/%d/\") to date the source's keys",
-            p.path
-        )
-    })?;
-    let template = TimeTemplate::new(template).map_err(anyhow::Error::msg)?;
     let width = humantime::parse_duration(&opts.window)
         .with_context(|| format!("--window {:?} is not a duration (1d, 6h)", opts.window))?;
     let ws = windows(
@@ -218,15 +216,55 @@ pub async fn plan_local(
         parse_bound(&opts.to, true)?,
         width,
     )?;
+    match p.file.source.kind {
+        pipeline::SourceKind::Files => Ok((ws.clone(), plan_files(p, &ws).await?)),
+        pipeline::SourceKind::Http => Ok((ws.clone(), plan_api(p, &ws)?)),
+        _ => bail!(
+            "{}: backfills of database sources are not built yet (a run reads after the watermark)",
+            p.path
+        ),
+    }
+}
+
+/// An API source's windows: each backfill window asked for in the API's own windows.
+fn plan_api(p: &Pipeline, ws: &[Window]) -> anyhow::Result<Vec<WindowPlan>> {
+    let http = p.file.source.http.as_ref().context("[source.http]")?;
+    if !http.windowed() {
+        bail!(
+            "{}: a backfill asks the API for time windows: give source.http.window_from_param (and window_to_param)",
+            p.path
+        );
+    }
+    let now = chrono::Utc::now().naive_utc();
+    ws.iter()
+        .map(|w| {
+            Ok(WindowPlan {
+                window: *w,
+                objects: Vec::new(),
+                shards: crate::sources::http::run_windows(http, None, Some(*w), now)?.len(),
+                bytes: None,
+            })
+        })
+        .collect()
+}
+
+/// A files source's windows: each object in the window its key's time falls in.
+async fn plan_files(p: &Pipeline, ws: &[Window]) -> anyhow::Result<Vec<WindowPlan>> {
+    let template = p.file.source.time_template.as_deref().with_context(|| {
+        format!(
+            "{}: a backfill needs [source] time_template (e.g. \"%Y/%m/%d/\") to date the source's keys",
+            p.path
+        )
+    })?;
+    let template = TimeTemplate::new(template).map_err(anyhow::Error::msg)?;
     let objects = crate::run::list_source(p).await?;
-    let plans = plan_windows(
+    plan_windows(
         &objects,
         &template,
-        &ws,
+        ws,
         p.file.source.shard_bytes.get(),
         &crate::run::splittable(p),
-    )?;
-    Ok((ws, plans))
+    )
 }
 
 /// What a backfill did: its plan only (a dry run), or the runs of its windows.
@@ -278,7 +316,7 @@ pub async fn backfill_local(opts: &BackfillOptions) -> anyhow::Result<BackfillOu
         if record.runs.get(i).is_some_and(Option::is_some) {
             continue;
         }
-        let run_id = if plan.objects.is_empty() {
+        let run_id = if plan.shards == 0 {
             String::new()
         } else {
             let report = crate::run::run_local(&crate::run::RunOptions {
@@ -404,7 +442,7 @@ mod tests {
         let plans = plan_windows(&objects, &template, &ws, 1 << 20, &|_| true).unwrap();
         let got: Vec<(usize, usize, u64)> = plans
             .iter()
-            .map(|p| (p.objects.len(), p.shards, p.bytes))
+            .map(|p| (p.objects.len(), p.shards, p.bytes.unwrap()))
             .collect();
         assert_eq!(got, vec![(2, 1, 42), (1, 1, 30), (0, 0, 0)]);
         let line = plan_line("events", "1d", &plans);
@@ -419,6 +457,14 @@ mod tests {
             (Some(3), Some(2), Some(72))
         );
         assert_eq!(v["by_window"][1]["bytes"], 30);
+        let unknown = WindowPlan {
+            bytes: None,
+            ..plans[0].clone()
+        };
+        let line = plan_line("api", "1d", &[unknown, plans[1].clone()]);
+        let v: serde_json::Value =
+            serde_json::from_str(line.strip_prefix("PLAN ").unwrap()).unwrap();
+        assert!(v["bytes"].is_null(), "an API cannot know its bytes: {v}");
 
         let other = TimeTemplate::new("dt=%Y-%m-%d/").unwrap();
         let e = plan_windows(&objects, &other, &ws, 1 << 20, &|_| true)

@@ -71,7 +71,7 @@ pub async fn retry_local(
         format!("run {run_id} does not name its pipeline file (it was started by an older version)")
     })?;
     let p = crate::sources::load_pipeline(std::path::Path::new(&pipeline)).await?;
-    let source = (!p.file.source.kind.is_sql()).then(|| PathBuf::from(&r.source));
+    let source = (!p.file.source.kind.extracts()).then(|| PathBuf::from(&r.source));
     let lake = dd.lake.display().to_string();
     let output = (r.output != lake).then(|| PathBuf::from(&r.output));
     run_local(&RunOptions {

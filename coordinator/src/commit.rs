@@ -113,6 +113,7 @@ mod tests {
             quarantine: vec![],
             counts: Counts::default(),
             schema_digest: String::new(),
+            source_watermark: None,
         }
     }
 

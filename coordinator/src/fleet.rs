@@ -189,7 +189,7 @@ impl Coordinator {
             };
             let p = crate::sources::load_pipeline(&path).await?;
             worker::plan::Plan::build(&p)?;
-            if !p.file.source.kind.is_sql()
+            if !p.file.source.kind.extracts()
                 && !p.file.source.location.starts_with("s3://")
                 && !Path::new(&p.resolve(&p.file.source.location)).is_dir()
             {
@@ -253,8 +253,8 @@ impl Coordinator {
             );
         }
         let p = &sched.pipeline;
-        let (plan, record) = if p.file.source.kind.is_sql() {
-            let run = crate::sources::plan_sql_run(p, &*self.state).await?;
+        let (plan, record) = if p.file.source.kind.extracts() {
+            let run = crate::sources::plan_source_run(p, &*self.state, None).await?;
             let table = p.table().to_string();
             let mut record = RunRecord::started(
                 &run.plan,
@@ -357,8 +357,9 @@ impl Coordinator {
                 output_prefix: record.output_prefix.clone(),
                 quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
                 manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
-                // Database shards read the raw zone they extract into, in the files store.
-                source_url: Some(if p.file.source.kind.is_sql() {
+                // Database and API shards read the raw zone they extract into, in the files
+                // store.
+                source_url: Some(if p.file.source.kind.extracts() {
                     self.backends.files_url.clone()
                 } else {
                     record.source.clone()
@@ -577,6 +578,9 @@ impl Coordinator {
                 )
                 .await
                 .with_context(|| format!("committing run {id} to the lake"))?;
+                run.loader
+                    .settle_watermark(&mut run.record, run.machine.done())
+                    .await?;
                 crate::sources::advance_watermark(&*self.state, &run.record).await?;
                 finished.push(id.clone());
             }
@@ -994,6 +998,7 @@ mod tests {
             quarantine: vec![],
             counts: Counts::default(),
             schema_digest: String::new(),
+            source_watermark: None,
         };
         files
             .put("manifests/r/s00002.json", m.to_json().into_bytes())

@@ -60,6 +60,9 @@ pub(crate) struct Loader {
     expectations: Vec<pipeline::expect::Expectation>,
     /// The run's verdict, once judged.
     pub(crate) quality: Option<crate::quality::QualityReport>,
+    /// Whether the shards' manifests carry the source's watermark (API sources with a
+    /// `watermark_field`).
+    watermark_from_shards: bool,
 }
 
 impl Loader {
@@ -85,7 +88,34 @@ impl Loader {
             batches: BTreeMap::new(),
             expectations: p.expectations.clone(),
             quality: None,
+            watermark_from_shards: p
+                .file
+                .source
+                .http
+                .as_ref()
+                .is_some_and(|h| h.watermark_field.is_some()),
         }
+    }
+
+    /// Folds the watermarks the done shards read into the record of a completed run that is not
+    /// a backfill's: the latest of them and of the watermark planned (never earlier).
+    pub(crate) async fn settle_watermark(
+        &self,
+        record: &mut crate::run::RunRecord,
+        done: &BTreeMap<String, DoneRecord>,
+    ) -> anyhow::Result<()> {
+        if !self.watermark_from_shards
+            || record.status != RunStatus::Completed
+            || record.backfill_window.is_some()
+        {
+            return Ok(());
+        }
+        for (shard_id, d) in done {
+            let read = self.manifest(shard_id, d).await?.source_watermark;
+            record.watermark =
+                pipeline::http::later_watermark(record.watermark.as_deref(), read.as_deref());
+        }
+        Ok(())
     }
 
     /// The machine of a run of `shards`, with what state holds of it replayed: finished shards,

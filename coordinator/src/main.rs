@@ -375,12 +375,12 @@ async fn backfill(opts: coordinator::backfill::BackfillOptions) -> anyhow::Resul
     };
     for p in plans {
         println!(
-            "window {} .. {}: {} object(s), {} shard(s), {} bytes",
+            "window {} .. {}: {} object(s), {} shard(s), {}",
             p.window.from,
             p.window.to,
             p.objects.len(),
             p.shards,
-            p.bytes
+            p.bytes_text()
         );
     }
     match outcome {
@@ -400,7 +400,7 @@ async fn backfill(opts: coordinator::backfill::BackfillOptions) -> anyhow::Resul
                 .filter(|r| r.as_deref() == Some(""))
                 .count();
             println!(
-                "backfill {}: {} window(s) done ({} run now, {} without objects)",
+                "backfill {}: {} window(s) done ({} run now, {} with nothing to read)",
                 record.backfill_id,
                 record.runs.iter().filter(|r| r.is_some()).count(),
                 reports.len(),

@@ -110,6 +110,10 @@ pub struct RunRecord {
     /// Local mode: the pipeline file the run was started from (`coordinator retry` reads it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline_file: Option<String>,
+    /// A backfill's run: the time range it reads (`2026-11-02 00:00:00 .. 2026-11-03 00:00:00`).
+    /// It never moves the pipeline's watermark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill_window: Option<String>,
 }
 
 impl RunRecord {
@@ -176,6 +180,7 @@ impl RunRecord {
             quality: None,
             watermark: None,
             pipeline_file: None,
+            backfill_window: None,
         }
     }
 }
@@ -415,18 +420,19 @@ pub fn sql_query(
     )
 }
 
-/// What a local run reads: a folder (listed with the glob, or one file of it), or a database.
+/// What a local run reads: a folder (listed with the glob, or one file of it), or a database or
+/// API that the workers extract.
 enum LocalSource {
     Folder {
         dir: PathBuf,
         single: Option<String>,
     },
-    Database,
+    Extracted,
 }
 
 impl LocalSource {
     fn resolve(p: &Pipeline, over: Option<&Path>) -> anyhow::Result<LocalSource> {
-        if !p.file.source.kind.is_sql() {
+        if !p.file.source.kind.extracts() {
             let (dir, single) = resolve_source(p, over)?;
             return Ok(LocalSource::Folder {
                 dir: dir.canonicalize()?,
@@ -440,16 +446,17 @@ impl LocalSource {
                 crate::sources::describe(p)
             );
         }
-        // An unbuilt kind or an unset connection variable is refused here, before anything.
-        worker::extract::open_sql_source(p)?;
-        Ok(LocalSource::Database)
+        // An unbuilt kind or an unset connection or credential variable is refused here,
+        // before anything.
+        crate::sources::check_source(p)?;
+        Ok(LocalSource::Extracted)
     }
 
     /// The source as run records name it (a resumed run must read the same).
     fn describe(&self, p: &Pipeline) -> String {
         match self {
             LocalSource::Folder { dir, .. } => dir.display().to_string(),
-            LocalSource::Database => crate::sources::describe(p),
+            LocalSource::Extracted => crate::sources::describe(p),
         }
     }
 }
@@ -544,7 +551,7 @@ pub(crate) async fn list_source(p: &Pipeline) -> anyhow::Result<Vec<ObjectRef>> 
         LocalSource::Folder { dir, single } => {
             source_objects(p, &compiled, &dir, single.as_deref(), &|_| true).await
         }
-        LocalSource::Database => bail!("{}: a database source has no objects", p.path),
+        LocalSource::Extracted => bail!("{}: a database or API source has no objects", p.path),
     }
 }
 
@@ -651,8 +658,8 @@ impl Starting<'_> {
                 let bytes = objects.iter().map(|o| o.size).sum();
                 (plan_run(p, &objects, shard_bytes), bytes, None)
             }
-            LocalSource::Database => {
-                let run = crate::sources::plan_sql_run(p, &*self.dd.state).await?;
+            LocalSource::Extracted => {
+                let run = crate::sources::plan_source_run(p, &*self.dd.state, opts.window).await?;
                 (run.plan, 0, run.watermark)
             }
         };
@@ -665,6 +672,7 @@ impl Starting<'_> {
             source_bytes,
         );
         rec.watermark = watermark;
+        rec.backfill_window = opts.window.map(|w| format!("{} .. {}", w.from, w.to));
         rec.pipeline_file = Some(
             opts.pipeline
                 .canonicalize()
@@ -735,8 +743,8 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let run_id = record.run_id.clone();
     let source: Arc<dyn ObjectStore> = match &src {
         LocalSource::Folder { dir, .. } => Arc::new(LocalStore::open_existing(dir)?),
-        // Database shards read the raw zone, in the data dir's files.
-        LocalSource::Database => dd.files.clone(),
+        // Database and API shards read the raw zone, in the data dir's files.
+        LocalSource::Extracted => dd.files.clone(),
     };
     let output: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&output_root)?);
     let warehouse = if pipeline.file.load.enabled {
@@ -855,6 +863,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         &*output
     };
     crate::commit::commit_run(&record, m.done(), &*dd.files, &*output, commits).await?;
+    loader.settle_watermark(&mut record, m.done()).await?;
     crate::sources::advance_watermark(&*dd.state, &record).await?;
     dd.state
         .put(

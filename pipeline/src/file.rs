@@ -126,6 +126,12 @@ impl SourceKind {
     pub fn is_sql(self) -> bool {
         matches!(self, SourceKind::Postgres | SourceKind::Mysql)
     }
+
+    /// Whether workers extract the source into the raw zone before they curate it (databases
+    /// and APIs); a files source is read where it is.
+    pub fn extracts(self) -> bool {
+        self != SourceKind::Files
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -159,7 +165,10 @@ pub struct SourceSection {
     /// The table or query of a `postgres` or `mysql` source.
     #[serde(default)]
     pub sql: Option<SqlSource>,
-    /// Database sources: the raw-zone objects of runs that ended more than this many days ago
+    /// The API of an `http` source.
+    #[serde(default)]
+    pub http: Option<crate::http::HttpSource>,
+    /// Database and API sources: the raw-zone objects of runs that ended more than this many days ago
     /// move to `archive/` (file sources are referenced where they are, never copied).
     #[serde(default)]
     pub raw_retention_days: Option<std::num::NonZeroU32>,

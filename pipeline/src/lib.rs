@@ -9,6 +9,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`file`] | the serde model of a pipeline file (every key, its default) |
+//! | [`http`] | `[source.http]`: an HTTP API source's keys, checks and pure helpers |
 //! | [`steps`] | one module per step kind: its spec, check, compilation and kernel |
 //! | [`builder`] | the typed Arrow builders a column type reads into |
 //! | [`columns`] | a declared column's reading rules (nulls, default, number locale) |
@@ -28,6 +29,7 @@ pub mod error;
 pub mod expect;
 pub mod expr;
 pub mod file;
+pub mod http;
 pub mod steps;
 pub mod template;
 pub mod time;

@@ -112,12 +112,7 @@ fn check_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
     match s.kind {
         SourceKind::Files => check_files_source(cx, s)?,
         SourceKind::Postgres | SourceKind::Mysql => check_sql_source(cx, s)?,
-        SourceKind::Http => {
-            return Err(cx.err(
-                "source.kind",
-                "\"http\" sources are not built yet; use files, postgres or mysql",
-            ));
-        }
+        SourceKind::Http => check_http_source(cx, s)?,
     }
     for (f, v) in [
         ("source.csv.delimiter", &s.csv.delimiter),
@@ -146,6 +141,12 @@ fn check_files_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
             "applies to kind = \"postgres\" or \"mysql\"; this source is files",
         ));
     }
+    if s.http.is_some() {
+        return Err(cx.err(
+            "source.http",
+            "applies to kind = \"http\"; this source is files",
+        ));
+    }
     if s.raw_retention_days.is_some() {
         return Err(cx.err(
             "source.raw_retention_days",
@@ -163,16 +164,9 @@ fn check_files_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A `postgres` or `mysql` source: `[source.sql]` names one table or query, and its optional
-/// cursor, key and lookback fit together. File keys do not apply.
-fn check_sql_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
+/// File keys given to a source that is not files.
+fn refuse_file_keys(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
     let kind = s.kind.name();
-    let Some(sql) = &s.sql else {
-        return Err(cx.err(
-            "source.sql",
-            format!("kind = {kind:?} reads [source.sql]: connection_env and table or query"),
-        ));
-    };
     for (key, given) in [
         ("source.location", !s.location.is_empty()),
         ("source.format", s.format.is_some()),
@@ -185,6 +179,45 @@ fn check_sql_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// An `http` source: `[source.http]` names the API and how it pages and windows.
+fn check_http_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
+    let Some(http) = &s.http else {
+        return Err(cx.err(
+            "source.http",
+            "kind = \"http\" reads [source.http]: url, records_path, pagination, …",
+        ));
+    };
+    if s.sql.is_some() {
+        return Err(cx.err(
+            "source.sql",
+            "applies to kind = \"postgres\" or \"mysql\", not \"http\"",
+        ));
+    }
+    refuse_file_keys(cx, s)?;
+    http.check()
+        .map_err(|(field, message)| cx.err(&field, message))
+}
+
+/// A `postgres` or `mysql` source: `[source.sql]` names one table or query, and its optional
+/// cursor, key and lookback fit together. File keys do not apply.
+fn check_sql_source(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
+    let kind = s.kind.name();
+    let Some(sql) = &s.sql else {
+        return Err(cx.err(
+            "source.sql",
+            format!("kind = {kind:?} reads [source.sql]: connection_env and table or query"),
+        ));
+    };
+    if s.http.is_some() {
+        return Err(cx.err(
+            "source.http",
+            format!("applies to kind = \"http\", not {kind:?}"),
+        ));
+    }
+    refuse_file_keys(cx, s)?;
     let env_ok = !sql.connection_env.is_empty()
         && sql
             .connection_env
@@ -437,6 +470,7 @@ merge_keys = ["id"]
             "demo/billing.toml",
             "pos/kasse.toml",
             "postgres/orders.toml",
+            "http/tickets.toml",
         ] {
             let text = std::fs::read_to_string(dir.join(f))
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()));
@@ -767,7 +801,36 @@ merge_keys = ["id"]
             "location = \"in\"\nformat = \"ndjson\"\n",
             "kind = \"http\"\n",
         );
-        expect_err(&http, "source.kind", "not built yet");
+        expect_err(&http, "source.http", "reads [source.http]");
+    }
+
+    #[test]
+    fn an_http_source_reads_its_api_section_and_refuses_file_keys() {
+        let api = "[source.http]\nurl = \"https://api.example.test/v1/orders\"\nrecords_path = \"data\"\n\
+                   window_from_param = \"updated_since\"\nwindow = \"1d\"\nstart = \"2026-11-01\"\n\
+                   [source.http.pagination]\nkind = \"next_link\"\nnext_path = \"links.next\"\n";
+        let text = MINIMAL.replace(
+            "location = \"in\"\nformat = \"ndjson\"\n",
+            &format!("kind = \"http\"\n{api}"),
+        );
+        let p = check(&text).unwrap();
+        let http = p.file.source.http.as_ref().unwrap();
+        assert_eq!(
+            p.file.source.format(),
+            Format::Ndjson,
+            "extracts land as NDJSON"
+        );
+        assert!(http.windowed());
+        assert_eq!(http.window(), Some(std::time::Duration::from_secs(86_400)));
+        let files_key = text.replace("kind = \"http\"\n", "kind = \"http\"\nformat = \"csv\"\n");
+        expect_err(&files_key, "source.format", "applies to files sources");
+        let bad = text.replace("window = \"1d\"", "window = \"daily\"");
+        expect_err(&bad, "source.http.window", "not a duration");
+        let on_files = MINIMAL.replace(
+            "format = \"ndjson\"\n",
+            &format!("format = \"ndjson\"\n{api}"),
+        );
+        expect_err(&on_files, "source.http", "applies to kind = \"http\"");
     }
 
     #[test]

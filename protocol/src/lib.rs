@@ -231,12 +231,14 @@ pub struct ShardDescriptor {
     pub extract: Option<Extract>,
 }
 
-/// What a worker extracts before it curates: the rows of a database source, landed as one zstd
-/// NDJSON object in the raw zone (a redone shard replaces its own object).
+/// What a worker extracts before it curates: the rows of a database source or the records of
+/// an API, landed as one zstd NDJSON object in the raw zone (a redone shard replaces its own
+/// object).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Extract {
     Sql(Box<SqlRange>),
+    Http(Box<HttpRange>),
 }
 
 impl Extract {
@@ -244,6 +246,36 @@ impl Extract {
     pub fn raw_key(&self) -> &str {
         match self {
             Extract::Sql(r) => &r.raw_key,
+            Extract::Http(r) => &r.raw_key,
+        }
+    }
+}
+
+/// One time window of an HTTP API source: the pages a worker pulls from the source's URL with
+/// the window's bounds as query parameters (written as the API reads them; `None` is not sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRange {
+    pub window_from: Option<String>,
+    pub window_to: Option<String>,
+    /// The raw-zone object key: `raw/PIPELINE/RUN/SHARD.ndjson.zst`.
+    pub raw_key: String,
+    /// When the run was planned (Unix milliseconds): orders extracts across runs.
+    pub planned_at_ms: u64,
+}
+
+impl HttpRange {
+    /// An API record's place in the source order: as for a database, a later extract sorts
+    /// earlier, and within a run a later window (`index`) before an earlier one — an API's
+    /// latest answer is its truth.
+    pub fn source_position(&self, index: u32) -> SourcePosition {
+        SourcePosition {
+            object: format!(
+                "http/{:020}/{:010}/{}",
+                u64::MAX - self.planned_at_ms,
+                u32::MAX - index,
+                self.raw_key
+            ),
+            offset: 0,
         }
     }
 }
@@ -292,8 +324,10 @@ impl ShardDescriptor {
     /// Where the shard starts in the source: its first input's object and offset, or for a
     /// database shard its extract's place (see [`SqlRange::source_position`]).
     pub fn source_position(&self) -> SourcePosition {
-        if let Some(Extract::Sql(r)) = &self.extract {
-            return r.source_position();
+        match &self.extract {
+            Some(Extract::Sql(r)) => return r.source_position(),
+            Some(Extract::Http(r)) => return r.source_position(self.index),
+            None => {}
         }
         let first = self.inputs.first();
         SourcePosition {
@@ -441,6 +475,10 @@ pub struct ShardManifest {
     pub counts: Counts,
     /// SHA-256 of the output Arrow schema (names, types, nullability), hex.
     pub schema_digest: String,
+    /// An API source with a `watermark_field`: the latest value of that field the shard read
+    /// (RFC 3339, UTC). The pipeline's watermark moves to the latest of a completed run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_watermark: Option<String>,
 }
 
 impl ShardManifest {
@@ -657,6 +695,34 @@ mod tests {
         assert_eq!(back, plan, "a database shard survives the binary plan");
     }
 
+    #[test]
+    fn a_later_api_window_and_a_later_api_extract_sort_first() {
+        let window = |ms: u64, index: u32| ShardDescriptor {
+            shard_id: format!("s{index:05}"),
+            index,
+            inputs: Vec::new(),
+            extract: Some(Extract::Http(Box::new(HttpRange {
+                window_from: Some("2026-11-02T00:00:00Z".into()),
+                window_to: None,
+                raw_key: format!("raw/api/r{ms}/s{index:05}.ndjson.zst"),
+                planned_at_ms: ms,
+            }))),
+        };
+        assert!(window(1_000, 1).source_position() < window(1_000, 0).source_position());
+        assert!(window(2_000, 0).source_position() < window(1_000, 9).source_position());
+        let plan = ShardPlan {
+            run_id: "r".into(),
+            pipeline: "api".into(),
+            shards: vec![window(1_000, 0), window(1_000, 1)],
+        };
+        let back: ShardPlan = decode_binary(&encode_binary(&plan)).unwrap();
+        assert_eq!(back, plan, "an API shard survives the binary plan");
+        assert_eq!(
+            plan.shards[1].extract.as_ref().unwrap().raw_key(),
+            "raw/api/r1000/s00001.ndjson.zst"
+        );
+    }
+
     fn shard() -> ShardDescriptor {
         ShardDescriptor {
             shard_id: "s00003".into(),
@@ -821,6 +887,7 @@ mod tests {
             }],
             counts: counts(),
             schema_digest: "ab".into(),
+            source_watermark: None,
         };
         assert_eq!(ShardManifest::from_json(&m.to_json()).unwrap(), m);
         let old = m.to_json().replacen("\"v\": 1", "\"v\": 0", 1);

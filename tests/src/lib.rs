@@ -2,6 +2,7 @@
 //! binary (built on first use) as a child process, with fault injection through
 //! `TRIBUTARY_FAULT`.
 
+pub mod api;
 pub mod chaos;
 pub mod fleet;
 

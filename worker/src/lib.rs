@@ -4,7 +4,7 @@
 //! * [`config`]: reading pipeline files (their model and validation are the `pipeline` crate).
 //! * [`plan`]: a validated pipeline compiled for execution: the reading rules and the steps, each
 //!   compiled by its own module of `pipeline::steps` (key and reference files read from here).
-//! * [`extract`]: database shards read into the raw zone before they are processed.
+//! * [`extract`]: database and API shards read into the raw zone before they are processed.
 //! * [`engine`]: the streaming shard engine (reader thread → parallel pieces on rayon → Parquet).
 //! * [`daemon`]: the fleet worker; CPU work reaches rayon through `runtime::cpu::run_cpu`.
 //! * [`harness`]: one shard of arbitrary bytes through the engine (fuzz targets, property tests).
@@ -350,15 +350,26 @@ pub async fn execute_task(
         files: state_files,
     } = stores;
     let scratch = ScratchDir::new(scratch.join(format!("{}-{}", task.run_id, task.shard.shard_id)));
-    // A database shard reads its rows into the raw zone first, then that object.
-    let (source, shard) = match &task.shard.extract {
+    // A database or API shard reads its rows into the raw zone first, then that object.
+    let (source, shard, source_watermark) = match &task.shard.extract {
         Some(protocol::Extract::Sql(range)) => {
             let shard =
                 extract::extract_sql(&pipeline, &task.shard, range, &*state_files, scratch.path())
                     .await?;
-            (state_files.clone(), shard)
+            (state_files.clone(), shard, None)
         }
-        None => (source, task.shard.clone()),
+        Some(protocol::Extract::Http(range)) => {
+            let (shard, watermark) = extract::http::extract_http(
+                &pipeline,
+                &task.shard,
+                range,
+                &*state_files,
+                scratch.path(),
+            )
+            .await?;
+            (state_files.clone(), shard, watermark)
+        }
+        None => (source, task.shard.clone(), None),
     };
     let processed = shard.clone();
     let naming = OutputNaming::for_task(task);
@@ -429,6 +440,7 @@ pub async fn execute_task(
         quarantine,
         counts: out.counts,
         schema_digest: plan.schema_digest(&out.schema),
+        source_watermark,
     };
     state_files
         .put(&task.manifest_key, manifest.to_json().into_bytes())

@@ -1,21 +1,14 @@
-//! Extraction of sources that are not files: a database shard's rows are read into the raw zone
-//! (`raw/PIPELINE/RUN/SHARD.ndjson.zst` in the files store, one zstd NDJSON object, replaced by
-//! a redone shard) and the shard then reads that object like any NDJSON file.
+//! A database shard's rows, read through a server-side cursor into the raw zone.
 
-use std::io::Write;
 use std::path::Path;
 
 use backends::object_store::ObjectStore;
 use backends::source::{Dialect, PostgresSource, Relation, SqlSpec};
 use pipeline::{Pipeline, SourceKind, SourceSection};
-use protocol::{ObjectRef, ShardDescriptor, ShardInput, SqlRange};
+use protocol::{ShardDescriptor, SqlRange};
 
+use super::RawWriter;
 use crate::WorkerError;
-
-/// The raw-zone key of a database shard's extract.
-pub fn raw_key(pipeline: &str, run_id: &str, shard_id: &str) -> String {
-    format!("raw/{pipeline}/{run_id}/{shard_id}.ndjson.zst")
-}
 
 /// What the pipeline's `[source.sql]` reads, in its dialect.
 pub fn sql_spec(p: &Pipeline) -> Option<SqlSpec> {
@@ -87,39 +80,9 @@ pub async fn extract_sql(
     scratch: &Path,
 ) -> Result<ShardDescriptor, WorkerError> {
     let source = open_sql_source(p)?;
-    std::fs::create_dir_all(scratch).map_err(|e| WorkerError::write(scratch, e))?;
-    let local = scratch.join(format!("{}.raw.ndjson.zst", shard.shard_id));
-    let file = std::fs::File::create(&local).map_err(|e| WorkerError::write(&local, e))?;
-    let mut zst = zstd::Encoder::new(std::io::BufWriter::new(file), 3)
-        .map_err(|e| WorkerError::write(&local, e))?;
-    let rows = source.extract(range, &mut zst).await?;
-    zst.finish()
-        .and_then(|mut w| w.flush())
-        .map_err(|e| WorkerError::write(&local, e))?;
-    let size = files.put_file(&range.raw_key, &local).await?;
-    let _ = std::fs::remove_file(&local);
+    let mut raw = RawWriter::create(scratch, &shard.shard_id)?;
+    let rows = source.extract(range, raw.out()).await?;
+    let (processed, size) = raw.land(files, &range.raw_key, shard).await?;
     tracing::info!(shard = %shard.shard_id, rows, raw = %range.raw_key, bytes = size, "extracted");
-    Ok(ShardDescriptor {
-        inputs: vec![ShardInput {
-            object: ObjectRef {
-                key: range.raw_key.clone(),
-                size,
-            },
-            range: None,
-        }],
-        ..shard.clone()
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_keys_are_deterministic_per_shard() {
-        assert_eq!(
-            raw_key("orders", "orders-1", "s00003"),
-            "raw/orders/orders-1/s00003.ndjson.zst"
-        );
-    }
+    Ok(processed)
 }
