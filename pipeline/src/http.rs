@@ -24,8 +24,9 @@ pub struct HttpSource {
     /// empty (the default) when the page itself is the array.
     #[serde(default)]
     pub records_path: String,
-    /// How the next page is asked for; default: one page only.
-    #[serde(default)]
+    /// How the next page is asked for; default: one page only. A table with `kind`, or just
+    /// the kind's name for the kinds without keys (`pagination = "link_header"`).
+    #[serde(default, deserialize_with = "pagination_table_or_name")]
     pub pagination: Pagination,
     /// Headers sent with every request (`Accept`, an API version).
     #[serde(default)]
@@ -141,6 +142,23 @@ pub enum Pagination {
         size_param: String,
         size: u64,
     },
+}
+
+/// `pagination = "link_header"` reads as `pagination = { kind = "link_header" }`.
+fn pagination_table_or_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Pagination, D::Error> {
+    use serde::de::Error;
+    let v = toml::Value::deserialize(d)?;
+    let table = match v {
+        toml::Value::String(kind) => {
+            let mut t = toml::Table::new();
+            t.insert("kind".into(), toml::Value::String(kind));
+            toml::Value::Table(t)
+        }
+        other => other,
+    };
+    Pagination::deserialize(table).map_err(D::Error::custom)
 }
 
 fn default_page_param() -> String {
@@ -406,11 +424,15 @@ pub fn json_at<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a serde_jso
     if path.is_empty() {
         return Some(v);
     }
-    path.split('.').try_fold(v, |at, seg| match at {
-        serde_json::Value::Object(m) => m.get(seg),
-        serde_json::Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
-        _ => None,
-    })
+    // `links[0].href` is `links.0.href`.
+    let path = path.replace('[', ".").replace(']', "");
+    path.split('.')
+        .filter(|s| !s.is_empty())
+        .try_fold(v, |at, seg| match at {
+            serde_json::Value::Object(m) => m.get(seg),
+            serde_json::Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        })
 }
 
 /// A date, a timestamp (UTC unless it carries an offset) or RFC 3339, as a UTC instant.
@@ -506,6 +528,14 @@ mod tests {
             parse("url = \"https://x.test/a\"").unwrap().pagination,
             Pagination::None
         );
+        let h = parse("url = \"https://x.test/a\"\npagination = \"link_header\"").unwrap();
+        assert_eq!(
+            h.pagination,
+            Pagination::LinkHeader,
+            "a kind without keys by its name"
+        );
+        let e = parse("url = \"https://x.test/a\"\npagination = \"cursor\"").unwrap_err();
+        assert!(e.contains("cursor_path"), "{e}");
         let e = parse(
             "url = \"https://x.test/a\"\npagination = { kind = \"next_link\", next = \"a\" }",
         )
@@ -571,6 +601,10 @@ mod tests {
     fn json_paths_reach_into_objects_and_arrays() {
         let v = serde_json::json!({"data": {"items": [{"id": 1}, {"id": 2}]}, "next": null});
         assert_eq!(json_at(&v, "data.items.1.id"), Some(&serde_json::json!(2)));
+        assert_eq!(
+            json_at(&v, "$.data.items[1].id"),
+            Some(&serde_json::json!(2))
+        );
         assert_eq!(
             json_at(&v, "$.data.items.0.id"),
             Some(&serde_json::json!(1))
