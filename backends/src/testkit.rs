@@ -1,7 +1,9 @@
-//! Helpers for tests that need the local services: a moto server (SQS, S3) and PostgreSQL.
+//! Helpers for tests that need the local services: a moto server (SQS, S3), PostgreSQL and
+//! MariaDB.
 //!
 //! `scripts/test` starts moto on 127.0.0.1, points `TRIBUTARY_TEST_AWS_ENDPOINT` at it, sets
-//! `TRIBUTARY_TEST_POSTGRES` to the machine's PostgreSQL, and sets
+//! `TRIBUTARY_TEST_POSTGRES` and `TRIBUTARY_TEST_MYSQL` to the machine's PostgreSQL and
+//! MariaDB, and sets
 //! `TRIBUTARY_REQUIRE_SERVICES=1`: with that (or `CI`) set, a missing service fails the test
 //! instead of skipping it, so no test can pass silently in CI.
 
@@ -35,6 +37,31 @@ pub fn aws_endpoint() -> Option<String> {
 /// A PostgreSQL connection string, or `None` (test skipped) outside CI.
 pub fn postgres() -> Option<String> {
     service("TRIBUTARY_TEST_POSTGRES", "a PostgreSQL server")
+}
+
+/// A MySQL/MariaDB connection URL (`mysql://root@127.0.0.1:3306/test`), or `None` (test
+/// skipped) outside CI.
+pub fn mysql() -> Option<String> {
+    service("TRIBUTARY_TEST_MYSQL", "a MySQL or MariaDB server")
+}
+
+/// The URL of a fresh database (created here, dropped first if it exists) on the server of
+/// `url`, so parallel tests never see each other's tables.
+pub async fn mysql_database(url: &str, name: &str) -> String {
+    use mysql_async::prelude::Queryable;
+    let db = name.replace('-', "_");
+    let mut conn = mysql_async::Conn::from_url(url)
+        .await
+        .expect("connect to MySQL");
+    conn.query_drop(format!(
+        "DROP DATABASE IF EXISTS `{db}`; CREATE DATABASE `{db}`"
+    ))
+    .await
+    .expect("create database");
+    let _ = conn.disconnect().await;
+    let mut u = url::Url::parse(url).expect("a mysql:// URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
 }
 
 /// SDK configuration for the moto endpoint, with dummy credentials.

@@ -471,6 +471,7 @@ merge_keys = ["id"]
             "pos/kasse.toml",
             "postgres/orders.toml",
             "http/tickets.toml",
+            "mysql/orders.toml",
         ] {
             let text = std::fs::read_to_string(dir.join(f))
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()));

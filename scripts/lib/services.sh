@@ -50,5 +50,7 @@ for _ in $(seq 1 100); do
 done
 export TRIBUTARY_TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 export TRIBUTARY_TEST_POSTGRES="${TRIBUTARY_TEST_POSTGRES:-host=127.0.0.1 port=5432 user=postgres dbname=test}"
+# The machine's MariaDB (root, no password): the MySQL source's tests make a database each.
+export TRIBUTARY_TEST_MYSQL="${TRIBUTARY_TEST_MYSQL:-mysql://root@127.0.0.1:3306/test}"
 # A missing service fails the tests that need it instead of skipping them.
 export TRIBUTARY_REQUIRE_SERVICES=1

@@ -14,8 +14,9 @@ use protocol::SqlRange;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use super::sql::{SqlSpec, integer_boundaries, ranges};
-use super::{SourcePlan, SqlShard};
+use super::plan::{ColumnInfo, Session, check_columns};
+use super::sql::SqlSpec;
+use super::{SourcePlan, SqlSource};
 use crate::warehouse::postgres::{describe_config, error_chain};
 use crate::{BackendError, Result};
 
@@ -98,7 +99,7 @@ impl PostgresSource {
     }
 
     fn err(&self, doing: &str, e: tokio_postgres::Error) -> BackendError {
-        let retryable = e.as_db_error().is_none();
+        let retryable = e.as_db_error().is_none_or(|db| transient(db.code().code()));
         let detail = match e.as_db_error() {
             Some(db) => format!("{doing}: {}", db.message()),
             None => format!("{doing}: {}", error_chain(&e)),
@@ -162,33 +163,18 @@ impl PostgresSource {
             .iter()
             .map(|c| (c.name().to_string(), c.type_().clone()))
             .collect();
-        for (key, name) in [
-            ("cursor_column", &self.spec.cursor),
-            ("key_column", &self.spec.key),
-        ] {
-            if let Some(n) = name
-                && !cols.iter().any(|(c, _)| c == n)
-            {
-                return Err(BackendError::Source {
-                    source_name: self.describe.clone(),
-                    detail: format!(
-                        "{what}: source.sql.{key} {n:?} is not a column (columns: {})",
-                        cols.iter()
-                            .map(|(c, _)| c.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    retryable: false,
-                });
-            }
-        }
+        let infos: Vec<ColumnInfo> = cols.iter().map(|(n, t)| column_info(n, t)).collect();
+        check_columns(&self.spec, &infos, &self.describe, &what)?;
         Ok(cols)
     }
+}
 
+#[async_trait::async_trait]
+impl SqlSource for PostgresSource {
     /// The relation's columns in order, each with its PostgreSQL type as `format_type` writes
     /// it (`numeric(12,2)`, `timestamp with time zone`): what a pipeline that declares no
     /// columns takes from its table. A query is described through a temporary view.
-    pub async fn table_columns(&self) -> Result<Vec<(String, String)>> {
+    async fn table_columns(&self) -> Result<Vec<(String, String)>> {
         let client = self.connect().await?;
         let regclass = match &self.spec.relation {
             super::sql::Relation::Table(t) => {
@@ -223,140 +209,31 @@ impl PostgresSource {
             .collect())
     }
 
-    /// One row of text values from a simple query.
-    async fn row(&self, client: &Client, sql: &str, doing: &str) -> Result<Vec<Option<String>>> {
-        for m in client
-            .simple_query(sql)
-            .await
-            .map_err(|e| self.err(doing, e))?
-        {
-            if let SimpleQueryMessage::Row(r) = m {
-                return Ok((0..r.len()).map(|i| r.get(i).map(String::from)).collect());
-            }
-        }
-        Ok(Vec::new())
-    }
-
     /// Plans a run: the rows after `watermark` (moved back by `lookback_secs`) up to the high
     /// mark taken now, in key ranges of about `shard_rows` rows.
-    pub async fn plan(
+    async fn plan(
         &self,
         watermark: Option<&str>,
         lookback_secs: u64,
         shard_rows: Option<u64>,
     ) -> Result<SourcePlan> {
         let client = self.connect().await?;
-        let cols = self.columns(&client).await?;
-        let cursor_type = self
-            .spec
-            .cursor
-            .as_ref()
-            .and_then(|c| cols.iter().find(|(n, _)| n == c).map(|(_, t)| t.clone()));
-        let after = match (watermark, &cursor_type) {
-            (Some(w), Some(t)) if lookback_secs > 0 => {
-                let q = self.spec.lookback_query(w, t.name(), lookback_secs);
-                self.row(&client, &q, "moving the watermark back by the lookback")
-                    .await?
-                    .into_iter()
-                    .next()
-                    .flatten()
-            }
-            (w, _) => w.map(String::from),
+        let mut session = PgSession {
+            source: self,
+            client,
         };
-        let stats = self
-            .row(
-                &client,
-                &self.spec.stats_query(after.as_deref()),
-                "counting the rows to read",
-            )
-            .await?;
-        let get = |i: usize| stats.get(i).cloned().flatten();
-        let count: u64 = get(0).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let high = get(3);
-        if count == 0 {
-            return Ok(SourcePlan {
-                after,
-                high: None,
-                watermark: watermark.map(String::from),
-                shards: Vec::new(),
-                rows: 0,
-            });
-        }
-        let next_watermark = match (watermark, &high, &cursor_type) {
-            (Some(w), Some(h), Some(t)) if lookback_secs > 0 => {
-                let q = self.spec.later_query(w, h, t.name());
-                self.row(&client, &q, "comparing the high mark with the watermark")
-                    .await?
-                    .into_iter()
-                    .next()
-                    .flatten()
-            }
-            _ => high.clone(),
-        };
-        let boundaries = match (shard_rows, &self.spec.key) {
-            (Some(n), Some(k)) => {
-                let key_type = cols.iter().find(|(c, _)| c == k).map(|(_, t)| t.clone());
-                let ints = matches!(key_type, Some(Type::INT2 | Type::INT4 | Type::INT8));
-                match (
-                    ints,
-                    get(1).and_then(|v| v.parse().ok()),
-                    get(2).and_then(|v| v.parse().ok()),
-                ) {
-                    (true, Some(lo), Some(hi)) => integer_boundaries(lo, hi, count, n)
-                        .into_iter()
-                        .map(|b| b.to_string())
-                        .collect(),
-                    _ => {
-                        self.boundaries(&client, after.as_deref(), high.as_deref(), n)
-                            .await?
-                    }
-                }
-            }
-            _ => Vec::new(),
-        };
-        let ranges = ranges(&boundaries);
-        let per = count.div_ceil(ranges.len() as u64);
-        Ok(SourcePlan {
-            after,
-            high,
-            watermark: next_watermark,
-            shards: ranges
-                .into_iter()
-                .map(|(from, before)| SqlShard {
-                    key_from: from,
-                    key_before: before,
-                    rows: per,
-                })
-                .collect(),
-            rows: count,
-        })
-    }
-
-    async fn boundaries(
-        &self,
-        client: &Client,
-        after: Option<&str>,
-        upto: Option<&str>,
-        shard_rows: u64,
-    ) -> Result<Vec<String>> {
-        let Some(q) = self.spec.boundaries_query(after, upto, shard_rows) else {
-            return Ok(Vec::new());
-        };
-        let msgs = client
-            .simple_query(&q)
-            .await
-            .map_err(|e| self.err("finding key ranges", e))?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
-                _ => None,
-            })
-            .collect())
+        super::plan::plan(
+            &self.spec,
+            &mut session,
+            watermark,
+            lookback_secs,
+            shard_rows,
+        )
+        .await
     }
 
     /// Reads one shard's rows into `out` as NDJSON; returns how many.
-    pub async fn extract(&self, range: &SqlRange, out: &mut (dyn Write + Send)) -> Result<u64> {
+    async fn extract(&self, range: &SqlRange, out: &mut (dyn Write + Send)) -> Result<u64> {
         let mut client = self.connect().await?;
         let cols = self.columns(&client).await?;
         let tx = client
@@ -411,6 +288,71 @@ impl PostgresSource {
     }
 }
 
+/// Whether an error the server sent is worth a retry: the connection was lost or shut down
+/// (class 08, 57P01-57P03), the server ran short (class 53), or the transaction lost a race
+/// (40001, 40P01). A refused statement (a missing table, a syntax error) is not.
+fn transient(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08")
+        || sqlstate.starts_with("53")
+        || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+}
+
+fn column_info(name: &str, ty: &Type) -> ColumnInfo {
+    ColumnInfo {
+        name: name.to_string(),
+        type_name: ty.name().to_string(),
+        integer: matches!(*ty, Type::INT2 | Type::INT4 | Type::INT8),
+    }
+}
+
+/// A planning session on one connection.
+struct PgSession<'a> {
+    source: &'a PostgresSource,
+    client: Client,
+}
+
+#[async_trait::async_trait]
+impl Session for PgSession<'_> {
+    async fn columns(&mut self) -> Result<Vec<ColumnInfo>> {
+        Ok(self
+            .source
+            .columns(&self.client)
+            .await?
+            .iter()
+            .map(|(n, t)| column_info(n, t))
+            .collect())
+    }
+
+    async fn first_row(&mut self, sql: &str, doing: &str) -> Result<Vec<Option<String>>> {
+        for m in self
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(|e| self.source.err(doing, e))?
+        {
+            if let SimpleQueryMessage::Row(r) = m {
+                return Ok((0..r.len()).map(|i| r.get(i).map(String::from)).collect());
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    async fn first_column(&mut self, sql: &str, doing: &str) -> Result<Vec<String>> {
+        let msgs = self
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(|e| self.source.err(doing, e))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
 /// One PostgreSQL value (its text form, `None` for NULL) as JSON.
 pub(crate) fn render_value(ty: &Type, text: Option<&str>, out: &mut String) {
     let Some(t) = text else {
@@ -442,6 +384,7 @@ pub(crate) fn render_value(ty: &Type, text: Option<&str>, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::SqlShard;
     use super::*;
 
     fn json(ty: Type, text: Option<&str>) -> String {
@@ -704,6 +647,87 @@ mod tests {
         assert!(
             e.is_retryable(),
             "a connection that cannot be made is retried: {e}"
+        );
+    }
+
+    #[test]
+    fn lost_connections_and_shutdowns_are_retried_and_refused_statements_are_not() {
+        for code in ["08006", "57P01", "53300", "40001"] {
+            assert!(transient(code), "{code}");
+        }
+        for code in ["42P01", "42703", "42601", "22P02"] {
+            assert!(!transient(code), "{code}");
+        }
+    }
+
+    /// Regression: a session ended by the server mid-shard (`pg_terminate_backend`, SQLSTATE
+    /// 57P01) came back as a database error and failed the shard for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_dropped_mid_shard_fails_it_retryably() {
+        let Some((conn, client)) = seeded("pgsrc_drop").await else {
+            return;
+        };
+        client
+            .batch_execute(
+                "INSERT INTO orders SELECT g, 1, true, '{}', now(), NULL, NULL
+                 FROM generate_series(1001, 200000) AS g;",
+            )
+            .await
+            .unwrap();
+        let src = orders(&conn, 100);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let killer = tokio::spawn(async move {
+            tokio::task::spawn_blocking(move || rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let rows = client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE query LIKE 'FETCH FORWARD%' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap();
+            rows.len()
+        });
+        let plan = SourcePlan {
+            after: None,
+            high: None,
+            watermark: None,
+            shards: vec![SqlShard {
+                key_from: None,
+                key_before: None,
+                rows: 0,
+            }],
+            rows: 0,
+        };
+        struct FirstRow(Option<std::sync::mpsc::Sender<()>>, usize);
+        impl Write for FirstRow {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if let Some(tx) = self.0.take() {
+                    let _ = tx.send(());
+                }
+                self.1 += 1;
+                if self.1 < 300 {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = FirstRow(Some(tx), 0);
+        let got = src.extract(&range(&plan, &plan.shards[0]), &mut out).await;
+        assert!(
+            killer.await.unwrap() >= 1,
+            "the shard's session was found and ended"
+        );
+        let e = got.expect_err("an ended session cannot finish the shard");
+        assert!(
+            e.is_retryable(),
+            "a dropped connection retries the shard: {e}"
         );
     }
 }

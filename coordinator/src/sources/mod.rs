@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::RunStatus;
 use crate::run::{RunRecord, now};
 
-pub use sql::pipeline_type;
+pub use sql::{mysql_pipeline_type, pipeline_type};
 
 /// A pipeline's watermark, as stored in state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +93,11 @@ pub async fn load_pipeline(path: &std::path::Path) -> anyhow::Result<Pipeline> {
         bail!("{file}: the source has no columns");
     }
     let mut full = text.clone();
-    full.push_str(&sql::columns_toml(&columns));
+    let dialect = match raw.source.kind {
+        SourceKind::Mysql => backends::source::Dialect::Mysql,
+        _ => backends::source::Dialect::Postgres,
+    };
+    full.push_str(&sql::columns_toml(dialect, &columns));
     Ok(pipeline::parse(&full, &file, base)?)
 }
 

@@ -4,6 +4,7 @@
 //! raw zone. Also the pipeline types a database's column types are read as.
 
 use anyhow::Context;
+use backends::source::Dialect;
 use backends::state::StateStore;
 use pipeline::Pipeline;
 use protocol::{Extract, ShardDescriptor, ShardPlan, SqlRange};
@@ -14,18 +15,64 @@ use crate::run::new_run_id;
 /// Key ranges of this many rows when `key_column` is given without `shard_rows`.
 const DEFAULT_SHARD_ROWS: u64 = 100_000;
 
-/// `[[columns]]` entries for a database relation's columns (name, PostgreSQL type).
-pub(crate) fn columns_toml(columns: &[(String, String)]) -> String {
+/// `[[columns]]` entries for a database relation's columns (name, the database's type), typed
+/// by the dialect's mapping.
+pub(crate) fn columns_toml(dialect: Dialect, columns: &[(String, String)]) -> String {
     let mut out =
         String::from("\n# Columns read from the database source when the run was planned.\n");
     for (name, ty) in columns {
         let quoted = toml::Value::String(name.clone()).to_string();
-        out.push_str(&format!(
-            "[[columns]]\nname = {quoted}\ntype = \"{}\"\n",
-            pipeline_type(ty)
-        ));
+        let ty = match dialect {
+            Dialect::Postgres => pipeline_type(ty),
+            Dialect::Mysql => mysql_pipeline_type(ty),
+        };
+        out.push_str(&format!("[[columns]]\nname = {quoted}\ntype = \"{ty}\"\n"));
     }
     out
+}
+
+/// `decimal(P,S)` from the arguments of `numeric(P,S)` / `decimal(P)`, when they fit.
+fn decimal_of(args: &str) -> Option<String> {
+    let mut it = args.split(',').map(|a| a.trim().parse::<u32>().ok());
+    let (Some(Some(p)), s) = (it.next(), it.next()) else {
+        return None;
+    };
+    let s = s.flatten().unwrap_or(0);
+    ((1..=38).contains(&p) && s <= p).then(|| format!("decimal({p},{s})"))
+}
+
+/// The pipeline type that reads a MySQL or MariaDB type (as `information_schema` writes it)
+/// faithfully: `tinyint(1)` and `bit(1)` are booleans; unsigned integers take the next wider
+/// type (`bigint unsigned` a `decimal(20,0)`); `datetime` and `timestamp` are timestamps;
+/// `decimal(P,S)` is exact. Other types are strings of their text (MariaDB's `JSON` is a
+/// `longtext`: declare the column `json` to keep it as JSON).
+pub fn mysql_pipeline_type(my: &str) -> String {
+    let t = my.trim().to_ascii_lowercase();
+    let unsigned = t.contains("unsigned");
+    let base = t.split(['(', ' ']).next().unwrap_or(&t);
+    let args = t
+        .split_once('(')
+        .and_then(|(_, r)| r.split_once(')'))
+        .map(|(a, _)| a);
+    match (base, unsigned) {
+        ("tinyint", _) if args == Some("1") => "bool".into(),
+        ("bit", _) if args.is_none_or(|a| a == "1") => "bool".into(),
+        ("bool" | "boolean", _) => "bool".into(),
+        ("tinyint" | "year", _) | ("smallint", false) => "int16".into(),
+        ("smallint" | "mediumint", _) | ("int" | "integer", false) => "int32".into(),
+        ("int" | "integer", true) | ("bigint", false) => "int64".into(),
+        ("bigint", true) => "decimal(20,0)".into(),
+        ("decimal" | "numeric" | "dec" | "fixed", _) => match args {
+            Some(a) => decimal_of(a).unwrap_or_else(|| "string".into()),
+            None => "decimal(10,0)".into(),
+        },
+        ("float", _) => "float32".into(),
+        ("double" | "real", _) => "float64".into(),
+        ("date", _) => "date".into(),
+        ("datetime" | "timestamp", _) => "timestamp".into(),
+        ("json", _) => "json".into(),
+        _ => "string".into(),
+    }
 }
 
 /// The pipeline type that reads a PostgreSQL type (as `format_type` writes it) faithfully.
@@ -35,14 +82,7 @@ pub(crate) fn columns_toml(columns: &[(String, String)]) -> String {
 pub fn pipeline_type(pg: &str) -> String {
     let t = pg.trim().to_ascii_lowercase();
     if let Some(args) = t.strip_prefix("numeric(").and_then(|r| r.strip_suffix(')')) {
-        let mut it = args.split(',').map(|a| a.trim().parse::<u32>().ok());
-        if let (Some(Some(p)), s) = (it.next(), it.next()) {
-            let s = s.flatten().unwrap_or(0);
-            if (1..=38).contains(&p) && s <= p {
-                return format!("decimal({p},{s})");
-            }
-        }
-        return "string".into();
+        return decimal_of(args).unwrap_or_else(|| "string".into());
     }
     let base = t.split('(').next().unwrap_or(&t).trim();
     match base {
@@ -146,10 +186,42 @@ mod tests {
         ] {
             assert_eq!(pipeline_type(pg), want, "{pg}");
         }
-        let toml = columns_toml(&[("order id".into(), "bigint".into())]);
+        let toml = columns_toml(Dialect::Postgres, &[("order id".into(), "bigint".into())]);
         assert!(
             toml.contains("[[columns]]\nname = \"order id\"\ntype = \"int64\"\n"),
             "{toml}"
         );
+    }
+
+    #[test]
+    fn mysql_types_map_to_the_pipeline_types_that_read_them_faithfully() {
+        for (my, want) in [
+            ("tinyint(1)", "bool"),
+            ("bit(1)", "bool"),
+            ("tinyint(4)", "int16"),
+            ("tinyint(3) unsigned", "int16"),
+            ("smallint(6)", "int16"),
+            ("smallint(5) unsigned", "int32"),
+            ("mediumint(9)", "int32"),
+            ("int(11)", "int32"),
+            ("int(10) unsigned", "int64"),
+            ("bigint(20)", "int64"),
+            ("bigint(20) unsigned", "decimal(20,0)"),
+            ("decimal(12,2)", "decimal(12,2)"),
+            ("decimal(10,0) unsigned", "decimal(10,0)"),
+            ("decimal(65,2)", "string"),
+            ("float", "float32"),
+            ("double", "float64"),
+            ("date", "date"),
+            ("datetime(3)", "timestamp"),
+            ("timestamp", "timestamp"),
+            ("json", "json"),
+            ("longtext", "string"),
+            ("varchar(40)", "string"),
+            ("enum('a','b')", "string"),
+            ("year(4)", "int16"),
+        ] {
+            assert_eq!(mysql_pipeline_type(my), want, "{my}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use backends::object_store::ObjectStore;
-use backends::source::{Dialect, PostgresSource, Relation, SqlSpec};
+use backends::source::{Dialect, MysqlSource, PostgresSource, Relation, SqlSource, SqlSpec};
 use pipeline::{Pipeline, SourceKind, SourceSection};
 use protocol::{ShardDescriptor, SqlRange};
 
@@ -38,7 +38,7 @@ pub fn sql_spec_of(src: &SourceSection) -> Option<SqlSpec> {
 
 /// The database source of a pipeline, connected through the variable its `connection_env`
 /// names (in this process's environment).
-pub fn open_sql_source(p: &Pipeline) -> Result<PostgresSource, WorkerError> {
+pub fn open_sql_source(p: &Pipeline) -> Result<Box<dyn SqlSource>, WorkerError> {
     open_source_of(&p.file.source, &p.path, &p.base_dir)
 }
 
@@ -48,18 +48,13 @@ pub fn open_source_of(
     src: &SourceSection,
     file: &str,
     base: &Path,
-) -> Result<PostgresSource, WorkerError> {
+) -> Result<Box<dyn SqlSource>, WorkerError> {
     let (Some(spec), Some(sql)) = (sql_spec_of(src), src.sql.as_ref()) else {
         return Err(WorkerError::Config(format!(
             "{file}: source kind {:?} has no [source.sql]",
             src.kind.name()
         )));
     };
-    if spec.dialect == Dialect::Mysql {
-        return Err(WorkerError::Config(format!(
-            "{file}: kind = \"mysql\" sources are not built yet"
-        )));
-    }
     let var = &sql.connection_env;
     let conn = std::env::var(var).map_err(|_| {
         WorkerError::Config(format!(
@@ -67,7 +62,12 @@ pub fn open_source_of(
         ))
     })?;
     let ca = sql.tls_ca_file.as_ref().map(|f| base.join(f));
-    Ok(PostgresSource::new(spec, &conn, sql.fetch_rows.get())?.with_tls_ca_file(ca))
+    Ok(match spec.dialect {
+        Dialect::Postgres => {
+            Box::new(PostgresSource::new(spec, &conn, sql.fetch_rows.get())?.with_tls_ca_file(ca))
+        }
+        Dialect::Mysql => Box::new(MysqlSource::new(spec, &conn)?.with_tls_ca_file(ca)),
+    })
 }
 
 /// Reads a database shard into its raw-zone object and returns the shard as it is processed:
