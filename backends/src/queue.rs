@@ -39,7 +39,7 @@ pub struct DeadLetter {
     pub receive_count: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueDepth {
     pub visible: usize,
     pub in_flight: usize,

@@ -152,6 +152,27 @@ pub fn plan_windows(
         .collect())
 }
 
+/// A backfill's plan as `coordinator backfill` prints it (from the JSON of its `PLAN` line):
+/// a line per window, then the `PLAN {json}` line.
+pub fn plan_line_text(plan: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for w in plan["by_window"].as_array().into_iter().flatten() {
+        let bytes = match w["bytes"].as_u64() {
+            Some(b) => format!("{b} bytes"),
+            None => "bytes unknown".into(),
+        };
+        out.push_str(&format!(
+            "window {} .. {}: {} object(s), {} shard(s), {bytes}\n",
+            w["from"].as_str().unwrap_or(""),
+            w["to"].as_str().unwrap_or(""),
+            w["objects"],
+            w["shards"]
+        ));
+    }
+    out.push_str(&format!("PLAN {plan}"));
+    out
+}
+
 /// The `PLAN {json}` line of a backfill: totals, then every window (`bytes` is null where the
 /// source cannot know them before it is read).
 pub fn plan_line(pipeline: &str, width: &str, plans: &[WindowPlan]) -> String {
@@ -200,8 +221,44 @@ pub struct BackfillRecord {
     pub pipeline: String,
     /// Each window's start and end, as `2026-11-02 00:00:00`.
     pub windows: Vec<(String, String)>,
-    /// The runs of the windows done so far, in order.
+    /// The runs of the windows done so far, in order (`""`: a window with nothing to read).
     pub runs: Vec<Option<String>>,
+    /// Fleet: the run of the window in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_run: Option<String>,
+    /// Fleet: shards in flight at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+    /// Fleet: `running`, `completed`, or `failed: REASON`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+impl BackfillRecord {
+    pub fn new(id: &str, pipeline: &str, ws: &[Window]) -> BackfillRecord {
+        BackfillRecord {
+            backfill_id: id.to_string(),
+            pipeline: pipeline.to_string(),
+            windows: ws
+                .iter()
+                .map(|w| (w.from.to_string(), w.to.to_string()))
+                .collect(),
+            runs: vec![None; ws.len()],
+            ..BackfillRecord::default()
+        }
+    }
+
+    /// The first window not done.
+    pub fn next_window(&self) -> Option<usize> {
+        self.runs.iter().position(Option::is_none)
+    }
+}
+
+/// The windows of `--from … --to …` cut by `--window`.
+pub fn range_windows(from: &str, to: &str, window: &str) -> anyhow::Result<Vec<Window>> {
+    let width = humantime::parse_duration(window)
+        .with_context(|| format!("--window {window:?} is not a duration (1d, 6h)"))?;
+    windows(parse_bound(from, false)?, parse_bound(to, true)?, width)
 }
 
 /// The windows' plans of a local source.
@@ -209,15 +266,12 @@ pub async fn plan_local(
     p: &Pipeline,
     opts: &BackfillOptions,
 ) -> anyhow::Result<(Vec<Window>, Vec<WindowPlan>)> {
-    let width = humantime::parse_duration(&opts.window)
-        .with_context(|| format!("--window {:?} is not a duration (1d, 6h)", opts.window))?;
-    let ws = windows(
-        parse_bound(&opts.from, false)?,
-        parse_bound(&opts.to, true)?,
-        width,
-    )?;
+    let ws = range_windows(&opts.from, &opts.to, &opts.window)?;
     match p.file.source.kind {
-        pipeline::SourceKind::Files => Ok((ws.clone(), plan_files(p, &ws).await?)),
+        pipeline::SourceKind::Files => {
+            let objects = crate::run::list_source(p).await?;
+            Ok((ws.clone(), plan_file_windows(p, &objects, &ws)?))
+        }
         pipeline::SourceKind::Http => Ok((ws.clone(), plan_api(p, &ws)?)),
         _ => bail!(
             "{}: backfills of database sources are not built yet (a run reads after the watermark)",
@@ -227,7 +281,7 @@ pub async fn plan_local(
 }
 
 /// An API source's windows: each backfill window asked for in the API's own windows.
-fn plan_api(p: &Pipeline, ws: &[Window]) -> anyhow::Result<Vec<WindowPlan>> {
+pub fn plan_api(p: &Pipeline, ws: &[Window]) -> anyhow::Result<Vec<WindowPlan>> {
     let http = p.file.source.http.as_ref().context("[source.http]")?;
     if !http.windowed() {
         bail!(
@@ -248,8 +302,12 @@ fn plan_api(p: &Pipeline, ws: &[Window]) -> anyhow::Result<Vec<WindowPlan>> {
         .collect()
 }
 
-/// A files source's windows: each object in the window its key's time falls in.
-async fn plan_files(p: &Pipeline, ws: &[Window]) -> anyhow::Result<Vec<WindowPlan>> {
+/// A files source's windows: each object of the listing in the window its key's time falls in.
+pub fn plan_file_windows(
+    p: &Pipeline,
+    objects: &[ObjectRef],
+    ws: &[Window],
+) -> anyhow::Result<Vec<WindowPlan>> {
     let template = p.file.source.time_template.as_deref().with_context(|| {
         format!(
             "{}: a backfill needs [source] time_template (e.g. \"%Y/%m/%d/\") to date the source's keys",
@@ -257,9 +315,8 @@ async fn plan_files(p: &Pipeline, ws: &[Window]) -> anyhow::Result<Vec<WindowPla
         )
     })?;
     let template = TimeTemplate::new(template).map_err(anyhow::Error::msg)?;
-    let objects = crate::run::list_source(p).await?;
     plan_windows(
-        &objects,
+        objects,
         &template,
         ws,
         p.file.source.shard_bytes.get(),
@@ -280,7 +337,7 @@ pub enum BackfillOutcome {
 }
 
 /// A backfill's id: the same command names the same backfill, so a rerun resumes it.
-fn backfill_id(pipeline: &str, ws: &[Window], width: &str) -> String {
+pub fn backfill_id(pipeline: &str, ws: &[Window], width: &str) -> String {
     let (from, to) = (ws[0].from, ws[ws.len() - 1].to);
     format!(
         "{pipeline}-{}-{}-{width}",
@@ -301,15 +358,7 @@ pub async fn backfill_local(opts: &BackfillOptions) -> anyhow::Result<BackfillOu
     let key = format!("backfills/{}/{id}.json", p.name());
     let mut record = match dd.state.get(&key).await? {
         Some(b) => serde_json::from_slice(&b).with_context(|| format!("state {key} is corrupt"))?,
-        None => BackfillRecord {
-            backfill_id: id.clone(),
-            pipeline: p.name().to_string(),
-            windows: ws
-                .iter()
-                .map(|w| (w.from.to_string(), w.to.to_string()))
-                .collect(),
-            runs: vec![None; ws.len()],
-        },
+        None => BackfillRecord::new(&id, p.name(), &ws),
     };
     let mut reports = Vec::new();
     for (i, plan) in plans.iter().enumerate() {

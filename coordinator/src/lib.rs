@@ -15,6 +15,7 @@
 //! * [`local_worker`]: the in-process worker loop on the embedded queue.
 //! * [`fleet`]: `coordinator serve`, the fleet coordinator on SQS, S3 and a SQL warehouse, with
 //!   its HTTP API.
+//! * [`remote`]: the CLI's commands against a serving coordinator (`--server URL`).
 //! * [`quality`]: a run's data-quality verdict from its pipeline's `[[expect]]` entries.
 //! * [`demo`]: the demo's sample sources and pipeline files.
 
@@ -30,6 +31,7 @@ pub mod local_worker;
 pub mod metrics;
 pub mod planner;
 pub mod quality;
+pub mod remote;
 pub mod run;
 pub mod sources;
 pub mod status;

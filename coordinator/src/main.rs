@@ -66,8 +66,8 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
-    /// Run a time range of a pipeline's source again, window by window (local mode: PIPELINE is
-    /// a pipeline file). A rerun of the same command resumes it.
+    /// Run a time range of a pipeline's source again, window by window (PIPELINE: a pipeline
+    /// file, or with --server a pipeline's name). A rerun of the same command resumes it.
     Backfill {
         pipeline: PathBuf,
         /// First date (2026-11-02) or timestamp (2026-11-02T06:00:00) of the range.
@@ -90,12 +90,19 @@ enum Command {
         /// Rows per warehouse load batch.
         #[arg(long, default_value_t = 2_000_000)]
         batch_rows: u64,
+        /// A coordinator's API (`http://coordinator:8080`): backfill on its fleet.
+        #[arg(long, env = "TRIBUTARY_SERVER")]
+        server: Option<String>,
     },
-    /// List the runs of a data dir, of one pipeline (a pipeline file or its name) or all.
+    /// List the runs of a data dir (or of a serving coordinator with --server), of one pipeline
+    /// (a pipeline file or its name) or all.
     Runs {
         pipeline: Option<String>,
         #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
         data_dir: PathBuf,
+        /// A coordinator's API (`http://coordinator:8080`).
+        #[arg(long, env = "TRIBUTARY_SERVER")]
+        server: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -105,6 +112,9 @@ enum Command {
         run: String,
         #[arg(long, default_value = DEFAULT_DATA_DIR, env = "TRIBUTARY_DATA_DIR")]
         data_dir: PathBuf,
+        /// A coordinator's API (`http://coordinator:8080`).
+        #[arg(long, env = "TRIBUTARY_SERVER")]
+        server: Option<String>,
     },
     /// Run the failed shards of a failed run again, in the same run (exactly-once kept).
     Retry {
@@ -114,6 +124,9 @@ enum Command {
         /// In-process workers.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// A coordinator's API (`http://coordinator:8080`).
+        #[arg(long, env = "TRIBUTARY_SERVER")]
+        server: Option<String>,
     },
     /// Check a pipeline file (and its key and reference files) without running anything.
     Validate { pipeline: PathBuf },
@@ -222,49 +235,6 @@ fn print_report(r: &RunReport) {
             );
         }
     }
-}
-
-fn print_run_line(r: &coordinator::run::RunRecord, done: usize) {
-    println!(
-        "{:<40} {:<12} {:<10} shards {done}/{}  rows_out {}  batches loaded {}  started {}{}",
-        r.run_id,
-        r.pipeline,
-        r.status,
-        r.shards,
-        r.counts.rows_out,
-        r.batches_loaded,
-        r.started_at,
-        r.last_error
-            .as_ref()
-            .map(|e| format!("  last error: {e}"))
-            .unwrap_or_default()
-    );
-}
-
-/// One call to a coordinator's API; an error answer becomes an error with its message.
-fn api_call(url: &str, body: Option<&serde_json::Value>) -> anyhow::Result<serde_json::Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
-        .build()
-        .into();
-    let mut resp = match body {
-        Some(b) => agent.post(url).send_json(b),
-        None => agent.get(url).call(),
-    }
-    .with_context(|| format!("cannot reach the coordinator at {url}"))?;
-    let status = resp.status();
-    let v: serde_json::Value = resp
-        .body_mut()
-        .read_json()
-        .with_context(|| format!("{url} answered {status} without JSON"))?;
-    if !status.is_success() {
-        anyhow::bail!(
-            "{url}: {status}: {}",
-            v["error"].as_str().unwrap_or("(no error text)")
-        );
-    }
-    Ok(v)
 }
 
 /// A finished run as `coordinator run` prints it: the report, the `STATS` line and the
@@ -485,7 +455,7 @@ async fn print_local_runs(
             .list(&format!("runs/{}/done/", r.run_id))
             .await?
             .len();
-        print_run_line(&r, done);
+        println!("{}", coordinator::remote::run_line(&r, done));
     }
     Ok(())
 }
@@ -503,23 +473,69 @@ async fn retry(run_id: &str, data_dir: &Path, workers: usize) -> anyhow::Result<
     Ok(())
 }
 
+/// Prints what a call to a serving coordinator answered (the blocking HTTP client runs off the
+/// async threads).
+fn remote(f: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<()> {
+    println!("{}", tokio::task::block_in_place(f)?);
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let interactive = std::io::stderr().is_terminal();
     match cli.command {
         Command::Runs {
             pipeline,
+            server: Some(server),
+            json,
+            ..
+        } => remote(|| coordinator::remote::runs(&server, pipeline.as_deref(), json))?,
+        Command::Runs {
+            pipeline,
             data_dir,
             json,
+            server: None,
         } => list_runs(pipeline, &data_dir, json).await?,
-        Command::Cancel { run, data_dir } => {
+        Command::Cancel {
+            run,
+            server: Some(server),
+            ..
+        } => remote(|| coordinator::remote::cancel(&server, &run))?,
+        Command::Cancel {
+            run,
+            data_dir,
+            server: None,
+        } => {
             let dd = DataDir::open_existing(&data_dir)?;
             println!("{}", coordinator::commands::cancel_local(&dd, &run).await?);
         }
         Command::Retry {
             run,
+            server: Some(server),
+            ..
+        } => remote(|| coordinator::remote::retry(&server, &run))?,
+        Command::Retry {
+            run,
             data_dir,
             workers,
+            server: None,
         } => retry(&run, &data_dir, workers).await?,
+        Command::Backfill {
+            pipeline,
+            from,
+            to,
+            window,
+            dry_run,
+            max_in_flight,
+            server: Some(server),
+            ..
+        } => {
+            let request = serde_json::json!({
+                "pipeline": pipeline.display().to_string(),
+                "from": from, "to": to, "window": window, "dry_run": dry_run,
+                "max_in_flight": max_in_flight,
+            });
+            remote(|| coordinator::remote::backfill(&server, &request))?
+        }
         Command::Backfill {
             pipeline,
             from,
@@ -529,6 +545,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_in_flight,
             data_dir,
             batch_rows,
+            server: None,
         } => {
             backfill(coordinator::backfill::BackfillOptions {
                 pipeline,
@@ -607,37 +624,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trigger { pipeline, server } => {
             let body = serde_json::json!({ "pipeline": pipeline });
             let url = format!("{}/api/runs", server.trim_end_matches('/'));
-            let v = tokio::task::block_in_place(|| api_call(&url, Some(&body)))?;
+            let v = tokio::task::block_in_place(|| coordinator::remote::call(&url, Some(&body)))?;
             println!("started run {}", v["run_id"].as_str().unwrap_or("?"));
         }
         Command::Status {
             run: Some(id),
             server: Some(server),
+            json,
             ..
-        } => {
-            let url = format!("{}/api/runs/{id}", server.trim_end_matches('/'));
-            let v = tokio::task::block_in_place(|| api_call(&url, None))?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
+        } => remote(|| coordinator::remote::status(&server, &id, json))?,
         Command::Status {
             server: Some(server),
             json,
             ..
-        } => {
-            let url = format!("{}/api/runs", server.trim_end_matches('/'));
-            let v = tokio::task::block_in_place(|| api_call(&url, None))?;
-            let runs: Vec<coordinator::run::RunRecord> = serde_json::from_value(v)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
-            } else if runs.is_empty() {
-                println!("no runs on {server}");
-            }
-            if !json {
-                for r in runs {
-                    print_run_line(&r, r.shards_done);
-                }
-            }
-        }
+        } => remote(|| coordinator::remote::runs(&server, None, json))?,
         Command::Status {
             data_dir,
             json,

@@ -110,6 +110,9 @@ pub struct RunRecord {
     /// Local mode: the pipeline file the run was started from (`coordinator retry` reads it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline_file: Option<String>,
+    /// Unfinished shards in flight at most (a backfill's `--max-in-flight`); `None`: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
     /// A backfill's run: the time range it reads (`2026-11-02 00:00:00 .. 2026-11-03 00:00:00`).
     /// It never moves the pipeline's watermark.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,6 +184,7 @@ impl RunRecord {
             watermark: None,
             pipeline_file: None,
             backfill_window: None,
+            max_in_flight: None,
         }
     }
 }
@@ -229,12 +233,14 @@ pub(crate) fn plan_run(p: &Pipeline, objects: &[ObjectRef], shard_bytes: u64) ->
     }
 }
 
-/// Records a new run durably: its shard plan, its record, and that it is its pipeline's
-/// current run (the key a restart resumes from).
+/// Records a new run durably: its shard plan, its record, and (`current`) that it is its
+/// pipeline's current run (the key a restart resumes from; a fleet backfill's runs are resumed
+/// from their backfill's record instead).
 pub(crate) async fn record_new_run(
     state: &dyn StateStore,
     plan: &ShardPlan,
     record: &RunRecord,
+    current: bool,
 ) -> anyhow::Result<()> {
     let run_id = &plan.run_id;
     state
@@ -249,12 +255,14 @@ pub(crate) async fn record_new_run(
             &serde_json::to_vec_pretty(record)?,
         )
         .await?;
-    state
-        .put(
-            &format!("pipelines/{}/current", plan.pipeline),
-            run_id.as_bytes(),
-        )
-        .await?;
+    if current {
+        state
+            .put(
+                &format!("pipelines/{}/current", plan.pipeline),
+                run_id.as_bytes(),
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -527,7 +535,7 @@ pub(crate) fn splittable(p: &Pipeline) -> impl Fn(&ObjectRef) -> bool + '_ {
 /// The source objects of a new run (one file, or what the glob matches), refusing an empty source
 /// and — before anything runs — a CSV header that lacks a declared column.
 /// Which objects a run takes: all, or those whose key's time is in the backfill window.
-fn window_filter(
+pub(crate) fn window_filter(
     p: &Pipeline,
     window: Option<crate::backfill::Window>,
 ) -> anyhow::Result<impl Fn(&ObjectRef) -> bool> {
@@ -680,7 +688,7 @@ impl Starting<'_> {
                 .display()
                 .to_string(),
         );
-        record_new_run(&*self.dd.state, &plan, &rec).await?;
+        record_new_run(&*self.dd.state, &plan, &rec, true).await?;
         Ok((rec, plan))
     }
 }
@@ -779,7 +787,8 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         toml: pipeline.text.clone(),
         base_dir: pipeline.base_dir.display().to_string(),
     };
-    let bodies = task_bodies(&m, &shards, |s| TaskMessage {
+    let sending = m.to_enqueue();
+    let bodies = task_bodies(&sending, &shards, |s| TaskMessage {
         max_string_bytes: warehouse.as_ref().and_then(|w| w.max_string_bytes()),
         task_id: format!("{run_id}/{}", s.shard_id),
         run_id: run_id.clone(),
@@ -795,6 +804,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     for chunk in bodies.chunks(10) {
         tasks.send_batch(chunk.to_vec()).await?;
     }
+    m.apply(Event::Enqueued { shards: sending });
 
     let progress = progress_bar(opts.progress, record.source_bytes, &name);
     progress.inc(
@@ -965,14 +975,13 @@ fn spawn_workers(
         .collect()
 }
 
-/// The task messages of the run's unfinished shards (none once it is cancelled).
+/// The task messages of these shards.
 pub(crate) fn task_bodies(
-    m: &RunMachine,
+    ids: &[String],
     shards: &BTreeMap<String, ShardDescriptor>,
     task: impl Fn(&ShardDescriptor) -> TaskMessage,
 ) -> Vec<String> {
-    m.unfinished()
-        .into_iter()
+    ids.iter()
         .filter_map(|id| shards.get(id))
         .map(|s| Message::Task(task(s)).to_body())
         .collect()

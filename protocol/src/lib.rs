@@ -166,12 +166,29 @@ pub enum TaskOutcome {
     Failed { error: String },
 }
 
-/// Operational commands broadcast by the coordinator.
+/// Operational commands broadcast by the coordinator. A queue hands a message to one
+/// consumer, so a command is broadcast as an object every worker reads: the coordinator writes
+/// it (as a [`Message::Command`] body) at [`CommandMessage::key`] in the files store, where
+/// workers also write manifests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum CommandMessage {
     /// Drop every task of this run that has not started.
     CancelRun { run_id: String },
+}
+
+impl CommandMessage {
+    /// Where the command is written in the files store.
+    pub fn key(&self) -> String {
+        match self {
+            CommandMessage::CancelRun { run_id } => cancel_command_key(run_id),
+        }
+    }
+}
+
+/// The files-store key of the command that cancels `run_id` (see [`CommandMessage`]).
+pub fn cancel_command_key(run_id: &str) -> String {
+    format!("commands/cancel/{run_id}.json")
 }
 
 /// One object in the source, as listed.

@@ -4,7 +4,9 @@
 #   - a virtualenv with moto[server], started on 127.0.0.1 (local SQS and S3) and stopped when the
 #     calling script exits;
 #   - the machine's PostgreSQL at 127.0.0.1:5432 (already running on these machines);
-#   - prometheus and promtool, unpacked from Debian's package.
+#   - prometheus and promtool, unpacked from Debian's package;
+#   - the machine's MariaDB at 127.0.0.1:3306 (already running), for the MySQL source's tests;
+#   - Debian's chromium, for the status page's headless browser test.
 # Exports the TRIBUTARY_* variables the tests read. The caller has `set -euo pipefail` and is in
 # the repository root.
 
@@ -52,5 +54,13 @@ export TRIBUTARY_TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 export TRIBUTARY_TEST_POSTGRES="${TRIBUTARY_TEST_POSTGRES:-host=127.0.0.1 port=5432 user=postgres dbname=test}"
 # The machine's MariaDB (root, no password): the MySQL source's tests make a database each.
 export TRIBUTARY_TEST_MYSQL="${TRIBUTARY_TEST_MYSQL:-mysql://root@127.0.0.1:3306/test}"
+# Headless Chromium for the status page's browser test (Debian's package; no sandbox as root).
+if [ -z "${TRIBUTARY_CHROMIUM:-}" ]; then
+  if ! command -v chromium >/dev/null 2>&1; then
+    apt-get install -y -q --no-install-recommends chromium >/dev/null
+  fi
+  TRIBUTARY_CHROMIUM="$(command -v chromium)"
+  export TRIBUTARY_CHROMIUM
+fi
 # A missing service fails the tests that need it instead of skipping them.
 export TRIBUTARY_REQUIRE_SERVICES=1

@@ -535,7 +535,7 @@ postgres = "{pg}"
     /// The run as the API reports it (`coordinator status --server URL RUN`).
     pub fn status(&self, run: &str) -> Option<serde_json::Value> {
         let out = Command::new(coordinator_bin())
-            .args(["status", run, "--server", &self.api])
+            .args(["status", run, "--server", &self.api, "--json"])
             .output()
             .ok()?;
         if !out.status.success() {

@@ -570,6 +570,34 @@ fn a_shard_whose_object_vanished_fails_with_its_reason_and_the_rest_is_loaded() 
         dead.iter().any(|d| d.reason.contains("extra.ndjson")),
         "{dead:#?}"
     );
+    // The object is back: `retry --server` redoes that shard only, in the same run.
+    f.s3_put(
+        "raw/extra.ndjson",
+        data.lines()
+            .take(50)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .into_bytes(),
+    );
+    let out = tributary_tests::coordinator(&["retry", &run, "--server", &f.api], None);
+    let said = tributary_tests::ok(&out);
+    assert!(said.contains("1 failed shard(s) sent again"), "{said}");
+    let rec = f.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(rec["status"], "completed", "{rec:#}\n{}", f.logs());
+    assert_eq!(rec["shards_done"], rec["shards"], "{rec:#}");
+    assert_eq!(
+        fleet_table(&f),
+        embedded_table(&input, shard),
+        "the retried shard's rows are the same keys: merged, nothing doubled"
+    );
+    let detail = tributary_tests::ok(&tributary_tests::coordinator(
+        &["status", &run, "--server", &f.api],
+        None,
+    ));
+    assert!(
+        detail.contains(&format!("run {run} of pipeline workload")) && detail.contains("completed"),
+        "{detail}"
+    );
 }
 
 /// Rows of each Parquet file under `lake/` in the test bucket, read from the footers.

@@ -45,6 +45,8 @@ pub enum Handled {
     Retry,
     /// Not a task this build can read: dead-lettered.
     DeadLettered,
+    /// A task of a cancelled run: not run, reported as failed and deleted.
+    Skipped,
 }
 
 /// Runs one delivery to its end. `scratch` must not be shared with a concurrent task.
@@ -97,9 +99,44 @@ pub async fn handle_delivery(env: &TaskEnv, m: &Received, scratch: &std::path::P
             Handled::Failed => "failed",
             Handled::Retry => "retried",
             Handled::DeadLettered => "dead_lettered",
+            Handled::Skipped => "skipped",
         },
     );
     handled
+}
+
+/// Whether the coordinator has cancelled the task's run: its `CancelRun` command is in the
+/// files store (a store that cannot be read now does not stop the task).
+pub async fn run_cancelled(files: &dyn ObjectStore, run_id: &str) -> bool {
+    let Ok(bytes) = files.get(&protocol::cancel_command_key(run_id)).await else {
+        return false;
+    };
+    matches!(
+        Message::from_body(&String::from_utf8_lossy(&bytes)),
+        Ok(Message::Command(protocol::CommandMessage::CancelRun { run_id: r })) if r == run_id
+    )
+}
+
+/// Reports a task of a cancelled run as failed, without running it, and deletes it.
+async fn skip_cancelled(env: &TaskEnv, m: &Received, task: &TaskMessage) -> Handled {
+    tracing::info!("skipping a task of a cancelled run");
+    let body = Message::Result(ResultMessage {
+        task_id: task.task_id.clone(),
+        run_id: task.run_id.clone(),
+        shard_id: task.shard.shard_id.clone(),
+        outcome: TaskOutcome::Failed {
+            error: format!("skipped: run {} was cancelled", task.run_id),
+        },
+    })
+    .to_body();
+    if let Err(e) = env.results.send_batch(vec![body]).await {
+        tracing::warn!(error = %e, "could not report the skipped task; it will be seen again");
+        return Handled::Retry;
+    }
+    if let Err(e) = env.tasks.delete(&m.receipt).await {
+        tracing::warn!(error = %e, "could not delete the skipped task (harmless)");
+    }
+    Handled::Skipped
 }
 
 async fn run_task(
@@ -108,6 +145,11 @@ async fn run_task(
     task: TaskMessage,
     scratch: &std::path::Path,
 ) -> Handled {
+    if let Ok(stores) = (env.stores)(&task)
+        && run_cancelled(&*stores.files, &task.run_id).await
+    {
+        return skip_cancelled(env, m, &task).await;
+    }
     tracing::info!(bytes = task.shard.bytes(), "task started");
     // Visibility heartbeat: extends at a third of the timeout, stops when the task ends.
     let hb_queue = env.tasks.clone();
@@ -555,6 +597,56 @@ columns = ["id", "n"]
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "scratch left behind: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_task_of_a_cancelled_run_is_reported_and_deleted_without_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("t", Duration::from_secs(30), 2));
+        let results: Arc<dyn Queue> = Arc::new(MemoryQueue::new("r", Duration::from_secs(30), 3));
+        let env = local_env(&store, &tasks, &results);
+        let cancel = protocol::CommandMessage::CancelRun {
+            run_id: "r1".into(),
+        };
+        store
+            .put(
+                &cancel.key(),
+                Message::Command(cancel.clone()).to_body().into_bytes(),
+            )
+            .await
+            .unwrap();
+        assert!(run_cancelled(&*store, "r1").await);
+        assert!(!run_cancelled(&*store, "r2").await);
+        // The source object does not exist: running the task would fail it for that reason.
+        tasks
+            .send_batch(vec![task("gone.ndjson", 10)])
+            .await
+            .unwrap();
+        let m = tasks
+            .receive(1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .remove(0);
+        let scratch = dir.path().join("scratch");
+        assert_eq!(handle_delivery(&env, &m, &scratch).await, Handled::Skipped);
+        let reported = results.receive(10, Duration::from_secs(1)).await.unwrap();
+        assert!(
+            reported[0].body.contains("skipped: run r1 was cancelled"),
+            "{}",
+            reported[0].body
+        );
+        assert!(
+            tasks.dead_letters().await.unwrap().is_empty(),
+            "deleted, not dead-lettered"
+        );
+        assert!(
+            tasks
+                .receive(1, Duration::from_millis(50))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -5,13 +5,16 @@
 //! done:
 //!
 //! ```text
-//!  ShardDone / ShardFailed ──▶ ┌────────────┐ ──▶ RecordBatch{seq, shards} ──▶ BatchRecorded
+//!  Enqueued                ──▶ ┌────────────┐ ──▶ to_enqueue(): shards to send ──▶ Enqueued
+//!  ShardDone / ShardFailed ──▶ │            │ ──▶ RecordBatch{seq, shards} ──▶ BatchRecorded
 //!  BatchRecorded / Loaded  ──▶ │ RunMachine │ ──▶ Load{seq}                ──▶ BatchLoaded
 //!  Judged / Cancelled      ──▶ └────────────┘ ──▶ Judge                    ──▶ Judged
 //!                                              ──▶ Finish(status)           ──▶ Finished
 //! ```
 //!
-//! Rules it owns: a shard ends once (a late success replaces a failure until the run is judged;
+//! Rules it owns: shards are sent in plan order, at most `max_in_flight` of them unfinished at
+//! a time (a backfill leaves room for scheduled runs), none once the run is cancelled; a shard
+//! ends once (a late success replaces a failure until the run is judged;
 //! anything else repeated is ignored, so redelivered completions are harmless); done shards close
 //! into batches in shard order once they hold `batch_rows` rows, and the rest when the run is
 //! complete or the driver's batch window has passed; recorded batches load one at a time, in
@@ -27,6 +30,8 @@ use super::{DoneRecord, RunStatus};
 /// Something that happened to a run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// These shards' tasks were sent to the queue.
+    Enqueued { shards: Vec<String> },
     /// A shard finished; its manifest is written.
     ShardDone { shard: String, done: DoneRecord },
     /// A shard failed for good (a failed result, or its task was dead-lettered).
@@ -84,6 +89,10 @@ pub struct RunMachine {
     verdict: Option<bool>,
     cancelled: bool,
     finished: Option<RunStatus>,
+    /// Shards sent to the queue.
+    enqueued: BTreeSet<String>,
+    /// Unfinished shards in flight at most (`None`: all at once).
+    max_in_flight: Option<usize>,
 }
 
 impl RunMachine {
@@ -101,7 +110,40 @@ impl RunMachine {
             verdict: None,
             cancelled: false,
             finished: None,
+            enqueued: BTreeSet::new(),
+            max_in_flight: None,
         }
+    }
+
+    /// Keeps at most `n` unfinished shards in flight (`None`, or 0: no limit).
+    pub fn with_max_in_flight(mut self, n: Option<usize>) -> Self {
+        self.max_in_flight = n.filter(|n| *n > 0);
+        self
+    }
+
+    /// The shards to send now, in plan order: those not sent and not ended, as many as the
+    /// in-flight limit leaves room for; none once the run is cancelled or finished.
+    pub fn to_enqueue(&self) -> Vec<String> {
+        if self.cancelled || self.finished.is_some() {
+            return Vec::new();
+        }
+        let ended = |s: &String| self.done.contains_key(s) || self.failed.contains_key(s);
+        let in_flight = self.enqueued.iter().filter(|s| !ended(s)).count();
+        let room = self
+            .max_in_flight
+            .map_or(usize::MAX, |n| n.saturating_sub(in_flight));
+        self.shards
+            .iter()
+            .filter(|s| !ended(s) && !self.enqueued.contains(*s))
+            .take(room)
+            .cloned()
+            .collect()
+    }
+
+    /// How many shards have been sent (they are always the first ones in plan order, but for
+    /// those done before they were sent).
+    pub fn enqueued_count(&self) -> usize {
+        self.enqueued.len()
     }
 
     pub fn apply(&mut self, event: Event) -> Applied {
@@ -109,6 +151,12 @@ impl RunMachine {
             return Applied::Ignored;
         }
         let changed = match event {
+            Event::Enqueued { shards } => {
+                let before = self.enqueued.len();
+                self.enqueued
+                    .extend(shards.into_iter().filter(|s| self.shards.contains(s)));
+                self.enqueued.len() > before
+            }
             Event::ShardDone { shard, done } => self.shard_done(shard, done),
             Event::ShardFailed { shard, reason } => self.shard_failed(shard, reason),
             Event::BatchRecorded { seq, shards } => self.batch_recorded(seq, shards),
@@ -508,6 +556,44 @@ mod tests {
         assert_eq!(
             drive(&mut m, false, true),
             vec![Action::Judge, Action::Finish(RunStatus::Completed)]
+        );
+    }
+
+    #[test]
+    fn shards_are_sent_in_plan_order_within_the_in_flight_limit() {
+        let mut m = machine(5, 100, false).with_max_in_flight(Some(2));
+        assert_eq!(m.to_enqueue(), vec!["s0", "s1"]);
+        m.apply(Event::Enqueued {
+            shards: vec!["s0".into(), "s1".into()],
+        });
+        assert!(m.to_enqueue().is_empty(), "two in flight");
+        shard_done(&mut m, "s1", 1);
+        assert_eq!(m.to_enqueue(), vec!["s2"]);
+        m.apply(Event::Enqueued {
+            shards: vec!["s2".into()],
+        });
+        m.apply(Event::ShardFailed {
+            shard: "s0".into(),
+            reason: "x".into(),
+        });
+        assert_eq!(m.to_enqueue(), vec!["s3"], "a failed shard frees its place");
+        assert_eq!(m.enqueued_count(), 3);
+        m.apply(Event::Cancelled);
+        assert!(m.to_enqueue().is_empty(), "nothing is sent once cancelled");
+
+        let mut all = machine(3, 100, false);
+        shard_done(&mut all, "s1", 1);
+        assert_eq!(
+            all.to_enqueue(),
+            vec!["s0", "s2"],
+            "no limit: every unfinished shard"
+        );
+        assert_eq!(
+            all.apply(Event::Enqueued {
+                shards: vec!["s9".into()]
+            }),
+            Applied::Ignored,
+            "an unknown shard"
         );
     }
 }

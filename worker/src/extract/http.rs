@@ -366,7 +366,7 @@ fn snippet(s: &str) -> String {
 
 /// The HTTP client: TLS through rustls (the aws-lc-rs provider the AWS SDK builds) with the
 /// system's roots; status codes are answers, not errors.
-fn agent(timeout: Duration) -> ureq::Agent {
+pub fn agent(timeout: Duration) -> ureq::Agent {
     use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
     static ROOTS: OnceLock<Arc<Vec<Certificate<'static>>>> = OnceLock::new();
     let roots = ROOTS.get_or_init(|| {

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Applied, DoneRecord, Event, RunMachine, RunStatus};
 use crate::loader::Loader;
 use crate::metrics::METRICS;
-use crate::run::{Fault, RunRecord, fault, now, plan_run, record_new_run, task_bodies};
+use crate::run::{Fault, RunRecord, fault, plan_run, record_new_run, task_bodies};
 
 /// A pipeline the coordinator knows, and its schedule.
 struct Scheduled {
@@ -106,10 +106,13 @@ pub struct PipelineView {
 struct Shared {
     runs: BTreeMap<String, RunRecord>,
     pipelines: Vec<PipelineView>,
+    backfills: Vec<crate::backfill::BackfillRecord>,
+    /// The task and result queues' depths, as last polled.
+    queues: BTreeMap<String, backends::queue::QueueDepth>,
+    /// The task queue's dead letters, as last read.
+    dead_letters: Vec<backends::queue::DeadLetter>,
     ready: bool,
 }
-
-type Trigger = (String, tokio::sync::oneshot::Sender<Result<String, String>>);
 
 pub struct Coordinator {
     settings: FleetSettings,
@@ -118,6 +121,14 @@ pub struct Coordinator {
     warehouse: Option<Arc<dyn Warehouse>>,
     pipelines: BTreeMap<String, Scheduled>,
     runs: BTreeMap<String, ActiveRun>,
+    /// Backfills in progress, with their windows' plans.
+    backfills: BTreeMap<
+        String,
+        (
+            crate::backfill::BackfillRecord,
+            Vec<crate::backfill::WindowPlan>,
+        ),
+    >,
     shared: Arc<Mutex<Shared>>,
     last_dead_letter_check: Instant,
     last_depth_poll: Instant,
@@ -223,6 +234,7 @@ impl Coordinator {
             warehouse,
             pipelines,
             runs: BTreeMap::new(),
+            backfills: BTreeMap::new(),
             shared: Arc::default(),
             last_dead_letter_check: Instant::now() - Duration::from_secs(3600),
             last_depth_poll: Instant::now() - Duration::from_secs(3600),
@@ -241,10 +253,6 @@ impl Coordinator {
 
     /// Plans a run of `name`, records it, and enqueues its tasks.
     async fn start_run(&mut self, name: &str) -> anyhow::Result<String> {
-        let sched = self
-            .pipelines
-            .get(name)
-            .with_context(|| format!("no pipeline named {name:?}"))?;
         let current_key = format!("pipelines/{name}/current");
         if let Some(id) = self.state.get(&current_key).await? {
             bail!(
@@ -252,9 +260,34 @@ impl Coordinator {
                 String::from_utf8_lossy(&id)
             );
         }
+        self.plan_and_start(name, None, None).await
+    }
+
+    /// Plans and starts the run of one backfill window: it does not take the pipeline's
+    /// current run (scheduled runs go on beside it), keeps at most `max_in_flight` shards in
+    /// flight, and never moves the watermark.
+    pub(super) async fn start_backfill_run(
+        &mut self,
+        name: &str,
+        window: crate::backfill::Window,
+        max_in_flight: Option<usize>,
+    ) -> anyhow::Result<String> {
+        self.plan_and_start(name, Some(window), max_in_flight).await
+    }
+
+    async fn plan_and_start(
+        &mut self,
+        name: &str,
+        window: Option<crate::backfill::Window>,
+        max_in_flight: Option<usize>,
+    ) -> anyhow::Result<String> {
+        let sched = self
+            .pipelines
+            .get(name)
+            .with_context(|| format!("no pipeline named {name:?}"))?;
         let p = &sched.pipeline;
-        let (plan, record) = if p.file.source.kind.extracts() {
-            let run = crate::sources::plan_source_run(p, &*self.state, None).await?;
+        let (plan, mut record) = if p.file.source.kind.extracts() {
+            let run = crate::sources::plan_source_run(p, &*self.state, window).await?;
             let table = p.table().to_string();
             let mut record = RunRecord::started(
                 &run.plan,
@@ -267,18 +300,23 @@ impl Coordinator {
             record.watermark = run.watermark;
             (run.plan, record)
         } else {
-            self.plan_files_run(p).await?
+            self.plan_files_run(p, window).await?
         };
+        record.backfill_window = window.map(|w| format!("{} .. {}", w.from, w.to));
+        record.max_in_flight = max_in_flight;
         let run_id = plan.run_id.clone();
-        record_new_run(&*self.state, &plan, &record).await?;
+        record_new_run(&*self.state, &plan, &record, window.is_none()).await?;
         tracing::info!(run = %run_id, pipeline = name, shards = plan.shards.len(), "run planned");
         METRICS.runs.with_label_values(&[name, "started"]).inc();
         self.activate(record, plan).await?;
         Ok(run_id)
     }
 
-    /// Plans a run of a files source from a listing of its location.
-    async fn plan_files_run(&self, p: &Pipeline) -> anyhow::Result<(ShardPlan, RunRecord)> {
+    /// The objects of a files source: its location listed with its glob; and the location.
+    pub(super) async fn list_files(
+        &self,
+        p: &Pipeline,
+    ) -> anyhow::Result<(Vec<ObjectRef>, String)> {
         let source_url = self.source_url(p);
         let source = self.backends.store(&source_url)?;
         let glob = globset::Glob::new(&p.file.source.glob)?.compile_matcher();
@@ -293,6 +331,21 @@ impl Coordinator {
                 "no source objects: nothing under {source_url} matches glob {:?}",
                 p.file.source.glob
             );
+        }
+        Ok((objects, source_url))
+    }
+
+    /// Plans a run of a files source from a listing of its location (of one backfill window's
+    /// objects, with `window`).
+    async fn plan_files_run(
+        &self,
+        p: &Pipeline,
+        window: Option<crate::backfill::Window>,
+    ) -> anyhow::Result<(ShardPlan, RunRecord)> {
+        let (mut objects, source_url) = self.list_files(p).await?;
+        if let Some(w) = window {
+            let keep = crate::run::window_filter(p, Some(w))?;
+            objects.retain(|o| keep(o));
         }
         let shard_bytes = self
             .settings
@@ -312,9 +365,10 @@ impl Coordinator {
         Ok((plan, record))
     }
 
-    /// Takes a recorded run into the loop: replays its state, enqueues what was never
-    /// enqueued; recorded batches not marked loaded load on its first advance (the ledger skips
-    /// those that committed).
+    /// Takes a recorded run into the loop: replays its state (shards done, failed and sent,
+    /// batches recorded and loaded); the loop then sends what was never sent, and recorded
+    /// batches not marked loaded load on its first advance (the ledger skips those that
+    /// committed).
     async fn activate(&mut self, record: RunRecord, plan: ShardPlan) -> anyhow::Result<()> {
         let run_id = record.run_id.clone();
         let sched = self.pipelines.get(&record.pipeline).with_context(|| {
@@ -337,43 +391,22 @@ impl Coordinator {
             self.warehouse.clone(),
             self.backends.store(&record.output)?,
         );
-        let machine = loader
+        let mut machine = loader
             .replay(shards.keys().cloned(), self.settings.coordinator.batch_rows)
-            .await?;
-        let enqueued_key = format!("runs/{run_id}/enqueued");
-        if self.state.get(&enqueued_key).await?.is_none() {
-            let spec = PipelineSpec {
-                name: p.name().to_string(),
-                toml: p.text.clone(),
-                base_dir: p.base_dir.display().to_string(),
-            };
-            let max_string_bytes = self.warehouse.as_ref().and_then(|w| w.max_string_bytes());
-            let mut bodies = task_bodies(&machine, &shards, |s| TaskMessage {
-                max_string_bytes,
-                task_id: format!("{run_id}/{}", s.shard_id),
-                run_id: run_id.clone(),
-                pipeline: spec.clone(),
-                shard: s.clone(),
-                output_prefix: record.output_prefix.clone(),
-                quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
-                manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
-                // Database and API shards read the raw zone they extract into, in the files
-                // store.
-                source_url: Some(if p.file.source.kind.extracts() {
-                    self.backends.files_url.clone()
-                } else {
-                    record.source.clone()
-                }),
-                output_url: Some(record.output.clone()),
-                files_url: Some(self.backends.files_url.clone()),
-            });
-            if fault() == Some(Fault::DuplicateTasks) {
-                let copy = bodies.clone();
-                bodies.extend(copy);
-            }
-            self.backends.tasks.send_batch(bodies).await?;
-            self.state.put(&enqueued_key, now().as_bytes()).await?;
-        }
+            .await?
+            .with_max_in_flight(record.max_in_flight);
+        // `runs/RUN/enqueued` counts the shards sent, the first ones in plan order (an older
+        // coordinator wrote a time there once it had sent them all).
+        let sent = match self.state.get(&enqueued_key(&run_id)).await? {
+            None => 0,
+            Some(v) => String::from_utf8_lossy(&v)
+                .trim()
+                .parse()
+                .unwrap_or(shards.len()),
+        };
+        machine.apply(Event::Enqueued {
+            shards: shards.keys().take(sent).cloned().collect(),
+        });
         self.runs.insert(
             run_id,
             ActiveRun {
@@ -385,6 +418,61 @@ impl Coordinator {
                 next_load_try: Instant::now(),
             },
         );
+        Ok(())
+    }
+
+    /// Resumes the backfills recorded as running, and the run of each one's current window.
+    async fn resume_backfills(&mut self) -> anyhow::Result<()> {
+        for key in self.state.list("backfills/").await? {
+            let Some(bytes) = self.state.get(&key).await? else {
+                continue;
+            };
+            let record: crate::backfill::BackfillRecord = serde_json::from_slice(&bytes)
+                .with_context(|| format!("state {key} is corrupt"))?;
+            if record.status.as_deref() != Some("running") {
+                continue;
+            }
+            let Some(sched) = self.pipelines.get(&record.pipeline) else {
+                tracing::warn!(backfill = %record.backfill_id, pipeline = %record.pipeline, "backfill of a pipeline that is not configured; left");
+                continue;
+            };
+            let p = sched.pipeline.clone();
+            let ws: Vec<crate::backfill::Window> = record
+                .windows
+                .iter()
+                .map(|(f, t)| {
+                    Ok(crate::backfill::Window {
+                        from: crate::backfill::parse_bound(f, false)?,
+                        to: crate::backfill::parse_bound(t, false)?,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let plans = match p.file.source.kind {
+                pipeline::SourceKind::Files => {
+                    let (objects, _) = self.list_files(&p).await?;
+                    crate::backfill::plan_file_windows(&p, &objects, &ws)?
+                }
+                _ => crate::backfill::plan_api(&p, &ws)?,
+            };
+            if let Some(run_id) = &record.current_run
+                && let Some(rec) = self.state.get(&format!("runs/{run_id}/run.json")).await?
+            {
+                let rec: RunRecord = serde_json::from_slice(&rec)?;
+                if rec.status == RunStatus::Running {
+                    let plan: ShardPlan = protocol::decode_binary(
+                        &self
+                            .state
+                            .get(&format!("runs/{run_id}/plan.bin"))
+                            .await?
+                            .with_context(|| format!("run {run_id} has no plan"))?,
+                    )?;
+                    tracing::info!(run = %run_id, backfill = %record.backfill_id, "resuming a backfill's run");
+                    self.activate(rec, plan).await?;
+                }
+            }
+            self.backfills
+                .insert(record.backfill_id.clone(), (record, plans));
+        }
         Ok(())
     }
 
@@ -412,6 +500,35 @@ impl Coordinator {
             )?;
             tracing::info!(run = %id, "resuming run");
             self.activate(rec, plan).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends every active run's next tasks (within its in-flight limit), then records how
+    /// many of its shards have been sent.
+    async fn enqueue_runs(&mut self) -> anyhow::Result<()> {
+        let max_string_bytes = self.warehouse.as_ref().and_then(|w| w.max_string_bytes());
+        for (run_id, run) in self.runs.iter_mut() {
+            let sending = run.machine.to_enqueue();
+            if sending.is_empty() {
+                continue;
+            }
+            let p = &self.pipelines[&run.record.pipeline].pipeline;
+            let mut bodies = task_bodies(&sending, &run.shards, |s| {
+                task_message(p, &run.record, s, &self.backends, max_string_bytes)
+            });
+            if fault() == Some(Fault::DuplicateTasks) {
+                let copy = bodies.clone();
+                bodies.extend(copy);
+            }
+            self.backends.tasks.send_batch(bodies).await?;
+            run.machine.apply(Event::Enqueued { shards: sending });
+            self.state
+                .put(
+                    &enqueued_key(run_id),
+                    run.machine.enqueued_count().to_string().as_bytes(),
+                )
+                .await?;
         }
         Ok(())
     }
@@ -596,9 +713,12 @@ impl Coordinator {
         }
         for id in finished {
             let run = self.runs.remove(&id).expect("finished run");
-            self.state
-                .delete(&format!("pipelines/{}/current", run.record.pipeline))
-                .await?;
+            // A backfill's run never took its pipeline's current run.
+            if run.record.backfill_window.is_none() {
+                self.state
+                    .delete(&format!("pipelines/{}/current", run.record.pipeline))
+                    .await?;
+            }
             tracing::info!(run = %id, status = %run.record.status, rows_out = run.record.counts.rows_out, batches = run.record.batches_loaded, "run finished");
             METRICS
                 .runs
@@ -724,7 +844,54 @@ impl Coordinator {
                     .map(|r| r.record.run_id.clone()),
             })
             .collect();
+        sh.backfills = self.backfills.values().map(|(r, _)| r.clone()).collect();
         sh.ready = true;
+    }
+
+    /// One turn of the loop: the API's requests, schedules, tasks to send, queue depths,
+    /// completions, loads, backfills and archiving.
+    async fn step(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::Receiver<requests::Pending>,
+    ) -> anyhow::Result<()> {
+        while let Ok((req, reply)) = rx.try_recv() {
+            let r = self.handle(req).await.map_err(|e| format!("{e:#}"));
+            let _ = reply.send(r);
+        }
+        self.fire_schedules().await?;
+        self.enqueue_runs().await?;
+        if self.last_depth_poll.elapsed() >= Duration::from_secs(10) {
+            self.last_depth_poll = Instant::now();
+            self.poll_queues().await?;
+        }
+        if !self.runs.is_empty() {
+            // Drain what is waiting, then move runs forward.
+            for _ in 0..20 {
+                if self.consume_results().await? < 10 {
+                    break;
+                }
+            }
+            self.check_dead_letters().await?;
+        }
+        self.advance_runs().await?;
+        self.advance_backfills().await?;
+        self.archive_hourly().await;
+        Ok(())
+    }
+
+    /// The queues' depths (metrics and the status page) and the task queue's dead letters.
+    async fn poll_queues(&mut self) -> anyhow::Result<()> {
+        let tasks = self.backends.tasks.depth().await?;
+        let results = self.backends.results.depth().await?;
+        METRICS.depth("tasks", &tasks);
+        METRICS.depth("results", &results);
+        let mut dead = self.backends.tasks.dead_letters().await?;
+        dead.truncate(50);
+        let mut sh = self.shared.lock().expect("shared");
+        sh.queues.insert("tasks".into(), tasks);
+        sh.queues.insert("results".into(), results);
+        sh.dead_letters = dead;
+        Ok(())
     }
 
     /// Runs until `shutdown` resolves.
@@ -746,40 +913,17 @@ impl Coordinator {
             }
         }
         self.resume_all().await?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Trigger>(16);
+        self.resume_backfills().await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<requests::Pending>(16);
         let addr = api::serve(&self.settings.coordinator.listen, self.shared.clone(), tx).await?;
         tracing::info!(%addr, pipelines = self.pipelines.len(), resumed = self.runs.len(), "coordinator serving");
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(500);
         loop {
             self.publish();
-            let step = async {
-                while let Ok((name, reply)) = rx.try_recv() {
-                    let r = self.start_run(&name).await.map_err(|e| format!("{e:#}"));
-                    let _ = reply.send(r);
-                }
-                self.fire_schedules().await?;
-                if self.last_depth_poll.elapsed() >= Duration::from_secs(10) {
-                    self.last_depth_poll = Instant::now();
-                    METRICS.depth("tasks", &self.backends.tasks.depth().await?);
-                    METRICS.depth("results", &self.backends.results.depth().await?);
-                }
-                if !self.runs.is_empty() {
-                    // Drain what is waiting, then move runs forward.
-                    for _ in 0..20 {
-                        if self.consume_results().await? < 10 {
-                            break;
-                        }
-                    }
-                    self.check_dead_letters().await?;
-                }
-                self.advance_runs().await?;
-                self.archive_hourly().await;
-                anyhow::Ok(())
-            };
             let r = tokio::select! {
                 _ = &mut shutdown => break,
-                r = step => r,
+                r = self.step(&mut rx) => r,
             };
             match r {
                 Ok(()) => backoff = Duration::from_millis(500),
@@ -794,8 +938,8 @@ impl Coordinator {
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {},
-                    Some((name, reply)) = rx.recv() => {
-                        let r = self.start_run(&name).await.map_err(|e| format!("{e:#}"));
+                    Some((req, reply)) = rx.recv() => {
+                        let r = self.handle(req).await.map_err(|e| format!("{e:#}"));
                         let _ = reply.send(r);
                     }
                 }
@@ -806,104 +950,45 @@ impl Coordinator {
     }
 }
 
-/// The coordinator's HTTP API.
-mod api {
-    use super::*;
-    use axum::Json;
-    use axum::extract::{Path as UrlPath, State};
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
+mod api;
+mod page;
+mod requests;
+mod view;
 
-    #[derive(Clone)]
-    struct Api {
-        shared: Arc<Mutex<Shared>>,
-        trigger: tokio::sync::mpsc::Sender<Trigger>,
-    }
+fn enqueued_key(run_id: &str) -> String {
+    format!("runs/{run_id}/enqueued")
+}
 
-    #[derive(Deserialize)]
-    struct TriggerBody {
-        pipeline: String,
-    }
-
-    pub async fn serve(
-        addr: &str,
-        shared: Arc<Mutex<Shared>>,
-        trigger: tokio::sync::mpsc::Sender<Trigger>,
-    ) -> anyhow::Result<std::net::SocketAddr> {
-        let api = Api { shared, trigger };
-        let app = axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .route("/readyz", axum::routing::get(ready))
-            .route("/api/runs", axum::routing::get(list_runs).post(start_run))
-            .route("/api/runs/{id}", axum::routing::get(get_run))
-            .route("/api/pipelines", axum::routing::get(list_pipelines))
-            .with_state(api)
-            .merge(runtime::metrics::route(vec![&METRICS.registry]));
-        runtime::http::serve_router(addr, app, "API server").await
-    }
-
-    async fn ready(State(api): State<Api>) -> impl IntoResponse {
-        if api.shared.lock().expect("shared").ready {
-            (StatusCode::OK, "ready\n")
+/// The task of shard `s` of a run of `p`.
+fn task_message(
+    p: &Pipeline,
+    record: &RunRecord,
+    s: &ShardDescriptor,
+    backends: &FleetBackends,
+    max_string_bytes: Option<u64>,
+) -> TaskMessage {
+    let run_id = &record.run_id;
+    TaskMessage {
+        max_string_bytes,
+        task_id: format!("{run_id}/{}", s.shard_id),
+        run_id: run_id.clone(),
+        pipeline: PipelineSpec {
+            name: p.name().to_string(),
+            toml: p.text.clone(),
+            base_dir: p.base_dir.display().to_string(),
+        },
+        shard: s.clone(),
+        output_prefix: record.output_prefix.clone(),
+        quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
+        manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
+        // Database and API shards read the raw zone they extract into, in the files store.
+        source_url: Some(if p.file.source.kind.extracts() {
+            backends.files_url.clone()
         } else {
-            (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-        }
-    }
-
-    async fn list_runs(State(api): State<Api>) -> Json<Vec<RunRecord>> {
-        let sh = api.shared.lock().expect("shared");
-        let mut runs: Vec<RunRecord> = sh.runs.values().cloned().collect();
-        runs.sort_by(|a, b| {
-            b.started_at
-                .cmp(&a.started_at)
-                .then(b.run_id.cmp(&a.run_id))
-        });
-        Json(runs)
-    }
-
-    async fn get_run(
-        State(api): State<Api>,
-        UrlPath(id): UrlPath<String>,
-    ) -> axum::response::Response {
-        match api.shared.lock().expect("shared").runs.get(&id) {
-            Some(r) => Json(r.clone()).into_response(),
-            None => (
-                StatusCode::NOT_FOUND,
-                Json(serde_json::json!({"error": format!("no run {id}")})),
-            )
-                .into_response(),
-        }
-    }
-
-    async fn list_pipelines(State(api): State<Api>) -> Json<Vec<PipelineView>> {
-        Json(api.shared.lock().expect("shared").pipelines.clone())
-    }
-
-    async fn start_run(
-        State(api): State<Api>,
-        Json(body): Json<TriggerBody>,
-    ) -> axum::response::Response {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if api.trigger.send((body.pipeline, tx)).await.is_err() {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({"error": "coordinator is stopping"})),
-            )
-                .into_response();
-        }
-        match rx.await {
-            Ok(Ok(id)) => {
-                (StatusCode::CREATED, Json(serde_json::json!({"run_id": id}))).into_response()
-            }
-            Ok(Err(e)) => {
-                (StatusCode::CONFLICT, Json(serde_json::json!({"error": e}))).into_response()
-            }
-            Err(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({"error": "coordinator is stopping"})),
-            )
-                .into_response(),
-        }
+            record.source.clone()
+        }),
+        output_url: Some(record.output.clone()),
+        files_url: Some(backends.files_url.clone()),
     }
 }
 
