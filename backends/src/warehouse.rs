@@ -7,8 +7,9 @@
 //!    `_tributary_batch_id`);
 //! 3. copy the batch's rows into a staging table;
 //! 4. merge staging into the target by the merge keys, keeping for each key the row with the
-//!    earliest source position (so the table does not depend on how the source was sharded), or
-//!    append when the table has no merge keys;
+//!    earliest source position (so the table does not depend on how the source was sharded; at
+//!    the same position the later load wins: the source sent that place again), or append when
+//!    the table has no merge keys;
 //! 5. insert the batch id into the ledger; commit.
 
 use std::sync::Arc;
@@ -340,6 +341,18 @@ pub mod suite {
         );
         assert_eq!(table_rows(wh, "suite events").await, want);
 
+        // The same place of the source loaded again by a later run (an object rewritten under
+        // its key) replaces what was loaded from there; an earlier place still wins.
+        let rewritten = write_file(&*files, "wh-suite/p0b.parquet", &["a", "b"], &[100, 200]).await;
+        let again = batch(
+            "r3-t-b0000",
+            "suite events",
+            vec![load_file(rewritten, "raw/x", 0, 0)],
+        );
+        wh.load(&again, files.clone()).await.unwrap();
+        let rewritten_rows = vec![row("a", 100), row("b", 200), row("c", 30)];
+        assert_eq!(table_rows(wh, "suite events").await, rewritten_rows);
+
         // One batch holding both shards gives the same table.
         let both = batch(
             "r2-t-b0000",
@@ -365,7 +378,7 @@ pub mod suite {
         let err = wh.load(&bad, files.clone()).await.unwrap_err().to_string();
         assert!(err.contains("wh-suite/none.parquet"), "{err}");
         assert!(!wh.is_loaded("r1-t-b0009").await.unwrap());
-        assert_eq!(table_rows(wh, "suite events").await, want);
+        assert_eq!(table_rows(wh, "suite events").await, rewritten_rows);
 
         evolution(wh, files.clone()).await;
         mixed_shapes(wh, files.clone()).await;

@@ -269,7 +269,7 @@ pub async fn plan_local(
     let ws = range_windows(&opts.from, &opts.to, &opts.window)?;
     match p.file.source.kind {
         pipeline::SourceKind::Files => {
-            let objects = crate::run::list_source(p).await?;
+            let objects = crate::local_source::list_source(p).await?;
             Ok((ws.clone(), plan_file_windows(p, &objects, &ws)?))
         }
         pipeline::SourceKind::Http => Ok((ws.clone(), plan_api(p, &ws)?)),
@@ -320,7 +320,7 @@ pub fn plan_file_windows(
         &template,
         ws,
         p.file.source.shard_bytes.get(),
-        &crate::run::splittable(p),
+        &crate::local_source::splittable(p),
     )
 }
 

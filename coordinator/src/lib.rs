@@ -12,7 +12,10 @@
 //! * [`commands`]: `cancel` and `retry` of a run in local mode.
 //! * [`status`]: one run in detail, for `coordinator status RUN`.
 //! * [`commit`]: a run's end in the lake: unlisted files removed, the commit record written.
+//! * `local_source`: what a local run reads (a folder, an `s3://` location, or an extracted
+//!   source) and the objects a new run takes.
 //! * [`local_worker`]: the in-process worker loop on the embedded queue.
+//! * [`incremental`]: incremental file runs take only object versions not loaded before.
 //! * [`fleet`]: `coordinator serve`, the fleet coordinator on SQS, S3 and a SQL warehouse, with
 //!   its HTTP API.
 //! * [`remote`]: the CLI's commands against a serving coordinator (`--server URL`).
@@ -26,7 +29,9 @@ pub mod commit;
 pub mod demo;
 pub mod engine;
 pub mod fleet;
+pub mod incremental;
 mod loader;
+pub(crate) mod local_source;
 pub mod local_worker;
 pub mod metrics;
 pub mod planner;

@@ -26,7 +26,7 @@ use backends::object_store::{LocalStore, ObjectStore};
 use backends::queue::{MemoryQueue, Queue};
 use backends::state::{FileStateStore, StateStore};
 use backends::warehouse::Warehouse;
-use pipeline::{Compression, Format, Pipeline};
+use pipeline::Pipeline;
 use protocol::{
     Counts, Message, ObjectRef, PipelineSpec, ResultMessage, ShardDescriptor, ShardManifest,
     ShardPlan, TaskMessage, TaskOutcome,
@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{DoneRecord, Event, RunMachine, RunStatus};
 use crate::loader::Loader;
+use crate::local_source::{LocalSource, splittable, window_filter};
 use crate::planner::plan_shards;
 
 /// Options of `coordinator run`.
@@ -428,182 +429,6 @@ pub fn sql_query(
     )
 }
 
-/// What a local run reads: a folder (listed with the glob, or one file of it), or a database or
-/// API that the workers extract.
-enum LocalSource {
-    Folder {
-        dir: PathBuf,
-        single: Option<String>,
-    },
-    Extracted,
-}
-
-impl LocalSource {
-    fn resolve(p: &Pipeline, over: Option<&Path>) -> anyhow::Result<LocalSource> {
-        if !p.file.source.kind.extracts() {
-            let (dir, single) = resolve_source(p, over)?;
-            return Ok(LocalSource::Folder {
-                dir: dir.canonicalize()?,
-                single,
-            });
-        }
-        if over.is_some() {
-            bail!(
-                "{}: --source applies to file sources; this pipeline reads {}",
-                p.path,
-                crate::sources::describe(p)
-            );
-        }
-        // An unbuilt kind or an unset connection or credential variable is refused here,
-        // before anything.
-        crate::sources::check_source(p)?;
-        Ok(LocalSource::Extracted)
-    }
-
-    /// The source as run records name it (a resumed run must read the same).
-    fn describe(&self, p: &Pipeline) -> String {
-        match self {
-            LocalSource::Folder { dir, .. } => dir.display().to_string(),
-            LocalSource::Extracted => crate::sources::describe(p),
-        }
-    }
-}
-
-/// Resolves the source: a folder (listed with the glob) or one file.
-fn resolve_source(p: &Pipeline, over: Option<&Path>) -> anyhow::Result<(PathBuf, Option<String>)> {
-    let loc = match over {
-        Some(o) => o.to_path_buf(),
-        None => {
-            let l = &p.file.source.location;
-            if l.starts_with("s3://") {
-                bail!(
-                    "{}: source.location {l:?}: `coordinator run` reads local folders; run S3 sources with `coordinator serve` (the fleet), or pass --source",
-                    p.path
-                );
-            }
-            p.resolve(l)
-        }
-    };
-    let meta = std::fs::metadata(&loc).with_context(|| {
-        format!(
-            "source {} (source.location in {}) cannot be read",
-            loc.display(),
-            p.path
-        )
-    })?;
-    if meta.is_file() {
-        let dir = loc
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let name = loc
-            .file_name()
-            .context("source has no file name")?
-            .to_string_lossy()
-            .into_owned();
-        Ok((
-            if dir.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                dir
-            },
-            Some(name),
-        ))
-    } else {
-        Ok((loc, None))
-    }
-}
-
-pub(crate) fn splittable(p: &Pipeline) -> impl Fn(&ObjectRef) -> bool + '_ {
-    move |o: &ObjectRef| {
-        let src = &p.file.source;
-        let compressed_name = [".gz", ".zst", ".zstd", ".gzip"]
-            .iter()
-            .any(|e| o.key.ends_with(e));
-        let format_ok = match src.format() {
-            Format::Ndjson => true,
-            Format::Csv => src.csv.splittable,
-            _ => false,
-        };
-        format_ok
-            && !compressed_name
-            && matches!(src.compression, Compression::None | Compression::Auto)
-    }
-}
-
-/// Runs (or resumes) a pipeline end to end in local mode.
-/// The source objects of a new run (one file, or what the glob matches), refusing an empty source
-/// and — before anything runs — a CSV header that lacks a declared column.
-/// Which objects a run takes: all, or those whose key's time is in the backfill window.
-pub(crate) fn window_filter(
-    p: &Pipeline,
-    window: Option<crate::backfill::Window>,
-) -> anyhow::Result<impl Fn(&ObjectRef) -> bool> {
-    let template = match (window, &p.file.source.time_template) {
-        (None, _) => None,
-        (Some(_), None) => bail!("{}: a window needs [source] time_template", p.path),
-        (Some(_), Some(t)) => {
-            Some(pipeline::template::TimeTemplate::new(t).map_err(anyhow::Error::msg)?)
-        }
-    };
-    Ok(move |o: &ObjectRef| match (&template, window) {
-        (Some(t), Some(w)) => t.time_of(&o.key).is_some_and(|at| w.contains(at)),
-        _ => true,
-    })
-}
-
-/// The objects a local run of `p` reads: its location listed with its glob.
-pub(crate) async fn list_source(p: &Pipeline) -> anyhow::Result<Vec<ObjectRef>> {
-    let compiled = worker::plan::Plan::build(p)?;
-    match LocalSource::resolve(p, None)? {
-        LocalSource::Folder { dir, single } => {
-            source_objects(p, &compiled, &dir, single.as_deref(), &|_| true).await
-        }
-        LocalSource::Extracted => bail!("{}: a database or API source has no objects", p.path),
-    }
-}
-
-async fn source_objects(
-    pipeline: &Pipeline,
-    compiled: &worker::plan::Plan,
-    source_dir: &Path,
-    single: Option<&str>,
-    keep: &dyn Fn(&ObjectRef) -> bool,
-) -> anyhow::Result<Vec<ObjectRef>> {
-    let store = LocalStore::open_existing(source_dir)?;
-    let glob = globset::Glob::new(&pipeline.file.source.glob)?.compile_matcher();
-    let objects: Vec<ObjectRef> = match single {
-        Some(n) => store
-            .list(n)
-            .await?
-            .into_iter()
-            .filter(|o| o.key == n)
-            .collect(),
-        None => store
-            .list("")
-            .await?
-            .into_iter()
-            .filter(|o| glob.is_match(&o.key) && keep(o))
-            .collect(),
-    };
-    if objects.is_empty() {
-        bail!(
-            "no source objects: nothing under {} matches glob {:?}",
-            source_dir.display(),
-            pipeline.file.source.glob
-        );
-    }
-    // A declared CSV column missing from a header fails the run here, naming both.
-    worker::engine::check_csv_headers(
-        compiled,
-        &pipeline.file.source,
-        &store,
-        objects.iter().map(|o| o.key.as_str()),
-    )
-    .with_context(|| format!("source {}", source_dir.display()))?;
-    Ok(objects)
-}
-
 /// What a local run starts from: its options, pipeline, data dir, source and output.
 struct Starting<'a> {
     opts: &'a RunOptions,
@@ -657,11 +482,23 @@ impl Starting<'_> {
     /// Plans a new run from the source and records it.
     async fn plan_new(&self) -> anyhow::Result<(RunRecord, ShardPlan)> {
         let (p, opts) = (self.pipeline, self.opts);
+        let mut taken = None;
         let (plan, source_bytes, watermark) = match self.src {
-            LocalSource::Folder { dir, single } => {
+            LocalSource::Folder { .. } | LocalSource::S3 { .. } => {
                 let keep = window_filter(p, opts.window)?;
-                let objects =
-                    source_objects(p, self.compiled, dir, single.as_deref(), &keep).await?;
+                let mut objects = self.src.objects(p, self.compiled, &keep).await?;
+                if p.file.source.incremental && opts.window.is_none() {
+                    let versions = self.src.store(&self.dd.files)?.list_versions("").await?;
+                    let (fresh, t) = crate::incremental::new_objects(
+                        &*self.dd.state,
+                        p.name(),
+                        &objects,
+                        &versions,
+                    )
+                    .await?;
+                    objects = fresh;
+                    taken = Some(t);
+                }
                 let shard_bytes = opts.shard_size.unwrap_or(p.file.source.shard_bytes.get());
                 let bytes = objects.iter().map(|o| o.size).sum();
                 (plan_run(p, &objects, shard_bytes), bytes, None)
@@ -688,6 +525,9 @@ impl Starting<'_> {
                 .display()
                 .to_string(),
         );
+        if let Some(t) = &taken {
+            crate::incremental::record_taken(&*self.dd.state, &plan.run_id, t).await?;
+        }
         record_new_run(&*self.dd.state, &plan, &rec, true).await?;
         Ok((rec, plan))
     }
@@ -725,7 +565,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let compiled = worker::plan::Plan::build(&pipeline)?;
     // The source is resolved (a database source's kind and connection variable checked)
     // before the data dir is created.
-    let src = LocalSource::resolve(&pipeline, opts.source.as_deref())?;
+    let src = LocalSource::resolve(&pipeline, opts.source.as_deref()).await?;
     let dd = DataDir::open(&opts.data_dir)?;
     let name = pipeline.name().to_string();
     let table = pipeline.table().to_string();
@@ -749,11 +589,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     };
     let (mut record, plan, resumed) = started.resume_or_plan().await?;
     let run_id = record.run_id.clone();
-    let source: Arc<dyn ObjectStore> = match &src {
-        LocalSource::Folder { dir, .. } => Arc::new(LocalStore::open_existing(dir)?),
-        // Database and API shards read the raw zone, in the data dir's files.
-        LocalSource::Extracted => dd.files.clone(),
-    };
+    let source = src.store(&dd.files)?;
     let output: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&output_root)?);
     let warehouse = if pipeline.file.load.enabled {
         Some(dd.warehouse()?)
@@ -875,6 +711,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     crate::commit::commit_run(&record, m.done(), &*dd.files, &*output, commits).await?;
     loader.settle_watermark(&mut record, m.done()).await?;
     crate::sources::advance_watermark(&*dd.state, &record).await?;
+    crate::incremental::settle(&*dd.state, &record).await?;
     dd.state
         .put(
             &format!("runs/{run_id}/run.json"),

@@ -158,6 +158,10 @@ pub struct SourceSection {
     pub shard_bytes: NonZeroU64,
     #[serde(default)]
     pub csv: CsvOptions,
+    /// Files: each run takes only the objects not loaded by an earlier completed run (new keys,
+    /// and keys rewritten since: another size, ETag or modification time).
+    #[serde(default)]
+    pub incremental: bool,
     /// A chrono format matched against the start of each key relative to `location`
     /// (`"%Y/%m/%d/"`): gives the source a time dimension for backfills (files only).
     #[serde(default)]

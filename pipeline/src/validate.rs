@@ -171,6 +171,7 @@ fn refuse_file_keys(cx: &Ctx, s: &SourceSection) -> Result<(), ConfigError> {
         ("source.location", !s.location.is_empty()),
         ("source.format", s.format.is_some()),
         ("source.time_template", s.time_template.is_some()),
+        ("source.incremental", s.incremental),
     ] {
         if given {
             return Err(cx.err(

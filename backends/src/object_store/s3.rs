@@ -329,6 +329,15 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectRef>> {
+        Ok(self
+            .list_versions(prefix)
+            .await?
+            .into_iter()
+            .map(|v| v.object)
+            .collect())
+    }
+
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<super::ObjectVersion>> {
         let full_prefix = format!("{}{prefix}", self.prefix);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -350,9 +359,12 @@ impl ObjectStore for S3Store {
                 if rel.is_empty() || rel.ends_with('/') {
                     continue; // folder markers
                 }
-                out.push(ObjectRef {
-                    key: rel.to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
+                out.push(super::ObjectVersion {
+                    object: ObjectRef {
+                        key: rel.to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                    },
+                    version: format!("etag:{}", o.e_tag().unwrap_or_default()),
                 });
             }
             match (resp.is_truncated(), resp.next_continuation_token()) {
@@ -360,7 +372,7 @@ impl ObjectStore for S3Store {
                 _ => break,
             }
         }
-        out.sort();
+        out.sort_by(|a, b| a.object.cmp(&b.object));
         Ok(out)
     }
 

@@ -13,6 +13,8 @@
 //! DELETE FROM staging WHERE batch in ledger     -- a batch already loaded changes nothing
 //! CREATE TEMP TABLE batch AS first row per key  -- earliest source position wins
 //! DELETE FROM batch USING target …              -- keys the target has at an earlier position
+//!                                               --   (at the same one, the later load wins: the
+//!                                               --   source sent that place again, rewritten)
 //! DELETE FROM target USING batch …              -- rows this batch replaces
 //! INSERT INTO target SELECT … FROM batch
 //! INSERT INTO ledger … WHERE NOT EXISTS …
@@ -390,7 +392,7 @@ impl LoadPlan {
             ));
             after.push(format!(
                 "DELETE FROM {BATCH_TABLE} USING {table} WHERE {} AND ({table}.{so} < {BATCH_TABLE}.{so} \
-                 OR ({table}.{so} = {BATCH_TABLE}.{so} AND {table}.{sf} <= {BATCH_TABLE}.{sf}))",
+                 OR ({table}.{so} = {BATCH_TABLE}.{so} AND {table}.{sf} < {BATCH_TABLE}.{sf}))",
                 join(&table, BATCH_TABLE)
             ));
             after.push(format!(
@@ -1020,7 +1022,7 @@ DELETE FROM _tributary_file_stage;
 DELETE FROM _tributary_staging WHERE EXISTS (SELECT 1 FROM _tributary_load_ledger WHERE batch_id = 'run-1-events-b0003');
 DROP TABLE IF EXISTS _tributary_batch;
 CREATE TEMP TABLE _tributary_batch AS SELECT "event_id", "amount", "ts", "day", "_tributary_source_object", "_tributary_source_offset", "_tributary_batch_id" FROM (SELECT "event_id", "amount", "ts", "day", "_tributary_source_object", "_tributary_source_offset", "_tributary_batch_id", ROW_NUMBER() OVER (PARTITION BY "event_id" ORDER BY "_tributary_source_object", "_tributary_source_offset") AS _tributary_rank FROM _tributary_staging) AS ranked WHERE _tributary_rank = 1;
-DELETE FROM _tributary_batch USING "web events" WHERE "web events"."event_id" = _tributary_batch."event_id" AND ("web events"."_tributary_source_object" < _tributary_batch."_tributary_source_object" OR ("web events"."_tributary_source_object" = _tributary_batch."_tributary_source_object" AND "web events"."_tributary_source_offset" <= _tributary_batch."_tributary_source_offset"));
+DELETE FROM _tributary_batch USING "web events" WHERE "web events"."event_id" = _tributary_batch."event_id" AND ("web events"."_tributary_source_object" < _tributary_batch."_tributary_source_object" OR ("web events"."_tributary_source_object" = _tributary_batch."_tributary_source_object" AND "web events"."_tributary_source_offset" < _tributary_batch."_tributary_source_offset"));
 DELETE FROM "web events" USING _tributary_batch WHERE "web events"."event_id" = _tributary_batch."event_id";
 INSERT INTO "web events" ("event_id", "amount", "ts", "day", "_tributary_source_object", "_tributary_source_offset", "_tributary_batch_id") SELECT "event_id", "amount", "ts", "day", "_tributary_source_object", "_tributary_source_offset", "_tributary_batch_id" FROM _tributary_batch;
 INSERT INTO _tributary_load_ledger (batch_id, table_name, run_id, files, rows_staged, loaded_at) SELECT 'run-1-events-b0003', 'web events', 'run-1', 3, (SELECT count(*) FROM _tributary_staging), GETDATE() WHERE NOT EXISTS (SELECT 1 FROM _tributary_load_ledger WHERE batch_id = 'run-1-events-b0003')"#;

@@ -393,12 +393,14 @@ fn merge_staging(tx: &Connection, batch: &LoadBatch, staging: &[String]) -> Resu
             quote_ident(SOURCE_OBJECT_COLUMN),
             quote_ident(SOURCE_OFFSET_COLUMN),
         );
-        // Keep the earliest source position per key, whatever order batches arrive in.
+        // Keep the earliest source position per key, whatever order batches arrive in; at the
+        // same position the later load wins (the source sent that place again: a rewritten
+        // object, a database row read again).
         format!(
             "INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging WHERE true \
              ORDER BY {so}, {sf} \
              ON CONFLICT ({keys}) DO UPDATE SET {sets} \
-             WHERE (excluded.{so}, excluded.{sf}) < ({table}.{so}, {table}.{sf})"
+             WHERE (excluded.{so}, excluded.{sf}) <= ({table}.{so}, {table}.{sf})"
         )
     };
     tx.execute_batch(&merge).map_err(wh_err)?;

@@ -344,8 +344,17 @@ impl Coordinator {
     ) -> anyhow::Result<(ShardPlan, RunRecord)> {
         let (mut objects, source_url) = self.list_files(p).await?;
         if let Some(w) = window {
-            let keep = crate::run::window_filter(p, Some(w))?;
+            let keep = crate::local_source::window_filter(p, Some(w))?;
             objects.retain(|o| keep(o));
+        }
+        let mut taken = None;
+        if p.file.source.incremental && window.is_none() {
+            let versions = self.backends.store(&source_url)?.list_versions("").await?;
+            let (fresh, t) =
+                crate::incremental::new_objects(&*self.state, p.name(), &objects, &versions)
+                    .await?;
+            objects = fresh;
+            taken = Some(t);
         }
         let shard_bytes = self
             .settings
@@ -353,6 +362,9 @@ impl Coordinator {
             .shard_bytes
             .unwrap_or(p.file.source.shard_bytes.get());
         let plan = plan_run(p, &objects, shard_bytes);
+        if let Some(t) = &taken {
+            crate::incremental::record_taken(&*self.state, &plan.run_id, t).await?;
+        }
         let table = p.table().to_string();
         let record = RunRecord::started(
             &plan,
@@ -699,6 +711,7 @@ impl Coordinator {
                     .settle_watermark(&mut run.record, run.machine.done())
                     .await?;
                 crate::sources::advance_watermark(&*self.state, &run.record).await?;
+                crate::incremental::settle(&*self.state, &run.record).await?;
                 finished.push(id.clone());
             }
             self.state
