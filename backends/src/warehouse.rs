@@ -171,6 +171,7 @@ pub mod plan;
 pub(crate) mod postgres;
 mod redshift;
 pub mod shapes;
+pub mod spectrum;
 pub use postgres::PostgresWarehouse;
 pub use redshift::{RedshiftSettings, RedshiftWarehouse};
 
@@ -272,6 +273,7 @@ pub mod suite {
             files,
             masked_columns: vec![],
             layout: Default::default(),
+            external: None,
         }
     }
 

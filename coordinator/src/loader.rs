@@ -53,6 +53,8 @@ pub(crate) struct Loader {
     merge_keys: Vec<String>,
     masked_columns: Vec<String>,
     layout: protocol::TableLayout,
+    /// The Spectrum table kept over the table's lake prefix (`[load] external_schema`).
+    external: Option<protocol::ExternalTable>,
     warehouse: Option<Arc<dyn Warehouse>>,
     output: Arc<dyn ObjectStore>,
     /// The recorded batches, by number.
@@ -83,6 +85,7 @@ impl Loader {
             merge_keys: p.file.load.merge_keys.clone(),
             masked_columns: p.masked_columns(),
             layout: table_layout(&p.file.load),
+            external: None,
             warehouse,
             output,
             batches: BTreeMap::new(),
@@ -95,6 +98,20 @@ impl Loader {
                 .as_ref()
                 .is_some_and(|h| h.watermark_field.is_some()),
         }
+    }
+
+    /// Keeps a Spectrum table over the lake prefix the run writes (`[load] external_schema`).
+    pub(crate) fn with_external(mut self, p: &Pipeline, lake_prefix: &str) -> Loader {
+        self.external =
+            p.file
+                .load
+                .external_schema
+                .as_ref()
+                .map(|schema| protocol::ExternalTable {
+                    schema: schema.clone(),
+                    lake_prefix: lake_prefix.to_string(),
+                });
+        self
     }
 
     /// Folds the watermarks the done shards read into the record of a completed run that is not
@@ -221,6 +238,7 @@ impl Loader {
             files,
             masked_columns: self.masked_columns.clone(),
             layout: self.layout.clone(),
+            external: self.external.clone(),
         };
         self.state
             .put_if_absent(&batch_key(&self.run_id, seq), &serde_json::to_vec(&batch)?)

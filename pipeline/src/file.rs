@@ -524,6 +524,11 @@ pub struct LoadSection {
     pub analyze_share: f64,
     #[serde(default = "yes")]
     pub analyze: bool,
+    /// Redshift (Data API): an external schema (`CREATE EXTERNAL SCHEMA … FROM DATA CATALOG`,
+    /// made once by an administrator) in which each load also keeps a Spectrum external table
+    /// over the table's lake prefix, with every partition the load added.
+    #[serde(default)]
+    pub external_schema: Option<String>,
 }
 
 fn default_analyze_share() -> f64 {

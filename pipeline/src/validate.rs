@@ -389,6 +389,14 @@ fn check_load(cx: &Ctx, l: &LoadSection, o: &OutputSection) -> Result<(), Config
             format!("{t:?} must be letters, digits, '_' or '-'"),
         ));
     }
+    if let Some(s) = &l.external_schema
+        && (s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+        return Err(cx.err(
+            "load.external_schema",
+            format!("{s:?} must name a Redshift external schema: letters, digits and '_'"),
+        ));
+    }
     let is_output = |k: &String| o.columns.contains(k) || o.partition_by.contains(k);
     for (field, keys) in [
         ("load.merge_keys", &l.merge_keys),

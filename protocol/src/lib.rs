@@ -587,6 +587,19 @@ pub struct LoadBatch {
     /// How the target table is laid out and maintained (`[load]` of the pipeline file).
     #[serde(default)]
     pub layout: TableLayout,
+    /// The external (Spectrum) table the load keeps over the table's lake prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalTable>,
+}
+
+/// A Redshift Spectrum table over a table's files in the lake: `SCHEMA.TABLE` over
+/// `LAKE/PREFIX/`, partitioned like the files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalTable {
+    /// The external schema (`[load] external_schema`).
+    pub schema: String,
+    /// The table's prefix in the lake store (its files are `PREFIX/COLUMN=VALUE/…`).
+    pub lake_prefix: String,
 }
 
 /// The physical layout and upkeep of a target table.

@@ -698,6 +698,7 @@ mod tests {
             ],
             masked_columns: vec![],
             layout: Default::default(),
+            external: None,
         }
     }
 

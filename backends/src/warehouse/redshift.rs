@@ -20,7 +20,7 @@ use protocol::LoadBatch;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{self, Dialect, LoadPlan, REDSHIFT_MAX_STATEMENTS};
-use super::{LoadOutcome, QueryResult, Warehouse, quote_ident, shapes};
+use super::{LoadOutcome, QueryResult, Warehouse, quote_ident, shapes, spectrum};
 use crate::aws::classify;
 use crate::object_store::ObjectStore;
 use crate::{BackendError, Result};
@@ -487,6 +487,89 @@ impl Warehouse for RedshiftWarehouse {
     }
 
     async fn load(&self, batch: &LoadBatch, files: Arc<dyn ObjectStore>) -> Result<LoadOutcome> {
+        let outcome = self.load_once(batch, &files).await?;
+        // The catalog after the commit, also when an earlier attempt committed it: a load that
+        // failed here is retried, finds its batch in the ledger, and keeps the catalog then.
+        self.keep_external_table(batch, &files).await.map_err(|e| {
+            wh(format!(
+                "load batch {}: the external table: {e}",
+                batch.batch_id
+            ))
+        })?;
+        Ok(outcome)
+    }
+
+    async fn is_loaded(&self, batch_id: &str) -> Result<bool> {
+        Ok(self
+            .scalar(&plan::is_loaded_sql(batch_id, Dialect::Redshift))
+            .await?
+            > 0)
+    }
+
+    async fn query(&self, sql: &str) -> Result<QueryResult> {
+        let (id, has_rows) = self.execute(sql).await?;
+        if !has_rows {
+            return Ok(QueryResult::default());
+        }
+        self.results(&id).await
+    }
+}
+
+impl RedshiftWarehouse {
+    /// Keeps the Spectrum table of a batch with an external table (see [`super::spectrum`]):
+    /// creates it, adds the columns its files gained, adds the batch's partitions — each
+    /// statement on its own. Nothing without one.
+    async fn keep_external_table(
+        &self,
+        batch: &LoadBatch,
+        files: &Arc<dyn ObjectStore>,
+    ) -> Result<()> {
+        let (Some(ext), Some(first)) = (&batch.external, batch.files.first()) else {
+            return Ok(());
+        };
+        let location = files
+            .url(&format!("{}/", ext.lake_prefix.trim_end_matches('/')))
+            .ok_or_else(|| {
+                wh(format!(
+                    "an external table reads the lake from S3, but it is in {}",
+                    files.describe()
+                ))
+            })?;
+        let partition: Vec<String> = first
+            .file
+            .partition
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect();
+        let shapes = shapes::read(files, batch).await?;
+        let cols = spectrum::columns(&shapes.union, &partition);
+        let table = &batch.table;
+        self.execute(&spectrum::create_sql(
+            ext, table, &cols, &partition, &location,
+        ))
+        .await?;
+        let existing: Vec<String> = self
+            .query(&spectrum::existing_columns_sql(ext, table))
+            .await?
+            .rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
+        for sql in spectrum::add_columns_sql(ext, table, &cols, &existing) {
+            self.execute(&sql).await?;
+        }
+        if let Some(sql) = spectrum::add_partitions_sql(ext, table, batch, &location) {
+            self.execute(&sql).await?;
+        }
+        Ok(())
+    }
+
+    /// One attempt at the batch's transaction (nothing when the ledger has it).
+    async fn load_once(
+        &self,
+        batch: &LoadBatch,
+        files: &Arc<dyn ObjectStore>,
+    ) -> Result<LoadOutcome> {
         if self.is_loaded(&batch.batch_id).await? {
             return Ok(LoadOutcome::AlreadyLoaded);
         }
@@ -507,7 +590,7 @@ impl Warehouse for RedshiftWarehouse {
             });
         }
         let sqls = self
-            .statements(batch, &files)
+            .statements(batch, files)
             .await
             .map_err(|e| wh(format!("load batch {}: {e}", batch.batch_id)))?;
         // A fresh token per attempt: the SDK's own retries of this request are idempotent, while
@@ -523,7 +606,7 @@ impl Warehouse for RedshiftWarehouse {
         if let Err(e) = self.execute_batch(sqls, &token).await {
             let mut text = format!("load batch {}: {e}", batch.batch_id);
             if mentions_load_errors(&text) {
-                text.push_str(&self.load_error_rows(batch, &files).await);
+                text.push_str(&self.load_error_rows(batch, files).await);
             }
             return Err(wh(text));
         }
@@ -545,21 +628,6 @@ impl Warehouse for RedshiftWarehouse {
             rows_staged: batch.rows(),
             rows_in_table: in_table,
         })
-    }
-
-    async fn is_loaded(&self, batch_id: &str) -> Result<bool> {
-        Ok(self
-            .scalar(&plan::is_loaded_sql(batch_id, Dialect::Redshift))
-            .await?
-            > 0)
-    }
-
-    async fn query(&self, sql: &str) -> Result<QueryResult> {
-        let (id, has_rows) = self.execute(sql).await?;
-        if !has_rows {
-            return Ok(QueryResult::default());
-        }
-        self.results(&id).await
     }
 }
 

@@ -402,7 +402,8 @@ impl Coordinator {
             p,
             self.warehouse.clone(),
             self.backends.store(&record.output)?,
-        );
+        )
+        .with_external(p, &record.output_prefix);
         let mut machine = loader
             .replay(shards.keys().cloned(), self.settings.coordinator.batch_rows)
             .await?
