@@ -503,9 +503,15 @@ pub struct LoadSection {
     /// Target table (defaults to the pipeline name).
     #[serde(default)]
     pub table: Option<String>,
-    /// Merge keys: one row per key, the earliest in the source. Empty: append.
+    /// Merge keys: one row per key, the earliest in the source. Empty: append. A database
+    /// source with a `key_column` that leaves this out merges by that column (its rows are
+    /// updated in place); `merge_keys = []` appends.
     #[serde(default)]
     pub merge_keys: Vec<String>,
+    /// Whether the file gave `merge_keys` (an empty list is an explicit append); set when the
+    /// file is parsed.
+    #[serde(skip)]
+    pub merge_keys_given: bool,
     /// Whether the coordinator loads this pipeline into the warehouse.
     #[serde(default = "yes")]
     pub enabled: bool,

@@ -88,6 +88,7 @@ impl PipelineFile {
             self.output.columns = all;
         }
         check_output(&cx, &self.output, &cols)?;
+        default_merge_keys(&mut self.load, &self.source, &self.output);
         check_load(&cx, &self.load, &self.output)?;
         let output: Vec<(String, ColumnType)> = self
             .output
@@ -378,6 +379,19 @@ fn check_output(cx: &Ctx, o: &OutputSection, cols: &Columns) -> Result<(), Confi
         return Err(cx.err("output.row_group_rows", "at most 16,777,216"));
     }
     Ok(())
+}
+
+/// A database source's `key_column` is its merge key when `[load]` names none: a row read
+/// again (updated) replaces the one loaded before instead of being appended beside it.
+fn default_merge_keys(l: &mut LoadSection, s: &SourceSection, o: &OutputSection) {
+    if l.merge_keys_given {
+        return;
+    }
+    if let Some(k) = s.sql.as_ref().and_then(|q| q.key_column.as_ref())
+        && (o.columns.contains(k) || o.partition_by.contains(k))
+    {
+        l.merge_keys = vec![k.clone()];
+    }
 }
 
 fn check_load(cx: &Ctx, l: &LoadSection, o: &OutputSection) -> Result<(), ConfigError> {
@@ -732,6 +746,20 @@ merge_keys = ["id"]
         assert_eq!(sql.shard_rows.map(|n| n.get()), Some(5000));
         assert_eq!(sql.lookback(), std::time::Duration::from_secs(7200));
         assert_eq!(sql.fetch_rows.get(), 10_000);
+    }
+
+    #[test]
+    fn a_database_source_merges_by_its_key_column_unless_load_says_otherwise() {
+        let text = sql_source("connection_env = \"DB\"\ntable = \"t\"\nkey_column = \"id\"");
+        let without = text.replace("[load]\nmerge_keys = [\"id\"]\n", "");
+        assert_eq!(check(&without).unwrap().file.load.merge_keys, ["id"]);
+        let append = text.replace("merge_keys = [\"id\"]", "merge_keys = []");
+        assert!(
+            check(&append).unwrap().file.load.merge_keys.is_empty(),
+            "explicit append"
+        );
+        let other = text.replace("merge_keys = [\"id\"]", "merge_keys = [\"os\"]");
+        assert_eq!(check(&other).unwrap().file.load.merge_keys, ["os"]);
     }
 
     #[test]

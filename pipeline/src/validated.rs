@@ -82,7 +82,7 @@ pub fn parse(text: &str, file: &str, base_dir: PathBuf) -> Result<Pipeline, Conf
         &entries.expect_values,
         file,
     )?;
-    let raw: PipelineFile = toml::from_str(text).map_err(|e| {
+    let mut raw: PipelineFile = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| entries.line_at(s.start.min(text.len())));
         let field = e
             .span()
@@ -90,6 +90,10 @@ pub fn parse(text: &str, file: &str, base_dir: PathBuf) -> Result<Pipeline, Conf
             .unwrap_or_else(|| "(toml)".into());
         ConfigError::new(file, field, e.message().trim()).at_line(line)
     })?;
+    raw.load.merge_keys_given = toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("load")?.get("merge_keys").cloned())
+        .is_some();
     raw.validate(file, base_dir, text, &entries)
 }
 

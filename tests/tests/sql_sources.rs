@@ -248,3 +248,70 @@ async fn a_run_reads_over_tls_when_the_connection_string_requires_it() {
     let data = dir.path().join("data");
     assert_eq!(run(&p, &data, &tls)["rows_out"], 5000);
 }
+
+/// Issue 10's check as it is stated: 50,000 orders through a pipeline file with only the keys
+/// the issue names (no `[[columns]]`, no `[load]`: the key column is the merge key), then 1,000
+/// new and 10 updated rows picked up by a second run.
+const ISSUE_CHECK: &str = r#"
+[pipeline]
+name = "orders"
+[source]
+kind = "postgres"
+[source.sql]
+connection_env = "TRIBUTARY_TEST_ORDERS_DB"
+table = "orders"
+cursor_column = "updated_at"
+key_column = "order_id"
+shard_rows = 10000
+"#;
+
+#[tokio::test]
+async fn fifty_thousand_orders_then_a_thousand_new_and_ten_updated_with_only_the_issues_keys() {
+    let Some(pg) = backends::testkit::postgres() else {
+        return;
+    };
+    let conn = backends::testkit::postgres_schema(&pg, &backends::testkit::unique("sql50k")).await;
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE TABLE orders (order_id BIGINT PRIMARY KEY, customer TEXT, amount NUMERIC(12,2),
+               status TEXT, updated_at TIMESTAMPTZ NOT NULL);
+             INSERT INTO orders SELECT g, 'c' || (g % 977), g * 0.01, 'open',
+               TIMESTAMPTZ '2026-10-01 00:00:00+00' + g * INTERVAL '1 second'
+             FROM generate_series(1, 50000) AS g;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("orders.toml");
+    std::fs::write(&p, ISSUE_CHECK).unwrap();
+    let data = dir.path().join("data");
+    let first = run(&p, &data, &conn);
+    assert_eq!(
+        (first["rows_out"].as_u64(), first["shards"].as_u64()),
+        (Some(50_000), Some(5)),
+        "{first}"
+    );
+    assert_eq!(count(&data, "SELECT count(*) FROM orders"), "50000");
+    client
+        .batch_execute(
+            "INSERT INTO orders SELECT g, 'new', 5.00, 'open', now() FROM generate_series(50001, 51000) AS g;
+             UPDATE orders SET status = 'shipped', updated_at = now() WHERE order_id % 5000 = 0;",
+        )
+        .await
+        .unwrap();
+    let second = run(&p, &data, &conn);
+    assert_eq!(second["rows_out"], 1010, "{second}");
+    assert_eq!(count(&data, "SELECT count(*) FROM orders"), "51000");
+    assert_eq!(
+        count(
+            &data,
+            "SELECT count(*) FROM orders WHERE status = 'shipped'"
+        ),
+        "10",
+        "updates merged"
+    );
+}
