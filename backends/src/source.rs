@@ -29,6 +29,15 @@ pub trait SqlSource: Send + Sync {
         shard_rows: Option<u64>,
     ) -> crate::Result<SourcePlan>;
 
+    /// Plans a backfill window: the rows whose cursor is in `[from, to)`, in key ranges; with
+    /// the relation's average row size when the database keeps it (for a dry run's bytes).
+    async fn plan_window(
+        &self,
+        from: &str,
+        to: &str,
+        shard_rows: Option<u64>,
+    ) -> crate::Result<(SourcePlan, Option<u64>)>;
+
     /// Reads one shard's rows into `out` as NDJSON; returns how many.
     async fn extract(&self, range: &SqlRange, out: &mut (dyn Write + Send)) -> crate::Result<u64>;
 

@@ -99,6 +99,8 @@ pub struct WindowPlan {
     pub shards: usize,
     /// `None` where the source cannot know before it is read (an API).
     pub bytes: Option<u64>,
+    /// Rows counted at planning (a database); `None` where the source cannot count them.
+    pub rows: Option<u64>,
 }
 
 impl WindowPlan {
@@ -146,6 +148,7 @@ pub fn plan_windows(
                 window: *w,
                 shards: plan_shards(&objects, shard_bytes, splittable).len(),
                 bytes: Some(objects.iter().map(|o| o.size).sum()),
+                rows: None,
                 objects,
             }
         })
@@ -161,8 +164,12 @@ pub fn plan_line_text(plan: &serde_json::Value) -> String {
             Some(b) => format!("{b} bytes"),
             None => "bytes unknown".into(),
         };
+        let rows = w["rows"]
+            .as_u64()
+            .map(|r| format!(", {r} row(s)"))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "window {} .. {}: {} object(s), {} shard(s), {bytes}\n",
+            "window {} .. {}: {} object(s), {} shard(s){rows}, {bytes}\n",
             w["from"].as_str().unwrap_or(""),
             w["to"].as_str().unwrap_or(""),
             w["objects"],
@@ -185,6 +192,7 @@ pub fn plan_line(pipeline: &str, width: &str, plans: &[WindowPlan]) -> String {
                 "objects": p.objects.len(),
                 "shards": p.shards,
                 "bytes": p.bytes,
+                "rows": p.rows,
             })
         })
         .collect();
@@ -195,6 +203,7 @@ pub fn plan_line(pipeline: &str, width: &str, plans: &[WindowPlan]) -> String {
         "shards": plans.iter().map(|p| p.shards).sum::<usize>(),
         "objects": plans.iter().map(|p| p.objects.len()).sum::<usize>(),
         "bytes": plans.iter().map(|p| p.bytes).sum::<Option<u64>>(),
+        "rows": plans.iter().map(|p| p.rows).sum::<Option<u64>>(),
         "by_window": by_window,
     });
     format!("PLAN {v}")
@@ -273,11 +282,28 @@ pub async fn plan_local(
             Ok((ws.clone(), plan_file_windows(p, &objects, &ws)?))
         }
         pipeline::SourceKind::Http => Ok((ws.clone(), plan_api(p, &ws)?)),
-        _ => bail!(
-            "{}: backfills of database sources are not built yet (a run reads after the watermark)",
-            p.path
-        ),
+        pipeline::SourceKind::Postgres | pipeline::SourceKind::Mysql => {
+            Ok((ws.clone(), plan_database(p, &ws).await?))
+        }
     }
+}
+
+/// A database source's windows over its cursor: each window's key-range shards, its rows
+/// counted and its bytes estimated (rows × the table's average row size, when the database
+/// keeps one).
+pub async fn plan_database(p: &Pipeline, ws: &[Window]) -> anyhow::Result<Vec<WindowPlan>> {
+    let mut out = Vec::with_capacity(ws.len());
+    for w in ws {
+        let (plan, bytes) = crate::sources::sql::plan_sql_window(p, *w).await?;
+        out.push(WindowPlan {
+            window: *w,
+            objects: Vec::new(),
+            shards: plan.shards.len(),
+            bytes,
+            rows: Some(plan.rows),
+        });
+    }
+    Ok(out)
 }
 
 /// An API source's windows: each backfill window asked for in the API's own windows.
@@ -297,6 +323,7 @@ pub fn plan_api(p: &Pipeline, ws: &[Window]) -> anyhow::Result<Vec<WindowPlan>> 
                 objects: Vec::new(),
                 shards: crate::sources::http::run_windows(http, None, Some(*w), now)?.len(),
                 bytes: None,
+                rows: None,
             })
         })
         .collect()

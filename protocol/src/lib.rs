@@ -315,6 +315,10 @@ pub struct SqlRange {
     pub rows: u64,
     /// When the run was planned (Unix milliseconds): orders extracts across runs.
     pub planned_at_ms: u64,
+    /// A backfill's window `[from, to)` over the cursor, instead of `(cursor_after,
+    /// cursor_upto]`. (A plan written before this field existed does not decode.)
+    #[serde(default)]
+    pub window: Option<(String, String)>,
 }
 
 impl SqlRange {
@@ -705,6 +709,7 @@ mod tests {
             raw_key: key.into(),
             rows: 0,
             planned_at_ms: ms,
+            window: None,
         };
         let (old, new) = (at(1_000, "raw/o/r1/s00000"), at(2_000, "raw/o/r2/s00000"));
         assert!(new.source_position() < old.source_position());

@@ -315,3 +315,66 @@ async fn fifty_thousand_orders_then_a_thousand_new_and_ten_updated_with_only_the
         "updates merged"
     );
 }
+
+/// Issue 10, item 7: a database source backfilled over windows of its cursor — the dry run
+/// counts each window's rows and estimates its bytes from the table's statistics; the real one
+/// loads exactly the rows of the range and leaves the watermark alone.
+#[tokio::test]
+async fn a_database_backfill_plans_windows_over_the_cursor_with_rows_and_bytes() {
+    let Some(pg) = backends::testkit::postgres() else {
+        return;
+    };
+    let (conn, client) = seed(&pg, &backends::testkit::unique("sqlbackfill")).await;
+    // 5,000 orders a minute apart from 2026-11-01 00:01: days of 1,440 (the first 1,439).
+    client.batch_execute("ANALYZE orders").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("orders.toml");
+    std::fs::write(&p, PIPELINE).unwrap();
+    let data = dir.path().join("data");
+    let env = [("TRIBUTARY_TEST_ORDERS_DB", conn.as_str())];
+    let args = |dry: bool| {
+        let mut a = vec![
+            "backfill",
+            p.to_str().unwrap(),
+            "--from",
+            "2026-11-02",
+            "--to",
+            "2026-11-03",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        if dry {
+            a.push("--dry-run");
+        }
+        a
+    };
+    let out = ok(&coordinator_with(&args(true), None, &env));
+    let plan: serde_json::Value =
+        serde_json::from_str(out.lines().find_map(|l| l.strip_prefix("PLAN ")).unwrap()).unwrap();
+    assert_eq!(
+        (plan["windows"].as_u64(), plan["rows"].as_u64()),
+        (Some(2), Some(2880)),
+        "{plan}"
+    );
+    assert_eq!(plan["by_window"][0]["rows"], 1440, "{plan}");
+    assert!(plan["shards"].as_u64().unwrap() >= 2, "{plan}");
+    assert!(
+        plan["bytes"].as_u64().is_some_and(|b| b > 2880 * 10),
+        "estimated: {plan}"
+    );
+    assert!(!data.exists(), "a dry run writes nothing");
+
+    ok(&coordinator_with(&args(false), None, &env));
+    assert_eq!(count(&data, "SELECT count(*) FROM orders"), "2880");
+    assert_eq!(
+        count(&data, "SELECT min(updated_at) FROM orders"),
+        "2026-11-02 00:00:00.000000"
+    );
+    assert!(
+        !data.join("state/pipelines/orders/watermark").exists(),
+        "a backfill never moves the watermark"
+    );
+    let full = run(&p, &data, &conn);
+    assert_eq!(full["rows_out"], 5000, "{full}");
+    assert_eq!(count(&data, "SELECT count(*) FROM orders"), "5000");
+}

@@ -139,6 +139,25 @@ impl SqlSource for MysqlSource {
         plan
     }
 
+    async fn plan_window(
+        &self,
+        from: &str,
+        to: &str,
+        shard_rows: Option<u64>,
+    ) -> Result<(SourcePlan, Option<u64>)> {
+        let mut session = MySession {
+            source: self,
+            conn: self.connect().await?,
+        };
+        let plan = super::plan::plan_window(&self.spec, &mut session, from, to, shard_rows).await;
+        let bytes = match &plan {
+            Ok(_) => session.avg_row_bytes().await?,
+            Err(_) => None,
+        };
+        let _ = session.conn.disconnect().await;
+        Ok((plan?, bytes))
+    }
+
     async fn extract(&self, range: &SqlRange, out: &mut (dyn Write + Send)) -> Result<u64> {
         let mut conn = self.connect().await?;
         let cols = self.columns(&mut conn).await?;
@@ -221,6 +240,30 @@ impl Session for MySession<'_> {
         Ok(row
             .map(|r| (0..r.len()).map(|i| text(r.as_ref(i))).collect())
             .unwrap_or_default())
+    }
+
+    /// `AVG_ROW_LENGTH` of `information_schema.TABLES` (`None` for a query).
+    async fn avg_row_bytes(&mut self) -> Result<Option<u64>> {
+        let Relation::Table(t) = &self.source.spec.relation else {
+            return Ok(None);
+        };
+        let spec = &self.source.spec;
+        let (schema, table) = match t.split_once('.') {
+            Some((s, t)) => (spec.literal(s.trim()), spec.literal(t.trim())),
+            None => ("DATABASE()".to_string(), spec.literal(t.trim())),
+        };
+        let sql = format!(
+            "SELECT AVG_ROW_LENGTH FROM information_schema.TABLES WHERE TABLE_SCHEMA = {schema} AND TABLE_NAME = {table}"
+        );
+        let row = self
+            .first_row(&sql, "reading the table's statistics")
+            .await?;
+        Ok(row
+            .into_iter()
+            .next()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0))
     }
 
     async fn first_column(&mut self, sql: &str, doing: &str) -> Result<Vec<String>> {
@@ -497,6 +540,7 @@ mod tests {
                 raw_key: "raw".into(),
                 rows: s.rows,
                 planned_at_ms: 0,
+                window: None,
             };
             let mut buf = Vec::new();
             src.extract(&range, &mut buf).await.unwrap();
@@ -574,6 +618,40 @@ mod tests {
         );
         assert_eq!(back.rows, 1001);
         let none = src.plan(next.high.as_deref(), 0, None).await.unwrap();
+        assert_eq!((none.rows, none.shards.len()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_backfill_window_counts_its_rows_and_the_table_knows_its_row_size() {
+        let Some(url) = seeded("mysrc_window").await else {
+            return;
+        };
+        let src = orders(&url, "id");
+        let (plan, avg) = src
+            .plan_window("2026-12-01 00:00:00", "2026-12-01 00:10:00", Some(250))
+            .await
+            .unwrap();
+        assert_eq!((plan.rows, plan.shards.len()), (599, 3), "{plan:?}");
+        assert_eq!((plan.after, plan.watermark), (None, None));
+        assert!(avg.is_some_and(|b| b > 10), "{avg:?}");
+        let range = SqlRange {
+            key_from: plan.shards[0].key_from.clone(),
+            key_before: plan.shards[0].key_before.clone(),
+            cursor_after: None,
+            cursor_upto: None,
+            raw_key: "raw".into(),
+            rows: 0,
+            planned_at_ms: 0,
+            window: Some(("2026-12-01 00:00:00".into(), "2026-12-01 00:10:00".into())),
+        };
+        let mut buf = Vec::new();
+        let n = src.extract(&range, &mut buf).await.unwrap();
+        assert!(n > 0 && n <= 250, "{n}");
+        let none = src
+            .plan_window("2027-01-01 00:00:00", "2027-01-02 00:00:00", Some(250))
+            .await
+            .unwrap()
+            .0;
         assert_eq!((none.rows, none.shards.len()), (0, 0));
     }
 
@@ -720,6 +798,7 @@ mod tests {
             raw_key: "raw".into(),
             rows: 0,
             planned_at_ms: 0,
+            window: None,
         };
         let mut out = SlowOut {
             first: Some(tx),

@@ -27,6 +27,11 @@ pub trait Session: Send {
     async fn first_row(&mut self, sql: &str, doing: &str) -> Result<Vec<Option<String>>>;
     /// The first column of every row of a statement's result, as text.
     async fn first_column(&mut self, sql: &str, doing: &str) -> Result<Vec<String>>;
+    /// The relation's average row size on disk, in bytes, when the database keeps it (a
+    /// table's statistics; not a query's).
+    async fn avg_row_bytes(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// Refuses a `cursor_column` or `key_column` the relation does not have, naming the key, the
@@ -99,41 +104,127 @@ pub async fn plan(
         }
         _ => high.clone(),
     };
-    let boundaries = match (shard_rows, col(&spec.key)) {
-        (Some(n), Some(key)) => {
-            let (lo, hi) = (
-                get(1).and_then(|v| v.parse().ok()),
-                get(2).and_then(|v| v.parse().ok()),
-            );
-            match (key.integer, lo, hi) {
-                (true, Some(lo), Some(hi)) => integer_boundaries(lo, hi, count, n)
-                    .into_iter()
-                    .map(|b| b.to_string())
-                    .collect(),
-                _ => match spec.boundaries_query(after.as_deref(), high.as_deref(), n) {
-                    Some(q) => s.first_column(&q, "finding key ranges").await?,
-                    None => Vec::new(),
-                },
-            }
-        }
-        _ => Vec::new(),
+    let key = Keys {
+        column: col(&spec.key),
+        min: get(1),
+        max: get(2),
+        count,
     };
-    let ranges = ranges(&boundaries);
-    let per = count.div_ceil(ranges.len() as u64);
+    let boundaries = key
+        .boundaries(s, shard_rows, |n| {
+            spec.boundaries_query(after.as_deref(), high.as_deref(), n)
+        })
+        .await?;
     Ok(SourcePlan {
         after,
         high,
         watermark: next_watermark,
-        shards: ranges
-            .into_iter()
-            .map(|(from, before)| SqlShard {
-                key_from: from,
-                key_before: before,
-                rows: per,
-            })
-            .collect(),
+        shards: shards(&boundaries, count),
         rows: count,
     })
+}
+
+/// Plans a backfill window: the rows whose cursor is in `[from, to)`, in key ranges of about
+/// `shard_rows` rows. The watermark is not read and not planned to move.
+pub async fn plan_window(
+    spec: &SqlSpec,
+    s: &mut dyn Session,
+    from: &str,
+    to: &str,
+    shard_rows: Option<u64>,
+) -> Result<SourcePlan> {
+    let cols = s.columns().await?;
+    if spec.cursor.is_none() {
+        return Err(BackendError::Source {
+            source_name: "the backfill".into(),
+            detail: "a database backfill reads windows of source.sql.cursor_column: give one"
+                .into(),
+            retryable: false,
+        });
+    }
+    let stats = s
+        .first_row(
+            &spec.window_stats_query(from, to),
+            "counting the rows of the window",
+        )
+        .await?;
+    let get = |i: usize| stats.get(i).cloned().flatten();
+    let count: u64 = get(0).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let key = Keys {
+        column: spec
+            .key
+            .as_ref()
+            .and_then(|n| cols.iter().find(|c| &c.name == n).cloned()),
+        min: get(1),
+        max: get(2),
+        count,
+    };
+    let boundaries = if count == 0 {
+        Vec::new()
+    } else {
+        key.boundaries(s, shard_rows, |n| spec.window_boundaries_query(from, to, n))
+            .await?
+    };
+    Ok(SourcePlan {
+        after: None,
+        high: None,
+        watermark: None,
+        shards: if count == 0 {
+            Vec::new()
+        } else {
+            shards(&boundaries, count)
+        },
+        rows: count,
+    })
+}
+
+/// The key column's statistics over the rows to read.
+struct Keys {
+    column: Option<ColumnInfo>,
+    min: Option<String>,
+    max: Option<String>,
+    count: u64,
+}
+
+impl Keys {
+    /// Where key ranges of about `shard_rows` rows start: computed from min and max for an
+    /// integer key, asked of the database (`query`) otherwise; none without a key.
+    async fn boundaries(
+        &self,
+        s: &mut dyn Session,
+        shard_rows: Option<u64>,
+        query: impl Fn(u64) -> Option<String>,
+    ) -> Result<Vec<String>> {
+        let (Some(n), Some(key)) = (shard_rows, &self.column) else {
+            return Ok(Vec::new());
+        };
+        let lo = self.min.as_ref().and_then(|v| v.parse().ok());
+        let hi = self.max.as_ref().and_then(|v| v.parse().ok());
+        Ok(match (key.integer, lo, hi) {
+            (true, Some(lo), Some(hi)) => integer_boundaries(lo, hi, self.count, n)
+                .into_iter()
+                .map(|b| b.to_string())
+                .collect(),
+            _ => match query(n) {
+                Some(q) => s.first_column(&q, "finding key ranges").await?,
+                None => Vec::new(),
+            },
+        })
+    }
+}
+
+/// The shards of the key ranges that start at `boundaries`, each with its share of `count`.
+fn shards(boundaries: &[String], count: u64) -> Vec<SqlShard> {
+    let ranges = ranges(boundaries);
+    let per = count.div_ceil(ranges.len() as u64);
+    ranges
+        .into_iter()
+        .map(|(from, before)| SqlShard {
+            key_from: from,
+            key_before: before,
+            rows: per,
+        })
+        .collect()
 }
 
 async fn first(s: &mut dyn Session, sql: &str, doing: &str) -> Result<Option<String>> {

@@ -232,6 +232,21 @@ impl SqlSource for PostgresSource {
         .await
     }
 
+    async fn plan_window(
+        &self,
+        from: &str,
+        to: &str,
+        shard_rows: Option<u64>,
+    ) -> Result<(SourcePlan, Option<u64>)> {
+        let client = self.connect().await?;
+        let mut session = PgSession {
+            source: self,
+            client,
+        };
+        let plan = super::plan::plan_window(&self.spec, &mut session, from, to, shard_rows).await?;
+        Ok((plan, session.avg_row_bytes().await?))
+    }
+
     /// Reads one shard's rows into `out` as NDJSON; returns how many.
     async fn extract(&self, range: &SqlRange, out: &mut (dyn Write + Send)) -> Result<u64> {
         let mut client = self.connect().await?;
@@ -335,6 +350,31 @@ impl Session for PgSession<'_> {
             }
         }
         Ok(Vec::new())
+    }
+
+    /// A table's size over its rows, from `pg_class` (`None` for a query, or before the
+    /// table's statistics were first gathered).
+    async fn avg_row_bytes(&mut self) -> Result<Option<u64>> {
+        let super::sql::Relation::Table(t) = &self.source.spec.relation else {
+            return Ok(None);
+        };
+        let quoted: Vec<String> = t
+            .split('.')
+            .map(|p| self.source.spec.ident(p.trim()))
+            .collect();
+        let sql = format!(
+            "SELECT CASE WHEN reltuples > 0 THEN CAST(pg_relation_size(oid) / reltuples AS BIGINT) END \
+             FROM pg_class WHERE oid = {}::regclass",
+            self.source.spec.literal(&quoted.join("."))
+        );
+        let row = self
+            .first_row(&sql, "reading the table's statistics")
+            .await?;
+        Ok(row
+            .into_iter()
+            .next()
+            .flatten()
+            .and_then(|v| v.parse().ok()))
     }
 
     async fn first_column(&mut self, sql: &str, doing: &str) -> Result<Vec<String>> {
@@ -467,6 +507,7 @@ mod tests {
             raw_key: "raw".into(),
             rows: s.rows,
             planned_at_ms: 0,
+            window: None,
         }
     }
 

@@ -86,6 +86,27 @@ impl SqlSpec {
         }
     }
 
+    /// A backfill window over the cursor: `from <= cursor < to`.
+    fn window_conditions(&self, from: &str, to: &str) -> Vec<String> {
+        let Some(c) = &self.cursor else {
+            return Vec::new();
+        };
+        let c = self.ident(c);
+        vec![
+            format!("{c} >= {}", self.literal(from)),
+            format!("{c} < {}", self.literal(to)),
+        ]
+    }
+
+    /// The cursor conditions of the rows a range reads: its window, or after its watermark up
+    /// to its high mark.
+    fn range_conditions(&self, r: &SqlRange) -> Vec<String> {
+        match &r.window {
+            Some((from, to)) => self.window_conditions(from, to),
+            None => self.cursor_conditions(r.cursor_after.as_deref(), r.cursor_upto.as_deref()),
+        }
+    }
+
     fn key_conditions(&self, from: Option<&str>, before: Option<&str>) -> Vec<String> {
         let Some(k) = &self.key else {
             return Vec::new();
@@ -111,7 +132,7 @@ impl SqlSpec {
 
     /// The rows of one shard, in key order when there is a key.
     pub fn shard_query(&self, r: &SqlRange) -> String {
-        let mut conds = self.cursor_conditions(r.cursor_after.as_deref(), r.cursor_upto.as_deref());
+        let mut conds = self.range_conditions(r);
         conds.extend(self.key_conditions(r.key_from.as_deref(), r.key_before.as_deref()));
         let order = match &self.key {
             Some(k) => format!(" ORDER BY {}", self.ident(k)),
@@ -128,6 +149,15 @@ impl SqlSpec {
     /// What planning needs of the rows after the watermark: their count, the key's min and
     /// max, and the cursor's max (the high mark), each as text (NULL when absent).
     pub fn stats_query(&self, after: Option<&str>) -> String {
+        self.stats_query_where(self.cursor_conditions(after, None))
+    }
+
+    /// [`SqlSpec::stats_query`] of the rows in a backfill window.
+    pub fn window_stats_query(&self, from: &str, to: &str) -> String {
+        self.stats_query_where(self.window_conditions(from, to))
+    }
+
+    fn stats_query_where(&self, conds: Vec<String>) -> String {
         let null = "NULL".to_string();
         let (kmin, kmax) = match &self.key {
             Some(k) => {
@@ -143,7 +173,6 @@ impl SqlSpec {
             Some(c) => self.as_text(&format!("max({})", self.ident(c))),
             None => null,
         };
-        let conds = self.cursor_conditions(after, None);
         format!(
             "SELECT count(*), {kmin}, {kmax}, {cmax} {}{}",
             self.from(),
@@ -159,8 +188,16 @@ impl SqlSpec {
         upto: Option<&str>,
         shard_rows: u64,
     ) -> Option<String> {
+        self.boundaries_query_where(self.cursor_conditions(after, upto), shard_rows)
+    }
+
+    /// [`SqlSpec::boundaries_query`] of the rows in a backfill window.
+    pub fn window_boundaries_query(&self, from: &str, to: &str, shard_rows: u64) -> Option<String> {
+        self.boundaries_query_where(self.window_conditions(from, to), shard_rows)
+    }
+
+    fn boundaries_query_where(&self, conds: Vec<String>, shard_rows: u64) -> Option<String> {
         let k = self.ident(self.key.as_ref()?);
-        let conds = self.cursor_conditions(after, upto);
         Some(format!(
             "SELECT {} FROM (SELECT {k} AS tributary_key, row_number() OVER (ORDER BY {k}) AS tributary_rn {}{}) AS tributary_b WHERE MOD(tributary_rn - 1, {shard_rows}) = 0 AND tributary_rn > 1 ORDER BY tributary_rn",
             self.as_text("tributary_key"),
@@ -246,6 +283,7 @@ mod tests {
             raw_key: "raw/p/r/s00000.ndjson.zst".into(),
             rows: 0,
             planned_at_ms: 0,
+            window: None,
         }
     }
 
@@ -277,6 +315,25 @@ mod tests {
         assert_eq!(my.literal("it's a\\b"), "'it''s a\\\\b'");
         assert_eq!(my.ident("we`ird"), "`we``ird`");
         assert_eq!(pg().ident("we\"ird"), "\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn a_backfill_window_reads_from_its_start_up_to_before_its_end() {
+        let mut r = range(Some("2026-11-30 00:00:00+00"), Some("100"), None);
+        r.window = Some(("2026-11-02 00:00:00".into(), "2026-11-03 00:00:00".into()));
+        assert_eq!(
+            pg().shard_query(&r),
+            "SELECT * FROM \"shop\".\"orders\" AS tributary_src WHERE \"updated_at\" >= '2026-11-02 00:00:00' AND \"updated_at\" < '2026-11-03 00:00:00' AND \"id\" >= '100' ORDER BY \"id\""
+        );
+        assert_eq!(
+            pg().window_stats_query("2026-11-02 00:00:00", "2026-11-03 00:00:00"),
+            "SELECT count(*), CAST(min(\"id\") AS TEXT), CAST(max(\"id\") AS TEXT), CAST(max(\"updated_at\") AS TEXT) FROM \"shop\".\"orders\" AS tributary_src WHERE \"updated_at\" >= '2026-11-02 00:00:00' AND \"updated_at\" < '2026-11-03 00:00:00'"
+        );
+        assert!(
+            pg().window_boundaries_query("a", "b", 10)
+                .unwrap()
+                .contains("WHERE \"updated_at\" >= 'a' AND \"updated_at\" < 'b')")
+        );
     }
 
     #[test]

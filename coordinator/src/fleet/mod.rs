@@ -465,7 +465,10 @@ impl Coordinator {
                     let (objects, _) = self.list_files(&p).await?;
                     crate::backfill::plan_file_windows(&p, &objects, &ws)?
                 }
-                _ => crate::backfill::plan_api(&p, &ws)?,
+                pipeline::SourceKind::Http => crate::backfill::plan_api(&p, &ws)?,
+                pipeline::SourceKind::Postgres | pipeline::SourceKind::Mysql => {
+                    crate::backfill::plan_database(&p, &ws).await?
+                }
             };
             if let Some(run_id) = &record.current_run
                 && let Some(rec) = self.state.get(&format!("runs/{run_id}/run.json")).await?

@@ -221,10 +221,9 @@ impl Coordinator {
                 crate::backfill::plan_file_windows(p, &objects, &ws)?
             }
             pipeline::SourceKind::Http => crate::backfill::plan_api(p, &ws)?,
-            _ => bail!(
-                "{}: backfills of database sources are not built yet (a run reads after the watermark)",
-                p.path
-            ),
+            pipeline::SourceKind::Postgres | pipeline::SourceKind::Mysql => {
+                crate::backfill::plan_database(p, &ws).await?
+            }
         };
         Ok((ws, plans))
     }

@@ -116,15 +116,7 @@ pub(crate) async fn plan_source_run(
     window: Option<crate::backfill::Window>,
 ) -> anyhow::Result<SourceRun> {
     match p.file.source.kind {
-        SourceKind::Postgres | SourceKind::Mysql => {
-            if window.is_some() {
-                bail!(
-                    "{}: backfills of database sources are not built yet",
-                    p.path
-                );
-            }
-            sql::plan_sql_run(p, state).await
-        }
+        SourceKind::Postgres | SourceKind::Mysql => sql::plan_sql_run(p, state, window).await,
         SourceKind::Http => http::plan_http_run(p, state, window, chrono::Utc::now()).await,
         SourceKind::Files => bail!("{}: a files source is planned from its listing", p.path),
     }

@@ -10,7 +10,9 @@ use pipeline::Pipeline;
 use protocol::{Extract, ShardDescriptor, ShardPlan, SqlRange};
 
 use super::{SourceRun, describe, read_watermark};
+use crate::backfill::Window;
 use crate::run::new_run_id;
+use backends::source::SourcePlan;
 
 /// Key ranges of this many rows when `key_column` is given without `shard_rows`.
 const DEFAULT_SHARD_ROWS: u64 = 100_000;
@@ -101,27 +103,62 @@ pub fn pipeline_type(pg: &str) -> String {
     .into()
 }
 
-/// Plans a run of the pipeline's database source from its watermark in `state`.
-pub(crate) async fn plan_sql_run(
-    p: &Pipeline,
-    state: &dyn StateStore,
-) -> anyhow::Result<SourceRun> {
-    let sql = p
-        .file
+/// `shard_rows`, or the default when the source has a key column.
+fn shard_rows(sql: &pipeline::SqlSource) -> Option<u64> {
+    sql.shard_rows
+        .map(|n| n.get())
+        .or(sql.key_column.as_ref().map(|_| DEFAULT_SHARD_ROWS))
+}
+
+fn sql_section(p: &Pipeline) -> anyhow::Result<&pipeline::SqlSource> {
+    p.file
         .source
         .sql
         .as_ref()
-        .context("a database source has [source.sql]")?;
+        .context("a database source has [source.sql]")
+}
+
+/// A backfill window's plan of a database source: its key-range shards, the rows counted, and
+/// the bytes estimated from the table's average row size (when the database keeps it).
+pub(crate) async fn plan_sql_window(
+    p: &Pipeline,
+    window: Window,
+) -> anyhow::Result<(SourcePlan, Option<u64>)> {
+    let sql = sql_section(p)?;
     let source = worker::extract::open_sql_source(p)?;
-    let watermark = read_watermark(state, p.name()).await?.map(|w| w.cursor);
-    let shard_rows = sql
-        .shard_rows
-        .map(|n| n.get())
-        .or(sql.key_column.as_ref().map(|_| DEFAULT_SHARD_ROWS));
-    let sp = source
-        .plan(watermark.as_deref(), sql.lookback().as_secs(), shard_rows)
+    let (from, to) = (window.from.to_string(), window.to.to_string());
+    let (plan, avg) = source
+        .plan_window(&from, &to, shard_rows(sql))
         .await
-        .with_context(|| format!("planning {} ({})", describe(p), p.path))?;
+        .with_context(|| format!("planning {} ({}) over {from} .. {to}", describe(p), p.path))?;
+    let bytes = avg.map(|a| a * plan.rows);
+    Ok((plan, bytes))
+}
+
+/// Plans a run of the pipeline's database source from its watermark in `state`; with a
+/// backfill `window`, the rows whose cursor is in it (the watermark is neither read nor moved).
+pub(crate) async fn plan_sql_run(
+    p: &Pipeline,
+    state: &dyn StateStore,
+    window: Option<Window>,
+) -> anyhow::Result<SourceRun> {
+    let sql = sql_section(p)?;
+    let sp = match window {
+        Some(w) => plan_sql_window(p, w).await?.0,
+        None => {
+            let source = worker::extract::open_sql_source(p)?;
+            let watermark = read_watermark(state, p.name()).await?.map(|w| w.cursor);
+            source
+                .plan(
+                    watermark.as_deref(),
+                    sql.lookback().as_secs(),
+                    shard_rows(sql),
+                )
+                .await
+                .with_context(|| format!("planning {} ({})", describe(p), p.path))?
+        }
+    };
+    let bounds = window.map(|w| (w.from.to_string(), w.to.to_string()));
     let run_id = new_run_id(p);
     let planned_at_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let shards = sp
@@ -141,12 +178,13 @@ pub(crate) async fn plan_sql_run(
                     raw_key: worker::extract::raw_key(p.name(), &run_id, &shard_id),
                     rows: s.rows,
                     planned_at_ms,
+                    window: bounds.clone(),
                 }))),
                 shard_id,
             }
         })
         .collect();
-    tracing::info!(pipeline = p.name(), rows = sp.rows, after = ?sp.after, high = ?sp.high, "database source planned");
+    tracing::info!(pipeline = p.name(), rows = sp.rows, after = ?sp.after, high = ?sp.high, window = ?bounds, "database source planned");
     Ok(SourceRun {
         plan: ShardPlan {
             run_id,
