@@ -473,52 +473,39 @@ async fn retry(run_id: &str, data_dir: &Path, workers: usize) -> anyhow::Result<
     Ok(())
 }
 
-/// Prints what a call to a serving coordinator answered (the blocking HTTP client runs off the
-/// async threads).
-fn remote(f: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<()> {
-    println!("{}", tokio::task::block_in_place(f)?);
-    Ok(())
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let interactive = std::io::stderr().is_terminal();
-    match cli.command {
+/// A command against a serving coordinator (`--server`), as the text to print; `None` for a
+/// command on a data dir.
+fn remote_command(c: &Command) -> Option<anyhow::Result<String>> {
+    use coordinator::remote;
+    let call = |f: &dyn Fn() -> anyhow::Result<String>| Some(tokio::task::block_in_place(f));
+    match c {
         Command::Runs {
             pipeline,
-            server: Some(server),
+            server: Some(s),
             json,
             ..
-        } => remote(|| coordinator::remote::runs(&server, pipeline.as_deref(), json))?,
-        Command::Runs {
-            pipeline,
-            data_dir,
+        } => call(&|| remote::runs(s, pipeline.as_deref(), *json)),
+        Command::Cancel {
+            run,
+            server: Some(s),
+            ..
+        } => call(&|| remote::cancel(s, run)),
+        Command::Retry {
+            run,
+            server: Some(s),
+            ..
+        } => call(&|| remote::retry(s, run)),
+        Command::Status {
+            run: Some(id),
+            server: Some(s),
             json,
-            server: None,
-        } => list_runs(pipeline, &data_dir, json).await?,
-        Command::Cancel {
-            run,
-            server: Some(server),
             ..
-        } => remote(|| coordinator::remote::cancel(&server, &run))?,
-        Command::Cancel {
-            run,
-            data_dir,
-            server: None,
-        } => {
-            let dd = DataDir::open_existing(&data_dir)?;
-            println!("{}", coordinator::commands::cancel_local(&dd, &run).await?);
-        }
-        Command::Retry {
-            run,
-            server: Some(server),
+        } => call(&|| remote::status(s, id, *json)),
+        Command::Status {
+            server: Some(s),
+            json,
             ..
-        } => remote(|| coordinator::remote::retry(&server, &run))?,
-        Command::Retry {
-            run,
-            data_dir,
-            workers,
-            server: None,
-        } => retry(&run, &data_dir, workers).await?,
+        } => call(&|| remote::runs(s, None, *json)),
         Command::Backfill {
             pipeline,
             from,
@@ -526,7 +513,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             window,
             dry_run,
             max_in_flight,
-            server: Some(server),
+            server: Some(s),
             ..
         } => {
             let request = serde_json::json!({
@@ -534,8 +521,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "from": from, "to": to, "window": window, "dry_run": dry_run,
                 "max_in_flight": max_in_flight,
             });
-            remote(|| coordinator::remote::backfill(&server, &request))?
+            call(&|| remote::backfill(s, &request))
         }
+        _ => None,
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let interactive = std::io::stderr().is_terminal();
+    if let Some(out) = remote_command(&cli.command) {
+        println!("{}", out?);
+        return Ok(());
+    }
+    match cli.command {
+        Command::Runs {
+            pipeline,
+            data_dir,
+            json,
+            server: _,
+        } => list_runs(pipeline, &data_dir, json).await?,
+        Command::Cancel {
+            run,
+            data_dir,
+            server: _,
+        } => {
+            let dd = DataDir::open_existing(&data_dir)?;
+            println!("{}", coordinator::commands::cancel_local(&dd, &run).await?);
+        }
+        Command::Retry {
+            run,
+            data_dir,
+            workers,
+            server: _,
+        } => retry(&run, &data_dir, workers).await?,
         Command::Backfill {
             pipeline,
             from,
@@ -545,7 +563,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_in_flight,
             data_dir,
             batch_rows,
-            server: None,
+            server: _,
         } => {
             backfill(coordinator::backfill::BackfillOptions {
                 pipeline,
@@ -628,21 +646,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("started run {}", v["run_id"].as_str().unwrap_or("?"));
         }
         Command::Status {
-            run: Some(id),
-            server: Some(server),
-            json,
-            ..
-        } => remote(|| coordinator::remote::status(&server, &id, json))?,
-        Command::Status {
-            server: Some(server),
-            json,
-            ..
-        } => remote(|| coordinator::remote::runs(&server, None, json))?,
-        Command::Status {
             data_dir,
             json,
             run,
-            server: None,
+            server: _,
         } => status_local(&data_dir, run.as_deref(), json).await?,
         Command::Sql {
             query,

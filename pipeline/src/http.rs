@@ -256,17 +256,27 @@ impl HttpSource {
 
     /// The pure checks of the section; errors name the key (under `source.http.`).
     pub fn check(&self) -> Result<(), (String, String)> {
-        let err = |k: &str, m: String| Err((format!("source.http.{k}"), m));
+        self.check_request()
+            .and_then(|()| self.check_durations())
+            .and_then(|()| self.check_windows())
+            .and_then(|()| {
+                self.pagination
+                    .check()
+                    .map_err(|(k, m)| (format!("pagination.{k}"), m))
+            })
+            .map_err(|(k, m)| (format!("source.http.{k}"), m))
+    }
+
+    /// The URL, the credential variable, the headers and the rate.
+    fn check_request(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_string(), m));
         match url::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             Ok(u) => {
+                let scheme = u.scheme();
                 return err(
                     "url",
-                    format!(
-                        "{:?}: scheme {:?} is not http or https",
-                        self.url,
-                        u.scheme()
-                    ),
+                    format!("{:?}: scheme {scheme:?} is not http or https", self.url),
                 );
             }
             Err(e) => return err("url", format!("{:?} is not a URL: {e}", self.url)),
@@ -295,11 +305,16 @@ impl HttpSource {
                 return err("headers", format!("the value of {name:?} has a line break"));
             }
         }
-        if let Some(r) = self.rate_limit_per_sec
-            && !(r.is_finite() && r > 0.0)
-        {
-            return err("rate_limit_per_sec", format!("{r} must be more than zero"));
+        match self.rate_limit_per_sec {
+            Some(r) if !(r.is_finite() && r > 0.0) => {
+                err("rate_limit_per_sec", format!("{r} must be more than zero"))
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// Every duration key reads as one (`window` and `timeout` longer than zero).
+    fn check_durations(&self) -> Result<(), (String, String)> {
         for (k, v) in [
             ("retry_backoff", Some(&self.retry_backoff)),
             ("max_retry_after", Some(&self.max_retry_after)),
@@ -307,21 +322,26 @@ impl HttpSource {
             ("window", self.window.as_ref()),
             ("lookback", self.lookback.as_ref()),
         ] {
-            if let Some(v) = v {
-                match humantime::parse_duration(v) {
-                    Ok(d) if d.is_zero() && matches!(k, "window" | "timeout") => {
-                        return err(k, format!("{v:?} must be longer than zero"));
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        return err(
-                            k,
-                            format!("{v:?} is not a duration (\"30s\", \"2h\", \"1d\"): {e}"),
-                        );
-                    }
+            let Some(v) = v else { continue };
+            match humantime::parse_duration(v) {
+                Ok(d) if d.is_zero() && matches!(k, "window" | "timeout") => {
+                    return Err((k.into(), format!("{v:?} must be longer than zero")));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err((
+                        k.into(),
+                        format!("{v:?} is not a duration (\"30s\", \"2h\", \"1d\"): {e}"),
+                    ));
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The window keys: a format, a start, and only with a window parameter.
+    fn check_windows(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_string(), m));
         if let Err(e) = BoundFormat::parse(self.window_format.as_deref()) {
             return err("window_format", e);
         }
@@ -341,7 +361,10 @@ impl HttpSource {
                 ("lookback", self.lookback.is_some()),
             ] {
                 if given {
-                    return err(k, "needs window_from_param or window_to_param: the API is asked for a time window".into());
+                    return err(
+                        k,
+                        "needs window_from_param or window_to_param: the API is asked for a time window".into(),
+                    );
                 }
             }
         }
@@ -353,14 +376,10 @@ impl HttpSource {
                 return err(k, "must not be empty".into());
             }
         }
-        if let Some(f) = &self.watermark_field
-            && f.trim().is_empty()
-        {
-            return err("watermark_field", "must not be empty".into());
+        match &self.watermark_field {
+            Some(f) if f.trim().is_empty() => err("watermark_field", "must not be empty".into()),
+            _ => Ok(()),
         }
-        self.pagination
-            .check()
-            .or_else(|(k, m)| err(&format!("pagination.{k}"), m))
     }
 }
 

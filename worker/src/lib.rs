@@ -328,6 +328,30 @@ pub fn run_shard_blocking(
     })
 }
 
+/// A database or API shard reads its rows into the raw zone first (in the files store), then
+/// that object: returns the store and shard the engine reads, and the latest watermark value an
+/// API extract read. A files shard is read where it is.
+async fn extract_first(
+    pipeline: &config::Pipeline,
+    shard: &ShardDescriptor,
+    source: Arc<dyn ObjectStore>,
+    files: &Arc<dyn ObjectStore>,
+    scratch: &Path,
+) -> Result<(Arc<dyn ObjectStore>, ShardDescriptor, Option<String>), WorkerError> {
+    Ok(match &shard.extract {
+        Some(protocol::Extract::Sql(range)) => {
+            let processed = extract::extract_sql(pipeline, shard, range, &**files, scratch).await?;
+            (files.clone(), processed, None)
+        }
+        Some(protocol::Extract::Http(range)) => {
+            let (processed, watermark) =
+                extract::http::extract_http(pipeline, shard, range, &**files, scratch).await?;
+            (files.clone(), processed, watermark)
+        }
+        None => (source, shard.clone(), None),
+    })
+}
+
 /// A task end to end: engine on the CPU pool, uploads, then the manifest (the last write: its
 /// presence means every file it lists is durable).
 pub async fn execute_task(
@@ -350,27 +374,8 @@ pub async fn execute_task(
         files: state_files,
     } = stores;
     let scratch = ScratchDir::new(scratch.join(format!("{}-{}", task.run_id, task.shard.shard_id)));
-    // A database or API shard reads its rows into the raw zone first, then that object.
-    let (source, shard, source_watermark) = match &task.shard.extract {
-        Some(protocol::Extract::Sql(range)) => {
-            let shard =
-                extract::extract_sql(&pipeline, &task.shard, range, &*state_files, scratch.path())
-                    .await?;
-            (state_files.clone(), shard, None)
-        }
-        Some(protocol::Extract::Http(range)) => {
-            let (shard, watermark) = extract::http::extract_http(
-                &pipeline,
-                &task.shard,
-                range,
-                &*state_files,
-                scratch.path(),
-            )
-            .await?;
-            (state_files.clone(), shard, watermark)
-        }
-        None => (source, task.shard.clone(), None),
-    };
+    let (source, shard, source_watermark) =
+        extract_first(&pipeline, &task.shard, source, &state_files, scratch.path()).await?;
     let processed = shard.clone();
     let naming = OutputNaming::for_task(task);
     let (p2, s2) = (plan.clone(), scratch.clone());
