@@ -172,6 +172,7 @@ pub(crate) mod postgres;
 mod redshift;
 pub mod shapes;
 pub mod spectrum;
+pub mod split;
 pub use postgres::PostgresWarehouse;
 pub use redshift::{RedshiftSettings, RedshiftWarehouse};
 

@@ -47,13 +47,16 @@ struct Stmt {
     script: Script,
 }
 
-fn ledger_id_of(sqls: &[String]) -> Option<String> {
-    let ins = sqls
-        .iter()
-        .find(|s| s.starts_with("INSERT INTO _tributary_load_ledger"))?;
-    let start = ins.find("SELECT '")? + 8;
-    let end = ins[start..].find('\'')? + start;
-    Some(ins[start..end].to_string())
+/// The batch ids a transaction records in the ledger (a batch's last part records two).
+fn ledger_ids_of(sqls: &[String]) -> Vec<String> {
+    sqls.iter()
+        .filter(|s| s.starts_with("INSERT INTO _tributary_load_ledger"))
+        .filter_map(|ins| {
+            let start = ins.find("SELECT '")? + 8;
+            let end = ins[start..].find('\'')? + start;
+            Some(ins[start..end].to_string())
+        })
+        .collect()
 }
 
 async fn handle(
@@ -119,10 +122,8 @@ async fn handle(
                 } else {
                     f.batch_script.remove(0)
                 };
-                if s == Script::CommitButHang
-                    && let Some(b) = ledger_id_of(&sqls)
-                {
-                    f.ledger.insert(b);
+                if s == Script::CommitButHang {
+                    f.ledger.extend(ledger_ids_of(&sqls));
                 }
                 s
             } else {
@@ -168,11 +169,8 @@ async fn handle(
                     _ => ("FINISHED", None),
                 }
             };
-            if status == "FINISHED"
-                && st.sqls.len() > 1
-                && let Some(b) = ledger_id_of(&st.sqls)
-            {
-                f.ledger.insert(b);
+            if status == "FINISHED" && st.sqls.len() > 1 {
+                f.ledger.extend(ledger_ids_of(&st.sqls));
             }
             let has_rows = st.sqls.len() == 1 && st.sqls[0].starts_with("SELECT");
             let mut v = serde_json::json!({
@@ -521,6 +519,71 @@ async fn a_load_with_an_external_schema_keeps_the_spectrum_table_and_its_partiti
         again.len(),
         8,
         "a retried load keeps the catalog again: {again:?}"
+    );
+}
+
+/// Issue 11, item 3: a batch of more file groups than one Data API call takes (it failed at
+/// ten) loads in parts, each a transaction of at most 40 statements with its own ledger id; the
+/// last also records the batch, and a retry after a part committed loads only the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_statement_limit_loads_in_parts_each_once() {
+    let (ep, fake) = start_fake().await;
+    let wh = RedshiftWarehouse::connect(client(&ep), settings())
+        .await
+        .unwrap();
+    let (_dir, files, mut batch) = files_and_batch("run-1-events-b0011").await;
+    let one = batch.files[0].clone();
+    batch.files = (0..20)
+        .map(|i| {
+            let mut f = one.clone();
+            f.position.offset = i * 1000;
+            f
+        })
+        .collect();
+    // The first part commits, then the call fails: the retry must not load it again.
+    fake.lock().unwrap().batch_script = vec![Script::Finish, Script::Fail];
+    assert!(wh.load(&batch, files.clone()).await.is_err());
+    assert!(!wh.is_loaded("run-1-events-b0011").await.unwrap());
+    assert!(wh.is_loaded("run-1-events-b0011.p1").await.unwrap());
+    wh.load(&batch, files.clone()).await.unwrap();
+    assert!(wh.is_loaded("run-1-events-b0011").await.unwrap());
+    let f = fake.lock().unwrap();
+    let calls: Vec<Vec<String>> = f
+        .requests
+        .iter()
+        .filter(|(op, _)| op == "BatchExecuteStatement")
+        .map(|(_, r)| {
+            r["Sqls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert!(
+        calls.len() >= 3,
+        "parts, a failed one, and the retry: {}",
+        calls.len()
+    );
+    assert!(
+        calls.iter().all(|c| c.len() <= 40),
+        "{:?}",
+        calls.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let copies = |c: &Vec<String>| c.iter().filter(|s| s.starts_with("COPY")).count();
+    let retried: usize = calls[2..].iter().map(copies).sum();
+    assert_eq!(
+        copies(&calls[0]) + retried,
+        20,
+        "every group copied once across the parts that committed"
+    );
+    let last = calls.last().unwrap();
+    assert_eq!(
+        ledger_ids_of(last).len(),
+        2,
+        "the last part records itself and the batch: {:?}",
+        ledger_ids_of(last)
     );
 }
 

@@ -20,7 +20,7 @@ use protocol::LoadBatch;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{self, Dialect, LoadPlan, REDSHIFT_MAX_STATEMENTS};
-use super::{LoadOutcome, QueryResult, Warehouse, quote_ident, shapes, spectrum};
+use super::{LoadOutcome, QueryResult, Warehouse, quote_ident, shapes, spectrum, split};
 use crate::aws::classify;
 use crate::object_store::ObjectStore;
 use crate::{BackendError, Result};
@@ -316,8 +316,8 @@ impl RedshiftWarehouse {
             .ok_or_else(|| wh(format!("no number from {sql:?}")))
     }
 
-    /// The whole transaction of one batch, as sent (also what the golden test pins).
-    pub async fn statements(
+    /// The statements of one batch's transaction, however many.
+    async fn statements_unchecked(
         &self,
         batch: &LoadBatch,
         files: &Arc<dyn ObjectStore>,
@@ -381,12 +381,22 @@ impl RedshiftWarehouse {
             ));
         }
         sqls.extend(lp.after_data.clone());
+        Ok(sqls)
+    }
+
+    /// The whole transaction of one batch (or part of one), as sent (also what the golden test
+    /// pins); refused when it needs more statements than one Data API call takes.
+    pub async fn statements(
+        &self,
+        batch: &LoadBatch,
+        files: &Arc<dyn ObjectStore>,
+    ) -> Result<Vec<String>> {
+        let sqls = self.statements_unchecked(batch, files).await?;
         if sqls.len() > REDSHIFT_MAX_STATEMENTS {
             return Err(wh(format!(
-                "batch {} needs {} statements ({} file groups); the Data API allows {REDSHIFT_MAX_STATEMENTS}: lower the batch size",
+                "batch {} needs {} statements; the Data API allows {REDSHIFT_MAX_STATEMENTS}",
                 batch.batch_id,
                 sqls.len(),
-                groups.len()
             )));
         }
         Ok(sqls)
@@ -394,6 +404,52 @@ impl RedshiftWarehouse {
 }
 
 impl RedshiftWarehouse {
+    /// The batch itself when its statements fit one Data API call, else its parts (see
+    /// [`super::split`]): consecutive runs of its file groups, as batches of their own.
+    async fn parts(
+        &self,
+        batch: &LoadBatch,
+        files: &Arc<dyn ObjectStore>,
+    ) -> Result<Vec<LoadBatch>> {
+        let shapes = shapes::read(files, batch).await?;
+        let groups: Vec<split::Group> = plan::file_groups(batch, &shapes.of_file)
+            .iter()
+            .map(|g| split::Group {
+                shape: g.shape,
+                files: g
+                    .files
+                    .iter()
+                    .filter_map(|f| batch.files.iter().position(|b| std::ptr::eq(b, *f)))
+                    .collect(),
+            })
+            .collect();
+        let whole = self.statements_unchecked(batch, files).await?.len();
+        if whole <= REDSHIFT_MAX_STATEMENTS {
+            return Ok(vec![batch.clone()]);
+        }
+        let all: Vec<&split::Group> = groups.iter().collect();
+        // The plan's own statements, and the last part's record of the whole batch.
+        let fixed = whole - split::statements(0, &all) + 1;
+        let parts = split::parts(&groups, fixed, REDSHIFT_MAX_STATEMENTS).ok_or_else(|| {
+            wh(format!(
+                "one file group needs more than the Data API's {REDSHIFT_MAX_STATEMENTS} statements with the plan's {fixed}"
+            ))
+        })?;
+        tracing::info!(batch = %batch.batch_id, parts = parts.len(), groups = groups.len(), "batch loaded in parts");
+        Ok(parts
+            .iter()
+            .enumerate()
+            .map(|(n, part)| LoadBatch {
+                batch_id: split::part_id(&batch.batch_id, n + 1),
+                files: part
+                    .iter()
+                    .flat_map(|&g| groups[g].files.iter().map(|&i| batch.files[i].clone()))
+                    .collect(),
+                ..batch.clone()
+            })
+            .collect())
+    }
+
     /// The rows Redshift recorded for a failed COPY of this batch's files: `STL_LOAD_ERRORS` on a
     /// provisioned cluster, `SYS_LOAD_ERROR_DETAIL` where STL tables do not exist (serverless).
     /// Rendered for the batch's error (and so for status and the log); a hashed column's raw
@@ -440,6 +496,34 @@ impl RedshiftWarehouse {
 const LOAD_ERROR_ROWS: usize = 10;
 
 /// Whether Redshift's error text points at its load-error tables (a COPY that failed on data).
+/// A fresh token per attempt: the SDK's own retries of one request are idempotent, while a
+/// deliberate retry of a failed load runs again.
+fn attempt_token() -> String {
+    format!(
+        "{:x}-{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+        std::process::id()
+    )
+}
+
+/// Records `batch` in the ledger (unless it is there) without loading anything: a batch with
+/// no files, or a batch whose parts have all loaded.
+fn ledger_record_sql(batch: &LoadBatch) -> String {
+    let lit = |v: &str| plan::quote_literal(v, Dialect::Redshift);
+    format!(
+        "INSERT INTO {ledger} (batch_id, table_name, run_id, files, rows_staged, loaded_at) SELECT {}, {}, {}, {}, 0, GETDATE() WHERE NOT EXISTS (SELECT 1 FROM {ledger} WHERE batch_id = {})",
+        lit(&batch.batch_id),
+        lit(&batch.table),
+        lit(&batch.run_id),
+        batch.files.len(),
+        lit(&batch.batch_id),
+        ledger = super::LEDGER_TABLE,
+    )
+}
+
 fn mentions_load_errors(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("stl_load_errors")
@@ -574,41 +658,37 @@ impl RedshiftWarehouse {
             return Ok(LoadOutcome::AlreadyLoaded);
         }
         if batch.files.is_empty() {
-            let sql = format!(
-                "INSERT INTO {} (batch_id, table_name, run_id, files, rows_staged, loaded_at) SELECT {}, {}, {}, 0, 0, GETDATE() WHERE NOT EXISTS (SELECT 1 FROM {} WHERE batch_id = {})",
-                super::LEDGER_TABLE,
-                plan::quote_literal(&batch.batch_id, Dialect::Redshift),
-                plan::quote_literal(&batch.table, Dialect::Redshift),
-                plan::quote_literal(&batch.run_id, Dialect::Redshift),
-                super::LEDGER_TABLE,
-                plan::quote_literal(&batch.batch_id, Dialect::Redshift),
-            );
-            self.execute(&sql).await?;
+            self.execute(&ledger_record_sql(batch)).await?;
             return Ok(LoadOutcome::Loaded {
                 rows_staged: 0,
                 rows_in_table: 0,
             });
         }
-        let sqls = self
-            .statements(batch, files)
+        let parts = self
+            .parts(batch, files)
             .await
             .map_err(|e| wh(format!("load batch {}: {e}", batch.batch_id)))?;
-        // A fresh token per attempt: the SDK's own retries of this request are idempotent, while
-        // a deliberate retry of a failed load runs again.
-        let token = format!(
-            "{:x}-{:x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-            std::process::id()
-        );
-        if let Err(e) = self.execute_batch(sqls, &token).await {
-            let mut text = format!("load batch {}: {e}", batch.batch_id);
-            if mentions_load_errors(&text) {
-                text.push_str(&self.load_error_rows(batch, files).await);
+        let split = parts.len() > 1;
+        for (n, part) in parts.iter().enumerate() {
+            // A part an earlier attempt committed is not sent again.
+            if split && self.is_loaded(&part.batch_id).await? {
+                continue;
             }
-            return Err(wh(text));
+            let mut sqls = self
+                .statements(part, files)
+                .await
+                .map_err(|e| wh(format!("load batch {}: {e}", part.batch_id)))?;
+            if split && n + 1 == parts.len() {
+                // The last part's transaction also records the whole batch.
+                sqls.push(ledger_record_sql(batch));
+            }
+            if let Err(e) = self.execute_batch(sqls, &attempt_token()).await {
+                let mut text = format!("load batch {}: {e}", part.batch_id);
+                if mentions_load_errors(&text) {
+                    text.push_str(&self.load_error_rows(part, files).await);
+                }
+                return Err(wh(text));
+            }
         }
         let in_table = self
             .scalar(&format!(
