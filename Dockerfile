@@ -16,9 +16,9 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p worker --bin worker -p coordinator --bin coordinator \
+    cargo build --profile dist --locked -p worker --bin worker -p coordinator --bin coordinator \
  && mkdir -p /out \
- && cp target/release/worker target/release/coordinator /out/
+ && cp target/dist/worker target/dist/coordinator /out/
 
 FROM scratch AS prebuilt
 COPY dist/worker dist/coordinator /out/

@@ -21,9 +21,9 @@ INPUT="$DATA/ev_${ROWS}.ndjson"
 if [ ! -s "$INPUT" ]; then
   "$VENV/bin/python" "$BENCH_DIR/gen_events.py" --rows "$ROWS" --seed 42 --out "$INPUT"
 fi
-(cd "$ROOT" && cargo build --release -q -p worker --bin worker)
+(cd "$ROOT" && cargo build --profile dist -q -p worker --bin worker)
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-"$VENV/bin/python" "$HERE/compare.py" --input "$INPUT" --worker "$TARGET/release/worker" \
+"$VENV/bin/python" "$HERE/compare.py" --input "$INPUT" --worker "$TARGET/dist/worker" \
   --pipeline "$ROOT/examples/workload.toml" --bench-dir "$BENCH_DIR" --python "$VENV/bin/python" \
   --peers "${PEERS:-duckdb,polars}" --modes "${MODES:-1core,all}" --runs "${RUNS:-3}" \
   --json "$DATA/bench-results.jsonl" \

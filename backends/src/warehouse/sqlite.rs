@@ -23,7 +23,7 @@ use arrow::datatypes::{DataType, Schema};
 use async_trait::async_trait;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use protocol::LoadBatch;
-use rusqlite::types::Value;
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, params};
 
 use super::evolve::{Change, ColType, SQLITE_EXACT_DIGITS, reconcile};
@@ -56,8 +56,12 @@ impl SqliteWarehouse {
         }
         let conn =
             Connection::open(&path).map_err(|e| wh_err(format!("open {}: {e}", path.display())))?;
+        // WAL with a full sync at each commit (one per load batch: a load the coordinator
+        // records as done is on disk); a 64 MiB page cache, so merging into a large table's
+        // key index does not go to disk for every row; temporary b-trees in memory.
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-65536;
+             PRAGMA temp_store=MEMORY;
              CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
                batch_id TEXT PRIMARY KEY, table_name TEXT NOT NULL, run_id TEXT NOT NULL,
                files INTEGER NOT NULL, rows_staged INTEGER NOT NULL, loaded_at TEXT NOT NULL)"
@@ -273,46 +277,66 @@ fn rebuild_table(tx: &Connection, table: &str, decls: &[(String, String)]) -> Re
     .map_err(|e| wh_err(format!("widening the columns of {q}: {e}")))
 }
 
-/// Adds the columns staging does not have yet (its columns are untyped: the target's affinity
-/// applies when rows move there).
-fn extend_staging(
-    tx: &Connection,
-    staging: &mut Vec<String>,
-    defs: &[(String, ColType)],
-) -> Result<()> {
-    if staging.is_empty() {
-        tx.execute_batch("DROP TABLE IF EXISTS temp._tributary_staging")
-            .map_err(wh_err)?;
-        let cols = quote_list(&defs.iter().map(|(n, _)| n).collect::<Vec<_>>());
-        tx.execute_batch(&format!("CREATE TEMP TABLE _tributary_staging ({cols})"))
-            .map_err(wh_err)?;
-        staging.extend(defs.iter().map(|(n, _)| n.clone()));
-        return Ok(());
+/// The statement every row of a batch goes through: an insert of the batch's columns into the
+/// target, or — with merge keys — an upsert that keeps, per key, the row at the earliest
+/// source position, whatever order rows and batches arrive in (at the same position the later
+/// load wins: the source sent that place again, a rewritten object or a database row read
+/// again). The unique index on the merge keys makes the conflict a lookup, not a scan.
+fn upsert_sql(batch: &LoadBatch, columns: &[String]) -> String {
+    let table = quote_ident(&batch.table);
+    let cols = quote_list(columns);
+    let marks = (1..=columns.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert = format!("INSERT INTO {table} ({cols}) VALUES ({marks})");
+    if batch.merge_keys.is_empty() {
+        return insert;
     }
-    for (n, _) in defs {
-        if !staging.contains(n) {
-            tx.execute_batch(&format!(
-                "ALTER TABLE temp._tributary_staging ADD COLUMN {}",
-                quote_ident(n)
-            ))
-            .map_err(wh_err)?;
-            staging.push(n.clone());
-        }
-    }
-    Ok(())
+    let keys = quote_list(&batch.merge_keys);
+    let sets = columns
+        .iter()
+        .filter(|c| !batch.merge_keys.contains(c))
+        .map(|c| format!("{q} = excluded.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (so, sf) = (
+        quote_ident(SOURCE_OBJECT_COLUMN),
+        quote_ident(SOURCE_OFFSET_COLUMN),
+    );
+    format!(
+        "{insert} ON CONFLICT ({keys}) DO UPDATE SET {sets} \
+         WHERE (excluded.{so}, excluded.{sf}) <= ({table}.{so}, {table}.{sf})"
+    )
 }
 
-/// Stages one file of the batch: brings staging to its columns, then copies its rows (with
-/// partition values and lineage) into staging. The rows staged.
-fn stage_file(
-    tx: &Connection,
+/// One cell of a Parquet column as SQLite binds it: text borrowed from the Arrow buffer, numbers
+/// by value; only timestamps, dates and decimals are formatted.
+fn cell_at(col: &dyn Array, i: usize) -> Result<ToSqlOutput<'_>> {
+    if col.is_null(i) {
+        return Ok(ToSqlOutput::Borrowed(ValueRef::Null));
+    }
+    fn text(s: &str) -> ToSqlOutput<'_> {
+        ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+    }
+    Ok(match col.data_type() {
+        DataType::Utf8 => text(col.as_string::<i32>().value(i)),
+        DataType::LargeUtf8 => text(col.as_string::<i64>().value(i)),
+        DataType::Utf8View => text(col.as_string_view().value(i)),
+        _ => ToSqlOutput::Owned(value_at(col, i)?),
+    })
+}
+
+/// Loads one file of the batch: every row, with its partition values and lineage, through
+/// `insert` (the batch's statement over `columns`, the union of its files'). A column this file
+/// lacks is NULL. The rows loaded.
+fn load_file(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    columns: &[String],
     batch: &LoadBatch,
     lf: &protocol::LoadFile,
     files: &dyn ObjectStore,
-    staging: &mut Vec<String>,
 ) -> Result<u64> {
-    let table = quote_ident(&batch.table);
-    let mut staged = 0u64;
     let key = &lf.file.key;
     let bytes = match files.local_path(key) {
         Some(p) => std::fs::read(&p).map_err(|e| wh_err(format!("read {key}: {e}")))?,
@@ -330,83 +354,54 @@ fn stage_file(
         .with_batch_size(8192)
         .build()
         .map_err(|e| wh_err(format!("{key}: {e}")))?;
-    let defs = file_columns(&reader.schema(), &lf.file.partition)?;
-    if !batch.merge_keys.is_empty() {
-        let keys = quote_list(&batch.merge_keys);
-        let idx = quote_ident(&format!("{}__merge_key", batch.table));
-        tx.execute_batch(&format!(
-            "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {table} ({keys})"
-        ))
-        .map_err(wh_err)?;
+    let schema = reader.schema();
+    // Where each of the batch's columns comes from in this file.
+    enum From<'a> {
+        Column(usize),
+        Text(&'a str),
+        Offset,
+        Null,
     }
-    extend_staging(tx, staging, &defs)?;
-    let columns: Vec<String> = defs.into_iter().map(|(n, _)| n).collect();
-    let placeholders = (1..=columns.len())
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let insert_sql = format!(
-        "INSERT INTO temp._tributary_staging ({}) VALUES ({placeholders})",
-        quote_list(&columns)
-    );
-    let mut insert = tx.prepare_cached(&insert_sql).map_err(wh_err)?;
+    let sources: Vec<From<'_>> = columns
+        .iter()
+        .map(|c| {
+            if let Ok(i) = schema.index_of(c) {
+                From::Column(i)
+            } else if let Some((_, v)) = lf.file.partition.iter().find(|(k, _)| k == c) {
+                From::Text(v)
+            } else if c == SOURCE_OBJECT_COLUMN {
+                From::Text(&lf.position.object)
+            } else if c == SOURCE_OFFSET_COLUMN {
+                From::Offset
+            } else if c == BATCH_COLUMN {
+                From::Text(&batch.batch_id)
+            } else {
+                From::Null
+            }
+        })
+        .collect();
+    let offset = lf.position.offset as i64;
+    let mut loaded = 0u64;
     for rb in reader {
         let rb = rb.map_err(|e| wh_err(format!("{key}: {e}")))?;
-        let mut row: Vec<Value> = Vec::with_capacity(columns.len());
-        for i in 0..rb.num_rows() {
-            row.clear();
-            for c in rb.columns() {
-                row.push(value_at(c.as_ref(), i)?);
+        for row in 0..rb.num_rows() {
+            for (n, from) in sources.iter().enumerate() {
+                let at = n + 1;
+                let bound = match from {
+                    From::Column(c) => {
+                        insert.raw_bind_parameter(at, cell_at(rb.column(*c).as_ref(), row)?)
+                    }
+                    From::Text(v) => insert.raw_bind_parameter(at, *v),
+                    From::Offset => insert.raw_bind_parameter(at, offset),
+                    From::Null => insert.raw_bind_parameter(at, rusqlite::types::Null),
+                };
+                bound.map_err(wh_err)?;
             }
-            for (_, v) in &lf.file.partition {
-                row.push(Value::Text(v.clone()));
-            }
-            row.push(Value::Text(lf.position.object.clone()));
-            row.push(Value::Integer(lf.position.offset as i64));
-            row.push(Value::Text(batch.batch_id.clone()));
-            insert
-                .execute(rusqlite::params_from_iter(row.iter()))
-                .map_err(wh_err)?;
-            staged += 1;
+            insert.raw_execute().map_err(wh_err)?;
+            loaded += 1;
         }
     }
-    Ok(staged)
-}
-
-/// Moves staging into the target: appended, or merged by the merge keys keeping the earliest
-/// source position per key.
-fn merge_staging(tx: &Connection, batch: &LoadBatch, staging: &[String]) -> Result<()> {
-    let table = quote_ident(&batch.table);
-    let columns = &staging;
-    let cols = quote_list(columns);
-    let merge = if batch.merge_keys.is_empty() {
-        format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging")
-    } else {
-        let keys = quote_list(&batch.merge_keys);
-        let sets = columns
-            .iter()
-            .filter(|c| !batch.merge_keys.contains(c))
-            .map(|c| format!("{q} = excluded.{q}", q = quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let (so, sf) = (
-            quote_ident(SOURCE_OBJECT_COLUMN),
-            quote_ident(SOURCE_OFFSET_COLUMN),
-        );
-        // Keep the earliest source position per key, whatever order batches arrive in; at the
-        // same position the later load wins (the source sent that place again: a rewritten
-        // object, a database row read again).
-        format!(
-            "INSERT INTO {table} ({cols}) SELECT {cols} FROM temp._tributary_staging WHERE true \
-             ORDER BY {so}, {sf} \
-             ON CONFLICT ({keys}) DO UPDATE SET {sets} \
-             WHERE (excluded.{so}, excluded.{sf}) <= ({table}.{so}, {table}.{sf})"
-        )
-    };
-    tx.execute_batch(&merge).map_err(wh_err)?;
-    tx.execute_batch("DROP TABLE temp._tributary_staging")
-        .map_err(wh_err)?;
-    Ok(())
+    Ok(loaded)
 }
 
 fn load_batch(
@@ -427,6 +422,7 @@ fn load_batch(
     }
     let table = quote_ident(&batch.table);
     // The target takes the union of the batch's files (their schemas may differ), once.
+    let mut columns = None;
     if let Some(first) = batch.files.first() {
         let shapes = super::shapes::read_blocking(files, batch)?;
         let defs = file_columns(&shapes.union, &first.file.partition)?;
@@ -438,15 +434,25 @@ fn load_batch(
             .map(|f| f.name().as_str())
             .collect();
         evolve_target(&tx, batch, &defs, &evolved)?;
+        columns = Some(defs.into_iter().map(|(n, _)| n).collect::<Vec<String>>());
     }
-    // Staging's columns: the union of the batch's files.
-    let mut staging: Vec<String> = Vec::new();
+    // Every row straight into the target (the batch's columns: the union of its files').
     let mut staged = 0u64;
-    for lf in &batch.files {
-        staged += stage_file(&tx, batch, lf, files, &mut staging)?;
-    }
-    if !staging.is_empty() {
-        merge_staging(&tx, batch, &staging)?;
+    if let Some(columns) = &columns {
+        if !batch.merge_keys.is_empty() {
+            let idx = quote_ident(&format!("{}__merge_key", batch.table));
+            tx.execute_batch(&format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {table} ({})",
+                quote_list(&batch.merge_keys)
+            ))
+            .map_err(wh_err)?;
+        }
+        let mut insert = tx
+            .prepare_cached(&upsert_sql(batch, columns))
+            .map_err(wh_err)?;
+        for lf in &batch.files {
+            staged += load_file(&mut insert, columns, batch, lf, files)?;
+        }
     }
     tx.execute(
         &format!(
@@ -456,7 +462,7 @@ fn load_batch(
         params![batch.batch_id, batch.table, batch.run_id, batch.files.len() as i64, staged as i64],
     )
     .map_err(wh_err)?;
-    let in_table: i64 = if !staging.is_empty() {
+    let in_table: i64 = if columns.is_some() {
         tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .map_err(wh_err)?
     } else {
