@@ -4,6 +4,8 @@
 //! pipeline file, so a run can be driven at the field's shape: dozens of sources, millions of rows.
 //! The generators are the demo's (deterministic, with the same anomalies).
 
+pub mod plan_bench;
+
 use std::path::Path;
 
 /// Writes `sources` copies of the three demo sources (`rows` records per file) under `out`, each in
