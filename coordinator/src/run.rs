@@ -624,7 +624,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         base_dir: pipeline.base_dir.display().to_string(),
     };
     let sending = m.to_enqueue();
-    let bodies = task_bodies(&sending, &shards, |s| TaskMessage {
+    let task = |s: &ShardDescriptor| TaskMessage {
         max_string_bytes: warehouse.as_ref().and_then(|w| w.max_string_bytes()),
         task_id: format!("{run_id}/{}", s.shard_id),
         run_id: run_id.clone(),
@@ -636,9 +636,11 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         source_url: None,
         output_url: None,
         files_url: None,
-    });
-    for chunk in bodies.chunks(10) {
-        tasks.send_batch(chunk.to_vec()).await?;
+    };
+    // Ten messages at a time (a message carries the pipeline file: all of a large run's at once
+    // would hold them all in memory).
+    for chunk in sending.chunks(10) {
+        tasks.send_batch(task_bodies(chunk, &shards, task)).await?;
     }
     m.apply(Event::Enqueued { shards: sending });
 

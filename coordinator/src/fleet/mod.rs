@@ -530,21 +530,27 @@ impl Coordinator {
                 continue;
             }
             let p = &self.pipelines[&run.record.pipeline].pipeline;
-            let mut bodies = task_bodies(&sending, &run.shards, |s| {
-                task_message(p, &run.record, s, &self.backends, max_string_bytes)
-            });
-            if fault() == Some(Fault::DuplicateTasks) {
-                let copy = bodies.clone();
-                bodies.extend(copy);
+            // A thousand tasks at a time: a message carries the pipeline file, so a large run's
+            // all at once would sit in memory together.
+            for chunk in sending.chunks(1000) {
+                let mut bodies = task_bodies(chunk, &run.shards, |s| {
+                    task_message(p, &run.record, s, &self.backends, max_string_bytes)
+                });
+                if fault() == Some(Fault::DuplicateTasks) {
+                    let copy = bodies.clone();
+                    bodies.extend(copy);
+                }
+                self.backends.tasks.send_batch(bodies).await?;
+                run.machine.apply(Event::Enqueued {
+                    shards: chunk.to_vec(),
+                });
+                self.state
+                    .put(
+                        &enqueued_key(run_id),
+                        run.machine.enqueued_count().to_string().as_bytes(),
+                    )
+                    .await?;
             }
-            self.backends.tasks.send_batch(bodies).await?;
-            run.machine.apply(Event::Enqueued { shards: sending });
-            self.state
-                .put(
-                    &enqueued_key(run_id),
-                    run.machine.enqueued_count().to_string().as_bytes(),
-                )
-                .await?;
         }
         Ok(())
     }
