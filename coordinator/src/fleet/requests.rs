@@ -240,14 +240,17 @@ impl Coordinator {
             .collect();
         for id in ids {
             let (mut record, plans) = self.backfills.remove(&id).expect("listed");
+            let before = serde_json::to_vec_pretty(&record)?;
             let key = backfill_key(&record.pipeline, &id);
             if let Err(e) = self.advance_backfill(&mut record, &plans).await {
                 tracing::error!(backfill = %id, error = %format!("{e:#}"), "backfill stopped");
                 record.status = Some(format!("failed: {e:#}"));
             }
-            self.state
-                .put(&key, &serde_json::to_vec_pretty(&record)?)
-                .await?;
+            // Written when it moved on (the loop comes here every turn).
+            let after = serde_json::to_vec_pretty(&record)?;
+            if after != before {
+                self.state.put(&key, &after).await?;
+            }
             self.backfills.insert(id, (record, plans));
         }
         Ok(())
