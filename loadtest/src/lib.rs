@@ -1,10 +1,14 @@
-//! Synthetic multi-source data for load runs.
+//! Synthetic multi-source data at the field's scale ([`preset`], [`files`]), the driver that
+//! runs it and reports ([`drive`]), and the planning benchmark ([`plan_bench`]).
 //!
 //! `loadtest gen` writes many sources at once (web events, POS sales, billing), each with its
 //! pipeline file, so a run can be driven at the field's shape: dozens of sources, millions of rows.
 //! The generators are the demo's (deterministic, with the same anomalies).
 
+pub mod drive;
+pub mod files;
 pub mod plan_bench;
+pub mod preset;
 
 use std::path::Path;
 

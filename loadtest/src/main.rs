@@ -1,22 +1,51 @@
-//! `loadtest gen --sources N --rows M --out DIR`: synthetic multi-source data and pipeline files.
-//! `loadtest plan --shards N`: planning and enqueueing a run of N shards, timed.
+//! `loadtest`: synthetic data at the field's scale, and the driver that runs it.
+//!
+//! * `loadtest gen --preset field|small --out DIR`: the field's 45 sources (250 attributes,
+//!   70M rows in `field`; 1/2000 of it in `small`) with their pipeline files.
+//! * `loadtest gen --sources N --rows M --out DIR`: N copies of the demo's three sources.
+//! * `loadtest run --dir DIR`: every pipeline of DIR end to end on the embedded backends, and a
+//!   `LOADTEST {json}` report.
+//! * `loadtest plan --shards N`: planning and enqueueing a run of N shards, timed.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Preset {
+    /// 45 sources, 250 attributes, 70 million rows.
+    Field,
+    /// The same sources with 35,000 rows in all (CI).
+    Small,
+}
 
 #[derive(Parser)]
 #[command(
     name = "loadtest",
-    about = "Generate synthetic multi-source data for load runs"
+    about = "Synthetic data at the field's scale, and its driver"
 )]
 enum Cli {
-    /// Write N copies of the three demo sources, with pipeline files, under DIR.
+    /// Write a preset's sources and pipeline files (or N copies of the demo's) under DIR.
     Gen {
+        #[arg(long)]
+        preset: Option<Preset>,
         #[arg(long, default_value_t = 15)]
         sources: usize,
         #[arg(long, default_value_t = 100_000)]
         rows: usize,
         #[arg(long)]
         out: std::path::PathBuf,
+    },
+    /// Run every pipeline under DIR/pipelines on the embedded backends and report.
+    Run {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// State, warehouse and lake (default DIR/data).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Only the first N pipelines (in name order).
+        #[arg(long)]
+        only: Option<usize>,
     },
     /// Plan and enqueue a run of N shards on the embedded backends; print the time per stage.
     Plan {
@@ -26,23 +55,52 @@ enum Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    let (sources, rows, out) = match Cli::parse() {
-        Cli::Gen { sources, rows, out } => (sources, rows, out),
+    match Cli::parse() {
+        Cli::Gen {
+            preset: Some(p),
+            out,
+            ..
+        } => {
+            let (rows, per_file) = match p {
+                Preset::Field => (loadtest::preset::FIELD_ROWS, 1_000_000),
+                Preset::Small => (loadtest::preset::FIELD_ROWS / 2000, 5_000),
+            };
+            let specs = loadtest::preset::sources(rows);
+            let files = loadtest::preset::write(&out, &specs, per_file)?;
+            eprintln!(
+                "{} pipeline files under {}; run them with `loadtest run --dir {}`",
+                files.len(),
+                out.join("pipelines").display(),
+                out.display()
+            );
+        }
+        Cli::Gen {
+            preset: None,
+            sources,
+            rows,
+            out,
+        } => {
+            for f in loadtest::generate(&out, sources, rows)? {
+                println!("{}", f.display());
+            }
+        }
+        Cli::Run {
+            dir,
+            data_dir,
+            workers,
+            only,
+        } => {
+            let data = data_dir.unwrap_or_else(|| dir.join("data"));
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(loadtest::drive::run(&dir, &data, workers, only))?;
+            println!("LOADTEST {}", serde_json::to_string(&r)?);
+        }
         Cli::Plan { shards } => {
             let dir = tempfile::tempdir()?;
             let rt = tokio::runtime::Runtime::new()?;
             let b = rt.block_on(loadtest::plan_bench::run(shards, dir.path()))?;
             println!("PLAN_BENCH {}", serde_json::to_string(&b)?);
-            return Ok(());
         }
-    };
-    let files = loadtest::generate(&out, sources, rows)?;
-    for f in &files {
-        println!("{}", f.display());
     }
-    eprintln!(
-        "{} pipeline files; run each with `coordinator run FILE --data-dir DIR`",
-        files.len()
-    );
     Ok(())
 }
