@@ -473,6 +473,44 @@ async fn retry(run_id: &str, data_dir: &Path, workers: usize) -> anyhow::Result<
     Ok(())
 }
 
+/// `coordinator validate`: the pipeline file with its key and reference files, compiled.
+async fn validate(pipeline: &Path) -> anyhow::Result<()> {
+    let p = coordinator::sources::load_pipeline(pipeline).await?;
+    let plan = worker::plan::Plan::build(&p)?;
+    println!(
+        "ok: {} — pipeline {:?}: {} columns, {} steps → table {:?}, {} output columns, partitioned by {:?}",
+        pipeline.display(),
+        p.name(),
+        p.file.columns.len(),
+        p.file.steps.len(),
+        p.table(),
+        plan.output_schema.fields().len(),
+        plan.partition_names
+    );
+    Ok(())
+}
+
+/// `coordinator run`: the run's report and lines; an error when expectations stopped its load
+/// or shards failed.
+async fn run_pipeline(opts: RunOptions) -> anyhow::Result<()> {
+    let report = run_local(&opts).await?;
+    print_outcome(&report);
+    if let Some(q) = report.record.quality.as_ref().filter(|q| !q.passed) {
+        anyhow::bail!(
+            "run {} was not loaded: expectation(s) failed: {} (its Parquet and quarantine are kept)",
+            report.record.run_id,
+            q.failures().join("; ")
+        );
+    }
+    if !report.record.failed_shards.is_empty() {
+        anyhow::bail!(
+            "{} shard(s) failed; rerun the same command to retry them",
+            report.record.failed_shards.len()
+        );
+    }
+    Ok(())
+}
+
 /// A command against a serving coordinator (`--server`), as the text to print; `None` for a
 /// command on a data dir.
 fn remote_command(c: &Command) -> Option<anyhow::Result<String>> {
@@ -578,20 +616,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await?
         }
-        Command::Validate { pipeline } => {
-            let p = coordinator::sources::load_pipeline(&pipeline).await?;
-            let plan = worker::plan::Plan::build(&p)?;
-            println!(
-                "ok: {} — pipeline {:?}: {} columns, {} steps → table {:?}, {} output columns, partitioned by {:?}",
-                pipeline.display(),
-                p.name(),
-                p.file.columns.len(),
-                p.file.steps.len(),
-                p.table(),
-                plan.output_schema.fields().len(),
-                plan.partition_names
-            );
-        }
+        Command::Validate { pipeline } => validate(&pipeline).await?,
         Command::Run {
             pipeline,
             workers,
@@ -602,7 +627,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_rows,
             no_progress,
         } => {
-            let opts = RunOptions {
+            run_pipeline(RunOptions {
                 pipeline,
                 data_dir,
                 workers,
@@ -612,22 +637,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: interactive && !no_progress,
                 batch_rows,
                 window: None,
-            };
-            let report = run_local(&opts).await?;
-            print_outcome(&report);
-            if let Some(q) = report.record.quality.as_ref().filter(|q| !q.passed) {
-                anyhow::bail!(
-                    "run {} was not loaded: expectation(s) failed: {} (its Parquet and quarantine are kept)",
-                    report.record.run_id,
-                    q.failures().join("; ")
-                );
-            }
-            if !report.record.failed_shards.is_empty() {
-                anyhow::bail!(
-                    "{} shard(s) failed; rerun the same command to retry them",
-                    report.record.failed_shards.len()
-                );
-            }
+            })
+            .await?
         }
         Command::Demo {
             data_dir,

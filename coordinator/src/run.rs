@@ -267,6 +267,16 @@ pub(crate) async fn record_new_run(
     Ok(())
 }
 
+/// A recorded run's shard plan (`runs/RUN/plan.bin`); a missing one is an error naming the run.
+pub(crate) async fn read_plan(state: &dyn StateStore, run_id: &str) -> anyhow::Result<ShardPlan> {
+    let bytes = state
+        .get(&format!("runs/{run_id}/plan.bin"))
+        .await?
+        .with_context(|| format!("run {run_id} has no shard plan in state"))?;
+    protocol::decode_binary(&bytes)
+        .with_context(|| format!("the shard plan of run {run_id} cannot be read"))
+}
+
 /// What a finished run reports.
 #[derive(Debug)]
 pub struct RunReport {
@@ -461,12 +471,7 @@ impl Starting<'_> {
                         dd.root.join("state").join(&current_key).display()
                     );
                 }
-                let bytes = dd
-                    .state
-                    .get(&format!("runs/{id}/plan.bin"))
-                    .await?
-                    .context("the run's shard plan is missing from state")?;
-                let plan: ShardPlan = protocol::decode_binary(&bytes)?;
+                let plan = read_plan(&*dd.state, &id).await?;
                 return Ok((r, plan, true));
             }
         }
@@ -569,13 +574,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let dd = DataDir::open(&opts.data_dir)?;
     let name = pipeline.name().to_string();
     let table = pipeline.table().to_string();
-    let (output_root, output_prefix) = match &opts.output {
-        Some(o) => {
-            std::fs::create_dir_all(o).with_context(|| format!("output folder {}", o.display()))?;
-            (o.canonicalize()?, String::new())
-        }
-        None => (dd.lake.clone(), table.clone()),
-    };
+    let (output_root, output_prefix) = output_of(opts, &dd, &table)?;
 
     let current_key = format!("pipelines/{name}/current");
     let started = Starting {
@@ -637,11 +636,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         output_url: None,
         files_url: None,
     };
-    // Ten messages at a time (a message carries the pipeline file: all of a large run's at once
-    // would hold them all in memory).
-    for chunk in sending.chunks(10) {
-        tasks.send_batch(task_bodies(chunk, &shards, task)).await?;
-    }
+    send_tasks(&*tasks, &sending, &shards, task).await?;
     m.apply(Event::Enqueued { shards: sending });
 
     let progress = progress_bar(opts.progress, record.source_bytes, &name);
@@ -654,41 +649,28 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     );
     let scratch = dd.root.join("tmp");
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stores = worker::TaskStores {
-        source: source.clone(),
-        output: output.clone(),
-        files: dd.files.clone(),
-    };
-    let env = worker::daemon::TaskEnv {
-        tasks: tasks.clone(),
-        results: results.clone(),
-        stores: Arc::new(move |_| Ok(stores.clone())),
-        visibility: Duration::from_secs(30),
-    };
+    let env = local_env(
+        &tasks,
+        &results,
+        worker::TaskStores {
+            source: source.clone(),
+            output: output.clone(),
+            files: dd.files.clone(),
+        },
+    );
     let workers = spawn_workers(opts.workers, &env, &scratch, &stopping);
 
-    let fault = fault();
-    let mut done_here = 0usize;
-    while !m.is_complete() && !m.is_cancelled() {
-        observe_cancel(&*dd.state, &run_id, &mut m).await?;
-        for shard in receive_results(&*results, &*dd.state, &run_id, &mut m).await? {
-            progress.inc(shards.get(&shard).map(|s| s.bytes()).unwrap_or(0));
-            done_here += 1;
-            if fault == Some(Fault::CrashAfterShards(done_here)) {
-                std::process::abort();
-            }
-        }
-        // Tasks the queue gave up on (redelivered too often) fail their shard.
-        for dl in tasks.dead_letters().await? {
-            if let Ok(Message::Task(t)) = Message::from_body(&dl.body) {
-                m.apply(Event::ShardFailed {
-                    shard: t.shard.shard_id.clone(),
-                    reason: dl.reason.clone(),
-                });
-            }
-        }
-        loader.advance(&mut m, &shards, false).await?;
-    }
+    follow_shards(
+        &mut m,
+        &mut loader,
+        &shards,
+        &*tasks,
+        &*results,
+        &*dd.state,
+        &run_id,
+        &progress,
+    )
+    .await?;
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     for w in workers {
         let _ = w.await;
@@ -711,44 +693,154 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         &*output
     };
     crate::commit::commit_run(&record, m.done(), &*dd.files, &*output, commits).await?;
-    loader.settle_watermark(&mut record, m.done()).await?;
-    crate::sources::advance_watermark(&*dd.state, &record).await?;
-    crate::incremental::settle(&*dd.state, &record).await?;
-    dd.state
-        .put(
-            &format!("runs/{run_id}/run.json"),
-            &serde_json::to_vec_pretty(&record)?,
-        )
-        .await?;
+    record_end(&dd, &loader, &mut record, &m).await?;
     m.apply(Event::Finished(status));
     // A run with failed shards stays its pipeline's current run: the next `coordinator run`
     // (or `coordinator retry RUN`) redoes them in the same run.
     if m.failed().is_empty() || status == RunStatus::Cancelled {
         dd.state.delete(&current_key).await?;
     }
-    // Raw objects of runs past the source's retention: kept, moved to archive/.
-    if let Err(e) =
-        crate::archive::archive_raw(&*dd.state, &*dd.files, &pipeline, chrono::Utc::now()).await
-    {
-        tracing::warn!(pipeline = %name, error = %format!("{e:#}"), "archiving raw objects failed; tried again after the next run");
-    }
-    let rows_in_table = match &warehouse {
-        Some(w) => rows_in(&**w, &table).await,
-        None => None,
-    };
-    let quarantine_files = quarantine_files(&dd, m.done()).await;
-    Ok(RunReport {
-        parquet_location: if output_prefix.is_empty() {
+    archive_and_report(
+        &dd,
+        &pipeline,
+        record,
+        resumed,
+        m.done(),
+        warehouse.as_deref(),
+        if output_prefix.is_empty() {
             output_root
         } else {
             output_root.join(&output_prefix)
         },
-        warehouse: warehouse.as_ref().map(|w| w.describe()),
+    )
+    .await
+}
+
+/// The in-process workers' environment: the run's queues, every task's stores.
+fn local_env(
+    tasks: &Arc<dyn Queue>,
+    results: &Arc<dyn Queue>,
+    stores: worker::TaskStores,
+) -> worker::daemon::TaskEnv {
+    worker::daemon::TaskEnv {
+        tasks: tasks.clone(),
+        results: results.clone(),
+        stores: Arc::new(move |_| Ok(stores.clone())),
+        visibility: Duration::from_secs(30),
+    }
+}
+
+/// After a run has ended: raw objects past the source's retention archived, and the report.
+async fn archive_and_report(
+    dd: &DataDir,
+    pipeline: &Pipeline,
+    record: RunRecord,
+    resumed: bool,
+    done: &BTreeMap<String, DoneRecord>,
+    warehouse: Option<&dyn Warehouse>,
+    parquet_location: PathBuf,
+) -> anyhow::Result<RunReport> {
+    if let Err(e) =
+        crate::archive::archive_raw(&*dd.state, &*dd.files, pipeline, chrono::Utc::now()).await
+    {
+        tracing::warn!(pipeline = %pipeline.name(), error = %format!("{e:#}"), "archiving raw objects failed; tried again after the next run");
+    }
+    let rows_in_table = match warehouse {
+        Some(w) => rows_in(w, pipeline.table()).await,
+        None => None,
+    };
+    Ok(RunReport {
+        parquet_location,
+        warehouse: warehouse.map(|w| w.describe()),
         rows_in_table,
+        quarantine_files: quarantine_files(dd, done).await,
         record,
         resumed,
-        quarantine_files,
     })
+}
+
+/// Where a local run's Parquet goes: `--output DIR` itself (partition folders only), or the
+/// table's prefix in the data dir's lake.
+fn output_of(opts: &RunOptions, dd: &DataDir, table: &str) -> anyhow::Result<(PathBuf, String)> {
+    Ok(match &opts.output {
+        Some(o) => {
+            std::fs::create_dir_all(o).with_context(|| format!("output folder {}", o.display()))?;
+            (o.canonicalize()?, String::new())
+        }
+        None => (dd.lake.clone(), table.to_string()),
+    })
+}
+
+/// Sends the tasks of `sending`, ten messages at a time (a message carries the pipeline file:
+/// all of a large run's at once would sit in memory together).
+async fn send_tasks(
+    tasks: &dyn Queue,
+    sending: &[String],
+    shards: &BTreeMap<String, ShardDescriptor>,
+    task: impl Fn(&ShardDescriptor) -> TaskMessage + Copy,
+) -> anyhow::Result<()> {
+    for chunk in sending.chunks(10) {
+        tasks.send_batch(task_bodies(chunk, shards, task)).await?;
+    }
+    Ok(())
+}
+
+/// Takes completions until every shard has ended or the run is cancelled: each done shard
+/// recorded, tasks the queue gave up on (redelivered too often) failed, batches loaded as they
+/// close.
+#[allow(clippy::too_many_arguments)]
+async fn follow_shards(
+    m: &mut RunMachine,
+    loader: &mut Loader,
+    shards: &BTreeMap<String, ShardDescriptor>,
+    tasks: &dyn Queue,
+    results: &dyn Queue,
+    state: &dyn StateStore,
+    run_id: &str,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let fault = fault();
+    let mut done_here = 0usize;
+    while !m.is_complete() && !m.is_cancelled() {
+        observe_cancel(state, run_id, m).await?;
+        for shard in receive_results(results, state, run_id, m).await? {
+            progress.inc(shards.get(&shard).map(|s| s.bytes()).unwrap_or(0));
+            done_here += 1;
+            if fault == Some(Fault::CrashAfterShards(done_here)) {
+                std::process::abort();
+            }
+        }
+        for dl in tasks.dead_letters().await? {
+            if let Ok(Message::Task(t)) = Message::from_body(&dl.body) {
+                m.apply(Event::ShardFailed {
+                    shard: t.shard.shard_id.clone(),
+                    reason: dl.reason.clone(),
+                });
+            }
+        }
+        loader.advance(m, shards, false).await?;
+    }
+    Ok(())
+}
+
+/// What a run's end moves, after its commit record: the watermark (a completed run's), the
+/// incremental objects it took, and its record.
+async fn record_end(
+    dd: &DataDir,
+    loader: &Loader,
+    record: &mut RunRecord,
+    m: &RunMachine,
+) -> anyhow::Result<()> {
+    loader.settle_watermark(record, m.done()).await?;
+    crate::sources::advance_watermark(&*dd.state, record).await?;
+    crate::incremental::settle(&*dd.state, record).await?;
+    dd.state
+        .put(
+            &format!("runs/{}/run.json", record.run_id),
+            &serde_json::to_vec_pretty(record)?,
+        )
+        .await?;
+    Ok(())
 }
 
 /// The state key whose presence asks a run to stop (`coordinator cancel RUN`).

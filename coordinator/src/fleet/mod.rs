@@ -475,13 +475,7 @@ impl Coordinator {
             {
                 let rec: RunRecord = serde_json::from_slice(&rec)?;
                 if rec.status == RunStatus::Running {
-                    let plan: ShardPlan = protocol::decode_binary(
-                        &self
-                            .state
-                            .get(&format!("runs/{run_id}/plan.bin"))
-                            .await?
-                            .with_context(|| format!("run {run_id} has no plan"))?,
-                    )?;
+                    let plan = crate::run::read_plan(&*self.state, run_id).await?;
                     tracing::info!(run = %run_id, backfill = %record.backfill_id, "resuming a backfill's run");
                     self.activate(rec, plan).await?;
                 }
@@ -507,13 +501,7 @@ impl Coordinator {
                     .await?
                     .with_context(|| format!("run {id} has no run.json"))?,
             )?;
-            let plan: ShardPlan = protocol::decode_binary(
-                &self
-                    .state
-                    .get(&format!("runs/{id}/plan.bin"))
-                    .await?
-                    .with_context(|| format!("run {id} has no plan"))?,
-            )?;
+            let plan = crate::run::read_plan(&*self.state, &id).await?;
             tracing::info!(run = %id, "resuming run");
             self.activate(rec, plan).await?;
         }

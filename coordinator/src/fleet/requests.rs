@@ -140,13 +140,7 @@ impl Coordinator {
                 String::from_utf8_lossy(&other)
             );
         }
-        let plan: protocol::ShardPlan = protocol::decode_binary(
-            &self
-                .state
-                .get(&format!("runs/{run_id}/plan.bin"))
-                .await?
-                .with_context(|| format!("run {run_id} has no plan"))?,
-        )?;
+        let plan = crate::run::read_plan(&*self.state, run_id).await?;
         let shards: Vec<String> = rec.failed_shards.iter().map(|(s, _)| s.clone()).collect();
         for s in &shards {
             self.state
