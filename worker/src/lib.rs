@@ -293,13 +293,7 @@ pub fn run_shard_blocking(
                 key: input.object.key.clone(),
                 source: e,
             })?;
-        let mut failed = None;
-        for chunk in rx.iter() {
-            if let Err(e) = engine::process_chunk(plan, &chunk, &mut st) {
-                failed = Some(e);
-                break;
-            }
-        }
+        let failed = engine::process_chunks(plan, rx.iter(), &mut st).err();
         drop(rx);
         let (read_result, extract) = reader.join().map_err(|p| WorkerError::Panicked {
             message: format!(

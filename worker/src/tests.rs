@@ -485,3 +485,86 @@ columns = ["id", "qty", "price", "big"]
     assert!(q.contains("5000000000 does not fit int32"), "{q}");
     assert!(q.contains(r#"\"id\":\"c\""#), "the row as JSON: {q}");
 }
+
+const PIPELINED: &str = r#"
+[pipeline]
+name = "pipelined"
+[source]
+location = "."
+format = "ndjson"
+[[columns]]
+name = "id"
+type = "string"
+required = true
+[[columns]]
+name = "v"
+type = "int64"
+[[columns]]
+name = "ts"
+type = "timestamp"
+[[steps]]
+op = "dedupe"
+keys = ["id"]
+[output]
+columns = ["id", "v", "ts"]
+row_group_rows = 3
+"#;
+
+/// A chunk of NDJSON lines, as the reader makes them.
+fn chunk_of(lines: &[String], first_line: u64) -> engine::Chunk {
+    let mut c = engine::new_chunk(&Arc::from("in.ndjson"), &None, Some(first_line));
+    for l in lines {
+        let s = c.buf.len();
+        c.buf.extend_from_slice(l.as_bytes());
+        c.spans.push((s, c.buf.len()));
+        c.offsets.push(s as u64);
+    }
+    c
+}
+
+#[test]
+fn pipelined_chunks_keep_the_first_row_of_a_key_and_row_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = config::parse(PIPELINED, "t.toml", dir.path().to_path_buf()).unwrap();
+    let plan = Plan::build(&p).unwrap();
+    let mut st = ShardState {
+        counts: Counts::default(),
+        seen: Default::default(),
+        writers: engine::Writers::new(&plan, dir.path(), "out", "s0"),
+        quarantine: engine::Quarantine::new(dir.path().join("q.ndjson")),
+        times: Default::default(),
+    };
+    let line = |id: &str, v: i64| format!(r#"{{"id":"{id}","v":{v},"ts":"2025-05-01T10:00:00Z"}}"#);
+    // Chunk 2 repeats a key of chunk 0 and chunk 3 one of chunk 2: while chunk N+1 is parsed,
+    // chunk N's dedupe must already have seen every earlier chunk.
+    let chunks = vec![
+        chunk_of(&[line("a", 1), line("b", 2)], 0),
+        chunk_of(&[line("c", 3), "not json".into()], 2),
+        chunk_of(&[line("a", 10), line("d", 4)], 4),
+        chunk_of(&[line("d", 40), line("e", 5), line("f", 6)], 6),
+    ];
+    engine::process_chunks(&plan, chunks.into_iter(), &mut st).unwrap();
+    assert_eq!(st.counts.lines_total, 9);
+    assert_eq!((st.counts.malformed, st.counts.duplicates), (1, 2));
+    let files = st.writers.finish().unwrap();
+    assert_eq!(files.len(), 1);
+    let f = std::fs::File::open(&files[0].local).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+    // Row groups of 3 rows, each encoded column by column in parallel.
+    assert_eq!(reader.metadata().num_row_groups(), 2);
+    // The Arrow schema travels in the footer: the timestamp keeps its zone.
+    assert_eq!(
+        reader.schema().field_with_name("ts").unwrap().data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    );
+    let batches: Vec<_> = reader.build().unwrap().map(Result::unwrap).collect();
+    let rows = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let ids: Vec<&str> = rows.column(0).as_string::<i32>().iter().flatten().collect();
+    let vs: Vec<i64> = rows
+        .column(1)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .values()
+        .to_vec();
+    assert_eq!(ids, ["a", "b", "c", "d", "e", "f"]);
+    assert_eq!(vs, [1, 2, 3, 4, 5, 6]);
+}

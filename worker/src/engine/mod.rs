@@ -1,15 +1,18 @@
 //! The shard engine: source bytes → records → Arrow → steps → partitioned Parquet + quarantine.
 //!
 //! ```text
-//!  reader thread ──sync_channel(2)──▶ engine loop (on the rayon pool)
-//!  (range-aligned read,               per chunk of ~8 MiB of lines:
-//!   gzip/zstd, line split,              pieces of 4,096 lines in parallel: parse → steps before dedupe
-//!   over-long lines skipped)            in order:                           dedupe (one key set per shard)
-//!                                       pieces in parallel:                 steps after dedupe → project → partition
-//!                                       partition writers:                  Parquet row groups to local files
+//!  reader thread ──sync_channel(2)──▶ engine loop (on the rayon pool), two chunks at a time:
+//!  (range-aligned read,                 rayon::join ┬ chunk N+1: pieces of 4,096 lines in parallel:
+//!   gzip/zstd, line split,                          │            parse → steps before dedupe
+//!   over-long lines skipped)                        └ chunk N:   in order: dedupe (one key set per shard)
+//!                                                               pieces in parallel: steps after dedupe
+//!                                                                 → project → partition
+//!                                                               partition writers: Parquet row groups,
+//!                                                                 their columns encoded in parallel
 //! ```
-//! Memory is bounded by two chunks in flight, one row group per open partition file (flushed early
-//! when the total passes a budget) and the dedupe key set (the keys only, in an arena).
+//! Memory is bounded by the reader's two chunks and the engine's two, one row group per open
+//! partition file (flushed early when the total passes a budget) and the dedupe key set (the
+//! keys only, in an arena).
 //!
 //! Every line lands in exactly one bucket: `lines_total = malformed + rejected + filtered +
 //! duplicates + rows_out`; malformed and rejected lines go to the quarantine file with the reason

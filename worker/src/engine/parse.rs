@@ -475,12 +475,17 @@ fn json_record<'c>(
             v => builders[c].val_cell(v),
         };
         let cell = cell.map_err(|e| (false, format!("field {name:?}: {e}")))?;
-        texts.push(match &slots[c] {
-            Val::Str(s) => s.clone(),
-            Val::I64(v) => v.to_string().into(),
-            Val::U64(v) => v.to_string().into(),
-            Val::F64(v) => v.to_string().into(),
-            Val::Bool(v) => v.to_string().into(),
+        // Only a text cell reads its text: a number or boolean is rendered only for a string
+        // column (no allocation per typed cell).
+        texts.push(match (&slots[c], &cell) {
+            (Val::Str(s), _) => s.clone(),
+            (_, Cell::Str) => match &slots[c] {
+                Val::I64(v) => v.to_string().into(),
+                Val::U64(v) => v.to_string().into(),
+                Val::F64(v) => v.to_string().into(),
+                Val::Bool(v) => v.to_string().into(),
+                _ => "".into(),
+            },
             _ => "".into(),
         });
         cells.push(cell);

@@ -36,9 +36,69 @@ pub(crate) fn piece_ranges(n: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// Processes one chunk: parse and steps in parallel, dedupe in order, write.
-pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<(), WorkerError> {
+/// A chunk parsed and through the steps before dedupe, waiting for the ordered rest.
+pub struct Parsed {
+    chunk: Chunk,
+    pieces: Vec<Piece>,
+    /// Time spent parsing it (wall, all its pieces in parallel).
+    took: std::time::Duration,
+}
+
+/// Drives a shard's chunks: while chunk N is deduped, finished and written in order, chunk N+1
+/// is parsed (`rayon::join`), so the ordered part of a chunk does not leave the other cores idle.
+/// At most two chunks are held here, besides the reader's.
+pub fn process_chunks(
+    plan: &Plan,
+    chunks: impl Iterator<Item = Chunk>,
+    st: &mut ShardState,
+) -> Result<(), WorkerError> {
+    let mut pending: Option<Parsed> = None;
+    for chunk in chunks {
+        let (parsed, finished) = rayon::join(
+            || parse_chunk(plan, chunk),
+            || match pending.take() {
+                Some(p) => finish_chunk(plan, p, st),
+                None => Ok(()),
+            },
+        );
+        finished?;
+        pending = Some(parsed?);
+    }
+    match pending {
+        Some(p) => finish_chunk(plan, p, st),
+        None => Ok(()),
+    }
+}
+
+/// Parses a chunk's records and runs the steps before dedupe, its pieces in parallel.
+pub fn parse_chunk(plan: &Plan, chunk: Chunk) -> Result<Parsed, WorkerError> {
     let started = std::time::Instant::now();
+    let split = plan.dedupe_at.unwrap_or(plan.steps.len());
+    let pieces: Vec<Piece> = piece_ranges(chunk.spans.len())
+        .into_par_iter()
+        .map(|r| {
+            let mut p = parse_piece(plan, &chunk, r);
+            run_steps(plan, &mut p, 0..split)?;
+            Ok(p)
+        })
+        .collect::<Result<_, WorkerError>>()?;
+    Ok(Parsed {
+        chunk,
+        pieces,
+        took: started.elapsed(),
+    })
+}
+
+/// The ordered rest of a parsed chunk: its over-long records to quarantine, then dedupe, the
+/// later steps and the writers.
+pub fn finish_chunk(plan: &Plan, parsed: Parsed, st: &mut ShardState) -> Result<(), WorkerError> {
+    let started = std::time::Instant::now();
+    let Parsed {
+        chunk,
+        pieces,
+        took,
+    } = parsed;
+    st.times.transform += took;
     for (offset, line, len, head) in &chunk.oversized {
         st.counts.lines_total += 1;
         st.counts.malformed += 1;
@@ -52,17 +112,6 @@ pub fn process_chunk(plan: &Plan, chunk: &Chunk, st: &mut ShardState) -> Result<
             Some(*len),
         )?;
     }
-    let n = chunk.spans.len();
-    let ranges = piece_ranges(n);
-    let split = plan.dedupe_at.unwrap_or(plan.steps.len());
-    let pieces: Vec<Piece> = ranges
-        .into_par_iter()
-        .map(|r| {
-            let mut p = parse_piece(plan, chunk, r);
-            run_steps(plan, &mut p, 0..split)?;
-            Ok(p)
-        })
-        .collect::<Result<_, WorkerError>>()?;
     let source = |record: u32| {
         let i = record as usize;
         let raw = chunk.buf[chunk.spans[i].0..chunk.spans[i].1].to_vec();

@@ -1,6 +1,8 @@
 //! Writing partitioned Parquet.
 
 use super::*;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::file::writer::SerializedFileWriter;
 
 /// Hive-style escaping of a partition value (as Hive and Spark do).
 pub fn escape_partition(v: &str) -> String {
@@ -43,7 +45,10 @@ pub struct WrittenFile {
 }
 
 pub(crate) struct OpenFile {
-    pub(crate) writer: ArrowWriter<BufWriter<File>>,
+    pub(crate) writer: SerializedFileWriter<BufWriter<File>>,
+    /// Makes each row group's column writers (the file's Arrow schema and properties).
+    pub(crate) groups: ArrowRowGroupWriterFactory,
+    pub(crate) row_groups: usize,
     pub(crate) local: PathBuf,
     pub(crate) key: String,
     pub(crate) rows: u64,
@@ -247,26 +252,12 @@ impl Writers {
                     self.scratch
                         .join(format!("{}-{:06}.parquet", self.shard_id, self.opened)),
                 );
-                let f = File::create(&local).map_err(|e| WorkerError::write(&local, e))?;
-                let writer = ArrowWriter::try_new(
-                    BufWriter::with_capacity(1 << 20, f),
-                    pw.schema.clone(),
-                    Some(self.props.clone()),
-                )
-                .map_err(WorkerError::parquet)?;
-                pw.open = Some(OpenFile {
-                    writer,
-                    local,
-                    key,
-                    rows: 0,
-                    max_bytes: BTreeMap::new(),
-                });
+                pw.open = Some(open_file(local, key, &pw.schema, &self.props)?);
                 pw.seq += 1;
             }
             let of = pw.open.as_mut().expect("opened above");
-            of.writer.write(&batch).map_err(WorkerError::parquet)?;
+            write_row_group(of, &pw.schema, &batch)?;
             track_max_bytes(&mut of.max_bytes, &batch);
-            of.writer.flush().map_err(WorkerError::parquet)?;
             of.rows += rows as u64;
             if of.writer.bytes_written() as u64 >= self.target_bytes {
                 let of = pw.open.take().expect("open");
@@ -327,6 +318,67 @@ pub(crate) fn unique_path(p: PathBuf) -> PathBuf {
         }
     }
     unreachable!()
+}
+
+/// Creates a Parquet file for `schema`. `ArrowWriter` sets the file up (the Parquet schema, the
+/// Arrow schema in the footer's metadata); its lower-level parts then write whole row groups.
+fn open_file(
+    local: PathBuf,
+    key: String,
+    schema: &SchemaRef,
+    props: &WriterProperties,
+) -> Result<OpenFile, WorkerError> {
+    let f = File::create(&local).map_err(|e| WorkerError::write(&local, e))?;
+    let (writer, groups) = ArrowWriter::try_new(
+        BufWriter::with_capacity(1 << 20, f),
+        schema.clone(),
+        Some(props.clone()),
+    )
+    .and_then(ArrowWriter::into_serialized_writer)
+    .map_err(WorkerError::parquet)?;
+    Ok(OpenFile {
+        writer,
+        groups,
+        row_groups: 0,
+        local,
+        key,
+        rows: 0,
+        max_bytes: BTreeMap::new(),
+    })
+}
+
+/// Encodes `batch` as the file's next row group, its columns in parallel on the rayon pool (each
+/// column's encoding and compression is independent; the chunks are appended in column order).
+pub(crate) fn write_row_group(
+    of: &mut OpenFile,
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> Result<(), WorkerError> {
+    let writers = of
+        .groups
+        .create_column_writers(of.row_groups)
+        .map_err(WorkerError::parquet)?;
+    let mut leaves = Vec::with_capacity(writers.len());
+    for (field, col) in schema.fields().iter().zip(batch.columns()) {
+        leaves.extend(compute_leaves(field, col).map_err(WorkerError::parquet)?);
+    }
+    let chunks: Vec<ArrowColumnChunk> = writers
+        .into_par_iter()
+        .zip(leaves)
+        .map(|(mut w, leaf)| {
+            w.write(&leaf)?;
+            w.close()
+        })
+        .collect::<Result<_, _>>()
+        .map_err(WorkerError::parquet)?;
+    let mut group = of.writer.next_row_group().map_err(WorkerError::parquet)?;
+    for c in chunks {
+        c.append_to_row_group(&mut group)
+            .map_err(WorkerError::parquet)?;
+    }
+    group.close().map_err(WorkerError::parquet)?;
+    of.row_groups += 1;
+    Ok(())
 }
 
 pub(crate) fn close(of: OpenFile, values: &[(String, String)]) -> Result<WrittenFile, WorkerError> {
