@@ -507,13 +507,15 @@ fn csv_record(
     csv.fields.clear();
     csv.field_buf.clear();
     csv.texts.clear();
-    let (fields, field_buf) = (&mut csv.fields, &mut csv.field_buf);
-    split_csv(raw, &mut csv.reader, &mut csv.scratch, &mut |f| {
-        let s = field_buf.len();
-        field_buf.extend_from_slice(f);
-        fields.push((s, field_buf.len()));
-    })
-    .map_err(|e| (true, format!("CSV: {e}")))?;
+    if !split_plain(raw, plan.csv_delimiter, plan.csv_quote, csv) {
+        let (fields, field_buf) = (&mut csv.fields, &mut csv.field_buf);
+        split_csv(raw, &mut csv.reader, &mut csv.scratch, &mut |f| {
+            let s = field_buf.len();
+            field_buf.extend_from_slice(f);
+            fields.push((s, field_buf.len()));
+        })
+        .map_err(|e| (true, format!("CSV: {e}")))?;
+    }
     if csv.fields.len() != header.len() {
         return Err((
             true,
@@ -553,6 +555,24 @@ fn csv_record(
     Ok(())
 }
 
+/// The fast path of CSV splitting: a non-empty row with no quote and no carriage return is its
+/// fields between delimiters, exactly as `csv_core` reads it. The row is copied once and the
+/// fields are its ranges (the delimiters stay between them). False (nothing done) for any other
+/// row, which `split_csv` reads.
+fn split_plain(raw: &[u8], delimiter: u8, quote: u8, csv: &mut CsvState) -> bool {
+    if raw.is_empty() || !delimiter.is_ascii() || memchr::memchr2(quote, b'\r', raw).is_some() {
+        return false;
+    }
+    csv.field_buf.extend_from_slice(raw);
+    let mut start = 0;
+    for d in memchr::memchr_iter(delimiter, raw) {
+        csv.fields.push((start, d));
+        start = d + 1;
+    }
+    csv.fields.push((start, raw.len()));
+    true
+}
+
 /// Appends a parsed CSV row's cells, with their text from the row's fields or the defaults.
 fn push_csv(plan: &Plan, csv: &CsvState, cells: &mut Vec<Cell>, builders: &mut [ColBuilder]) {
     // Validated as UTF-8 by csv_record.
@@ -563,5 +583,62 @@ fn push_csv(plan: &Plan, csv: &CsvState, cells: &mut Vec<Cell>, builders: &mut [
             CsvText::Default(d) => plan.text_rules[d].default.as_deref().unwrap_or(""),
         };
         builders[c].push(cell, text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn state() -> CsvState {
+        CsvState {
+            reader: csv_core::ReaderBuilder::new().build(),
+            scratch: Vec::new(),
+            field_buf: Vec::new(),
+            fields: Vec::new(),
+            texts: Vec::new(),
+        }
+    }
+
+    fn fields(csv: &CsvState) -> Vec<Vec<u8>> {
+        csv.fields
+            .iter()
+            .map(|&(a, b)| csv.field_buf[a..b].to_vec())
+            .collect()
+    }
+
+    /// What `csv_core` reads from a row.
+    fn by_csv_core(raw: &[u8]) -> Vec<Vec<u8>> {
+        let mut csv = state();
+        let mut out = Vec::new();
+        split_csv(raw, &mut csv.reader, &mut csv.scratch, &mut |f| {
+            out.push(f.to_vec())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn plain_rows_split_like_csv_core_and_others_are_left_to_it() {
+        let mut csv = state();
+        assert!(split_plain(b"a,,b c,\xc3\xa9,", b',', b'"', &mut csv));
+        assert_eq!(fields(&csv), by_csv_core(b"a,,b c,\xc3\xa9,"));
+        for quoted in [&b""[..], b"a,\"b,c\"", b"a\rb,c"] {
+            assert!(!split_plain(quoted, b',', b'"', &mut state()));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_path_agrees_with_csv_core(row in proptest::collection::vec(
+            prop_oneof![Just(b','), Just(b'"'), Just(b'\r'), Just(b'a'), Just(b' '), Just(0xc3u8), Just(0xa9u8)],
+            0..40,
+        )) {
+            let mut csv = state();
+            if split_plain(&row, b',', b'"', &mut csv) {
+                prop_assert_eq!(fields(&csv), by_csv_core(&row));
+            }
+        }
     }
 }
