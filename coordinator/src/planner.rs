@@ -142,6 +142,7 @@ mod tests {
                     max_line,
                     None,
                     false,
+                    &Default::default(),
                     &mut |c| {
                         for (i, (a, b)) in c.spans.iter().enumerate() {
                             lines.push((c.offsets[i], c.buf[*a..*b].to_vec()));

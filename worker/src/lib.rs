@@ -255,6 +255,8 @@ pub fn run_shard_blocking(
         };
         let skip_header = plan.format == Format::Csv && src.csv.header && input.start() == 0;
         let (tx, rx) = std::sync::mpsc::sync_channel::<engine::Chunk>(2);
+        let pool = engine::ChunkPool::default();
+        let reader_pool = pool.clone();
         let reader_source = source.clone();
         let reader_input = input.clone();
         let (compression, max_line, format) =
@@ -284,6 +286,7 @@ pub fn run_shard_blocking(
                         max_line,
                         header,
                         skip_header,
+                        &reader_pool,
                         &mut send,
                     ),
                 };
@@ -293,7 +296,7 @@ pub fn run_shard_blocking(
                 key: input.object.key.clone(),
                 source: e,
             })?;
-        let failed = engine::process_chunks(plan, rx.iter(), &mut st).err();
+        let failed = engine::process_chunks(plan, rx.iter(), &pool, &mut st).err();
         drop(rx);
         let (read_result, extract) = reader.join().map_err(|p| WorkerError::Panicked {
             message: format!(

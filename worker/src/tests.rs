@@ -543,7 +543,7 @@ fn pipelined_chunks_keep_the_first_row_of_a_key_and_row_order() {
         chunk_of(&[line("a", 10), line("d", 4)], 4),
         chunk_of(&[line("d", 40), line("e", 5), line("f", 6)], 6),
     ];
-    engine::process_chunks(&plan, chunks.into_iter(), &mut st).unwrap();
+    engine::process_chunks(&plan, chunks.into_iter(), &Default::default(), &mut st).unwrap();
     assert_eq!(st.counts.lines_total, 9);
     assert_eq!((st.counts.malformed, st.counts.duplicates), (1, 2));
     let files = st.writers.finish().unwrap();

@@ -54,6 +54,7 @@ pub fn read_lines(
     max_line: u64,
     header: Option<Arc<Vec<String>>>,
     skip_header: bool,
+    pool: &ChunkPool,
     send: &mut dyn FnMut(Chunk) -> bool,
 ) -> Result<(), WorkerError> {
     let key = &input.object.key;
@@ -97,7 +98,7 @@ pub fn read_lines(
     let mut eof = false;
     // An over-long record being skipped: (offset, line, bytes so far, first bytes).
     let mut oversized: Option<(u64, Option<u64>, u64, Vec<u8>)> = None;
-    let mut chunk = new_chunk(&object, &header, numbered.then_some(0));
+    let mut chunk = pool.take(&object, &header, numbered.then_some(0));
     let mut block = vec![0u8; 1 << 20];
     while !eof {
         let n = loop {
@@ -174,7 +175,7 @@ pub fn read_lines(
             if chunk.buf.len() >= CHUNK_BYTES {
                 let full = std::mem::replace(
                     &mut chunk,
-                    new_chunk(&object, &header, numbered.then_some(line_no)),
+                    pool.take(&object, &header, numbered.then_some(line_no)),
                 );
                 if !send(full) {
                     return Ok(());
@@ -228,6 +229,47 @@ pub(crate) fn new_chunk(
         first_line,
         oversized: Vec::new(),
         header: header.clone(),
+    }
+}
+
+/// Chunks the engine has finished with, for the reader to fill again: a chunk's buffers keep
+/// their memory, so reading does not fault in (and the kernel zero) fresh pages per chunk.
+#[derive(Clone, Default)]
+pub struct ChunkPool(Arc<std::sync::Mutex<Vec<Chunk>>>);
+
+/// Chunks kept for reuse (the reader's two in flight and the engine's two need no more).
+const POOLED_CHUNKS: usize = 4;
+
+impl ChunkPool {
+    /// Hands a finished chunk back.
+    pub fn give(&self, mut chunk: Chunk) {
+        chunk.buf.clear();
+        chunk.spans.clear();
+        chunk.offsets.clear();
+        chunk.oversized.clear();
+        let mut free = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < POOLED_CHUNKS {
+            free.push(chunk);
+        }
+    }
+
+    /// An empty chunk of `object`, reused when one was handed back.
+    pub(crate) fn take(
+        &self,
+        object: &Arc<str>,
+        header: &Option<Arc<Vec<String>>>,
+        first_line: Option<u64>,
+    ) -> Chunk {
+        let reused = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match reused {
+            Some(mut c) => {
+                c.object = object.clone();
+                c.header = header.clone();
+                c.first_line = first_line;
+                c
+            }
+            None => new_chunk(object, header, first_line),
+        }
     }
 }
 
@@ -409,5 +451,35 @@ pub(crate) fn split_csv(
             }
             csv_core::ReadFieldResult::End => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_handed_back_is_reused_empty_with_its_memory() {
+        let pool = ChunkPool::default();
+        let object: Arc<str> = Arc::from("a.ndjson");
+        let mut c = pool.take(&object, &None, Some(0));
+        c.buf.extend_from_slice(b"{}");
+        c.spans.push((0, 2));
+        c.offsets.push(0);
+        let at = c.buf.as_ptr();
+        pool.give(c);
+        let other: Arc<str> = Arc::from("b.ndjson");
+        let again = pool.take(&other, &None, Some(7));
+        assert_eq!(again.buf.as_ptr(), at, "the same buffer");
+        assert!(again.buf.is_empty() && again.spans.is_empty() && again.offsets.is_empty());
+        assert_eq!((&*again.object, again.first_line), ("b.ndjson", Some(7)));
+        for _ in 0..10 {
+            pool.give(new_chunk(&object, &None, None));
+        }
+        assert_eq!(
+            pool.0.lock().unwrap().len(),
+            POOLED_CHUNKS,
+            "the pool is bounded"
+        );
     }
 }

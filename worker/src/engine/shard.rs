@@ -47,27 +47,25 @@ pub struct Parsed {
 /// Drives a shard's chunks: while chunk N is deduped, finished and written in order, chunk N+1
 /// is parsed (`rayon::join`), so the ordered part of a chunk does not leave the other cores idle.
 /// At most two chunks are held here, besides the reader's.
+/// Finished chunks go back to `pool` for the reader.
 pub fn process_chunks(
     plan: &Plan,
     chunks: impl Iterator<Item = Chunk>,
+    pool: &ChunkPool,
     st: &mut ShardState,
 ) -> Result<(), WorkerError> {
     let mut pending: Option<Parsed> = None;
+    let finish =
+        |p: Parsed, st: &mut ShardState| finish_chunk(plan, p, st).map(|chunk| pool.give(chunk));
     for chunk in chunks {
         let (parsed, finished) = rayon::join(
             || parse_chunk(plan, chunk),
-            || match pending.take() {
-                Some(p) => finish_chunk(plan, p, st),
-                None => Ok(()),
-            },
+            || pending.take().map_or(Ok(()), |p| finish(p, st)),
         );
         finished?;
         pending = Some(parsed?);
     }
-    match pending {
-        Some(p) => finish_chunk(plan, p, st),
-        None => Ok(()),
-    }
+    pending.map_or(Ok(()), |p| finish(p, st))
 }
 
 /// Parses a chunk's records and runs the steps before dedupe, its pieces in parallel.
@@ -90,8 +88,12 @@ pub fn parse_chunk(plan: &Plan, chunk: Chunk) -> Result<Parsed, WorkerError> {
 }
 
 /// The ordered rest of a parsed chunk: its over-long records to quarantine, then dedupe, the
-/// later steps and the writers.
-pub fn finish_chunk(plan: &Plan, parsed: Parsed, st: &mut ShardState) -> Result<(), WorkerError> {
+/// later steps and the writers. Gives the chunk back.
+pub fn finish_chunk(
+    plan: &Plan,
+    parsed: Parsed,
+    st: &mut ShardState,
+) -> Result<Chunk, WorkerError> {
     let started = std::time::Instant::now();
     let Parsed {
         chunk,
@@ -121,7 +123,8 @@ pub fn finish_chunk(plan: &Plan, parsed: Parsed, st: &mut ShardState) -> Result<
             raw,
         )
     };
-    finish_pieces(plan, &chunk.object, pieces, &source, started, st)
+    finish_pieces(plan, &chunk.object, pieces, &source, started, st)?;
+    Ok(chunk)
 }
 
 /// Pieces that went through parsing and the steps before dedupe: dedupe in order, the steps
