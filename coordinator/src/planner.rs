@@ -138,10 +138,12 @@ mod tests {
                 worker::engine::read_lines(
                     &**store,
                     input,
-                    pipeline::Compression::None,
-                    max_line,
-                    None,
-                    false,
+                    worker::engine::LineReading {
+                        compression: pipeline::Compression::None,
+                        max_line,
+                        header: None,
+                        skip_header: false,
+                    },
                     &Default::default(),
                     &mut |c| {
                         for (i, (a, b)) in c.spans.iter().enumerate() {

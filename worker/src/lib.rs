@@ -282,10 +282,12 @@ pub fn run_shard_blocking(
                     _ => engine::read_lines(
                         &*reader_source,
                         &reader_input,
-                        compression,
-                        max_line,
-                        header,
-                        skip_header,
+                        engine::LineReading {
+                            compression,
+                            max_line,
+                            header,
+                            skip_header,
+                        },
                         &reader_pool,
                         &mut send,
                     ),

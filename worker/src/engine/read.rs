@@ -45,18 +45,32 @@ pub(crate) fn open_decoded(
     })
 }
 
-/// Reads the lines of one input (a whole object or a byte range of it) and sends them as chunks.
-/// A range's lines are those that start inside it.
+/// How the lines of an input are read.
+pub struct LineReading {
+    pub compression: Compression,
+    /// A longer line is counted malformed and skipped, not held.
+    pub max_line: u64,
+    /// For CSV: the object's header fields, carried by every chunk.
+    pub header: Option<Arc<Vec<String>>>,
+    /// The first line is the CSV header (a read from the start of the object).
+    pub skip_header: bool,
+}
+
+/// Reads the lines of one input (a whole object or a byte range of it) and sends them as chunks
+/// (taken from `pool` when one was handed back). A range's lines are those that start inside it.
 pub fn read_lines(
     store: &dyn backends::object_store::ObjectStore,
     input: &ShardInput,
-    compression: Compression,
-    max_line: u64,
-    header: Option<Arc<Vec<String>>>,
-    skip_header: bool,
+    reading: LineReading,
     pool: &ChunkPool,
     send: &mut dyn FnMut(Chunk) -> bool,
 ) -> Result<(), WorkerError> {
+    let LineReading {
+        compression,
+        max_line,
+        header,
+        skip_header,
+    } = reading;
     let key = &input.object.key;
     let object: Arc<str> = Arc::from(key.as_str());
     let (mut reader, pos, end, numbered) = match input.range {
