@@ -9,6 +9,7 @@ pub mod drive;
 pub mod files;
 pub mod plan_bench;
 pub mod preset;
+pub mod warehouse_bench;
 
 use std::path::Path;
 

@@ -6,6 +6,8 @@
 //! * `loadtest run --dir DIR`: every pipeline of DIR end to end on the embedded backends, and a
 //!   `LOADTEST {json}` report.
 //! * `loadtest plan --shards N`: planning and enqueueing a run of N shards, timed.
+//! * `loadtest warehouse --lake DIR --table T`: a lake's files loaded into PostgreSQL (`COPY`)
+//!   and/or the embedded warehouse, timed, in rows/s.
 
 use clap::{Parser, ValueEnum};
 
@@ -51,6 +53,23 @@ enum Cli {
     Plan {
         #[arg(long, default_value_t = 100_000)]
         shards: usize,
+    },
+    /// Load a folder of (Hive-partitioned) Parquet files into each given warehouse twice — into
+    /// an empty table, then again as a new batch that merges — and print rows/s.
+    Warehouse {
+        #[arg(long)]
+        lake: std::path::PathBuf,
+        #[arg(long)]
+        table: String,
+        /// Merge key column (repeat for several; none: append).
+        #[arg(long = "merge-key")]
+        merge_keys: Vec<String>,
+        /// A PostgreSQL connection string (the table is dropped first).
+        #[arg(long)]
+        postgres: Option<String>,
+        /// An embedded warehouse file (created; must not exist).
+        #[arg(long)]
+        sqlite: Option<std::path::PathBuf>,
     },
 }
 
@@ -101,6 +120,51 @@ fn main() -> anyhow::Result<()> {
             let b = rt.block_on(loadtest::plan_bench::run(shards, dir.path()))?;
             println!("PLAN_BENCH {}", serde_json::to_string(&b)?);
         }
+        Cli::Warehouse {
+            lake,
+            table,
+            merge_keys,
+            postgres,
+            sqlite,
+        } => {
+            anyhow::ensure!(
+                postgres.is_some() || sqlite.is_some(),
+                "name a warehouse: --postgres URL and/or --sqlite FILE"
+            );
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(warehouses(lake, table, merge_keys, postgres, sqlite))?;
+        }
+    }
+    Ok(())
+}
+
+async fn warehouses(
+    lake: std::path::PathBuf,
+    table: String,
+    merge_keys: Vec<String>,
+    postgres: Option<String>,
+    sqlite: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use backends::warehouse::Warehouse;
+    let mut targets: Vec<std::sync::Arc<dyn Warehouse>> = Vec::new();
+    if let Some(url) = postgres {
+        let wh = backends::warehouse::PostgresWarehouse::connect(&url, false).await?;
+        wh.query(&format!(
+            "DROP TABLE IF EXISTS \"{}\"",
+            table.replace('"', "\"\"")
+        ))
+        .await?;
+        targets.push(std::sync::Arc::new(wh));
+    }
+    if let Some(file) = sqlite {
+        anyhow::ensure!(!file.exists(), "{} exists: name a new file", file.display());
+        targets.push(std::sync::Arc::new(
+            backends::warehouse::SqliteWarehouse::open(&file)?,
+        ));
+    }
+    for wh in targets {
+        let b = loadtest::warehouse_bench::run(wh, &lake, &table, &merge_keys).await?;
+        println!("WAREHOUSE_BENCH {}", serde_json::to_string(&b)?);
     }
     Ok(())
 }
