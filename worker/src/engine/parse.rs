@@ -289,11 +289,17 @@ impl Piece {
         if mask.true_count() == mask.len() {
             return Ok(());
         }
+        // The mask's selection (counts, runs of kept rows) is worked out once for all columns.
+        let mut builder = arrow::compute::FilterBuilder::new(mask);
+        if self.cols.len() + self.extra.len() > 1 {
+            builder = builder.optimize();
+        }
+        let filter = builder.build();
         for c in self.cols.iter_mut().flatten() {
-            *c = arrow::compute::filter(c, mask).map_err(WorkerError::arrow)?;
+            *c = filter.filter(c.as_ref()).map_err(WorkerError::arrow)?;
         }
         for (_, c) in self.extra.iter_mut() {
-            *c = arrow::compute::filter(c, mask).map_err(WorkerError::arrow)?;
+            *c = filter.filter(c.as_ref()).map_err(WorkerError::arrow)?;
         }
         let mut i = 0;
         self.rows.retain(|_| {
