@@ -4,7 +4,7 @@
 //! twice: into an empty table, then the same files again as a new batch (every key already there:
 //! the merge path). Prints one `WAREHOUSE_BENCH {json}` line per warehouse.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,47 +27,31 @@ pub struct WarehouseBench {
     pub rows_in_table: u64,
 }
 
-/// The Parquet files under `lake` (relative keys), with their Hive partition values and rows.
-pub fn lake_files(lake: &Path) -> anyhow::Result<Vec<OutputFile>> {
-    let mut paths = Vec::new();
-    collect(lake, &mut paths)?;
-    paths.sort();
-    paths
-        .iter()
-        .map(|p| {
-            let key = p
-                .strip_prefix(lake)
-                .expect("under the lake")
-                .to_string_lossy()
-                .replace('\\', "/");
-            let f = std::fs::File::open(p).with_context(|| format!("{}", p.display()))?;
-            let bytes = f.metadata()?.len();
+/// The Parquet files of `store` (a lake folder at `lake`), with their Hive partition values and
+/// rows from each footer.
+pub async fn lake_files(store: &LocalStore, lake: &Path) -> anyhow::Result<Vec<OutputFile>> {
+    let mut objects = store.list("").await?;
+    objects.retain(|o| o.key.ends_with(".parquet"));
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    objects
+        .into_iter()
+        .map(|o| {
+            let p = lake.join(&o.key);
+            let f = std::fs::File::open(&p).with_context(|| format!("{}", p.display()))?;
             let meta = parquet::file::reader::SerializedFileReader::new(f)
                 .with_context(|| format!("{}: not a Parquet file", p.display()))?;
             let rows = parquet::file::reader::FileReader::metadata(&meta)
                 .file_metadata()
                 .num_rows() as u64;
             Ok(OutputFile {
-                partition: partition_of(&key),
-                key,
+                partition: partition_of(&o.key),
+                key: o.key,
                 rows,
-                bytes,
+                bytes: o.size,
                 max_bytes: Default::default(),
             })
         })
         .collect()
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for e in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
-        let p = e?.path();
-        if p.is_dir() {
-            collect(&p, out)?;
-        } else if p.extension().is_some_and(|x| x == "parquet") {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 /// `a=1/b=x/file.parquet` → `[(a, 1), (b, x)]`.
@@ -114,13 +98,14 @@ pub async fn run(
     table: &str,
     merge_keys: &[String],
 ) -> anyhow::Result<WarehouseBench> {
-    let files = lake_files(lake)?;
+    let local = LocalStore::new(lake)?;
+    let files = lake_files(&local, lake).await?;
     anyhow::ensure!(
         !files.is_empty(),
         "no Parquet files under {}",
         lake.display()
     );
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(lake)?);
+    let store: Arc<dyn ObjectStore> = Arc::new(local);
     let rows: u64 = files.iter().map(|f| f.rows).sum();
     let bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let stamp = std::time::SystemTime::now()

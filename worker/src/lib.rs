@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use backends::object_store::ObjectStore;
-use protocol::{Counts, OutputFile, QuarantineFile, ShardDescriptor, ShardManifest, TaskMessage};
+use protocol::{
+    Counts, OutputFile, QuarantineFile, ShardDescriptor, ShardInput, ShardManifest, TaskMessage,
+};
 
 use crate::config::Format;
 use crate::engine::{ShardState, WrittenFile};
@@ -215,103 +217,17 @@ pub fn run_shard_blocking(
 ) -> Result<ShardOutput, WorkerError> {
     std::fs::create_dir_all(scratch).map_err(|e| WorkerError::write(scratch, e))?;
     injected_panic(&shard.shard_id);
-    let src = &pipeline.file.source;
-    let mut st = ShardState {
-        counts: Counts::default(),
-        seen: Default::default(),
-        writers: engine::Writers::new(plan, scratch, &output.prefix, &output.file_tag),
-        quarantine: engine::Quarantine::new(
-            scratch.join(format!("{}.quarantine.ndjson", shard.shard_id)),
-        ),
-        times: Default::default(),
-    };
-    for (is_reject, b) in &plan.buckets {
-        let m = if *is_reject {
-            &mut st.counts.rejected
-        } else {
-            &mut st.counts.filtered
-        };
-        m.entry(b.clone()).or_default();
-    }
+    let mut st = ShardState::new(
+        plan,
+        engine::Writers::new(plan, scratch, &output.prefix, &output.file_tag),
+        scratch.join(format!("{}.quarantine.ndjson", shard.shard_id)),
+    );
     for input in &shard.inputs {
         if plan.format == Format::Parquet {
             engine::process_parquet_input(plan, &*source, input, &mut st)?;
-            continue;
-        }
-        let header = if plan.format == Format::Csv && src.csv.header {
-            let header = engine::read_csv_header(
-                &*source,
-                &input.object.key,
-                src.compression,
-                plan.csv_delimiter,
-                plan.csv_quote,
-            )?;
-            plan.check_csv_header(&header, &input.object.key)?;
-            Some(Arc::new(header))
-        } else if plan.format == Format::Csv {
-            Some(Arc::new(plan.declared_paths.clone()))
         } else {
-            None
-        };
-        let skip_header = plan.format == Format::Csv && src.csv.header && input.start() == 0;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<engine::Chunk>(2);
-        let pool = engine::ChunkPool::default();
-        let reader_pool = pool.clone();
-        let reader_source = source.clone();
-        let reader_input = input.clone();
-        let (compression, max_line, format) =
-            (src.compression, src.max_line_bytes.get(), plan.format);
-        let reader = std::thread::Builder::new()
-            .name("shard-reader".into())
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                let mut blocked = std::time::Duration::ZERO;
-                let mut send = |c: engine::Chunk| {
-                    let t = std::time::Instant::now();
-                    let ok = tx.send(c).is_ok();
-                    blocked += t.elapsed();
-                    ok
-                };
-                let r = match format {
-                    Format::JsonArray => engine::read_json_array(
-                        &*reader_source,
-                        &reader_input,
-                        compression,
-                        &mut send,
-                    ),
-                    _ => engine::read_lines(
-                        &*reader_source,
-                        &reader_input,
-                        engine::LineReading {
-                            compression,
-                            max_line,
-                            header,
-                            skip_header,
-                        },
-                        &reader_pool,
-                        &mut send,
-                    ),
-                };
-                (r, started.elapsed().saturating_sub(blocked))
-            })
-            .map_err(|e| WorkerError::Read {
-                key: input.object.key.clone(),
-                source: e,
-            })?;
-        let failed = engine::process_chunks(plan, rx.iter(), &pool, &mut st).err();
-        drop(rx);
-        let (read_result, extract) = reader.join().map_err(|p| WorkerError::Panicked {
-            message: format!(
-                "reading {}: {}",
-                input.object.key,
-                runtime::cpu::panic_message(p.as_ref())
-            ),
-        })?;
-        st.times.extract += extract;
-        if let Some(e) = failed {
-            return Err(e);
+            process_text_input(plan, &pipeline.file.source, &source, input, &mut st)?;
         }
-        read_result?;
     }
     debug_assert!(st.counts.reconciles(), "{:?}", st.counts);
     let t = std::time::Instant::now();
@@ -325,6 +241,98 @@ pub fn run_shard_blocking(
         counts: st.counts,
         times: st.times,
     })
+}
+
+/// The CSV header an input is read with: its own first line (checked against the plan) when the
+/// source has headers, else the declared column order; none for JSON.
+fn csv_header(
+    plan: &Plan,
+    src: &config::SourceSection,
+    source: &dyn ObjectStore,
+    input: &ShardInput,
+) -> Result<Option<Arc<Vec<String>>>, WorkerError> {
+    if plan.format != Format::Csv {
+        return Ok(None);
+    }
+    if !src.csv.header {
+        return Ok(Some(Arc::new(plan.declared_paths.clone())));
+    }
+    let header = engine::read_csv_header(
+        source,
+        &input.object.key,
+        src.compression,
+        plan.csv_delimiter,
+        plan.csv_quote,
+    )?;
+    plan.check_csv_header(&header, &input.object.key)?;
+    Ok(Some(Arc::new(header)))
+}
+
+/// One NDJSON, CSV or JSON-array input through the engine: a reader thread splits it into
+/// chunks (reusing the engine's finished ones) while the engine processes them.
+fn process_text_input(
+    plan: &Plan,
+    src: &config::SourceSection,
+    source: &Arc<dyn ObjectStore>,
+    input: &ShardInput,
+    st: &mut ShardState,
+) -> Result<(), WorkerError> {
+    let reading = engine::LineReading {
+        compression: src.compression,
+        max_line: src.max_line_bytes.get(),
+        header: csv_header(plan, src, &**source, input)?,
+        skip_header: plan.format == Format::Csv && src.csv.header && input.start() == 0,
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<engine::Chunk>(2);
+    let pool = engine::ChunkPool::default();
+    let (reader_pool, reader_source, reader_input) = (pool.clone(), source.clone(), input.clone());
+    let format = plan.format;
+    let reader = std::thread::Builder::new()
+        .name("shard-reader".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let mut blocked = std::time::Duration::ZERO;
+            let mut send = |c: engine::Chunk| {
+                let t = std::time::Instant::now();
+                let ok = tx.send(c).is_ok();
+                blocked += t.elapsed();
+                ok
+            };
+            let r = match format {
+                Format::JsonArray => engine::read_json_array(
+                    &*reader_source,
+                    &reader_input,
+                    reading.compression,
+                    &mut send,
+                ),
+                _ => engine::read_lines(
+                    &*reader_source,
+                    &reader_input,
+                    reading,
+                    &reader_pool,
+                    &mut send,
+                ),
+            };
+            (r, started.elapsed().saturating_sub(blocked))
+        })
+        .map_err(|e| WorkerError::Read {
+            key: input.object.key.clone(),
+            source: e,
+        })?;
+    let failed = engine::process_chunks(plan, rx.iter(), &pool, st).err();
+    drop(rx);
+    let (read_result, extract) = reader.join().map_err(|p| WorkerError::Panicked {
+        message: format!(
+            "reading {}: {}",
+            input.object.key,
+            runtime::cpu::panic_message(p.as_ref())
+        ),
+    })?;
+    st.times.extract += extract;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    read_result
 }
 
 /// A database or API shard reads its rows into the raw zone first (in the files store), then

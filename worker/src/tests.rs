@@ -527,13 +527,11 @@ fn pipelined_chunks_keep_the_first_row_of_a_key_and_row_order() {
     let dir = tempfile::tempdir().unwrap();
     let p = config::parse(PIPELINED, "t.toml", dir.path().to_path_buf()).unwrap();
     let plan = Plan::build(&p).unwrap();
-    let mut st = ShardState {
-        counts: Counts::default(),
-        seen: Default::default(),
-        writers: engine::Writers::new(&plan, dir.path(), "out", "s0"),
-        quarantine: engine::Quarantine::new(dir.path().join("q.ndjson")),
-        times: Default::default(),
-    };
+    let mut st = ShardState::new(
+        &plan,
+        engine::Writers::new(&plan, dir.path(), "out", "s0"),
+        dir.path().join("q.ndjson"),
+    );
     let line = |id: &str, v: i64| format!(r#"{{"id":"{id}","v":{v},"ts":"2025-05-01T10:00:00Z"}}"#);
     // Chunk 2 repeats a key of chunk 0 and chunk 3 one of chunk 2: while chunk N+1 is parsed,
     // chunk N's dedupe must already have seen every earlier chunk.

@@ -56,24 +56,16 @@ pub struct LineReading {
     pub skip_header: bool,
 }
 
-/// Reads the lines of one input (a whole object or a byte range of it) and sends them as chunks
-/// (taken from `pool` when one was handed back). A range's lines are those that start inside it.
-pub fn read_lines(
+/// Opens an input for line reading: `(reader, object offset of its first byte, end offset of
+/// the range, whether lines are numbered)`. A byte range starts one byte early, so the reader
+/// learns whether `start` begins a line; a whole object is decompressed as needed.
+fn open_input(
     store: &dyn backends::object_store::ObjectStore,
     input: &ShardInput,
-    reading: LineReading,
-    pool: &ChunkPool,
-    send: &mut dyn FnMut(Chunk) -> bool,
-) -> Result<(), WorkerError> {
-    let LineReading {
-        compression,
-        max_line,
-        header,
-        skip_header,
-    } = reading;
+    compression: Compression,
+) -> Result<(Box<dyn Read + Send>, u64, u64, bool), WorkerError> {
     let key = &input.object.key;
-    let object: Arc<str> = Arc::from(key.as_str());
-    let (mut reader, pos, end, numbered) = match input.range {
+    Ok(match input.range {
         None => (
             open_decoded(
                 store.open_read(key, None).map_err(WorkerError::Backend)?,
@@ -85,7 +77,6 @@ pub fn read_lines(
             true,
         ),
         Some(r) => {
-            // Start one byte early to learn whether `start` begins a line.
             let from = r.start.saturating_sub(1);
             let raw = store
                 .open_read(
@@ -103,7 +94,27 @@ pub fn read_lines(
                 r.start == 0,
             )
         }
-    };
+    })
+}
+
+/// Reads the lines of one input (a whole object or a byte range of it) and sends them as chunks
+/// (taken from `pool` when one was handed back). A range's lines are those that start inside it.
+pub fn read_lines(
+    store: &dyn backends::object_store::ObjectStore,
+    input: &ShardInput,
+    reading: LineReading,
+    pool: &ChunkPool,
+    send: &mut dyn FnMut(Chunk) -> bool,
+) -> Result<(), WorkerError> {
+    let LineReading {
+        compression,
+        max_line,
+        header,
+        skip_header,
+    } = reading;
+    let key = &input.object.key;
+    let object: Arc<str> = Arc::from(key.as_str());
+    let (mut reader, pos, end, numbered) = open_input(store, input, compression)?;
     let mut line_no: u64 = 0;
     let mut buf: Vec<u8> = Vec::with_capacity(2 << 20);
     let mut buf_start = pos; // object offset of buf[0]

@@ -12,6 +12,28 @@ pub struct ShardState {
     pub times: StageTimes,
 }
 
+impl ShardState {
+    /// The state of a new shard: every bucket of the plan present (at zero) in the counts.
+    pub fn new(plan: &Plan, writers: Writers, quarantine: PathBuf) -> ShardState {
+        let mut counts = Counts::default();
+        for (is_reject, b) in &plan.buckets {
+            let m = if *is_reject {
+                &mut counts.rejected
+            } else {
+                &mut counts.filtered
+            };
+            m.entry(b.clone()).or_default();
+        }
+        ShardState {
+            counts,
+            seen: Default::default(),
+            writers,
+            quarantine: Quarantine::new(quarantine),
+            times: Default::default(),
+        }
+    }
+}
+
 /// Time spent per stage of a shard (for the stage-duration metrics).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StageTimes {
