@@ -179,6 +179,8 @@ pub use redshift::{RedshiftSettings, RedshiftWarehouse};
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite;
 #[cfg(feature = "embedded-warehouse")]
+mod sqlite_read;
+#[cfg(feature = "embedded-warehouse")]
 pub use sqlite::{SqliteWarehouse, query_file};
 
 /// The shared test suite every [`Warehouse`] must pass. It writes its own Parquet files into

@@ -18,10 +18,9 @@
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use arrow::array::{Array, AsArray, RecordBatchReader};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema};
 use async_trait::async_trait;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use protocol::LoadBatch;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, params};
@@ -327,37 +326,20 @@ fn cell_at(col: &dyn Array, i: usize) -> Result<ToSqlOutput<'_>> {
     })
 }
 
-/// Loads one file of the batch: every row, with its partition values and lineage, through
-/// `insert` (the batch's statement over `columns`, the union of its files'). A column this file
-/// lacks is NULL. The rows loaded.
-fn load_file(
+/// Inserts one file's rows `rb`, with its partition values and lineage, through `insert` (the
+/// batch's statement over `columns`, the union of its files'). A column this file lacks is
+/// NULL. The rows loaded.
+fn insert_file(
     insert: &mut rusqlite::CachedStatement<'_>,
     columns: &[String],
     batch: &LoadBatch,
     lf: &protocol::LoadFile,
-    files: &dyn ObjectStore,
+    rb: &RecordBatch,
 ) -> Result<u64> {
-    let key = &lf.file.key;
-    let bytes = match files.local_path(key) {
-        Some(p) => std::fs::read(&p).map_err(|e| wh_err(format!("read {key}: {e}")))?,
-        None => {
-            let mut buf = Vec::new();
-            files
-                .open_read(key, None)?
-                .read_to_end(&mut buf)
-                .map_err(|e| wh_err(format!("read {key}: {e}")))?;
-            buf
-        }
-    };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-        .map_err(|e| wh_err(format!("{key}: not a readable Parquet file: {e}")))?
-        .with_batch_size(8192)
-        .build()
-        .map_err(|e| wh_err(format!("{key}: {e}")))?;
-    let schema = reader.schema();
+    let schema = rb.schema();
     // Where each of the batch's columns comes from in this file.
     enum From<'a> {
-        Column(usize),
+        Column(&'a dyn Array),
         Text(&'a str),
         Offset,
         Null,
@@ -366,7 +348,7 @@ fn load_file(
         .iter()
         .map(|c| {
             if let Ok(i) = schema.index_of(c) {
-                From::Column(i)
+                From::Column(rb.column(i).as_ref())
             } else if let Some((_, v)) = lf.file.partition.iter().find(|(k, _)| k == c) {
                 From::Text(v)
             } else if c == SOURCE_OBJECT_COLUMN {
@@ -381,27 +363,22 @@ fn load_file(
         })
         .collect();
     let offset = lf.position.offset as i64;
-    let mut loaded = 0u64;
-    for rb in reader {
-        let rb = rb.map_err(|e| wh_err(format!("{key}: {e}")))?;
-        for row in 0..rb.num_rows() {
-            for (n, from) in sources.iter().enumerate() {
-                let at = n + 1;
-                let bound = match from {
-                    From::Column(c) => {
-                        insert.raw_bind_parameter(at, cell_at(rb.column(*c).as_ref(), row)?)
-                    }
-                    From::Text(v) => insert.raw_bind_parameter(at, *v),
-                    From::Offset => insert.raw_bind_parameter(at, offset),
-                    From::Null => insert.raw_bind_parameter(at, rusqlite::types::Null),
-                };
-                bound.map_err(wh_err)?;
-            }
-            insert.raw_execute().map_err(wh_err)?;
-            loaded += 1;
+    for row in 0..rb.num_rows() {
+        for (n, from) in sources.iter().enumerate() {
+            let at = n + 1;
+            let bound = match from {
+                From::Column(col) => insert.raw_bind_parameter(at, cell_at(*col, row)?),
+                From::Text(v) => insert.raw_bind_parameter(at, *v),
+                From::Offset => insert.raw_bind_parameter(at, offset),
+                From::Null => insert.raw_bind_parameter(at, rusqlite::types::Null),
+            };
+            bound.map_err(wh_err)?;
         }
+        insert
+            .raw_execute()
+            .map_err(|e| wh_err(format!("{}: {e}", lf.file.key)))?;
     }
-    Ok(loaded)
+    Ok(rb.num_rows() as u64)
 }
 
 fn load_batch(
@@ -450,9 +427,10 @@ fn load_batch(
         let mut insert = tx
             .prepare_cached(&upsert_sql(batch, columns))
             .map_err(wh_err)?;
-        for lf in &batch.files {
-            staged += load_file(&mut insert, columns, batch, lf, files)?;
-        }
+        super::sqlite_read::each_file(batch, files, |lf, rb| {
+            staged += insert_file(&mut insert, columns, batch, lf, rb)?;
+            Ok(())
+        })?;
     }
     tx.execute(
         &format!(
@@ -610,8 +588,6 @@ fn collect_rows(st: &mut rusqlite::Statement<'_>, n: usize) -> Result<Vec<Vec<Op
     }
     Ok(rows)
 }
-
-use std::io::Read;
 
 #[async_trait]
 impl Warehouse for SqliteWarehouse {
