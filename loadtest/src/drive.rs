@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::scrape::Stages;
+
 /// SQS, per million requests.
 pub const SQS_PER_MILLION: f64 = 0.40;
 /// S3 PUT, COPY, POST, LIST per thousand requests.
@@ -39,9 +41,36 @@ pub struct PipelineResult {
     pub seconds: f64,
 }
 
+impl PipelineResult {
+    /// The result of a finished run that read `input_bytes` and wrote Parquet files of `parquet`
+    /// bytes each, in `seconds`.
+    pub fn of(
+        r: &coordinator::run::RunRecord,
+        input_bytes: u64,
+        parquet: &[u64],
+        seconds: f64,
+    ) -> PipelineResult {
+        PipelineResult {
+            pipeline: r.pipeline.clone(),
+            status: r.status.to_string(),
+            shards: r.shards,
+            rows_in: r.counts.lines_total,
+            rows_out: r.counts.rows_out,
+            rows_rejected: r.counts.rejected_total() + r.counts.malformed,
+            input_bytes,
+            parquet_files: parquet.len(),
+            parquet_bytes: parquet.iter().sum(),
+            batches_loaded: r.batches_loaded,
+            seconds,
+        }
+    }
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// `embedded` (one process) or `processes` (a coordinator and worker processes).
+    pub mode: String,
     pub pipelines: usize,
     pub rows_in: u64,
     pub rows_out: u64,
@@ -50,8 +79,12 @@ pub struct Report {
     pub rows_per_sec: f64,
     pub mb_per_sec: f64,
     pub cpu_seconds: f64,
+    /// The largest of `peak_rss_mb_per_worker`.
     pub peak_rss_mb: f64,
-    /// Seconds summed over the tasks, per stage (extract, transform, write, upload).
+    /// Peak RSS of each process that ran tasks.
+    pub peak_rss_mb_per_worker: Vec<f64>,
+    /// Seconds summed over the tasks, per stage (extract, transform, write, upload), and the
+    /// coordinator's warehouse loads (load).
     pub stage_seconds: std::collections::BTreeMap<String, f64>,
     /// Task latency (seconds), estimated from the worker's histogram buckets.
     pub task_latency_p50: f64,
@@ -66,7 +99,7 @@ pub struct Report {
 }
 
 /// Every file under `dir` (none if it does not exist).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -81,7 +114,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn size(p: &Path) -> u64 {
+pub(crate) fn size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
@@ -115,29 +148,17 @@ async fn run_one(
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .map(|p| size(p))
         .collect();
-    let result = PipelineResult {
-        pipeline: r.pipeline.clone(),
-        status: r.status.to_string(),
-        shards: r.shards,
-        rows_in: r.counts.lines_total,
-        rows_out: r.counts.rows_out,
-        rows_rejected: r.counts.rejected_total() + r.counts.malformed,
-        input_bytes: files_under(&source_dir).iter().map(|p| size(p)).sum(),
-        parquet_files: parquet.len(),
-        parquet_bytes: parquet.iter().sum(),
-        batches_loaded: r.batches_loaded,
-        seconds: started.elapsed().as_secs_f64(),
-    };
+    let result = PipelineResult::of(
+        r,
+        files_under(&source_dir).iter().map(|p| size(p)).sum(),
+        &parquet,
+        started.elapsed().as_secs_f64(),
+    );
     Ok((result, parquet))
 }
 
-/// Runs every pipeline under `dir/pipelines` (the first `only`, if given) into `data_dir`.
-pub async fn run(
-    dir: &Path,
-    data_dir: &Path,
-    workers: usize,
-    only: Option<usize>,
-) -> anyhow::Result<Report> {
+/// The pipeline files under `dir/pipelines`, in name order (the first `only`, if given).
+pub(crate) fn pipeline_files(dir: &Path, only: Option<usize>) -> anyhow::Result<Vec<PathBuf>> {
     let mut pipelines: Vec<PathBuf> = files_under(&dir.join("pipelines"))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
@@ -149,6 +170,17 @@ pub async fn run(
         "no pipeline files under {}/pipelines (run `loadtest gen` first)",
         dir.display()
     );
+    Ok(pipelines)
+}
+
+/// Runs every pipeline under `dir/pipelines` (the first `only`, if given) into `data_dir`.
+pub async fn run(
+    dir: &Path,
+    data_dir: &Path,
+    workers: usize,
+    only: Option<usize>,
+) -> anyhow::Result<Report> {
+    let pipelines = pipeline_files(dir, only)?;
     let started = Instant::now();
     let cpu0 = cpu_seconds();
     let mut results = Vec::new();
@@ -162,15 +194,36 @@ pub async fn run(
         results.push(r);
         sizes.extend(s);
     }
+    let mut stages = Stages::default();
+    stages.add_registry(&worker::metrics::METRICS.registry);
+    stages.add_registry(&coordinator::metrics::METRICS.registry);
     Ok(report(
+        Measured {
+            mode: "embedded",
+            seconds: started.elapsed().as_secs_f64(),
+            cpu_seconds: cpu_seconds() - cpu0,
+            stages,
+            peak_rss_mb: vec![peak_rss_mb()],
+        },
         results,
         sizes,
-        started.elapsed().as_secs_f64(),
-        cpu_seconds() - cpu0,
     ))
 }
 
-fn report(results: Vec<PipelineResult>, mut sizes: Vec<u64>, seconds: f64, cpu: f64) -> Report {
+/// What a run measured besides its pipelines' results.
+pub struct Measured {
+    pub mode: &'static str,
+    pub seconds: f64,
+    /// CPU seconds of every process of the run.
+    pub cpu_seconds: f64,
+    pub stages: Stages,
+    /// Peak RSS of each process that ran tasks (one for an embedded run).
+    pub peak_rss_mb: Vec<f64>,
+}
+
+/// The report of a run from its pipelines' results and their Parquet files' sizes.
+pub fn report(m: Measured, results: Vec<PipelineResult>, mut sizes: Vec<u64>) -> Report {
+    let (seconds, cpu) = (m.seconds, m.cpu_seconds);
     sizes.sort_unstable();
     let q = |f: f64| {
         sizes
@@ -180,10 +233,10 @@ fn report(results: Vec<PipelineResult>, mut sizes: Vec<u64>, seconds: f64, cpu: 
     };
     let rows_in: u64 = results.iter().map(|r| r.rows_in).sum();
     let input: u64 = results.iter().map(|r| r.input_bytes).sum();
-    let (stages, latency) = worker_stages();
     let shards: usize = results.iter().map(|r| r.shards).sum();
     let cost = cost_per_million(rows_in, shards, sizes.len(), cpu);
     Report {
+        mode: m.mode.to_string(),
         pipelines: results.len(),
         rows_in,
         rows_out: results.iter().map(|r| r.rows_out).sum(),
@@ -192,11 +245,12 @@ fn report(results: Vec<PipelineResult>, mut sizes: Vec<u64>, seconds: f64, cpu: 
         rows_per_sec: rows_in as f64 / seconds.max(1e-9),
         mb_per_sec: input as f64 / 1e6 / seconds.max(1e-9),
         cpu_seconds: cpu,
-        peak_rss_mb: peak_rss_mb(),
-        stage_seconds: stages,
-        task_latency_p50: latency(0.5),
-        task_latency_p95: latency(0.95),
-        task_latency_p99: latency(0.99),
+        peak_rss_mb: m.peak_rss_mb.iter().copied().fold(0.0, f64::max),
+        peak_rss_mb_per_worker: m.peak_rss_mb,
+        task_latency_p50: m.stages.task_latency(0.5),
+        task_latency_p95: m.stages.task_latency(0.95),
+        task_latency_p99: m.stages.task_latency(0.99),
+        stage_seconds: m.stages.seconds,
         parquet_files: sizes.len(),
         parquet_size_quantiles: [q(0.0), q(0.5), q(0.9), q(1.0)],
         load_batches: results.iter().map(|r| r.batches_loaded).sum(),
@@ -222,48 +276,14 @@ pub fn cost_per_million(rows: u64, shards: usize, files: usize, cpu: f64) -> f64
     dollars / (rows.max(1) as f64 / 1e6)
 }
 
-/// Seconds per stage summed over the tasks of this process, and a task-latency quantile
-/// estimated from the histogram's buckets (the upper bound of the bucket it falls in).
-fn worker_stages() -> (std::collections::BTreeMap<String, f64>, impl Fn(f64) -> f64) {
-    let mut sums = std::collections::BTreeMap::new();
-    let mut buckets: Vec<(f64, u64)> = Vec::new();
-    for fam in worker::metrics::METRICS.registry.gather() {
-        if fam.name() != "tributary_worker_stage_seconds" {
-            continue;
-        }
-        for m in fam.get_metric() {
-            let stage = m
-                .get_label()
-                .iter()
-                .find(|l| l.name() == "stage")
-                .map(|l| l.value().to_string())
-                .unwrap_or_default();
-            let h = m.get_histogram();
-            *sums.entry(stage.clone()).or_insert(0.0) += h.get_sample_sum();
-            if stage == "task" {
-                for (i, b) in h.get_bucket().iter().enumerate() {
-                    match buckets.get_mut(i) {
-                        Some(x) => x.1 += b.cumulative_count(),
-                        None => buckets.push((b.upper_bound(), b.cumulative_count())),
-                    }
-                }
-            }
-        }
-    }
-    let total = buckets.last().map_or(0, |b| b.1);
-    let quantile = move |q: f64| {
-        let want = (total as f64 * q).ceil() as u64;
-        buckets
-            .iter()
-            .find(|(_, c)| *c >= want.max(1))
-            .map_or(0.0, |(le, _)| *le)
-    };
-    (sums, quantile)
+/// This process's CPU seconds (user + system).
+fn cpu_seconds() -> f64 {
+    process_cpu_seconds("self")
 }
 
-/// This process's CPU seconds (user + system), from `/proc/self/stat`.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// A process's CPU seconds (user + system), from `/proc/PID/stat` (0 if it is gone).
+pub(crate) fn process_cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
         .next()
@@ -279,9 +299,14 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// This process's peak resident set (`VmHWM`), in MB.
+/// This process's peak resident set, in MB.
 fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    process_peak_rss_mb("self")
+}
+
+/// A process's peak resident set (`VmHWM`), in MB (0 if it is gone).
+pub(crate) fn process_peak_rss_mb(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -9,6 +9,8 @@ pub mod drive;
 pub mod files;
 pub mod plan_bench;
 pub mod preset;
+pub mod processes;
+pub mod scrape;
 pub mod warehouse_bench;
 
 use std::path::Path;

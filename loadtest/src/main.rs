@@ -4,7 +4,8 @@
 //!   70M rows in `field`; 1/2000 of it in `small`) with their pipeline files.
 //! * `loadtest gen --sources N --rows M --out DIR`: N copies of the demo's three sources.
 //! * `loadtest run --dir DIR`: every pipeline of DIR end to end on the embedded backends, and a
-//!   `LOADTEST {json}` report.
+//!   `LOADTEST {json}` report; with `--processes --aws-endpoint URL --postgres CONN`, as a
+//!   coordinator process and worker processes against moto (S3, SQS) and PostgreSQL.
 //! * `loadtest plan --shards N`: planning and enqueueing a run of N shards, timed.
 //! * `loadtest warehouse --lake DIR --table T`: a lake's files loaded into PostgreSQL (`COPY`)
 //!   and/or the embedded warehouse, timed, in rows/s.
@@ -48,6 +49,25 @@ enum Cli {
         /// Only the first N pipelines (in name order).
         #[arg(long)]
         only: Option<usize>,
+        /// Run as processes: `coordinator serve` and `--workers` `worker` processes against the
+        /// S3/SQS endpoint of `--aws-endpoint` (moto) and the warehouse `--postgres`.
+        #[arg(long, requires_all = ["aws_endpoint", "postgres"])]
+        processes: bool,
+        /// The S3 and SQS endpoint for `--processes` (a moto server: http://127.0.0.1:PORT).
+        #[arg(long)]
+        aws_endpoint: Option<String>,
+        /// The warehouse for `--processes`: a PostgreSQL connection string.
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Engine threads of each worker process.
+        #[arg(long, default_value_t = 1)]
+        worker_threads: usize,
+        /// Where the `coordinator` and `worker` binaries are (default: beside this one).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+        /// With `--processes`: give up when the runs have not ended after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
     },
     /// Plan and enqueue a run of N shards on the embedded backends; print the time per stage.
     Plan {
@@ -108,10 +128,36 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             workers,
             only,
+            processes,
+            aws_endpoint,
+            postgres,
+            worker_threads,
+            bin_dir,
+            timeout_secs,
         } => {
             let data = data_dir.unwrap_or_else(|| dir.join("data"));
             let rt = tokio::runtime::Runtime::new()?;
-            let r = rt.block_on(loadtest::drive::run(&dir, &data, workers, only))?;
+            let r = match (processes, aws_endpoint, postgres) {
+                (true, Some(endpoint), Some(postgres)) => {
+                    let bin_dir = match bin_dir {
+                        Some(d) => d,
+                        None => beside_this_binary()?,
+                    };
+                    let o = loadtest::processes::Options {
+                        dir,
+                        work: data.join("fleet"),
+                        endpoint,
+                        postgres,
+                        bin_dir,
+                        workers,
+                        worker_threads,
+                        only,
+                        timeout: std::time::Duration::from_secs(timeout_secs),
+                    };
+                    rt.block_on(loadtest::processes::run(&o))?
+                }
+                _ => rt.block_on(loadtest::drive::run(&dir, &data, workers, only))?,
+            };
             println!("LOADTEST {}", serde_json::to_string(&r)?);
         }
         Cli::Plan { shards } => {
@@ -136,6 +182,15 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The folder of this executable (where cargo puts `coordinator` and `worker` too).
+fn beside_this_binary() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default())
 }
 
 async fn warehouses(
