@@ -107,10 +107,7 @@ fn run() -> anyhow::Result<()> {
             if output.exists() && std::fs::read_dir(&output)?.next().is_some() {
                 bail!("output folder {} exists and is not empty", output.display());
             }
-            let dir = input
-                .parent()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."));
+            let dir = input_dir(&input);
             let name = input
                 .file_name()
                 .context("input has no file name")?
@@ -159,4 +156,29 @@ fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The folder of an input file: `.` for a bare file name (whose parent is the empty path).
+fn input_dir(input: &std::path::Path) -> PathBuf {
+    match input.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn process_reads_a_bare_input_file_name_from_the_current_folder() {
+        use std::path::{Path, PathBuf};
+        assert_eq!(super::input_dir(Path::new("ev.ndjson")), PathBuf::from("."));
+        assert_eq!(
+            super::input_dir(Path::new("/d/ev.ndjson")),
+            PathBuf::from("/d")
+        );
+        assert_eq!(
+            super::input_dir(Path::new("d/ev.ndjson")),
+            PathBuf::from("d")
+        );
+    }
 }
