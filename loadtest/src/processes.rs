@@ -129,7 +129,8 @@ fn get_text(url: &str) -> anyhow::Result<String> {
     Ok(resp.body_mut().read_to_string()?)
 }
 
-/// The bucket, queues and warehouse schema of one run.
+/// The bucket, queues and warehouse schema of one run (made with the test helpers of
+/// `backends::testkit`, the same as the fleet tests').
 struct Services {
     bucket: String,
     tasks_url: String,
@@ -138,24 +139,35 @@ struct Services {
     s3: aws_sdk_s3::Client,
 }
 
-async fn services(o: &Options) -> Services {
+/// Creates them, after checking that both services answer (a clear error instead of the test
+/// helpers' panics when one does not).
+async fn services(o: &Options) -> anyhow::Result<Services> {
+    backends::warehouse::PostgresWarehouse::connect(&o.postgres, false)
+        .await
+        .with_context(|| format!("--postgres {:?}: cannot connect", o.postgres))?;
     let bucket = testkit::unique("loadtest").to_ascii_lowercase();
     let sdk = testkit::sdk_config(&o.endpoint).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let s3 = testkit::s3_client(&sdk);
+    s3.list_buckets().send().await.with_context(|| {
+        format!(
+            "--aws-endpoint {}: no S3 answers there (start moto_server)",
+            o.endpoint
+        )
+    })?;
     testkit::create_bucket(&s3, &bucket).await;
     let (tasks_url, _) =
         testkit::create_queue_with_dlq(&sqs, &format!("{bucket}-tasks"), 60, 3).await;
     let (results_url, _) =
         testkit::create_queue_with_dlq(&sqs, &format!("{bucket}-results"), 30, 5).await;
     let postgres = testkit::postgres_schema(&o.postgres, &bucket).await;
-    Services {
+    Ok(Services {
         bucket,
         tasks_url,
         results_url,
         postgres,
         s3,
-    }
+    })
 }
 
 /// Uploads a pipeline's source files to `s3://BUCKET/sources/NAME/` and writes its pipeline file,
@@ -403,7 +415,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
             p.display()
         );
     }
-    let sv = services(o).await;
+    let sv = services(o).await?;
     let mut staged = Vec::new();
     for p in &pipelines {
         staged.push(stage_pipeline(&sv, o, p).await?);
