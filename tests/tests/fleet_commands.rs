@@ -18,6 +18,29 @@ fn workload() -> Option<(std::path::PathBuf, u64)> {
     Some((f, size / 8 + 1))
 }
 
+/// Found by `loadtest run --processes` on the field preset: `POST /api/runs` answered a run id
+/// that `GET /api/runs/ID` did not know (404) until the coordinator's loop turned again — minutes
+/// later while a large batch loaded. The answer now waits until the run is published.
+#[test]
+fn a_run_started_through_the_api_is_found_at_once() {
+    let Some((input, shard)) = workload() else {
+        return;
+    };
+    let Some(mut f) = Fleet::new("fleet-found", &input, shard) else {
+        return;
+    };
+    f.start_coordinator(None);
+    let run = f.trigger();
+    let rec = f.get(&format!("/api/runs/{run}"));
+    assert!(
+        rec.as_ref().is_some_and(|r| r["run_id"] == run.as_str()),
+        "{run}: {rec:?}\n{}",
+        f.logs()
+    );
+    let said = ok(&coordinator(&["cancel", &run, "--server", &f.api], None));
+    assert!(said.contains("cancelled"), "{said}");
+}
+
 #[test]
 fn a_cancelled_run_loads_nothing_more_and_workers_skip_its_tasks() {
     let Some((input, shard)) = workload() else {

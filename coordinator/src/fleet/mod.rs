@@ -866,8 +866,7 @@ impl Coordinator {
         rx: &mut tokio::sync::mpsc::Receiver<requests::Pending>,
     ) -> anyhow::Result<()> {
         while let Ok((req, reply)) = rx.try_recv() {
-            let r = self.handle(req).await.map_err(|e| format!("{e:#}"));
-            let _ = reply.send(r);
+            self.answer(req, reply).await;
         }
         self.fire_schedules().await?;
         self.enqueue_runs().await?;
@@ -949,10 +948,7 @@ impl Coordinator {
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {},
-                    Some((req, reply)) = rx.recv() => {
-                        let r = self.handle(req).await.map_err(|e| format!("{e:#}"));
-                        let _ = reply.send(r);
-                    }
+                    Some((req, reply)) = rx.recv() => self.answer(req, reply).await,
                 }
             }
         }

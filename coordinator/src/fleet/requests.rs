@@ -58,6 +58,19 @@ pub fn backfill_key(pipeline: &str, id: &str) -> String {
 }
 
 impl Coordinator {
+    /// Handles one request and answers it once what it changed is published: the id of a run it
+    /// started is found by `GET /api/runs/ID` as soon as the answer arrives (it was not until the
+    /// loop's next turn, minutes later while a large batch loaded).
+    pub(super) async fn answer(
+        &mut self,
+        req: Request,
+        reply: tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>,
+    ) {
+        let r = self.handle(req).await.map_err(|e| format!("{e:#}"));
+        self.publish();
+        let _ = reply.send(r);
+    }
+
     /// Handles one request; an error is the reason it was refused.
     pub(super) async fn handle(&mut self, req: Request) -> anyhow::Result<serde_json::Value> {
         match req {
