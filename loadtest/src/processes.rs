@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use backends::testkit;
+use coordinator::engine::RunStatus;
 use coordinator::run::RunRecord;
 
 use crate::drive::{self, Measured, PipelineResult, Report};
@@ -44,6 +45,8 @@ pub struct Options {
 /// The child processes of a run; killed when dropped.
 struct Fleet {
     procs: Vec<(String, Child)>,
+    /// The health (and metrics) address given to each worker.
+    worker_addrs: Vec<String>,
     work: PathBuf,
 }
 
@@ -260,6 +263,7 @@ postgres = "{pg}"
 fn start(o: &Options, config: &Path, api: &str) -> anyhow::Result<Fleet> {
     let mut fleet = Fleet {
         procs: Vec::new(),
+        worker_addrs: Vec::new(),
         work: o.work.clone(),
     };
     let mut cmd = Command::new(o.bin_dir.join("coordinator"));
@@ -277,35 +281,20 @@ fn start(o: &Options, config: &Path, api: &str) -> anyhow::Result<Fleet> {
         std::thread::sleep(Duration::from_millis(200));
     }
     for i in 0..o.workers {
+        let addr = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(o.bin_dir.join("worker"));
         cmd.arg("--config")
             .arg(config)
-            .env(
-                "TRIBUTARY_WORKER_HEALTH_ADDR",
-                format!("127.0.0.1:{}", free_port()?),
-            )
+            .env("TRIBUTARY_WORKER_HEALTH_ADDR", &addr)
             .env("TRIBUTARY_WORKER_THREADS", o.worker_threads.to_string())
             .env(
                 "TRIBUTARY_WORKER_SCRATCH_DIR",
                 o.work.join(format!("scratch{i}")),
             );
         fleet.spawn(&format!("worker{i}"), cmd)?;
+        fleet.worker_addrs.push(addr);
     }
     Ok(fleet)
-}
-
-/// The health address a worker was given.
-fn worker_addr(fleet: &Fleet, i: usize) -> Option<String> {
-    let (_, c) = fleet
-        .procs
-        .iter()
-        .find(|(n, _)| *n == format!("worker{i}"))?;
-    let environ = std::fs::read(format!("/proc/{}/environ", c.id())).ok()?;
-    environ
-        .split(|b| *b == 0)
-        .filter_map(|kv| std::str::from_utf8(kv).ok())
-        .find_map(|kv| kv.strip_prefix("TRIBUTARY_WORKER_HEALTH_ADDR="))
-        .map(str::to_string)
 }
 
 /// Triggers every pipeline and waits for every run to end; (record, seconds) per pipeline.
@@ -337,7 +326,7 @@ fn drive_runs(
         for (id, done) in runs.iter_mut().filter(|(_, d)| d.is_none()) {
             let v = coordinator::remote::call(&format!("{api}/api/runs/{id}"), None)?;
             let r: RunRecord = serde_json::from_value(v)?;
-            if r.status.to_string() != "running" {
+            if r.status != RunStatus::Running {
                 eprintln!(
                     "{:<24} {:>10} rows in {:>10} out {:>7.1} s  {}",
                     r.pipeline,
@@ -384,12 +373,11 @@ async fn lake_sizes(sv: &Services, runs: &[String]) -> anyhow::Result<Vec<Vec<u6
 }
 
 /// Stage times, CPU seconds and the workers' peak RSS, read while the processes still run.
-fn measure(fleet: &Fleet, api: &str, workers: usize) -> anyhow::Result<(Stages, f64, Vec<f64>)> {
+fn measure(fleet: &Fleet, api: &str) -> anyhow::Result<(Stages, f64, Vec<f64>)> {
     let mut stages = Stages::default();
     stages.add_text(&get_text(&format!("{api}/metrics"))?);
     let mut rss = Vec::new();
-    for i in 0..workers {
-        let addr = worker_addr(fleet, i).context("a worker's health address")?;
+    for (i, addr) in fleet.worker_addrs.iter().enumerate() {
         stages.add_text(&get_text(&format!("http://{addr}/metrics"))?);
         rss.push(drive::process_peak_rss_mb(
             &fleet.pid(&format!("worker{i}")).unwrap_or_default(),
@@ -434,7 +422,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     })
     .await??;
     let seconds = started.elapsed().as_secs_f64();
-    let (stages, cpu, rss) = tokio::task::block_in_place(|| measure(&fleet, &api, o.workers))?;
+    let (stages, cpu, rss) = tokio::task::block_in_place(|| measure(&fleet, &api))?;
     tokio::task::block_in_place(|| fleet.stop());
     let ids: Vec<String> = runs.iter().map(|(r, _)| r.run_id.clone()).collect();
     let sizes = lake_sizes(&sv, &ids).await?;

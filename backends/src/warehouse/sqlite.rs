@@ -42,7 +42,7 @@ pub struct SqliteWarehouse {
     jobs: mpsc::Sender<Job>,
 }
 
-fn wh_err(e: impl std::fmt::Display) -> BackendError {
+pub(super) fn wh_err(e: impl std::fmt::Display) -> BackendError {
     BackendError::Warehouse(e.to_string())
 }
 

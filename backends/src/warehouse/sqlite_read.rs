@@ -10,12 +10,9 @@ use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use protocol::{LoadBatch, LoadFile};
 
+use super::sqlite::wh_err;
+use crate::Result;
 use crate::object_store::ObjectStore;
-use crate::{BackendError, Result};
-
-fn wh_err(e: impl std::fmt::Display) -> BackendError {
-    BackendError::Warehouse(e.to_string())
-}
 
 /// One file's rows, decoded into one record batch.
 fn read_file(lf: &LoadFile, files: &dyn ObjectStore) -> Result<RecordBatch> {
