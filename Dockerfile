@@ -17,6 +17,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --profile dist --locked -p worker --bin worker -p coordinator --bin coordinator \
+      --features worker/aws,coordinator/aws \
  && mkdir -p /out \
  && cp target/dist/worker target/dist/coordinator /out/
 

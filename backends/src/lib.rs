@@ -16,6 +16,7 @@ pub mod queue;
 pub mod source;
 pub mod state;
 pub mod testkit;
+pub mod tls;
 pub mod warehouse;
 
 /// Errors of every backend, with the context needed to act on them.
@@ -59,6 +60,14 @@ pub enum BackendError {
         #[source]
         source: Box<BackendError>,
     },
+    /// A backend this build leaves out: the AWS services (S3, SQS, the Redshift Data API) are
+    /// in builds with the `aws` feature only.
+    #[error(
+        "{what} needs the AWS services (S3, SQS, Redshift Data API), which this build leaves out: \
+         build with the `aws` feature (`cargo build --release -p coordinator -p worker --features \
+         coordinator/aws,worker/aws`; the image has it)"
+    )]
+    NotBuilt { what: String },
     #[error("{service} {op} on {what}: {detail}")]
     Aws {
         service: String,

@@ -14,7 +14,9 @@ use protocol::{ByteRange, ObjectRef};
 
 use crate::{BackendError, Result};
 
+#[cfg(feature = "aws")]
 mod s3;
+#[cfg(feature = "aws")]
 pub use s3::{MULTIPART_PART_BYTES, S3Store, parse_s3_url};
 
 #[async_trait]

@@ -16,8 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{BackendError, Result};
 
+#[cfg(feature = "aws")]
 mod sqs;
-pub use sqs::{SQS_DEFAULT_MAX_BYTES, SqsQueue};
+#[cfg(feature = "aws")]
+pub use sqs::SqsQueue;
+
+/// SQS's default maximum message size (a larger task's payload goes to the files store and the
+/// message carries its key).
+pub const SQS_DEFAULT_MAX_BYTES: usize = 256 * 1024;
 
 /// One delivery of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,10 @@
 //! `TRIBUTARY_REQUIRE_SERVICES=1`: with that (or `CI`) set, a missing service fails the test
 //! instead of skipping it, so no test can pass silently in CI.
 
+#[cfg(feature = "aws")]
 use std::time::Duration;
 
+#[cfg(feature = "aws")]
 use aws_config::BehaviorVersion;
 
 fn required() -> bool {
@@ -64,6 +66,7 @@ pub async fn mysql_database(url: &str, name: &str) -> String {
     u.to_string()
 }
 
+#[cfg(feature = "aws")]
 /// SDK configuration for the moto endpoint, with dummy credentials.
 pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
@@ -85,6 +88,7 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
+#[cfg(feature = "aws")]
 pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(sdk)
@@ -109,6 +113,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+#[cfg(feature = "aws")]
 /// Creates a queue and its dead-letter queue (redrive after `max_receive` receives); returns
 /// (queue URL, dead-letter queue URL).
 pub async fn create_queue_with_dlq(
@@ -153,6 +158,7 @@ pub async fn create_queue_with_dlq(
     (q.queue_url().expect("queue url").to_string(), dlq_url)
 }
 
+#[cfg(feature = "aws")]
 pub async fn create_bucket(s3: &aws_sdk_s3::Client, name: &str) {
     s3.create_bucket()
         .bucket(name)

@@ -169,12 +169,16 @@ pub(crate) fn timestamp_micros(
 pub mod evolve;
 pub mod plan;
 pub(crate) mod postgres;
+#[cfg(feature = "aws")]
 mod redshift;
+mod redshift_settings;
 pub mod shapes;
 pub mod spectrum;
 pub mod split;
 pub use postgres::PostgresWarehouse;
-pub use redshift::{RedshiftSettings, RedshiftWarehouse};
+#[cfg(feature = "aws")]
+pub use redshift::RedshiftWarehouse;
+pub use redshift_settings::RedshiftSettings;
 
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite;

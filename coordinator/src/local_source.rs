@@ -106,8 +106,8 @@ impl LocalSource {
 
 /// The S3 store of an `s3://bucket/prefix` location, from the AWS chain.
 async fn s3_store(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    let sdk = backends::aws::AwsSettings::default().sdk_config().await;
-    let store = runtime::settings::open_store(&sdk, url, None)
+    let aws = runtime::settings::AwsClients::load(&backends::aws::AwsSettings::default()).await;
+    let store = runtime::settings::open_store(&aws, url, None)
         .with_context(|| format!("source.location {url:?}"))?;
     store
         .check_access()

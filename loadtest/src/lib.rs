@@ -9,6 +9,8 @@ pub mod drive;
 pub mod files;
 pub mod plan_bench;
 pub mod preset;
+/// The fleet as processes against moto and PostgreSQL: needs the `aws` feature.
+#[cfg(feature = "aws")]
 pub mod processes;
 pub mod scrape;
 pub mod warehouse_bench;
@@ -46,6 +48,28 @@ pub fn generate(
         }
     }
     Ok(all)
+}
+
+/// What `loadtest run --processes` needs.
+#[derive(Debug, Clone)]
+pub struct ProcessesOptions {
+    /// The generated preset (`sources/`, `pipelines/`).
+    pub dir: std::path::PathBuf,
+    /// Where the fleet's configuration, logs and scratch go.
+    pub work: std::path::PathBuf,
+    /// The S3 and SQS endpoint (a moto server).
+    pub endpoint: String,
+    /// The warehouse: a PostgreSQL connection string (a fresh schema is created in it).
+    pub postgres: String,
+    /// Where the `coordinator` and `worker` binaries are.
+    pub bin_dir: std::path::PathBuf,
+    pub workers: usize,
+    /// Threads of each worker's shard engine.
+    pub worker_threads: usize,
+    /// Only the first N pipelines (in name order).
+    pub only: Option<usize>,
+    /// Give up when the runs have not finished after this long.
+    pub timeout: std::time::Duration,
 }
 
 #[cfg(test)]

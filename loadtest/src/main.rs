@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
                         Some(d) => d,
                         None => beside_this_binary()?,
                     };
-                    let o = loadtest::processes::Options {
+                    let o = loadtest::ProcessesOptions {
                         dir,
                         work: data.join("fleet"),
                         endpoint,
@@ -154,7 +154,7 @@ fn main() -> anyhow::Result<()> {
                         only,
                         timeout: std::time::Duration::from_secs(timeout_secs),
                     };
-                    rt.block_on(loadtest::processes::run(&o))?
+                    rt.block_on(run_processes(&o))?
                 }
                 _ => rt.block_on(loadtest::drive::run(&dir, &data, workers, only))?,
             };
@@ -222,4 +222,19 @@ async fn warehouses(
         println!("WAREHOUSE_BENCH {}", serde_json::to_string(&b)?);
     }
     Ok(())
+}
+
+/// `loadtest run --processes`.
+#[cfg(feature = "aws")]
+async fn run_processes(o: &loadtest::ProcessesOptions) -> anyhow::Result<loadtest::drive::Report> {
+    loadtest::processes::run(o).await
+}
+
+/// `loadtest run --processes` in a build without the AWS clients it drives moto with.
+#[cfg(not(feature = "aws"))]
+async fn run_processes(_: &loadtest::ProcessesOptions) -> anyhow::Result<loadtest::drive::Report> {
+    anyhow::bail!(
+        "--processes drives moto (S3, SQS) and needs the `aws` feature: \
+         cargo run --release -p loadtest --features aws -- run …"
+    )
 }

@@ -20,27 +20,7 @@ use coordinator::run::RunRecord;
 use crate::drive::{self, Measured, PipelineResult, Report};
 use crate::scrape::Stages;
 
-/// What `loadtest run --processes` needs.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The generated preset (`sources/`, `pipelines/`).
-    pub dir: PathBuf,
-    /// Where the fleet's configuration, logs and scratch go.
-    pub work: PathBuf,
-    /// The S3 and SQS endpoint (a moto server).
-    pub endpoint: String,
-    /// The warehouse: a PostgreSQL connection string (a fresh schema is created in it).
-    pub postgres: String,
-    /// Where the `coordinator` and `worker` binaries are.
-    pub bin_dir: PathBuf,
-    pub workers: usize,
-    /// Threads of each worker's shard engine.
-    pub worker_threads: usize,
-    /// Only the first N pipelines (in name order).
-    pub only: Option<usize>,
-    /// Give up when the runs have not finished after this long.
-    pub timeout: Duration,
-}
+pub use crate::ProcessesOptions as Options;
 
 /// The child processes of a run; killed when dropped.
 struct Fleet {

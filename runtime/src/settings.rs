@@ -9,11 +9,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use backends::aws::AwsSettings;
-use backends::object_store::{LocalStore, ObjectStore, S3Store};
-use backends::queue::{Queue, SqsQueue};
+#[cfg(feature = "aws")]
+use backends::object_store::S3Store;
+use backends::object_store::{LocalStore, ObjectStore};
+use backends::queue::Queue;
+#[cfg(feature = "aws")]
+use backends::queue::SqsQueue;
 use backends::warehouse::RedshiftSettings;
 use serde::{Deserialize, Serialize};
 
@@ -456,10 +459,30 @@ impl FleetSettings {
     }
 }
 
+/// The AWS SDK's shared configuration, loaded once per process; in a build without the `aws`
+/// feature there is none, and whatever needs it answers [`backends::BackendError::NotBuilt`].
+#[derive(Debug, Clone)]
+pub struct AwsClients {
+    #[cfg(feature = "aws")]
+    pub sdk: aws_config::SdkConfig,
+}
+
+impl AwsClients {
+    /// Loads the SDK configuration of `settings` (the standard chain where they say nothing).
+    pub async fn load(settings: &AwsSettings) -> AwsClients {
+        #[cfg(not(feature = "aws"))]
+        let _ = settings;
+        AwsClients {
+            #[cfg(feature = "aws")]
+            sdk: settings.sdk_config().await,
+        }
+    }
+}
+
 /// The opened backends of a fleet process.
 #[derive(Debug, Clone)]
 pub struct FleetBackends {
-    pub sdk: aws_config::SdkConfig,
+    pub aws: AwsClients,
     pub files: Arc<dyn ObjectStore>,
     /// `storage.files`, as configured (tasks carry it to the workers).
     pub files_url: String,
@@ -471,47 +494,77 @@ pub struct FleetBackends {
 
 /// Opens `s3://…` as S3 and anything else as a local folder.
 pub fn open_store(
-    sdk: &aws_config::SdkConfig,
+    aws: &AwsClients,
     url: &str,
     kms: Option<String>,
 ) -> Result<Arc<dyn ObjectStore>, backends::BackendError> {
     if url.starts_with("s3://") {
-        let client = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(sdk)
-                .force_path_style(true)
-                .build(),
-        );
-        Ok(Arc::new(S3Store::new(client, url, kms)?))
+        open_s3(aws, url, kms)
     } else {
         let path = url.strip_prefix("file://").unwrap_or(url);
         Ok(Arc::new(LocalStore::new(path)?))
     }
 }
 
+#[cfg(feature = "aws")]
+fn open_s3(
+    aws: &AwsClients,
+    url: &str,
+    kms: Option<String>,
+) -> Result<Arc<dyn ObjectStore>, backends::BackendError> {
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws.sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    Ok(Arc::new(S3Store::new(client, url, kms)?))
+}
+
+#[cfg(not(feature = "aws"))]
+fn open_s3(
+    _: &AwsClients,
+    url: &str,
+    _: Option<String>,
+) -> Result<Arc<dyn ObjectStore>, backends::BackendError> {
+    Err(backends::BackendError::NotBuilt {
+        what: format!("{url:?} (S3)"),
+    })
+}
+
 impl FleetBackends {
+    /// Without the `aws` feature there is no fleet: refused by name before anything runs.
+    #[cfg(not(feature = "aws"))]
+    pub async fn open(_: &FleetSettings) -> Result<FleetBackends, backends::BackendError> {
+        Err(backends::BackendError::NotBuilt {
+            what: "the fleet (SQS queues, S3 storage)".into(),
+        })
+    }
+
     /// Opens the queues and stores of the settings and checks each before anything runs
     /// (`GetQueueAttributes` on both queues, `HeadBucket` on `storage.files` and `storage.lake`);
     /// a failure names its setting (and, for an unreachable endpoint, the address dialled).
+    #[cfg(feature = "aws")]
     pub async fn open(s: &FleetSettings) -> Result<FleetBackends, backends::BackendError> {
-        let sdk = s.aws.sdk_config().await;
+        let aws = AwsClients::load(&s.aws).await;
+        let sdk = &aws.sdk;
         let endpoint = s.aws.endpoint_url.as_deref();
         let named = |setting: &str, value: &str| {
             let (setting, value) = (setting.to_string(), value.to_string());
             move |e: backends::BackendError| e.at_setting(&setting, &value, endpoint)
         };
-        let files = open_store(&sdk, &s.storage.files, s.storage.kms_key_id.clone())
+        let files = open_store(&aws, &s.storage.files, s.storage.kms_key_id.clone())
             .map_err(named("storage.files", &s.storage.files))?;
         files
             .check_access()
             .await
             .map_err(named("storage.files", &s.storage.files))?;
-        open_store(&sdk, &s.storage.lake, None)
+        open_store(&aws, &s.storage.lake, None)
             .map_err(named("storage.lake", &s.storage.lake))?
             .check_access()
             .await
             .map_err(named("storage.lake", &s.storage.lake))?;
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let vis = Duration::from_secs(s.queues.visibility_timeout_secs);
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let vis = std::time::Duration::from_secs(s.queues.visibility_timeout_secs);
         let tasks = SqsQueue::connect(
             sqs.clone(),
             &s.queues.tasks_url,
@@ -531,7 +584,7 @@ impl FleetBackends {
         .map_err(named("queues.results_url", &s.queues.results_url))?
         .with_payload_store(files.clone(), s.queues.max_inline_bytes);
         Ok(FleetBackends {
-            sdk,
+            aws,
             files,
             files_url: s.storage.files.clone(),
             lake_url: s.storage.lake.clone(),
@@ -543,13 +596,38 @@ impl FleetBackends {
 
     /// The store of a task's source (`s3://…` or a local folder).
     pub fn store(&self, url: &str) -> Result<Arc<dyn ObjectStore>, backends::BackendError> {
-        open_store(&self.sdk, url, self.kms_key_id.clone())
+        open_store(&self.aws, url, self.kms_key_id.clone())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's first command builds without the `aws` feature: a fleet configuration or an
+    /// `s3://` location is refused by name, saying how to build with it (`.ci/run` runs this
+    /// crate's tests in that feature set).
+    #[cfg(not(feature = "aws"))]
+    #[tokio::test]
+    async fn a_build_without_aws_refuses_the_fleet_and_s3_by_name() {
+        let aws = AwsClients::load(&AwsSettings::default()).await;
+        let e = open_store(&aws, "s3://bucket/lake", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("\"s3://bucket/lake\" (S3) needs the AWS services"),
+            "{e}"
+        );
+        assert!(e.contains("--features coordinator/aws,worker/aws"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(open_store(&aws, dir.path().to_str().unwrap(), None).is_ok());
+        let s = load(BASE, &[]).unwrap();
+        let e = FleetBackends::open(&s).await.unwrap_err().to_string();
+        assert!(
+            e.starts_with("the fleet (SQS queues, S3 storage) needs"),
+            "{e}"
+        );
+    }
 
     const BASE: &str = r#"
 [queues]

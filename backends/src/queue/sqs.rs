@@ -33,8 +33,7 @@ use crate::{BackendError, Result};
 const REASON_ATTR: &str = "tributary-reason";
 const COUNT_ATTR: &str = "tributary-receive-count";
 const ORIGINAL_ID_ATTR: &str = "tributary-original-id";
-/// SQS's default maximum message size.
-pub const SQS_DEFAULT_MAX_BYTES: usize = 256 * 1024;
+use super::SQS_DEFAULT_MAX_BYTES;
 
 /// A body stored in the object store because it is too large for SQS.
 #[derive(Debug, Serialize, Deserialize)]

@@ -79,6 +79,8 @@ impl MysqlSource {
     }
 
     async fn connect(&self) -> Result<Conn> {
+        // mysql_async builds its TLS config from the process's default provider.
+        crate::tls::install_process_default();
         let mut opts = OptsBuilder::from_opts(self.opts.clone());
         if let Some(ca) = &self.tls_ca_file {
             let ssl = self

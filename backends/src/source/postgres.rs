@@ -89,8 +89,7 @@ impl PostgresSource {
                 }
             }
         }
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| self.config_err(format!("TLS: {e}")))?
             .with_root_certificates(roots)

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use backends::state::{FileStateStore, ObjectStateStore, StateStore};
-use backends::warehouse::{PostgresWarehouse, RedshiftWarehouse, Warehouse};
+#[cfg(feature = "aws")]
+use backends::warehouse::RedshiftWarehouse;
+use backends::warehouse::{PostgresWarehouse, Warehouse};
 use pipeline::Pipeline;
 use protocol::{
     Message, ObjectRef, PipelineSpec, ResultMessage, ShardDescriptor, ShardPlan, TaskMessage,
@@ -169,8 +171,17 @@ pub async fn open_warehouse(
             )
             .await?,
         )),
+        #[cfg(not(feature = "aws"))]
         WarehouseKind::RedshiftData => {
-            let client = aws_sdk_redshiftdata::Client::new(&backends.sdk);
+            let _ = backends;
+            return Err(backends::BackendError::NotBuilt {
+                what: "warehouse.kind = \"redshift-data\"".into(),
+            }
+            .into());
+        }
+        #[cfg(feature = "aws")]
+        WarehouseKind::RedshiftData => {
+            let client = aws_sdk_redshiftdata::Client::new(&backends.aws.sdk);
             Some(Arc::new(
                 RedshiftWarehouse::connect(
                     client,

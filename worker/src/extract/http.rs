@@ -364,8 +364,7 @@ fn snippet(s: &str) -> String {
     }
 }
 
-/// The HTTP client: TLS through rustls (the aws-lc-rs provider the AWS SDK builds) with the
-/// system's roots; status codes are answers, not errors.
+/// The HTTP client: TLS through rustls (`backends::tls`'s provider) with the system's roots; status codes are answers, not errors.
 pub fn agent(timeout: Duration) -> ureq::Agent {
     use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
     static ROOTS: OnceLock<Arc<Vec<Certificate<'static>>>> = OnceLock::new();
@@ -381,7 +380,7 @@ pub fn agent(timeout: Duration) -> ureq::Agent {
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .root_certs(RootCerts::Specific(roots.clone()))
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .unversioned_rustls_crypto_provider(backends::tls::provider())
         .build();
     ureq::Agent::config_builder()
         .http_status_as_error(false)
