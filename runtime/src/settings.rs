@@ -211,7 +211,7 @@ pub enum WarehouseKind {
     RedshiftData,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WarehouseSettings {
     #[serde(default)]
@@ -223,8 +223,28 @@ pub struct WarehouseSettings {
     /// For `postgres`: speak Redshift's SQL dialect over the wire.
     #[serde(default)]
     pub postgres_is_redshift: bool,
+    /// For `postgres`: connections the coordinator loads over, so that batches of different
+    /// tables load side by side (a table's loads still take its lock one at a time). Default 4.
+    #[serde(default = "default_postgres_connections")]
+    pub postgres_connections: usize,
     #[serde(default)]
     pub redshift: Option<RedshiftSettings>,
+}
+
+fn default_postgres_connections() -> usize {
+    4
+}
+
+impl Default for WarehouseSettings {
+    fn default() -> Self {
+        WarehouseSettings {
+            kind: WarehouseKind::None,
+            postgres: None,
+            postgres_is_redshift: false,
+            postgres_connections: default_postgres_connections(),
+            redshift: None,
+        }
+    }
 }
 
 /// A configuration error, naming the file or variable and the field.
@@ -445,6 +465,12 @@ impl FleetSettings {
                 if self.warehouse.postgres.is_none() {
                     return Err("warehouse.kind = \"postgres\" needs warehouse.postgres (a connection string)".into());
                 }
+                if !(1..=64).contains(&self.warehouse.postgres_connections) {
+                    return Err(format!(
+                        "warehouse.postgres_connections = {}: must be 1 to 64",
+                        self.warehouse.postgres_connections
+                    ));
+                }
             }
             WarehouseKind::RedshiftData => match &self.warehouse.redshift {
                 None => {
@@ -603,6 +629,21 @@ impl FleetBackends {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_loads_use_four_connections_unless_told_and_zero_is_refused() {
+        let pg = format!("{BASE}[warehouse]\nkind = \"postgres\"\npostgres = \"host=db\"\n");
+        assert_eq!(load(&pg, &[]).unwrap().warehouse.postgres_connections, 4);
+        let two = load(&pg, &[("TRIBUTARY_WAREHOUSE_POSTGRES_CONNECTIONS", "2")]).unwrap();
+        assert_eq!(two.warehouse.postgres_connections, 2);
+        let e = load(&pg, &[("TRIBUTARY_WAREHOUSE_POSTGRES_CONNECTIONS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("warehouse.postgres_connections = 0: must be 1 to 64"),
+            "{e}"
+        );
+    }
 
     /// The README's first command builds without the `aws` feature: a fleet configuration or an
     /// `s3://` location is refused by name, saying how to build with it (`.ci/run` runs this

@@ -28,7 +28,11 @@ pub struct PostgresWarehouse {
     config: tokio_postgres::Config,
     describe: String,
     dialect: Dialect,
-    client: tokio::sync::Mutex<Option<Client>>,
+    /// Connections, each opened on first use; a call takes a free one or waits for one.
+    /// Loads of different tables run side by side; loads of one table queue on its lock.
+    clients: Vec<tokio::sync::Mutex<Option<Client>>>,
+    /// Which connection a call waits for when all are busy.
+    next: std::sync::atomic::AtomicUsize,
 }
 
 fn pg_err(context: &str, e: tokio_postgres::Error) -> BackendError {
@@ -105,16 +109,33 @@ impl PostgresWarehouse {
             } else {
                 Dialect::Postgres
             },
-            client: tokio::sync::Mutex::new(None),
+            clients: vec![tokio::sync::Mutex::new(None)],
+            next: std::sync::atomic::AtomicUsize::new(0),
         };
         {
-            let mut guard = wh.client.lock().await;
+            let mut guard = wh.client().await;
             let c = wh.ensure(&mut guard).await?;
             c.batch_execute(&plan::ledger_ddl(wh.dialect))
                 .await
                 .map_err(|e| pg_err("creating the load ledger", e))?;
         }
         Ok(wh)
+    }
+
+    /// At most `n` connections (at least one), so that up to `n` loads run at once.
+    pub fn with_connections(mut self, n: usize) -> Self {
+        self.clients
+            .resize_with(n.max(1), || tokio::sync::Mutex::new(None));
+        self
+    }
+
+    /// A free connection slot, or — all busy — one to wait for (in turn).
+    async fn client(&self) -> tokio::sync::MutexGuard<'_, Option<Client>> {
+        if let Some(free) = self.clients.iter().find_map(|c| c.try_lock().ok()) {
+            return free;
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        self.clients[i].lock().await
     }
 
     /// The connection, opened again if it was lost.
@@ -140,7 +161,7 @@ impl PostgresWarehouse {
         batch: &LoadBatch,
         files: Arc<dyn ObjectStore>,
     ) -> Result<LoadOutcome> {
-        let mut guard = self.client.lock().await;
+        let mut guard = self.client().await;
         let client = self.ensure(&mut guard).await?;
         let tx = client.transaction().await.map_err(|e| pg_err("BEGIN", e))?;
         // Under the ledger lock, a batch already loaded is skipped before any data moves.
@@ -364,7 +385,7 @@ impl Warehouse for PostgresWarehouse {
     }
 
     async fn is_loaded(&self, batch_id: &str) -> Result<bool> {
-        let mut guard = self.client.lock().await;
+        let mut guard = self.client().await;
         let client = self.ensure(&mut guard).await?;
         let row = client
             .query_one(
@@ -377,7 +398,7 @@ impl Warehouse for PostgresWarehouse {
     }
 
     async fn query(&self, sql: &str) -> Result<QueryResult> {
-        let mut guard = self.client.lock().await;
+        let mut guard = self.client().await;
         let client = self.ensure(&mut guard).await?;
         let msgs = client
             .simple_query(sql)
@@ -426,6 +447,32 @@ mod tests {
         .to_string();
         assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
         assert!(err.to_lowercase().contains("refused"), "{err}");
+    }
+
+    /// `with_connections(2)`: a call made while another runs takes the second connection
+    /// instead of queueing behind it (two PostgreSQL backends answer; with one connection the
+    /// same backend answers both, one after the other).
+    #[tokio::test]
+    async fn calls_made_together_run_on_connections_of_their_own() {
+        let Some(conn) = crate::testkit::postgres() else {
+            return;
+        };
+        let pid = |r: QueryResult| r.rows[0][0].clone().expect("a pid");
+        for (n, distinct) in [(2, true), (1, false)] {
+            let wh = PostgresWarehouse::connect(&conn, false)
+                .await
+                .unwrap()
+                .with_connections(n);
+            let (a, b) = tokio::join!(
+                wh.query("SELECT pg_backend_pid(), pg_sleep(0.3)"),
+                wh.query("SELECT pg_backend_pid(), pg_sleep(0.3)"),
+            );
+            assert_eq!(
+                pid(a.unwrap()) != pid(b.unwrap()),
+                distinct,
+                "{n} connection(s)"
+            );
+        }
     }
 
     #[test]

@@ -169,7 +169,8 @@ pub async fn open_warehouse(
                 w.postgres.as_deref().context("warehouse.postgres")?,
                 w.postgres_is_redshift,
             )
-            .await?,
+            .await?
+            .with_connections(w.postgres_connections),
         )),
         #[cfg(not(feature = "aws"))]
         WarehouseKind::RedshiftData => {
@@ -690,19 +691,26 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Advances every run's machine (batches closed by size or time window, loads, verdicts),
-    /// retrying failed loads with backoff, and finishes the runs it ends.
+    /// Advances every run's machine (batches closed by size or time window, loads, verdicts) —
+    /// the runs side by side, so that loads of different runs overlap (each run's own batches
+    /// still load in order) — retrying failed loads with backoff, and finishes the runs it ends.
     async fn advance_runs(&mut self) -> anyhow::Result<()> {
         let window = Duration::from_secs(self.settings.coordinator.batch_window_secs);
         let attempts = self.settings.coordinator.load_attempts;
+        let now = Instant::now();
+        let advanced = futures_util::future::join_all(
+            self.runs
+                .iter_mut()
+                .filter(|(_, run)| now >= run.next_load_try)
+                .map(|(id, run)| async move { (id.clone(), run.advance(window, attempts).await) }),
+        )
+        .await;
         let mut finished = Vec::new();
-        for (id, run) in self.runs.iter_mut() {
-            if Instant::now() < run.next_load_try {
-                continue;
-            }
-            let Some(status) = run.advance(window, attempts).await else {
+        for (id, status) in advanced {
+            let Some(status) = status else {
                 continue;
             };
+            let run = self.runs.get_mut(&id).expect("an advanced run is active");
             run.record.observe(&run.machine);
             if let Some(status) = status {
                 run.record.finish(status, run.loader.quality.clone());
