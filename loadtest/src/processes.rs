@@ -278,6 +278,30 @@ fn start(o: &Options, config: &Path, api: &str) -> anyhow::Result<Fleet> {
 }
 
 /// Triggers every pipeline and waits for every run to end; (record, seconds) per pipeline.
+/// Triggers every pipeline at once, as schedules firing together would (one request each, all
+/// in flight together): the run ids, in `names` order.
+fn trigger_all(api: &str, names: &[String]) -> anyhow::Result<Vec<String>> {
+    std::thread::scope(|s| {
+        let calls: Vec<_> = names
+            .iter()
+            .map(|name| {
+                s.spawn(move || -> anyhow::Result<String> {
+                    let v = coordinator::remote::call(
+                        &format!("{api}/api/runs"),
+                        Some(&serde_json::json!({ "pipeline": name })),
+                    )?;
+                    let id = v["run_id"].as_str().context("the API answered no run_id")?;
+                    Ok(id.to_string())
+                })
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().expect("a trigger thread panicked"))
+            .collect()
+    })
+}
+
 fn drive_runs(
     fleet: &mut Fleet,
     api: &str,
@@ -286,13 +310,8 @@ fn drive_runs(
 ) -> anyhow::Result<Vec<(RunRecord, f64)>> {
     let started = Instant::now();
     let mut runs = Vec::new();
-    for name in names {
-        let v = coordinator::remote::call(
-            &format!("{api}/api/runs"),
-            Some(&serde_json::json!({ "pipeline": name })),
-        )?;
-        let id = v["run_id"].as_str().context("the API answered no run_id")?;
-        runs.push((id.to_string(), None::<(RunRecord, f64)>));
+    for id in trigger_all(api, names)? {
+        runs.push((id, None::<(RunRecord, f64)>));
     }
     while runs.iter().any(|(_, done)| done.is_none()) {
         fleet.check_alive()?;
