@@ -203,6 +203,9 @@ impl Coordinator {
     /// Loads and validates every pipeline, opens the backends and the warehouse: any problem
     /// is reported before anything runs.
     pub async fn open(settings: FleetSettings, base: &Path) -> anyhow::Result<Coordinator> {
+        // A build without the AWS services says so before reading any pipeline.
+        #[cfg(not(feature = "aws"))]
+        FleetBackends::open(&settings).await?;
         let mut pipelines = BTreeMap::new();
         for sp in &settings.coordinator.pipelines {
             let path = if sp.file.is_absolute() {
