@@ -18,18 +18,23 @@ fn workload() -> Option<(std::path::PathBuf, u64)> {
     Some((f, size / 8 + 1))
 }
 
+/// A fleet named `name` over the workload file, its coordinator started and no worker yet
+/// (`None` when the services or Python are missing outside CI).
+fn workload_fleet(name: &str) -> Option<Fleet> {
+    let (input, shard) = workload()?;
+    let mut f = Fleet::new(name, &input, shard)?;
+    f.start_coordinator(None);
+    Some(f)
+}
+
 /// Found by `loadtest run --processes` on the field preset: `POST /api/runs` answered a run id
 /// that `GET /api/runs/ID` did not know (404) until the coordinator's loop turned again — minutes
 /// later while a large batch loaded. The answer now waits until the run is published.
 #[test]
 fn a_run_started_through_the_api_is_found_at_once() {
-    let Some((input, shard)) = workload() else {
+    let Some(f) = workload_fleet("fleet-found") else {
         return;
     };
-    let Some(mut f) = Fleet::new("fleet-found", &input, shard) else {
-        return;
-    };
-    f.start_coordinator(None);
     let run = f.trigger();
     let rec = f.get(&format!("/api/runs/{run}"));
     assert!(
@@ -43,13 +48,9 @@ fn a_run_started_through_the_api_is_found_at_once() {
 
 #[test]
 fn a_cancelled_run_loads_nothing_more_and_workers_skip_its_tasks() {
-    let Some((input, shard)) = workload() else {
+    let Some(mut f) = workload_fleet("fleet-cancel") else {
         return;
     };
-    let Some(mut f) = Fleet::new("fleet-cancel", &input, shard) else {
-        return;
-    };
-    f.start_coordinator(None);
     // No worker yet: every task of the run waits on the queue when the run is cancelled.
     let run = f.trigger();
     let t0 = Instant::now();
