@@ -43,6 +43,62 @@ fn batch_seq(key: &str) -> Option<usize> {
     name.strip_prefix('b')?.strip_suffix(".json")?.parse().ok()
 }
 
+/// Where [`Loader::advance_to_load`] stopped.
+pub(crate) enum Advanced {
+    /// Waiting for shards.
+    Waiting,
+    /// The run is to finish with this status.
+    Finish(RunStatus),
+    /// Batch `seq` is to be loaded by `job`.
+    Load { seq: usize, job: Box<LoadJob> },
+}
+
+/// The load of one recorded batch, owning what it needs (so it can run on a task of its own):
+/// the warehouse load, exactly once by the warehouse's ledger, then the batch marked loaded in
+/// state.
+pub(crate) struct LoadJob {
+    batch: LoadBatch,
+    warehouse: Option<Arc<dyn Warehouse>>,
+    output: Arc<dyn ObjectStore>,
+    state: Arc<dyn StateStore>,
+}
+
+impl LoadJob {
+    /// The batch's id.
+    pub(crate) fn batch_id(&self) -> &str {
+        &self.batch.batch_id
+    }
+
+    /// Loads the batch and marks it loaded.
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        let b = &self.batch;
+        if let Some(w) = &self.warehouse {
+            let started = std::time::Instant::now();
+            let result = w.load(b, self.output.clone()).await;
+            crate::metrics::METRICS.load(
+                &b.table,
+                match &result {
+                    Ok(LoadOutcome::Loaded { .. }) => "loaded",
+                    Ok(LoadOutcome::AlreadyLoaded) => "already_loaded",
+                    Err(_) => "failed",
+                },
+                started.elapsed(),
+            );
+            let outcome = result.with_context(|| format!("loading batch {}", b.batch_id))?;
+            tracing::info!(run = %b.run_id, table = %b.table, batch = %b.batch_id, ?outcome, "load batch");
+            // Test hook: die between the warehouse commit and recording it.
+            if matches!(outcome, LoadOutcome::Loaded { .. })
+                && fault() == Some(Fault::CrashAfterLoadCommit)
+            {
+                std::process::abort();
+            }
+        }
+        let mark = format!("runs/{}/loaded/{}", b.run_id, b.batch_id);
+        self.state.put(&mark, now().as_bytes()).await?;
+        Ok(())
+    }
+}
+
 /// Loads one run's batches.
 pub(crate) struct Loader {
     state: Arc<dyn StateStore>,
@@ -181,13 +237,36 @@ impl Loader {
 
     /// Performs the machine's actions until it waits for shards (`None`) or asks for the run to
     /// finish with a status (`Some`), which the driver commits before it reports
-    /// [`Event::Finished`]. `flush`: the batch window has passed.
+    /// [`Event::Finished`]. `flush`: the batch window has passed. Loads are awaited here.
     pub(crate) async fn advance(
         &mut self,
         m: &mut RunMachine,
         shards: &BTreeMap<String, ShardDescriptor>,
         flush: bool,
     ) -> anyhow::Result<Option<RunStatus>> {
+        loop {
+            match self.advance_to_load(m, shards, flush).await? {
+                Advanced::Waiting => return Ok(None),
+                Advanced::Finish(status) => return Ok(Some(status)),
+                Advanced::Load { seq, job } => {
+                    job.run().await?;
+                    m.apply(Event::BatchLoaded { seq });
+                }
+            }
+        }
+    }
+
+    /// Performs the machine's actions until it waits for shards, asks for the run to finish, or
+    /// asks for a load, which is handed back as a [`LoadJob`] for the driver to run where it
+    /// likes (the fleet runs it on a task of its own, so its loop goes on meanwhile); the
+    /// driver applies [`Event::BatchLoaded`] once the job succeeded, and advances no further
+    /// until then.
+    pub(crate) async fn advance_to_load(
+        &mut self,
+        m: &mut RunMachine,
+        shards: &BTreeMap<String, ShardDescriptor>,
+        flush: bool,
+    ) -> anyhow::Result<Advanced> {
         while let Some(action) = m.next(flush) {
             let event = match action {
                 Action::RecordBatch { seq, shards: ids } => {
@@ -195,18 +274,18 @@ impl Loader {
                     Event::BatchRecorded { seq, shards: ids }
                 }
                 Action::Load { seq } => {
-                    self.load(seq).await?;
-                    Event::BatchLoaded { seq }
+                    let job = Box::new(self.load_job(seq)?);
+                    return Ok(Advanced::Load { seq, job });
                 }
                 Action::Judge => {
                     let passed = self.judge(m.done()).await?.passed;
                     Event::Judged { passed }
                 }
-                Action::Finish(status) => return Ok(Some(status)),
+                Action::Finish(status) => return Ok(Advanced::Finish(status)),
             };
             m.apply(event);
         }
-        Ok(None)
+        Ok(Advanced::Waiting)
     }
 
     /// Records batch `seq` of these done shards before it is loaded: a retry after a crash
@@ -247,36 +326,18 @@ impl Loader {
         Ok(())
     }
 
-    /// Loads recorded batch `seq` and marks it loaded.
-    async fn load(&mut self, seq: usize) -> anyhow::Result<()> {
-        let b = self
+    /// The load of recorded batch `seq`.
+    fn load_job(&self, seq: usize) -> anyhow::Result<LoadJob> {
+        let batch = self
             .batches
             .get(&seq)
             .with_context(|| format!("batch {seq} of run {} is not recorded", self.run_id))?;
-        if let Some(w) = &self.warehouse {
-            let started = std::time::Instant::now();
-            let result = w.load(b, self.output.clone()).await;
-            crate::metrics::METRICS.load(
-                &self.table,
-                match &result {
-                    Ok(LoadOutcome::Loaded { .. }) => "loaded",
-                    Ok(LoadOutcome::AlreadyLoaded) => "already_loaded",
-                    Err(_) => "failed",
-                },
-                started.elapsed(),
-            );
-            let outcome = result.with_context(|| format!("loading batch {}", b.batch_id))?;
-            tracing::info!(run = %self.run_id, table = %self.table, batch = %b.batch_id, ?outcome, "load batch");
-            // Test hook: die between the warehouse commit and recording it.
-            if matches!(outcome, LoadOutcome::Loaded { .. })
-                && fault() == Some(Fault::CrashAfterLoadCommit)
-            {
-                std::process::abort();
-            }
-        }
-        let mark = format!("runs/{}/loaded/{}", self.run_id, b.batch_id);
-        self.state.put(&mark, now().as_bytes()).await?;
-        Ok(())
+        Ok(LoadJob {
+            batch: batch.clone(),
+            warehouse: self.warehouse.clone(),
+            output: self.output.clone(),
+            state: self.state.clone(),
+        })
     }
 
     /// Judges the finished run against its expectations.

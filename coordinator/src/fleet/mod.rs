@@ -7,7 +7,10 @@
 //!                (staging → COPY → merge → ledger, one transaction) ──▶ state: loaded
 //! ```
 //!
-//! One loop owns all decisions (no locks between planning, completions and loads). Its state is a
+//! One loop owns all decisions (no locks between planning, completions and loads); a batch load
+//! itself runs on a task of its own (see `active`), so the loop answers the API and takes
+//! completions while the warehouse works, and a run moves past its load only once the loop has
+//! seen the load end. At shutdown the loop waits for loads in flight up to a grace. Its state is a
 //! [`StateStore`] — by default objects under `<storage.files>/state/` in S3, so a coordinator pod
 //! can be rescheduled anywhere — with the same layout as local mode (`pipelines/NAME/current`,
 //! `runs/RUN/{run.json,plan.bin,enqueued,done/,failed/,batches/,loaded/}`). On start it resumes
@@ -35,62 +38,20 @@ use protocol::{
 use runtime::settings::{FleetBackends, FleetSettings, WarehouseKind};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Applied, DoneRecord, Event, RunMachine, RunStatus};
+use crate::engine::{Applied, DoneRecord, Event, RunStatus};
 use crate::loader::Loader;
 use crate::metrics::METRICS;
 use crate::run::{Fault, RunRecord, fault, plan_run, record_new_run, task_bodies};
+use active::ActiveRun;
+
+/// How long a stopping coordinator waits for the loads in flight.
+const LOAD_GRACE: Duration = Duration::from_secs(20);
 
 /// A pipeline the coordinator knows, and its schedule.
 struct Scheduled {
     pipeline: Pipeline,
     cron: Option<croner::Cron>,
     cron_text: Option<String>,
-}
-
-/// A run in progress.
-struct ActiveRun {
-    record: RunRecord,
-    shards: BTreeMap<String, ShardDescriptor>,
-    machine: RunMachine,
-    loader: Loader,
-    oldest_unbatched: Option<Instant>,
-    next_load_try: Instant,
-}
-
-impl ActiveRun {
-    /// One advance of the run's machine: `Some(None)` when it waits for shards, `Some(Some(s))`
-    /// when it is to finish with status `s`, `None` when a load failed (retried with backoff).
-    async fn advance(&mut self, window: Duration, attempts: u32) -> Option<Option<RunStatus>> {
-        if self.machine.has_unbatched() {
-            self.oldest_unbatched.get_or_insert_with(Instant::now);
-        }
-        let flush = self.oldest_unbatched.is_some_and(|t| t.elapsed() >= window);
-        match self
-            .loader
-            .advance(&mut self.machine, &self.shards, flush)
-            .await
-        {
-            Ok(status) => {
-                if !self.machine.has_unbatched() {
-                    self.oldest_unbatched = None;
-                }
-                self.record.last_error = None;
-                Some(status)
-            }
-            Err(e) => {
-                self.record.load_failures += 1;
-                let backoff = if self.record.load_failures >= attempts {
-                    Duration::from_secs(300)
-                } else {
-                    Duration::from_secs(1 << self.record.load_failures.min(6))
-                };
-                tracing::error!(run = %self.record.run_id, error = %format!("{e:#}"), failures = self.record.load_failures, retry_in_s = backoff.as_secs(), "load failed; will retry");
-                self.record.last_error = Some(format!("{e:#}"));
-                self.next_load_try = Instant::now() + backoff;
-                None
-            }
-        }
-    }
 }
 
 /// What the API shows of a pipeline.
@@ -435,17 +396,8 @@ impl Coordinator {
         machine.apply(Event::Enqueued {
             shards: shards.keys().take(sent).cloned().collect(),
         });
-        self.runs.insert(
-            run_id,
-            ActiveRun {
-                record,
-                shards,
-                machine,
-                loader,
-                oldest_unbatched: None,
-                next_load_try: Instant::now(),
-            },
-        );
+        self.runs
+            .insert(run_id, ActiveRun::new(record, shards, machine, loader));
         Ok(())
     }
 
@@ -974,11 +926,15 @@ impl Coordinator {
                 }
             }
         }
+        for run in self.runs.values_mut() {
+            run.settle_load(LOAD_GRACE).await;
+        }
         tracing::info!("coordinator stopped; unfinished runs resume on the next start");
         Ok(())
     }
 }
 
+mod active;
 mod api;
 mod page;
 mod requests;
