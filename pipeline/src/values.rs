@@ -234,9 +234,13 @@ impl Default for TextRules {
 }
 
 impl TextRules {
-    /// Whether text `s` (a CSV field) reads as null.
+    /// Whether text `s` (a CSV field) reads as null. Called for every cell: an empty field is
+    /// told by length alone (equal-length slices compare through a `memcmp` call, even at
+    /// length 0, which was ~4 % of a CSV shard's time).
     pub fn is_null(&self, s: &str) -> bool {
-        self.null_values.iter().any(|n| n == s)
+        self.null_values
+            .iter()
+            .any(|n| n.len() == s.len() && (s.is_empty() || n == s))
     }
 
     /// Whether a JSON string reads as null: only when `null_values` was set.
@@ -369,6 +373,21 @@ mod tests {
             "no locale: commas are left for the parser to refuse"
         );
         assert!(plain.is_null("") && !plain.is_null("N/A"));
+    }
+
+    #[test]
+    fn null_values_match_whole_fields_only() {
+        let r = TextRules {
+            null_values: vec!["".into(), "NA".into(), "-".into()],
+            ..TextRules::default()
+        };
+        assert!(r.is_null("") && r.is_null("NA") && r.is_null("-"));
+        assert!(!r.is_null("NB") && !r.is_null("N") && !r.is_null("NAN") && !r.is_null(" "));
+        let none = TextRules {
+            null_values: vec![],
+            ..TextRules::default()
+        };
+        assert!(!none.is_null("") && !none.is_null("NA"));
     }
 
     #[test]
