@@ -269,7 +269,7 @@ mod tests {
         (ActiveRun::new(record, shards, machine, loader), state)
     }
 
-    /// Advances `run` until its load in flight has ended, for at most five seconds.
+    /// Waits until the load `run` has in flight has ended, for at most five seconds.
     async fn until_landed(run: &ActiveRun) {
         for _ in 0..500 {
             if run.loading.as_ref().is_none_or(|f| f.task.is_finished()) {
@@ -282,11 +282,13 @@ mod tests {
 
     const WINDOW: Duration = Duration::ZERO;
 
-    /// Stop 20's note: the fleet loop awaited its loads, so no API request, result or other run
-    /// was served while one ran. Now advancing a run hands its load to a task and returns; the
-    /// run waits for it, and moves on (judged, finished) once it has landed.
-    #[tokio::test]
-    async fn a_load_runs_on_its_own_task_and_the_run_waits_for_it() {
+    /// A one-shard run over a closed [`GatedWarehouse`], advanced until its load is in flight.
+    async fn run_with_load_in_flight() -> (
+        tempfile::TempDir,
+        Arc<GatedWarehouse>,
+        ActiveRun,
+        Arc<dyn StateStore>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let wh = GatedWarehouse::closed();
         let (mut run, state) = one_shard_run(dir.path(), wh.clone()).await;
@@ -295,6 +297,15 @@ mod tests {
             step.await.expect("advance returns while the load waits"),
             Some(None)
         );
+        (dir, wh, run, state)
+    }
+
+    /// Stop 20's note: the fleet loop awaited its loads, so no API request, result or other run
+    /// was served while one ran. Now advancing a run hands its load to a task and returns; the
+    /// run waits for it, and moves on (judged, finished) once it has landed.
+    #[tokio::test]
+    async fn a_load_runs_on_its_own_task_and_the_run_waits_for_it() {
+        let (_dir, wh, mut run, state) = run_with_load_in_flight().await;
         assert!(run.loading.is_some());
         assert_eq!(run.advance(WINDOW, 3).await, Some(None), "still loading");
         assert_eq!(run.machine.batches_loaded(), 0);
@@ -314,10 +325,7 @@ mod tests {
     /// never finishes with its load still running.
     #[tokio::test]
     async fn a_cancel_during_a_load_waits_for_the_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let wh = GatedWarehouse::closed();
-        let (mut run, _state) = one_shard_run(dir.path(), wh.clone()).await;
-        assert_eq!(run.advance(WINDOW, 3).await, Some(None));
+        let (_dir, wh, mut run, _state) = run_with_load_in_flight().await;
         run.machine.apply(Event::Cancelled);
         assert_eq!(
             run.advance(WINDOW, 3).await,
@@ -337,16 +345,12 @@ mod tests {
     /// the next start); one that ends is waited for.
     #[tokio::test]
     async fn stopping_waits_for_a_load_in_flight_up_to_the_grace() {
-        let dir = tempfile::tempdir().unwrap();
-        let wh = GatedWarehouse::closed();
-        let (mut run, state) = one_shard_run(dir.path(), wh.clone()).await;
-        assert_eq!(run.advance(WINDOW, 3).await, Some(None));
+        let (_dir, _wh, mut run, state) = run_with_load_in_flight().await;
         run.settle_load(Duration::from_millis(50)).await;
         assert!(run.loading.is_none());
         assert!(state.list("runs/r/loaded/").await.unwrap().is_empty());
 
-        let (mut run, state) = one_shard_run(dir.path(), wh.clone()).await;
-        assert_eq!(run.advance(WINDOW, 3).await, Some(None));
+        let (_dir, wh, mut run, state) = run_with_load_in_flight().await;
         wh.gate.add_permits(1);
         run.settle_load(Duration::from_secs(5)).await;
         assert_eq!(state.list("runs/r/loaded/").await.unwrap().len(), 1);
