@@ -1,7 +1,9 @@
 //! Writing partitioned Parquet.
 
 use super::*;
-use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::arrow::arrow_writer::{
+    ArrowColumnChunk, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
+};
 use parquet::file::writer::SerializedFileWriter;
 
 /// Hive-style escaping of a partition value (as Hive and Spark do).
@@ -236,9 +238,6 @@ impl Writers {
                     group.push(b);
                 }
             }
-            let batch =
-                arrow::compute::concat_batches(&pw.schema, &group).map_err(WorkerError::arrow)?;
-            drop(group);
             if pw.open.is_none() {
                 let name = format!("part-{}-{:05}.parquet", self.shard_id, pw.seq);
                 let key = [self.prefix.as_str(), pw.dir.as_str(), name.as_str()]
@@ -256,8 +255,11 @@ impl Writers {
                 pw.seq += 1;
             }
             let of = pw.open.as_mut().expect("opened above");
-            write_row_group(of, &pw.schema, &batch)?;
-            track_max_bytes(&mut of.max_bytes, &batch);
+            write_row_group(of, &pw.schema, &group)?;
+            for b in &group {
+                track_max_bytes(&mut of.max_bytes, b);
+            }
+            drop(group);
             of.rows += rows as u64;
             if of.writer.bytes_written() as u64 >= self.target_bytes {
                 let of = pw.open.take().expect("open");
@@ -347,26 +349,36 @@ fn open_file(
     })
 }
 
-/// Encodes `batch` as the file's next row group, its columns in parallel on the rayon pool (each
-/// column's encoding and compression is independent; the chunks are appended in column order).
+/// Encodes the rows of `batches`, in order, as the file's next row group, its columns in
+/// parallel on the rayon pool (each column's encoding and compression is independent; the chunks
+/// are appended in column order). Each column writer takes the batches one after another, so the
+/// buffered batches are never concatenated into one copy first.
 pub(crate) fn write_row_group(
     of: &mut OpenFile,
     schema: &SchemaRef,
-    batch: &RecordBatch,
+    batches: &[RecordBatch],
 ) -> Result<(), WorkerError> {
     let writers = of
         .groups
         .create_column_writers(of.row_groups)
         .map_err(WorkerError::parquet)?;
-    let mut leaves = Vec::with_capacity(writers.len());
-    for (field, col) in schema.fields().iter().zip(batch.columns()) {
-        leaves.extend(compute_leaves(field, col).map_err(WorkerError::parquet)?);
+    // Each column's leaves (one per column of this flat schema), batch after batch.
+    let mut leaves: Vec<Vec<ArrowLeafColumn>> = writers.iter().map(|_| Vec::new()).collect();
+    for b in batches {
+        let mut slot = leaves.iter_mut();
+        for (field, col) in schema.fields().iter().zip(b.columns()) {
+            for leaf in compute_leaves(field, col).map_err(WorkerError::parquet)? {
+                slot.next().expect("one writer per leaf").push(leaf);
+            }
+        }
     }
     let chunks: Vec<ArrowColumnChunk> = writers
         .into_par_iter()
         .zip(leaves)
-        .map(|(mut w, leaf)| {
-            w.write(&leaf)?;
+        .map(|(mut w, leaves)| {
+            for leaf in &leaves {
+                w.write(leaf)?;
+            }
             w.close()
         })
         .collect::<Result<_, _>>()
@@ -450,11 +462,53 @@ pub(crate) fn partition_piece(plan: &Plan, piece: &Piece) -> Result<Vec<PartBatc
     }
     groups
         .into_iter()
-        .map(|(dir, values, idx)| {
-            let idx = arrow::array::UInt32Array::from(idx);
-            let taken =
-                arrow::compute::take_record_batch(&batch, &idx).map_err(WorkerError::arrow)?;
-            Ok((dir, values, taken))
-        })
+        .map(|(dir, values, idx)| Ok((dir, values, rows_of(&batch, idx)?)))
         .collect()
+}
+
+/// The rows `idx` (ascending) of `batch`: a zero-copy slice when they are one run — a piece
+/// within one partition, as time-ordered sources partitioned by date mostly are — else a copy.
+fn rows_of(batch: &RecordBatch, idx: Vec<u32>) -> Result<RecordBatch, WorkerError> {
+    let (first, last) = (idx[0] as usize, idx[idx.len() - 1] as usize);
+    if last - first + 1 == idx.len() {
+        return Ok(batch.slice(first, idx.len()));
+    }
+    let idx = arrow::array::UInt32Array::from(idx);
+    arrow::compute::take_record_batch(batch, &idx).map_err(WorkerError::arrow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+
+    fn names(b: &RecordBatch) -> Vec<&str> {
+        b.column(0).as_string::<i32>().iter().flatten().collect()
+    }
+
+    fn values_ptr(b: &RecordBatch) -> *const u8 {
+        b.column(0).to_data().buffers()[1].as_ptr()
+    }
+
+    fn batch() -> RecordBatch {
+        let col = StringArray::from(vec!["a", "b", "c", "d", "e"]);
+        RecordBatch::try_from_iter([("s", Arc::new(col) as ArrayRef)]).unwrap()
+    }
+
+    #[test]
+    fn a_partition_run_of_a_piece_is_sliced_not_copied() {
+        let b = batch();
+        let run = rows_of(&b, vec![1, 2, 3]).unwrap();
+        assert_eq!(names(&run), ["b", "c", "d"]);
+        // The slice shares the piece's string bytes.
+        assert_eq!(values_ptr(&run), values_ptr(&b));
+    }
+
+    #[test]
+    fn rows_that_are_not_one_run_are_copied_in_order() {
+        let b = batch();
+        let picked = rows_of(&b, vec![0, 2, 4]).unwrap();
+        assert_eq!(names(&picked), ["a", "c", "e"]);
+        assert_ne!(values_ptr(&picked), values_ptr(&b));
+    }
 }
