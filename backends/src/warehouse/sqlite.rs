@@ -751,4 +751,39 @@ mod tests {
         );
         assert_eq!(format_micros(-1), "1969-12-31 23:59:59.999999");
     }
+
+    #[test]
+    fn timestamps_written_digit_by_digit_match_the_formatted_text() {
+        let formatted = |us: i64| {
+            let (days, rem) = (us.div_euclid(86_400_000_000), us.rem_euclid(86_400_000_000));
+            let (y, m, d) = crate::civil_from_days(days);
+            let s = rem / 1_000_000;
+            format!(
+                "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
+                s / 3600,
+                s / 60 % 60,
+                s % 60,
+                rem % 1_000_000
+            )
+        };
+        // Across the fast path's edges (years 0 and 9999) and beyond them.
+        let day = 86_400_000_000i64;
+        let edges = [-62_167_219_200_000_000i64, 253_402_300_799_999_999];
+        for base in edges.into_iter().chain([0, 1_746_093_600_123_456]) {
+            for k in [
+                -400 * day - 1,
+                -day,
+                -1,
+                0,
+                1,
+                999_999,
+                day + 7,
+                400 * day + 3,
+            ] {
+                let us = base + k;
+                assert_eq!(format_micros(us), formatted(us), "{us}");
+            }
+        }
+        assert_eq!(format_micros(edges[0] - 1), "-001-12-31 23:59:59.999999");
+    }
 }
