@@ -3,7 +3,10 @@
 //! runs while it runs.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use protocol::ShardDescriptor;
 
@@ -21,6 +24,9 @@ pub(super) struct ActiveRun {
     pub(super) next_load_try: Instant,
     /// The load in flight on a task of its own: the batch's number and id, and the task.
     loading: Option<InFlight>,
+    /// Told when a load task of this run ends, so the loop notices it at once instead of on
+    /// its next turn (shared by all of the coordinator's runs).
+    load_ended: Arc<Notify>,
 }
 
 /// A batch load running on its own task while the coordinator's loop goes on.
@@ -31,12 +37,13 @@ struct InFlight {
 }
 
 impl ActiveRun {
-    /// A run being driven, with no load in flight.
+    /// A run being driven, with no load in flight; its load tasks tell `load_ended` when they end.
     pub(super) fn new(
         record: RunRecord,
         shards: BTreeMap<String, ShardDescriptor>,
         machine: RunMachine,
         loader: Loader,
+        load_ended: Arc<Notify>,
     ) -> ActiveRun {
         ActiveRun {
             record,
@@ -46,7 +53,13 @@ impl ActiveRun {
             oldest_unbatched: None,
             next_load_try: Instant::now(),
             loading: None,
+            load_ended,
         }
+    }
+
+    /// Whether a load of this run is running on its task.
+    pub(super) fn load_in_flight(&self) -> bool {
+        self.loading.is_some()
     }
 
     /// One advance of the run's machine: `Some(None)` when it waits (for shards, or for its
@@ -96,7 +109,13 @@ impl ActiveRun {
                     Advanced::Finish(status) => Some(status),
                     Advanced::Load { seq, job } => {
                         let batch_id = job.batch_id().to_string();
-                        let task = tokio::spawn(job.run());
+                        let ended = self.load_ended.clone();
+                        let task = tokio::spawn(async move {
+                            let r = job.run().await;
+                            // A permit is kept if no one waits yet: the end is never missed.
+                            ended.notify_one();
+                            r
+                        });
                         self.loading = Some(InFlight {
                             seq,
                             batch_id,
@@ -266,7 +285,8 @@ mod tests {
         }))
         .unwrap();
         let shards = BTreeMap::from([("s00000".to_string(), shard)]);
-        (ActiveRun::new(record, shards, machine, loader), state)
+        let run = ActiveRun::new(record, shards, machine, loader, Default::default());
+        (run, state)
     }
 
     /// Waits until the load `run` has in flight has ended, for at most five seconds.
@@ -298,6 +318,25 @@ mod tests {
             Some(None)
         );
         (dir, wh, run, state)
+    }
+
+    /// Stop 21's note: the loop noticed a finished load only on its next turn, after the
+    /// results queue's long poll (up to a second per batch). The load's task now tells the
+    /// loop's `Notify` as it ends.
+    #[tokio::test]
+    async fn a_finished_load_wakes_the_loop() {
+        let (_dir, wh, run, _state) = run_with_load_in_flight().await;
+        assert!(run.load_in_flight());
+        let ended = run.load_ended.clone();
+        let woken = ended.notified();
+        tokio::pin!(woken);
+        // Registered before the gate opens; not woken while the load waits.
+        assert!(futures_util::poll!(woken.as_mut()).is_pending());
+        wh.gate.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(5), woken)
+            .await
+            .expect("the load's end wakes the loop");
+        assert_eq!(wh.loads.load(Ordering::SeqCst), 1);
     }
 
     /// Stop 20's note: the fleet loop awaited its loads, so no API request, result or other run

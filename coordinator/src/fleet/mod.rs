@@ -44,6 +44,10 @@ use crate::metrics::METRICS;
 use crate::run::{Fault, RunRecord, fault, plan_run, record_new_run, task_bodies};
 use active::ActiveRun;
 
+/// How often the results queue is polled while a load is in flight (between polls the loop
+/// waits for a load to end).
+const LOAD_RESULTS_POLL: Duration = Duration::from_millis(200);
+
 /// How long a stopping coordinator waits for the loads in flight.
 const LOAD_GRACE: Duration = Duration::from_secs(20);
 
@@ -96,6 +100,8 @@ pub struct Coordinator {
     last_dead_letter_check: Instant,
     last_depth_poll: Instant,
     last_archive: Instant,
+    /// Told by every load task as it ends (see `consume_results`).
+    load_ended: Arc<tokio::sync::Notify>,
 }
 
 /// Opens the state store named by the settings.
@@ -215,6 +221,7 @@ impl Coordinator {
             last_dead_letter_check: Instant::now() - Duration::from_secs(3600),
             last_depth_poll: Instant::now() - Duration::from_secs(3600),
             last_archive: Instant::now(),
+            load_ended: Arc::default(),
         })
     }
 
@@ -396,8 +403,10 @@ impl Coordinator {
         machine.apply(Event::Enqueued {
             shards: shards.keys().take(sent).cloned().collect(),
         });
-        self.runs
-            .insert(run_id, ActiveRun::new(record, shards, machine, loader));
+        self.runs.insert(
+            run_id,
+            ActiveRun::new(record, shards, machine, loader, self.load_ended.clone()),
+        );
         Ok(())
     }
 
@@ -511,12 +520,25 @@ impl Coordinator {
     }
 
     /// Reads completions from the results queue and records them durably, then deletes them.
+    ///
+    /// With no load in flight it long-polls (up to a second). With one, it polls without waiting
+    /// and, when nothing came, waits for a load to end or [`LOAD_RESULTS_POLL`]: a load that ends
+    /// moves its run on at once, and a receive is never cut short (a dropped SQS receive hides
+    /// what it took until the visibility timeout).
     async fn consume_results(&mut self) -> anyhow::Result<usize> {
-        let got = self
-            .backends
-            .results
-            .receive(10, Duration::from_secs(1))
-            .await?;
+        let loading = self.runs.values().any(ActiveRun::load_in_flight);
+        let wait = if loading {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        };
+        let got = self.backends.results.receive(10, wait).await?;
+        if got.is_empty() && loading {
+            tokio::select! {
+                _ = self.load_ended.notified() => {}
+                _ = tokio::time::sleep(LOAD_RESULTS_POLL) => {}
+            }
+        }
         let n = got.len();
         let mut handled = Vec::new();
         for m in got {
