@@ -440,13 +440,38 @@ pub(crate) fn partition_piece(plan: &Plan, piece: &Piece) -> Result<Vec<PartBatc
         .iter()
         .map(|s| piece.cols[*s].as_ref().expect("set"))
         .collect();
+    let groups = group_rows(&plan.partition_names, &pcols, piece.rows.len())?;
+    groups
+        .into_iter()
+        .map(|(dir, values, idx)| Ok((dir, values, rows_of(&batch, idx)?)))
+        .collect()
+}
+
+/// The piece's rows grouped by partition (folder, values, row indices in order), in order of
+/// first appearance. The partition's text is worked out once per run of rows with equal
+/// partition values (a row equal to the one before joins its group), not once per row: sources
+/// partitioned by date arrive mostly in time order.
+fn group_rows(
+    names: &[String],
+    pcols: &[&ArrayRef],
+    rows: usize,
+) -> Result<Vec<(String, PartitionValues, Vec<u32>)>, WorkerError> {
+    let same: Vec<arrow::array::DynComparator> = pcols
+        .iter()
+        .map(|c| arrow::array::make_comparator(c.as_ref(), c.as_ref(), Default::default()))
+        .collect::<Result<_, _>>()
+        .map_err(WorkerError::arrow)?;
     let mut groups: Vec<(String, PartitionValues, Vec<u32>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    for i in 0..piece.rows.len() {
-        let values: Vec<(String, String)> = plan
-            .partition_names
+    let mut last = 0;
+    for i in 0..rows {
+        if i > 0 && same.iter().all(|eq| eq(i, i - 1).is_eq()) {
+            groups[last].2.push(i as u32);
+            continue;
+        }
+        let values: Vec<(String, String)> = names
             .iter()
-            .zip(&pcols)
+            .zip(pcols)
             .map(|(n, c)| (n.clone(), partition_value(c, i)))
             .collect();
         let dir = values
@@ -454,27 +479,37 @@ pub(crate) fn partition_piece(plan: &Plan, piece: &Piece) -> Result<Vec<PartBatc
             .map(|(n, v)| format!("{n}={v}"))
             .collect::<Vec<_>>()
             .join("/");
-        let g = *index.entry(dir.clone()).or_insert_with(|| {
+        last = *index.entry(dir.clone()).or_insert_with(|| {
             groups.push((dir, values, Vec::new()));
             groups.len() - 1
         });
-        groups[g].2.push(i as u32);
+        groups[last].2.push(i as u32);
     }
-    groups
-        .into_iter()
-        .map(|(dir, values, idx)| Ok((dir, values, rows_of(&batch, idx)?)))
-        .collect()
+    Ok(groups)
 }
 
 /// The rows `idx` (ascending) of `batch`: a zero-copy slice when they are one run — a piece
-/// within one partition, as time-ordered sources partitioned by date mostly are — else a copy.
+/// within one partition, as time-ordered sources partitioned by date mostly are — else a copy by
+/// a filter, which copies runs of kept rows at once (a piece of one day with a few late events
+/// is a few long runs).
 fn rows_of(batch: &RecordBatch, idx: Vec<u32>) -> Result<RecordBatch, WorkerError> {
     let (first, last) = (idx[0] as usize, idx[idx.len() - 1] as usize);
     if last - first + 1 == idx.len() {
         return Ok(batch.slice(first, idx.len()));
     }
-    let idx = arrow::array::UInt32Array::from(idx);
-    arrow::compute::take_record_batch(batch, &idx).map_err(WorkerError::arrow)
+    let mut keep = vec![false; batch.num_rows()];
+    for i in idx {
+        keep[i as usize] = true;
+    }
+    let mask = BooleanArray::from(keep);
+    let mut filter = arrow::compute::FilterBuilder::new(&mask);
+    if batch.num_columns() > 1 {
+        filter = filter.optimize();
+    }
+    filter
+        .build()
+        .filter_record_batch(batch)
+        .map_err(WorkerError::arrow)
 }
 
 #[cfg(test)]
@@ -493,6 +528,43 @@ mod tests {
     fn batch() -> RecordBatch {
         let col = StringArray::from(vec!["a", "b", "c", "d", "e"]);
         RecordBatch::try_from_iter([("s", Arc::new(col) as ArrayRef)]).unwrap()
+    }
+
+    #[test]
+    fn rows_are_grouped_by_partition_values_in_runs_and_scattered() {
+        let day = arrow::array::Date32Array::from(vec![
+            Some(0),
+            Some(0),
+            Some(1),
+            Some(0),
+            None,
+            None,
+            Some(1),
+        ]);
+        let kind = StringArray::from(vec!["x", "x", "x", "x", "x", "y", "x"]);
+        let (day, kind): (ArrayRef, ArrayRef) = (Arc::new(day), Arc::new(kind));
+        let names = ["day".to_string(), "kind".to_string()];
+        let groups = group_rows(&names, &[&day, &kind], 7).unwrap();
+        let got: Vec<(&str, &[u32])> = groups
+            .iter()
+            .map(|(dir, _, idx)| (dir.as_str(), idx.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("day=1970-01-01/kind=x", &[0, 1, 3][..]),
+                ("day=1970-01-02/kind=x", &[2, 6][..]),
+                ("day=__HIVE_DEFAULT_PARTITION__/kind=x", &[4][..]),
+                ("day=__HIVE_DEFAULT_PARTITION__/kind=y", &[5][..]),
+            ]
+        );
+        assert_eq!(
+            groups[1].1,
+            [
+                ("day".into(), "1970-01-02".into()),
+                ("kind".into(), "x".into())
+            ]
+        );
     }
 
     #[test]
