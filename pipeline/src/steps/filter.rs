@@ -115,14 +115,35 @@ impl CondKind {
             CondKind::Equals(s, true) => v.eq_ignore_ascii_case(s),
             CondKind::Equals(s, false) => v == s,
             CondKind::Contains(s, false) => v.contains(s.as_str()),
-            CondKind::Contains(s, true) => {
-                // ASCII case-insensitive substring search without allocating.
-                let (h, n) = (v.as_bytes(), s.as_bytes());
-                n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-            }
+            CondKind::Contains(s, true) => contains_ignore_ascii_case(v.as_bytes(), s.as_bytes()),
             CondKind::IsNull(_) => false,
         }
     }
+}
+
+/// Whether `needle` occurs in `hay`, ASCII letters compared without case, without allocating:
+/// candidates are found by the needle's first byte in either case (`memchr2`, many bytes at a
+/// time), and only they are compared.
+fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let Some(last_start) = hay.len().checked_sub(needle.len()) else {
+        return false;
+    };
+    let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+    let mut from = 0;
+    while let Some(p) = memchr::memchr2(lower, upper, &hay[from..=last_start]) {
+        let at = from + p;
+        if hay[at + 1..at + needle.len()].eq_ignore_ascii_case(rest) {
+            return true;
+        }
+        from = at + 1;
+        if from > last_start {
+            break;
+        }
+    }
+    false
 }
 
 #[derive(Debug)]
@@ -186,6 +207,53 @@ fn drop_where(rows: &mut dyn Rows, p: &SlotExpr) -> Result<Vec<bool>, StepError>
 mod tests {
     use super::super::testing::*;
     use super::*;
+
+    #[test]
+    fn case_insensitive_contains_agrees_with_comparing_every_window() {
+        let naive = |h: &[u8], n: &[u8]| {
+            n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+        };
+        let hays = [
+            "",
+            "b",
+            "bo",
+            "bot",
+            "BOT",
+            "xbOt",
+            "bbot",
+            "bobot",
+            "bo-t",
+            "Googlebot/2.1",
+            "Mozilla/5.0 (compatible; BingBot)",
+            "robots",
+            "abc",
+            "bo\u{e9}t",
+            "é-bot",
+        ];
+        let needles = [
+            "",
+            "b",
+            "bot",
+            "BoT",
+            "-",
+            "bo\u{e9}",
+            "é",
+            "2.1",
+            "mozilla/5.0 (",
+        ];
+        for h in hays {
+            for n in needles {
+                let (h, n) = (h.as_bytes(), n.as_bytes());
+                assert_eq!(
+                    contains_ignore_ascii_case(h, n),
+                    naive(h, n),
+                    "{:?} in {:?}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(h)
+                );
+            }
+        }
+    }
 
     #[test]
     fn simple_conditions_and_sql_drop_into_the_bucket() {
