@@ -128,7 +128,7 @@ pub(crate) fn dedupe(
     }
     let cols: Vec<&ArrayRef> = slots
         .iter()
-        .map(|s| piece.cols[*s].as_ref().expect("set"))
+        .map(|s| piece.cols.get(*s).expect("set"))
         .collect();
     let mut buf = Vec::new();
     let mut keep = Vec::with_capacity(piece.rows.len());

@@ -65,6 +65,7 @@ pub(crate) type PartitionValues = Vec<(String, String)>;
 pub const MALFORMED: &str = "malformed";
 pub const INVALID_VALUE: &str = "invalid_value";
 
+mod cols;
 mod columns;
 mod dedupe;
 mod evolve;
@@ -76,6 +77,7 @@ mod shard;
 mod steps;
 mod write;
 
+pub use cols::Cols;
 pub use columns::*;
 pub use dedupe::*;
 pub(crate) use evolve::{Extras, column_name as evolved_column_name, conform, union};

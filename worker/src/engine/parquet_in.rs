@@ -193,12 +193,15 @@ fn convert_piece(
     let kept = BooleanArray::from(mask);
     let all_kept = piece.rows.len() == range.len();
     for (c, b) in builders.iter_mut().enumerate() {
-        piece.cols[c] = Some(match (b, &cols[c]) {
-            (Some(b), _) => b.finish(),
-            (None, Some(a)) if all_kept => a.clone(),
-            (None, Some(a)) => arrow::compute::filter(a, &kept).map_err(WorkerError::arrow)?,
-            (None, None) => unreachable!("a column without data is converted"),
-        });
+        piece.cols.set(
+            c,
+            match (b, &cols[c]) {
+                (Some(b), _) => b.finish(),
+                (None, Some(a)) if all_kept => a.clone(),
+                (None, Some(a)) => arrow::compute::filter(a, &kept).map_err(WorkerError::arrow)?,
+                (None, None) => unreachable!("a column without data is converted"),
+            },
+        );
     }
     // Record indexes are positions in the batch's slice; quarantine reads them from there.
     for q in piece.quarantine.iter_mut() {

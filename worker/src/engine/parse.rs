@@ -254,8 +254,9 @@ impl<'de> Visitor<'de> for ObjSeed<'_, '_, 'de> {
 
 /// A processing unit: up to [`PIECE_ROWS`] records of one chunk, as Arrow columns.
 pub struct Piece {
-    /// Column slots (declared columns, then step outputs); `None` until set.
-    pub cols: Vec<Option<ArrayRef>>,
+    /// Column slots (declared columns, then step outputs), unset until set; dropped rows leave
+    /// them lazily (see `cols`).
+    pub cols: Cols,
     /// For each live row, its record index in the chunk.
     pub rows: Vec<u32>,
     pub quarantine: Vec<QItem>,
@@ -274,7 +275,7 @@ impl Piece {
     /// An empty piece for `lines` records (all counted in `lines_total`).
     pub(crate) fn new(plan: &Plan, lines: usize) -> Piece {
         Piece {
-            cols: vec![None; plan.slot_types.len()],
+            cols: Cols::new(plan.slot_types.len()),
             rows: Vec::with_capacity(lines),
             quarantine: Vec::new(),
             counts: Counts {
@@ -289,24 +290,23 @@ impl Piece {
         if mask.true_count() == mask.len() {
             return Ok(());
         }
-        // The mask's selection (counts, runs of kept rows) is worked out once for all columns.
-        let mut builder = arrow::compute::FilterBuilder::new(mask);
-        if self.cols.len() + self.extra.len() > 1 {
-            builder = builder.optimize();
-        }
-        let filter = builder.build();
-        for c in self.cols.iter_mut().flatten() {
-            *c = filter.filter(c.as_ref()).map_err(WorkerError::arrow)?;
-        }
-        for (_, c) in self.extra.iter_mut() {
-            *c = filter.filter(c.as_ref()).map_err(WorkerError::arrow)?;
+        // A null in the mask drops its row, as Arrow's filter does.
+        let keep: Vec<bool> = (0..mask.len())
+            .map(|i| mask.is_valid(i) && mask.value(i))
+            .collect();
+        if !self.extra.is_empty() {
+            let mask = BooleanArray::from(keep.clone());
+            let filter = arrow::compute::FilterBuilder::new(&mask).optimize().build();
+            for (_, c) in self.extra.iter_mut() {
+                *c = filter.filter(c.as_ref()).map_err(WorkerError::arrow)?;
+            }
         }
         let mut i = 0;
         self.rows.retain(|_| {
-            let k = mask.value(i);
             i += 1;
-            k
+            keep[i - 1]
         });
+        self.cols.keep(keep);
         Ok(())
     }
 
@@ -426,7 +426,7 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
         }
     }
     for (c, b) in builders.iter_mut().enumerate() {
-        piece.cols[c] = Some(b.finish());
+        piece.cols.set(c, b.finish());
     }
     piece.extra = extras.finish(piece.rows.len());
     piece

@@ -10,10 +10,10 @@ impl Rows for Piece {
         self.rows.len()
     }
     fn column(&self, slot: usize) -> &ArrayRef {
-        self.cols[slot].as_ref().expect("set")
+        self.cols.get(slot).expect("set")
     }
     fn set_column(&mut self, slot: usize, column: ArrayRef) {
-        self.cols[slot] = Some(column);
+        self.cols.set(slot, column);
     }
     fn drop_rows(&mut self, drop: &[bool], bucket: &str) -> Result<(), StepError> {
         let dropped = drop.iter().filter(|d| **d).count() as u64;
@@ -45,7 +45,7 @@ pub(crate) fn enforce_string_limit(plan: &Plan, piece: &mut Piece) -> Result<(),
         .columns
         .iter()
         .zip(&plan.output_slots)
-        .filter_map(|(name, slot)| Some((name.as_str(), piece.cols[*slot].as_ref()?)));
+        .filter_map(|(name, slot)| Some((name.as_str(), piece.cols.get(*slot)?)));
     let evolved = piece.extra.iter().map(|(f, a)| (f.name().as_str(), a));
     for (name, a) in declared.chain(evolved) {
         if a.data_type() != &DataType::Utf8 {

@@ -413,7 +413,7 @@ pub(crate) fn partition_piece(plan: &Plan, piece: &Piece) -> Result<Vec<PartBatc
     let mut cols: Vec<ArrayRef> = plan
         .output_slots
         .iter()
-        .map(|s| piece.cols[*s].clone().expect("set"))
+        .map(|s| piece.cols.get(*s).cloned().expect("set"))
         .collect();
     let schema = if piece.extra.is_empty() {
         plan.output_schema.clone()
@@ -438,7 +438,7 @@ pub(crate) fn partition_piece(plan: &Plan, piece: &Piece) -> Result<Vec<PartBatc
     let pcols: Vec<&ArrayRef> = plan
         .partition_slots
         .iter()
-        .map(|s| piece.cols[*s].as_ref().expect("set"))
+        .map(|s| piece.cols.get(*s).expect("set"))
         .collect();
     let groups = group_rows(&plan.partition_names, &pcols, piece.rows.len())?;
     groups
