@@ -5,6 +5,8 @@ use parquet::arrow::arrow_writer::{
     ArrowColumnChunk, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
 };
 use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
+use std::collections::BTreeSet;
 
 /// Hive-style escaping of a partition value (as Hive and Spark do).
 pub fn escape_partition(v: &str) -> String {
@@ -107,6 +109,9 @@ pub struct Writers {
     pub(crate) parts: BTreeMap<String, PartitionWriter>,
     pub(crate) pending_bytes: usize,
     pub(crate) opened: u64,
+    /// Columns whose dictionary outgrew its page in a row group of this shard: files opened
+    /// later write them plain from the start (see [`plain_after_fallback`]).
+    pub(crate) plain: BTreeSet<Vec<String>>,
     pub done: Vec<WrittenFile>,
 }
 
@@ -138,6 +143,7 @@ impl Writers {
             parts: BTreeMap::new(),
             pending_bytes: 0,
             opened: 0,
+            plain: BTreeSet::new(),
             done: Vec::new(),
         }
     }
@@ -255,7 +261,10 @@ impl Writers {
                 pw.seq += 1;
             }
             let of = pw.open.as_mut().expect("opened above");
-            write_row_group(of, &pw.schema, &group)?;
+            let fell_back = write_row_group(of, &pw.schema, &group)?;
+            if plain_after_fallback(&mut self.plain, fell_back) {
+                self.props = without_dictionary(&self.props, &self.plain);
+            }
             for b in &group {
                 track_max_bytes(&mut of.max_bytes, b);
             }
@@ -349,15 +358,54 @@ fn open_file(
     })
 }
 
+/// Notes the columns whose dictionary fell back to plain encoding in a row group; whether any
+/// is new. A column that does so (ids, hashes, URLs, timestamps: more distinct values than a
+/// dictionary page holds) would do so again in every row group, after paying for a dictionary
+/// of its first values and writing its first pages twice encoded; files opened later skip it.
+/// (Smaller files too: the reference workload's output is ~4 % smaller, BENCHMARKS.md.)
+fn plain_after_fallback(plain: &mut BTreeSet<Vec<String>>, fell_back: Vec<Vec<String>>) -> bool {
+    let before = plain.len();
+    plain.extend(fell_back);
+    plain.len() > before
+}
+
+/// `props` with dictionary encoding off for the columns `plain`.
+fn without_dictionary(props: &WriterProperties, plain: &BTreeSet<Vec<String>>) -> WriterProperties {
+    plain
+        .iter()
+        .fold(props.clone().into_builder(), |b, c| {
+            b.set_column_dictionary_enabled(ColumnPath::new(c.clone()), false)
+        })
+        .build()
+}
+
+/// Whether a written column chunk began with a dictionary and then wrote plain data pages (its
+/// dictionary outgrew the page limit).
+fn dictionary_fell_back(meta: &parquet::file::metadata::ColumnChunkMetaData) -> bool {
+    use parquet::basic::{Encoding, PageType};
+    if meta.dictionary_page_offset().is_none() {
+        return false;
+    }
+    if let Some(stats) = meta.page_encoding_stats() {
+        return stats.iter().any(|s| {
+            matches!(s.page_type, PageType::DATA_PAGE | PageType::DATA_PAGE_V2)
+                && s.encoding == Encoding::PLAIN
+        });
+    }
+    meta.page_encoding_stats_mask()
+        .is_some_and(|m| m.is_set(Encoding::PLAIN))
+}
+
 /// Encodes the rows of `batches`, in order, as the file's next row group, its columns in
 /// parallel on the rayon pool (each column's encoding and compression is independent; the chunks
 /// are appended in column order). Each column writer takes the batches one after another, so the
-/// buffered batches are never concatenated into one copy first.
+/// buffered batches are never concatenated into one copy first. The columns whose dictionary
+/// fell back to plain encoding.
 pub(crate) fn write_row_group(
     of: &mut OpenFile,
     schema: &SchemaRef,
     batches: &[RecordBatch],
-) -> Result<(), WorkerError> {
+) -> Result<Vec<Vec<String>>, WorkerError> {
     let writers = of
         .groups
         .create_column_writers(of.row_groups)
@@ -383,6 +431,11 @@ pub(crate) fn write_row_group(
         })
         .collect::<Result<_, _>>()
         .map_err(WorkerError::parquet)?;
+    let fell_back = chunks
+        .iter()
+        .filter(|c| dictionary_fell_back(&c.close().metadata))
+        .map(|c| c.close().metadata.column_path().parts().to_vec())
+        .collect();
     let mut group = of.writer.next_row_group().map_err(WorkerError::parquet)?;
     for c in chunks {
         c.append_to_row_group(&mut group)
@@ -390,7 +443,7 @@ pub(crate) fn write_row_group(
     }
     group.close().map_err(WorkerError::parquet)?;
     of.row_groups += 1;
-    Ok(())
+    Ok(fell_back)
 }
 
 pub(crate) fn close(of: OpenFile, values: &[(String, String)]) -> Result<WrittenFile, WorkerError> {
@@ -564,6 +617,70 @@ mod tests {
                 ("day".into(), "1970-01-02".into()),
                 ("kind".into(), "x".into())
             ]
+        );
+    }
+
+    /// A row group of `rows` rows: `id` all distinct, `kind` of three values.
+    fn ids_and_kinds(rows: usize) -> RecordBatch {
+        let ids: Vec<String> = (0..rows).map(|i| format!("id-{i:016}")).collect();
+        let kinds: Vec<&str> = (0..rows).map(|i| ["a", "b", "c"][i % 3]).collect();
+        RecordBatch::try_from_iter([
+            ("id", Arc::new(StringArray::from(ids)) as ArrayRef),
+            ("kind", Arc::new(StringArray::from(kinds)) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_column_whose_dictionary_overflows_is_written_plain_in_later_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = ids_and_kinds(20_000);
+        let props = WriterProperties::builder()
+            .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
+            .build();
+        let mut of = open_file(
+            dir.path().join("a.parquet"),
+            "a".into(),
+            &batch.schema(),
+            &props,
+        )
+        .unwrap();
+        // 20,000 distinct ids of 19 bytes outgrow a 128 KiB dictionary; three kinds do not.
+        let fell_back =
+            write_row_group(&mut of, &batch.schema(), std::slice::from_ref(&batch)).unwrap();
+        assert_eq!(fell_back, [vec!["id".to_string()]]);
+        let mut plain = BTreeSet::new();
+        assert!(plain_after_fallback(&mut plain, fell_back.clone()));
+        assert!(
+            !plain_after_fallback(&mut plain, fell_back),
+            "known already"
+        );
+        let later = without_dictionary(&props, &plain);
+        assert!(!later.dictionary_enabled(&ColumnPath::from("id")));
+        assert!(later.dictionary_enabled(&ColumnPath::from("kind")));
+        let mut of = open_file(
+            dir.path().join("b.parquet"),
+            "b".into(),
+            &batch.schema(),
+            &later,
+        )
+        .unwrap();
+        assert!(
+            write_row_group(&mut of, &batch.schema(), std::slice::from_ref(&batch))
+                .unwrap()
+                .is_empty()
+        );
+        let written = close(of, &[]).unwrap();
+        let f = std::fs::File::open(&written.local).unwrap();
+        let meta = parquet::file::reader::SerializedFileReader::new(f).unwrap();
+        let rg = parquet::file::reader::FileReader::metadata(&meta).row_group(0);
+        assert!(
+            rg.column(0).dictionary_page_offset().is_none(),
+            "id written plain"
+        );
+        assert!(
+            rg.column(1).dictionary_page_offset().is_some(),
+            "kind keeps its dictionary"
         );
     }
 
