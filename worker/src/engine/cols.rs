@@ -7,6 +7,7 @@
 use std::cell::OnceCell;
 
 use arrow::array::{ArrayRef, BooleanArray};
+use arrow::compute::{FilterBuilder, FilterPredicate};
 
 /// The slots of a piece (declared columns, then step outputs).
 #[derive(Debug, Default)]
@@ -15,6 +16,9 @@ pub struct Cols {
     /// The keep-masks of the drops so far, in order; each is over the rows the ones before it
     /// kept.
     masks: Vec<Vec<bool>>,
+    /// `filters[d]`: the masks from the `d`-th on, composed into one filter, once a column
+    /// compacted after `d` drops is read (most columns share one; reset by each drop).
+    filters: Vec<OnceCell<FilterPredicate>>,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +36,7 @@ impl Cols {
         Cols {
             slots: (0..n).map(|_| Slot::default()).collect(),
             masks: Vec::new(),
+            filters: Vec::new(),
         }
     }
 
@@ -43,8 +48,12 @@ impl Cols {
             return Some(col);
         }
         Some(s.current.get_or_init(|| {
-            let keep = BooleanArray::from(compose(&self.masks[s.drops..]));
-            arrow::compute::filter(col.as_ref(), &keep)
+            let filter = self.filters[s.drops].get_or_init(|| {
+                let keep = BooleanArray::from(compose(&self.masks[s.drops..]));
+                FilterBuilder::new(&keep).optimize().build()
+            });
+            filter
+                .filter(col.as_ref())
                 .expect("a keep-mask is as long as the column it filters")
         }))
     }
@@ -68,6 +77,7 @@ impl Cols {
             }
         }
         self.masks.push(keep);
+        self.filters = (0..self.masks.len()).map(|_| OnceCell::new()).collect();
     }
 }
 
