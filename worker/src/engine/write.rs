@@ -631,6 +631,20 @@ mod tests {
         .unwrap()
     }
 
+    /// `batch` written as the one row group of a new file `name` with `props`: the file, and
+    /// the columns whose dictionary fell back.
+    fn one_group(
+        dir: &Path,
+        name: &str,
+        batch: &RecordBatch,
+        props: &WriterProperties,
+    ) -> (OpenFile, Vec<Vec<String>>) {
+        let schema = batch.schema();
+        let mut of = open_file(dir.join(name), name.into(), &schema, props).unwrap();
+        let fell_back = write_row_group(&mut of, &schema, std::slice::from_ref(batch)).unwrap();
+        (of, fell_back)
+    }
+
     #[test]
     fn a_column_whose_dictionary_overflows_is_written_plain_in_later_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -638,16 +652,8 @@ mod tests {
         let props = WriterProperties::builder()
             .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
             .build();
-        let mut of = open_file(
-            dir.path().join("a.parquet"),
-            "a".into(),
-            &batch.schema(),
-            &props,
-        )
-        .unwrap();
         // 20,000 distinct ids of 19 bytes outgrow a 128 KiB dictionary; three kinds do not.
-        let fell_back =
-            write_row_group(&mut of, &batch.schema(), std::slice::from_ref(&batch)).unwrap();
+        let (_, fell_back) = one_group(dir.path(), "a.parquet", &batch, &props);
         assert_eq!(fell_back, [vec!["id".to_string()]]);
         let mut plain = BTreeSet::new();
         assert!(plain_after_fallback(&mut plain, fell_back.clone()));
@@ -658,30 +664,15 @@ mod tests {
         let later = without_dictionary(&props, &plain);
         assert!(!later.dictionary_enabled(&ColumnPath::from("id")));
         assert!(later.dictionary_enabled(&ColumnPath::from("kind")));
-        let mut of = open_file(
-            dir.path().join("b.parquet"),
-            "b".into(),
-            &batch.schema(),
-            &later,
-        )
-        .unwrap();
-        assert!(
-            write_row_group(&mut of, &batch.schema(), std::slice::from_ref(&batch))
-                .unwrap()
-                .is_empty()
-        );
+        let (of, fell_back) = one_group(dir.path(), "b.parquet", &batch, &later);
+        assert!(fell_back.is_empty());
         let written = close(of, &[]).unwrap();
         let f = std::fs::File::open(&written.local).unwrap();
         let meta = parquet::file::reader::SerializedFileReader::new(f).unwrap();
         let rg = parquet::file::reader::FileReader::metadata(&meta).row_group(0);
-        assert!(
-            rg.column(0).dictionary_page_offset().is_none(),
-            "id written plain"
-        );
-        assert!(
-            rg.column(1).dictionary_page_offset().is_some(),
-            "kind keeps its dictionary"
-        );
+        let has_dictionary = |c: usize| rg.column(c).dictionary_page_offset().is_some();
+        assert!(!has_dictionary(0), "id written plain");
+        assert!(has_dictionary(1), "kind keeps its dictionary");
     }
 
     #[test]
