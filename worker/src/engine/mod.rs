@@ -69,6 +69,7 @@ mod cols;
 mod columns;
 mod dedupe;
 mod evolve;
+mod json_keys;
 mod parquet_in;
 mod parse;
 mod quarantine;

@@ -1,11 +1,14 @@
 //! Parsing records into columns: the JSON path tree, CSV fields, pieces of rows.
 
+use super::json_keys::{KeyIndex, Lookup};
 use super::*;
 
 /// Where each declared column is found in a JSON record.
 #[derive(Debug, Default)]
 pub struct JsonTree {
     pub(crate) entries: Vec<(Box<str>, JsonNode)>,
+    /// Finds a key among `entries` without scanning them (built once the tree is complete).
+    index: KeyIndex,
 }
 
 #[derive(Debug)]
@@ -45,14 +48,30 @@ impl JsonTree {
                 }
             }
         }
+        root.index_keys();
         root
     }
 
+    /// Indexes the keys of this object and of every object under it.
+    fn index_keys(&mut self) {
+        self.index = KeyIndex::build(self.entries.iter().map(|(k, _)| &**k));
+        for (_, n) in &mut self.entries {
+            if let JsonNode::Object(t) = n {
+                t.index_keys();
+            }
+        }
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<&JsonNode> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.len() == key.len() && &**k == key)
-            .map(|(_, n)| n)
+        let at = match self.index.lookup(key) {
+            Lookup::Absent => return None,
+            Lookup::At(i) => Some(i).filter(|i| &*self.entries[*i].0 == key),
+            Lookup::Scan => self
+                .entries
+                .iter()
+                .position(|(k, _)| k.len() == key.len() && &**k == key),
+        };
+        at.map(|i| &self.entries[i].1)
     }
 }
 
