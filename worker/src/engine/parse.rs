@@ -280,6 +280,8 @@ pub struct Piece {
     pub rows: Vec<u32>,
     pub quarantine: Vec<QItem>,
     pub counts: Counts,
+    /// Each row's dedupe key hash, when worked out while parsing (`dedupe::hash_keys`).
+    pub key_hashes: Vec<u64>,
     /// Columns added under `[schema] on_new_column = "evolve"` (after the output columns).
     pub extra: Vec<(Field, ArrayRef)>,
 }
@@ -301,6 +303,7 @@ impl Piece {
                 lines_total: lines as u64,
                 ..Counts::default()
             },
+            key_hashes: Vec::new(),
             extra: Vec::new(),
         }
     }

@@ -79,9 +79,10 @@ pub fn process_chunks(
     let mut pending: Option<Parsed> = None;
     let finish =
         |p: Parsed, st: &mut ShardState| finish_chunk(plan, p, st).map(|chunk| pool.give(chunk));
+    let hasher = st.seen.hasher.clone();
     for chunk in chunks {
         let (parsed, finished) = rayon::join(
-            || parse_chunk(plan, chunk),
+            || parse_chunk(plan, chunk, &hasher),
             || pending.take().map_or(Ok(()), |p| finish(p, st)),
         );
         finished?;
@@ -90,8 +91,13 @@ pub fn process_chunks(
     pending.map_or(Ok(()), |p| finish(p, st))
 }
 
-/// Parses a chunk's records and runs the steps before dedupe, its pieces in parallel.
-pub fn parse_chunk(plan: &Plan, chunk: Chunk) -> Result<Parsed, WorkerError> {
+/// Parses a chunk's records and runs the steps before dedupe, its pieces in parallel; with a
+/// dedupe, hashes each row's key with the shard's key set's `hasher` too.
+pub fn parse_chunk(
+    plan: &Plan,
+    chunk: Chunk,
+    hasher: &hashbrown::DefaultHashBuilder,
+) -> Result<Parsed, WorkerError> {
     let started = std::time::Instant::now();
     let split = plan.dedupe_at.unwrap_or(plan.steps.len());
     let pieces: Vec<Piece> = piece_ranges(chunk.spans.len())
@@ -99,6 +105,11 @@ pub fn parse_chunk(plan: &Plan, chunk: Chunk) -> Result<Parsed, WorkerError> {
         .map(|r| {
             let mut p = parse_piece(plan, &chunk, r);
             run_steps(plan, &mut p, 0..split)?;
+            if let Some(d) = plan.dedupe_at
+                && let pipeline::steps::Compiled::Dedupe(slots) = &plan.steps[d]
+            {
+                hash_keys(&mut p, slots, hasher);
+            }
             Ok(p)
         })
         .collect::<Result<_, WorkerError>>()?;
