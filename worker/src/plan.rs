@@ -89,6 +89,14 @@ fn row_checks(p: &Pipeline, slots: &Slots) -> Result<Vec<(String, SlotExpr)>, Wo
 }
 
 impl Plan {
+    /// The key slots of the pipeline's dedupe step, if it has one.
+    pub fn dedupe_slots(&self) -> Option<&[usize]> {
+        match &self.steps[self.dedupe_at?] {
+            Compiled::Dedupe(slots) => Some(slots),
+            _ => unreachable!("dedupe_at points at a dedupe"),
+        }
+    }
+
     /// The evolved columns of a record's undeclared fields (dotted path, raw JSON): each named
     /// for its path, those whose name is taken dropped.
     pub(crate) fn evolved_names<'a>(&self, found: &[(String, &'a str)]) -> Vec<(String, &'a str)> {

@@ -148,17 +148,18 @@ pub(crate) fn dedupe(
     let mut keep = Vec::with_capacity(piece.rows.len());
     // Hashed while the piece was parsed, in parallel, when it was (see `hash_keys`).
     let hashed = std::mem::take(&mut piece.key_hashes);
+    let ahead = (hashed.len() == piece.rows.len()).then_some(&hashed[..]);
     for i in 0..piece.rows.len() {
         key_bytes(&cols, i, &mut buf);
-        keep.push(match hashed.get(i) {
-            Some(h) if hashed.len() == piece.rows.len() => seen.insert_hashed(&buf, *h),
-            _ => seen.insert(&buf),
+        keep.push(match ahead {
+            Some(h) => seen.insert_hashed(&buf, h[i]),
+            None => seen.insert(&buf),
         });
     }
     let dups = keep.iter().filter(|k| !**k).count() as u64;
     piece.counts.duplicates += dups;
     if dups > 0 {
-        piece.keep(&BooleanArray::from(keep))?;
+        piece.keep(keep)?;
     }
     Ok(())
 }

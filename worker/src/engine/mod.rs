@@ -23,6 +23,8 @@
 //! | `columns` | a column's reading rules around the typed builders (`pipeline::builder`) |
 //! | `read` | decoding and splitting a byte range into chunks of records; CSV headers |
 //! | `parse` | records → typed columns (the JSON path tree, CSV fields), in pieces of rows |
+//! | `json_keys` | finding a JSON key among an object's declared ones (a slot index, no scan) |
+//! | `cols` | a piece's column slots; rows dropped by steps leave them lazily, one copy per read |
 //! | `steps` | a piece as the step kernels' `Rows`; the string limit; expectation counts |
 //! | `dedupe` | the shard's exact keep-first key set |
 //! | `evolve` | columns from undeclared JSON fields (`on_new_column = "evolve"`), schemas that grow |

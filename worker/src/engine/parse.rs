@@ -308,14 +308,11 @@ impl Piece {
         }
     }
 
-    pub(crate) fn keep(&mut self, mask: &BooleanArray) -> Result<(), WorkerError> {
-        if mask.true_count() == mask.len() {
+    /// Keeps the rows `keep` is true for (one flag per current row).
+    pub(crate) fn keep(&mut self, keep: Vec<bool>) -> Result<(), WorkerError> {
+        if keep.iter().all(|k| *k) {
             return Ok(());
         }
-        // A null in the mask drops its row, as Arrow's filter does.
-        let keep: Vec<bool> = (0..mask.len())
-            .map(|i| mask.is_valid(i) && mask.value(i))
-            .collect();
         if !self.extra.is_empty() {
             let mask = BooleanArray::from(keep.clone());
             let filter = arrow::compute::FilterBuilder::new(&mask).optimize().build();
@@ -351,7 +348,7 @@ impl Piece {
             });
             *self.counts.rejected.entry(bucket.into()).or_default() += 1;
         }
-        self.keep(&BooleanArray::from(mask))
+        self.keep(mask)
     }
 }
 

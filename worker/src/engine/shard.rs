@@ -105,9 +105,7 @@ pub fn parse_chunk(
         .map(|r| {
             let mut p = parse_piece(plan, &chunk, r);
             run_steps(plan, &mut p, 0..split)?;
-            if let Some(d) = plan.dedupe_at
-                && let pipeline::steps::Compiled::Dedupe(slots) = &plan.steps[d]
-            {
+            if let Some(slots) = plan.dedupe_slots() {
                 hash_keys(&mut p, slots, hasher);
             }
             Ok(p)
@@ -171,10 +169,7 @@ pub(crate) fn finish_pieces(
     st: &mut ShardState,
 ) -> Result<(), WorkerError> {
     let split = plan.dedupe_at.unwrap_or(plan.steps.len());
-    if let Some(d) = plan.dedupe_at {
-        let pipeline::steps::Compiled::Dedupe(slots) = &plan.steps[d] else {
-            unreachable!("dedupe_at points at a dedupe")
-        };
+    if let Some(slots) = plan.dedupe_slots() {
         for p in pieces.iter_mut() {
             dedupe(p, slots, &mut st.seen)?;
         }

@@ -18,8 +18,7 @@ impl Rows for Piece {
     fn drop_rows(&mut self, drop: &[bool], bucket: &str) -> Result<(), StepError> {
         let dropped = drop.iter().filter(|d| **d).count() as u64;
         *self.counts.filtered.entry(bucket.to_string()).or_default() += dropped;
-        let keep = BooleanArray::from(drop.iter().map(|d| !d).collect::<Vec<_>>());
-        self.keep(&keep)
+        self.keep(drop.iter().map(|d| !d).collect())
             .map_err(|e| StepError::new("filter", e.to_string()))
     }
     fn quarantine(&mut self, rows: Failures, bucket: &str) -> Result<(), StepError> {

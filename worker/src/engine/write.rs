@@ -433,8 +433,9 @@ pub(crate) fn write_row_group(
         .map_err(WorkerError::parquet)?;
     let fell_back = chunks
         .iter()
-        .filter(|c| dictionary_fell_back(&c.close().metadata))
-        .map(|c| c.close().metadata.column_path().parts().to_vec())
+        .map(|c| &c.close().metadata)
+        .filter(|m| dictionary_fell_back(m))
+        .map(|m| m.column_path().parts().to_vec())
         .collect();
     let mut group = of.writer.next_row_group().map_err(WorkerError::parquet)?;
     for c in chunks {
