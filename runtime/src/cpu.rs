@@ -43,6 +43,24 @@ where
     rx.await.map_err(|_| CpuError::Cancelled)?
 }
 
+/// [`run_cpu`] for a caller that is not async (a command-line run): blocks until the closure,
+/// run on a pool thread, is done. Work the closure hands to the pool (`rayon::spawn`) then goes
+/// to the pool's own queues, and a pool thread that waits for it can run it meanwhile.
+pub fn run_cpu_blocking<T, F>(f: F) -> Result<T, CpuError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rayon::spawn(move || {
+        let result = catch_unwind(AssertUnwindSafe(f)).map_err(|p| CpuError::Panicked {
+            message: panic_message(p.as_ref()),
+        });
+        let _ = tx.send(result);
+    });
+    rx.recv().map_err(|_| CpuError::Cancelled)?
+}
+
 /// The text of a panic payload (`panic!("…")` gives a `&str` or a `String`).
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -64,6 +82,21 @@ mod tests {
             .await
             .unwrap();
         assert!(on_rayon);
+    }
+
+    #[test]
+    fn a_blocking_run_is_on_the_pool_and_a_panic_is_its_error() {
+        assert_eq!(
+            run_cpu_blocking(|| rayon::current_thread_index().is_some()),
+            Ok(true)
+        );
+        let err = run_cpu_blocking(|| -> u32 { panic!("shard s00003 hit a bug") }).unwrap_err();
+        assert_eq!(
+            err,
+            CpuError::Panicked {
+                message: "shard s00003 hit a bug".into()
+            }
+        );
     }
 
     #[tokio::test]

@@ -133,7 +133,14 @@ fn run() -> anyhow::Result<()> {
                 prefix: String::new(),
                 file_tag: shard.shard_id.clone(),
             };
-            let out = worker::run_shard_blocking(&plan, &p, source, &shard, &naming, &scratch)?;
+            // On the pool, as the daemon runs a shard: the row groups it hands to the pool are
+            // then waited for by a pool thread that helps encode them.
+            let out = {
+                let scratch = scratch.clone();
+                runtime::cpu::run_cpu_blocking(move || {
+                    worker::run_shard_blocking(&plan, &p, source, &shard, &naming, &scratch)
+                })??
+            };
             for f in &out.files {
                 let dst = output.join(&f.key);
                 std::fs::create_dir_all(dst.parent().expect("partition folder"))?;
