@@ -566,3 +566,129 @@ fn pipelined_chunks_keep_the_first_row_of_a_key_and_row_order() {
     assert_eq!(ids, ["a", "b", "c", "d", "e", "f"]);
     assert_eq!(vs, [1, 2, 3, 4, 5, 6]);
 }
+
+const ROLLING: &str = r#"
+[pipeline]
+name = "rolling"
+[source]
+location = "."
+format = "ndjson"
+[[columns]]
+name = "id"
+type = "string"
+required = true
+[[columns]]
+name = "v"
+type = "int64"
+[[columns]]
+name = "kind"
+type = "string"
+[output]
+columns = ["id", "v"]
+partition_by = ["kind"]
+row_group_rows = 40
+target_file_bytes = 1500
+"#;
+
+/// A written file: its key, its row groups' row counts, its bytes and its `v` values.
+type FileSeen = (String, Vec<i64>, Vec<u8>, Vec<i64>);
+
+/// The shard's files, in key order, as [`FileSeen`].
+fn files_of(files: &[engine::WrittenFile]) -> Vec<FileSeen> {
+    files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(&f.local).unwrap();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                bytes::Bytes::from(bytes.clone()),
+            )
+            .unwrap();
+            let groups = (0..reader.metadata().num_row_groups())
+                .map(|g| reader.metadata().row_group(g).num_rows())
+                .collect();
+            let vs = reader
+                .build()
+                .unwrap()
+                .flat_map(|b| {
+                    b.unwrap()
+                        .column(1)
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .values()
+                        .to_vec()
+                })
+                .collect();
+            (f.key.clone(), groups, bytes, vs)
+        })
+        .collect()
+}
+
+/// Row groups are encoded on the pool while the chunk loop goes on, and appended later: each
+/// partition's files must still hold its rows in order, roll over at their target size as when
+/// groups were written in place, and be the same bytes on every run, whatever the timing.
+#[test]
+fn row_groups_encoded_on_the_pool_keep_row_order_and_the_same_files_every_run() {
+    let run = || {
+        let dir = tempfile::tempdir().unwrap();
+        let p = config::parse(ROLLING, "t.toml", dir.path().to_path_buf()).unwrap();
+        let plan = Plan::build(&p).unwrap();
+        let mut st = ShardState::new(
+            &plan,
+            engine::Writers::new(&plan, dir.path(), "out", "s0"),
+            dir.path().join("q.ndjson"),
+        );
+        let kinds = ["a", "b", "c"];
+        let chunks: Vec<engine::Chunk> = (0..30)
+            .map(|c| {
+                let lines: Vec<String> = (0..37)
+                    .map(|i| {
+                        let v = c * 37 + i;
+                        let kind = kinds[(v / 11 % 3) as usize];
+                        format!(r#"{{"id":"id-{v:08}","v":{v},"kind":"{kind}"}}"#)
+                    })
+                    .collect();
+                chunk_of(&lines, c as u64 * 37)
+            })
+            .collect();
+        engine::process_chunks(&plan, chunks.into_iter(), &Default::default(), &mut st).unwrap();
+        let files = files_of(&st.writers.finish().unwrap());
+        (dir, files)
+    };
+    let (_d1, first) = run();
+    for (key, groups, _, vs) in &first {
+        assert!(
+            vs.windows(2).all(|w| w[0] < w[1]),
+            "{key}: rows out of order"
+        );
+        assert!(groups.iter().all(|g| *g <= 40), "{key}: {groups:?}");
+    }
+    let partition = |k: &str| k.split('/').nth(1).unwrap().to_string();
+    let expected = |kind: &str| {
+        (0..1110)
+            .filter(|v| format!("kind={}", ["a", "b", "c"][v / 11 % 3]) == kind)
+            .count()
+    };
+    for kind in ["kind=a", "kind=b", "kind=c"] {
+        let vs: Vec<i64> = first
+            .iter()
+            .filter(|f| partition(&f.0) == kind)
+            .flat_map(|f| f.3.clone())
+            .collect();
+        assert!(
+            vs.windows(2).all(|w| w[0] < w[1]),
+            "{kind}: files out of order"
+        );
+        assert_eq!(vs.len(), expected(kind), "{kind}");
+    }
+    assert!(
+        first.iter().filter(|f| partition(&f.0) == "kind=a").count() > 1,
+        "files roll over at their target size"
+    );
+    for _ in 0..3 {
+        let (_d, again) = run();
+        assert_eq!(again.len(), first.len());
+        for (a, b) in again.iter().zip(&first) {
+            assert_eq!((&a.0, &a.1), (&b.0, &b.1));
+            assert!(a.2 == b.2, "{}: different bytes on another run", a.0);
+        }
+    }
+}

@@ -29,6 +29,7 @@
 //! | `dedupe` | the shard's exact keep-first key set |
 //! | `evolve` | columns from undeclared JSON fields (`on_new_column = "evolve"`), schemas that grow |
 //! | `write` | partitioning and the Parquet writers |
+//! | `encode` | row groups encoded on the pool while the loop goes on, appended in order |
 //! | `quarantine` | the quarantine file |
 //! | `parquet_in` | Parquet inputs: record batches projected and converted straight into columns |
 //! | `shard` | the loop that drives a shard's chunks through all of the above |
@@ -70,6 +71,7 @@ pub const INVALID_VALUE: &str = "invalid_value";
 mod cols;
 mod columns;
 mod dedupe;
+mod encode;
 mod evolve;
 mod json_keys;
 mod parquet_in;

@@ -1,5 +1,6 @@
 //! Writing partitioned Parquet.
 
+use super::encode::{Encoding, InFlight};
 use super::*;
 use parquet::arrow::arrow_writer::{
     ArrowColumnChunk, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
@@ -52,7 +53,10 @@ pub(crate) struct OpenFile {
     pub(crate) writer: SerializedFileWriter<BufWriter<File>>,
     /// Makes each row group's column writers (the file's Arrow schema and properties).
     pub(crate) groups: ArrowRowGroupWriterFactory,
+    /// Row groups started (their column writers made).
     pub(crate) row_groups: usize,
+    /// Row groups started and not yet appended.
+    pub(crate) in_flight: usize,
     pub(crate) local: PathBuf,
     pub(crate) key: String,
     pub(crate) rows: u64,
@@ -112,6 +116,9 @@ pub struct Writers {
     /// Columns whose dictionary outgrew its page in a row group of this shard: files opened
     /// later write them plain from the start (see [`plain_after_fallback`]).
     pub(crate) plain: BTreeSet<Vec<String>>,
+    /// Row groups encoding on the pool, oldest first (`encode`), and their batches' memory.
+    pub(crate) encoding: std::collections::VecDeque<InFlight>,
+    pub(crate) encoding_bytes: usize,
     pub done: Vec<WrittenFile>,
 }
 
@@ -144,6 +151,8 @@ impl Writers {
             pending_bytes: 0,
             opened: 0,
             plain: BTreeSet::new(),
+            encoding: Default::default(),
+            encoding_bytes: 0,
             done: Vec::new(),
         }
     }
@@ -195,6 +204,7 @@ impl Writers {
     /// file closed under the old schema, and later files have the grown one.
     fn grow_partition(&mut self, dir: &str, grown: SchemaRef) -> Result<(), WorkerError> {
         self.flush_partition(dir, false)?;
+        self.settle_partition(dir)?;
         let pw = self.parts.get_mut(dir).expect("partition exists");
         if let Some(of) = pw.open.take() {
             self.done.push(close(of, &pw.values)?);
@@ -223,63 +233,43 @@ impl Writers {
             let available: usize = pending.iter().map(RecordBatch::num_rows).sum();
             if available == 0 || (whole_only && available < rg) {
                 // Keep the rest for a later row group (slices of small batches, no big copies).
+                let pw = self.parts.get_mut(dir).expect("partition exists");
                 pw.pending_rows = available;
                 pw.pending_bytes = pending.iter().map(RecordBatch::get_array_memory_size).sum();
                 self.pending_bytes += pw.pending_bytes;
                 pw.pending = pending.into();
                 break;
             }
-            // Take exactly one row group's rows (or all that is left) from the front.
-            let mut group = Vec::new();
-            let mut rows = 0;
-            while rows < rg {
-                let Some(b) = pending.pop_front() else { break };
-                if rows + b.num_rows() > rg {
-                    let take = rg - rows;
-                    group.push(b.slice(0, take));
-                    pending.push_front(b.slice(take, b.num_rows() - take));
-                    rows += take;
-                } else {
-                    rows += b.num_rows();
-                    group.push(b);
-                }
-            }
-            if pw.open.is_none() {
-                let name = format!("part-{}-{:05}.parquet", self.shard_id, pw.seq);
-                let key = [self.prefix.as_str(), pw.dir.as_str(), name.as_str()]
-                    .iter()
-                    .filter(|s| !s.is_empty())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("/");
-                self.opened += 1;
-                let local = unique_path(
-                    self.scratch
-                        .join(format!("{}-{:06}.parquet", self.shard_id, self.opened)),
-                );
-                pw.open = Some(open_file(local, key, &pw.schema, &self.props)?);
-                pw.seq += 1;
-            }
-            let of = pw.open.as_mut().expect("opened above");
-            let fell_back = write_row_group(of, &pw.schema, &group)?;
-            if plain_after_fallback(&mut self.plain, fell_back) {
-                self.props = without_dictionary(&self.props, &self.plain);
-            }
-            for b in &group {
-                track_max_bytes(&mut of.max_bytes, b);
-            }
-            drop(group);
-            of.rows += rows as u64;
-            if of.writer.bytes_written() as u64 >= self.target_bytes {
-                let of = pw.open.take().expect("open");
-                self.done.push(close(of, &pw.values)?);
-            }
+            let (group, rows) = take_group(&mut pending, rg);
+            self.start_group(dir, group, rows)?;
         }
+        Ok(())
+    }
+
+    /// Opens the partition's next file (in the scratch folder; its lake key by the partition's
+    /// folder and sequence number).
+    pub(crate) fn open_partition_file(&mut self, dir: &str) -> Result<(), WorkerError> {
+        let pw = self.parts.get_mut(dir).expect("partition exists");
+        let name = format!("part-{}-{:05}.parquet", self.shard_id, pw.seq);
+        let key = [self.prefix.as_str(), pw.dir.as_str(), name.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("/");
+        self.opened += 1;
+        let local = unique_path(
+            self.scratch
+                .join(format!("{}-{:06}.parquet", self.shard_id, self.opened)),
+        );
+        pw.open = Some(open_file(local, key, &pw.schema, &self.props)?);
+        pw.seq += 1;
         Ok(())
     }
 
     /// Writes the biggest buffers early while the total is over budget.
     pub(crate) fn enforce_budget(&mut self) -> Result<(), WorkerError> {
+        self.settle_ready()?;
         while self.pending_bytes > WRITER_BUDGET {
             let biggest = self
                 .parts
@@ -304,11 +294,24 @@ impl Writers {
         Arc::new(s)
     }
 
+    /// Writes what every partition holds and closes the files. The files the last groups need
+    /// are opened first (with the dictionary fallbacks of everything before), so that the
+    /// partitions' last groups encode side by side.
     pub fn finish(mut self) -> Result<Vec<WrittenFile>, WorkerError> {
         let dirs: Vec<String> = self.parts.keys().cloned().collect();
-        for d in dirs {
-            self.flush_partition(&d, false)?;
-            let pw = self.parts.get_mut(&d).expect("partition exists");
+        self.settle_all()?;
+        for d in &dirs {
+            let pw = &self.parts[d];
+            if pw.pending_rows > 0 && pw.open.is_none() {
+                self.open_partition_file(d)?;
+            }
+        }
+        for d in &dirs {
+            self.flush_partition(d, false)?;
+        }
+        self.settle_all()?;
+        for d in &dirs {
+            let pw = self.parts.get_mut(d).expect("partition exists");
             if let Some(of) = pw.open.take() {
                 self.done.push(close(of, &pw.values)?);
             }
@@ -316,6 +319,29 @@ impl Writers {
         self.done.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(self.done)
     }
+}
+
+/// Exactly one row group's rows (or all there are) from the front of `pending`, slicing the
+/// batch that straddles the boundary; the rows taken.
+fn take_group(
+    pending: &mut std::collections::VecDeque<RecordBatch>,
+    rg: usize,
+) -> (Vec<RecordBatch>, usize) {
+    let mut group = Vec::new();
+    let mut rows = 0;
+    while rows < rg {
+        let Some(b) = pending.pop_front() else { break };
+        if rows + b.num_rows() > rg {
+            let take = rg - rows;
+            group.push(b.slice(0, take));
+            pending.push_front(b.slice(take, b.num_rows() - take));
+            rows += take;
+        } else {
+            rows += b.num_rows();
+            group.push(b);
+        }
+    }
+    (group, rows)
 }
 
 pub(crate) fn unique_path(p: PathBuf) -> PathBuf {
@@ -333,7 +359,7 @@ pub(crate) fn unique_path(p: PathBuf) -> PathBuf {
 
 /// Creates a Parquet file for `schema`. `ArrowWriter` sets the file up (the Parquet schema, the
 /// Arrow schema in the footer's metadata); its lower-level parts then write whole row groups.
-fn open_file(
+pub(crate) fn open_file(
     local: PathBuf,
     key: String,
     schema: &SchemaRef,
@@ -351,6 +377,7 @@ fn open_file(
         writer,
         groups,
         row_groups: 0,
+        in_flight: 0,
         local,
         key,
         rows: 0,
@@ -363,14 +390,20 @@ fn open_file(
 /// dictionary page holds) would do so again in every row group, after paying for a dictionary
 /// of its first values and writing its first pages twice encoded; files opened later skip it.
 /// (Smaller files too: the reference workload's output is ~4 % smaller, BENCHMARKS.md.)
-fn plain_after_fallback(plain: &mut BTreeSet<Vec<String>>, fell_back: Vec<Vec<String>>) -> bool {
+pub(crate) fn plain_after_fallback(
+    plain: &mut BTreeSet<Vec<String>>,
+    fell_back: Vec<Vec<String>>,
+) -> bool {
     let before = plain.len();
     plain.extend(fell_back);
     plain.len() > before
 }
 
 /// `props` with dictionary encoding off for the columns `plain`.
-fn without_dictionary(props: &WriterProperties, plain: &BTreeSet<Vec<String>>) -> WriterProperties {
+pub(crate) fn without_dictionary(
+    props: &WriterProperties,
+    plain: &BTreeSet<Vec<String>>,
+) -> WriterProperties {
     plain
         .iter()
         .fold(props.clone().into_builder(), |b, c| {
@@ -396,16 +429,14 @@ fn dictionary_fell_back(meta: &parquet::file::metadata::ColumnChunkMetaData) -> 
         .is_some_and(|m| m.is_set(Encoding::PLAIN))
 }
 
-/// Encodes the rows of `batches`, in order, as the file's next row group, its columns in
-/// parallel on the rayon pool (each column's encoding and compression is independent; the chunks
-/// are appended in column order). Each column writer takes the batches one after another, so the
-/// buffered batches are never concatenated into one copy first. The columns whose dictionary
-/// fell back to plain encoding.
-pub(crate) fn write_row_group(
+/// Starts encoding the rows of `batches`, in order, as the file's next row group: its columns
+/// in parallel on the pool (`encode`), each column writer taking the batches one after another,
+/// so the buffered batches are never concatenated into one copy first.
+pub(crate) fn start_row_group(
     of: &mut OpenFile,
     schema: &SchemaRef,
     batches: &[RecordBatch],
-) -> Result<Vec<Vec<String>>, WorkerError> {
+) -> Result<Encoding, WorkerError> {
     let writers = of
         .groups
         .create_column_writers(of.row_groups)
@@ -420,17 +451,16 @@ pub(crate) fn write_row_group(
             }
         }
     }
-    let chunks: Vec<ArrowColumnChunk> = writers
-        .into_par_iter()
-        .zip(leaves)
-        .map(|(mut w, leaves)| {
-            for leaf in &leaves {
-                w.write(leaf)?;
-            }
-            w.close()
-        })
-        .collect::<Result<_, _>>()
-        .map_err(WorkerError::parquet)?;
+    of.row_groups += 1;
+    Ok(Encoding::start(writers, leaves))
+}
+
+/// Appends a row group's encoded columns (in column order) to the file; the columns whose
+/// dictionary fell back to plain encoding.
+pub(crate) fn append_row_group(
+    of: &mut OpenFile,
+    chunks: Vec<ArrowColumnChunk>,
+) -> Result<Vec<Vec<String>>, WorkerError> {
     let fell_back = chunks
         .iter()
         .map(|c| &c.close().metadata)
@@ -443,7 +473,6 @@ pub(crate) fn write_row_group(
             .map_err(WorkerError::parquet)?;
     }
     group.close().map_err(WorkerError::parquet)?;
-    of.row_groups += 1;
     Ok(fell_back)
 }
 
@@ -642,7 +671,8 @@ mod tests {
     ) -> (OpenFile, Vec<Vec<String>>) {
         let schema = batch.schema();
         let mut of = open_file(dir.join(name), name.into(), &schema, props).unwrap();
-        let fell_back = write_row_group(&mut of, &schema, std::slice::from_ref(batch)).unwrap();
+        let group = start_row_group(&mut of, &schema, std::slice::from_ref(batch)).unwrap();
+        let fell_back = append_row_group(&mut of, group.into_chunks().unwrap()).unwrap();
         (of, fell_back)
     }
 
