@@ -8,11 +8,13 @@
 //!                                                               pieces in parallel: steps after dedupe
 //!                                                                 → project → partition
 //!                                                               partition writers: Parquet row groups,
-//!                                                                 their columns encoded in parallel
+//!                                                                 their columns handed to the pool
+//!                                                                 (encoded while the loop goes on,
+//!                                                                 appended to files in order)
 //! ```
 //! Memory is bounded by the reader's two chunks and the engine's two, one row group per open
-//! partition file (flushed early when the total passes a budget) and the dedupe key set (the
-//! keys only, in an arena).
+//! partition file (flushed early when the total passes a budget), the row groups encoding (at
+//! most another budget's worth) and the dedupe key set (the keys only, in an arena).
 //!
 //! Every line lands in exactly one bucket: `lines_total = malformed + rejected + filtered +
 //! duplicates + rows_out`; malformed and rejected lines go to the quarantine file with the reason
