@@ -222,6 +222,13 @@ pub fn run_shard_blocking(
         engine::Writers::new(plan, scratch, &output.prefix, &output.file_tag),
         scratch.join(format!("{}.quarantine.ndjson", shard.shard_id)),
     );
+    st.expected_bytes = Some(
+        shard
+            .inputs
+            .iter()
+            .map(|i| i.range.map_or(i.object.size, |r| r.len()))
+            .sum(),
+    );
     for input in &shard.inputs {
         if plan.format == Format::Parquet {
             engine::process_parquet_input(plan, &*source, input, &mut st)?;

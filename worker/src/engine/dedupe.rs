@@ -88,6 +88,15 @@ impl KeySet {
         true
     }
 
+    /// Room for `additional` more keys without growing the table (a growth re-hashes every key
+    /// held, on the shard's ordered path).
+    pub fn reserve(&mut self, additional: usize) {
+        use std::hash::BuildHasher;
+        let (blocks, hasher) = (&self.blocks, &self.hasher);
+        self.table
+            .reserve(additional, |&e| hasher.hash_one(key_at(blocks, e)));
+    }
+
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -192,6 +201,24 @@ pub(crate) fn hash_keys(
 #[cfg(test)]
 mod keyset_tests {
     use super::KeySet;
+
+    #[test]
+    fn a_key_set_with_room_reserved_takes_that_many_keys_without_growing() {
+        let mut k = KeySet::default();
+        assert!(k.insert(b"first"));
+        k.reserve(50_000);
+        let room = k.table.capacity();
+        assert!(room > 50_000);
+        for i in 0..50_000u32 {
+            assert!(k.insert(format!("key-{i}").as_bytes()));
+        }
+        assert_eq!(k.table.capacity(), room, "the table grew");
+        assert!(
+            !k.insert(b"first"),
+            "keys held before the reserve are still found"
+        );
+        assert!(!k.insert(b"key-49999"));
+    }
 
     #[test]
     fn keyset_is_exact_across_blocks_and_long_keys() {

@@ -10,6 +10,9 @@ pub struct ShardState {
     pub writers: Writers,
     pub quarantine: Quarantine,
     pub times: StageTimes,
+    /// The source bytes of the shard's text input, until its first chunk has sized the dedupe
+    /// key set by them (see [`size_key_set`]).
+    pub expected_bytes: Option<u64>,
 }
 
 impl ShardState {
@@ -30,6 +33,7 @@ impl ShardState {
             writers,
             quarantine: Quarantine::new(quarantine),
             times: Default::default(),
+            expected_bytes: None,
         }
     }
 }
@@ -132,6 +136,7 @@ pub fn finish_chunk(
         took,
     } = parsed;
     st.times.transform += took;
+    size_key_set(plan, &chunk, st);
     for (offset, line, len, head) in &chunk.oversized {
         st.counts.lines_total += 1;
         st.counts.malformed += 1;
@@ -156,6 +161,20 @@ pub fn finish_chunk(
     };
     finish_pieces(plan, &chunk.object, pieces, &source, started, st)?;
     Ok(chunk)
+}
+
+/// Before the first chunk is deduped, makes room in the key set for the records the whole input
+/// holds at the first chunk's bytes per record, so that the set does not grow (re-hashing every
+/// key held, on the ordered path, while the other threads wait) as the shard goes on. A
+/// compressed input's bytes underestimate its records: the set then grows less often, not never.
+fn size_key_set(plan: &Plan, chunk: &Chunk, st: &mut ShardState) {
+    if plan.dedupe_at.is_none() || !st.seen.is_empty() || chunk.buf.is_empty() {
+        return;
+    }
+    if let Some(bytes) = st.expected_bytes.take() {
+        let records = bytes as u128 * chunk.spans.len() as u128 / chunk.buf.len() as u128;
+        st.seen.reserve(records.min(u32::MAX as u128) as usize);
+    }
 }
 
 /// Pieces that went through parsing and the steps before dedupe: dedupe in order, the steps
