@@ -57,11 +57,7 @@ use crate::{WorkerError, plan::Plan};
 use pipeline::OnNewColumn;
 use pipeline::steps::Failures;
 
-/// A chunk's source bytes. While one chunk is finished in order, the next is parsed in pieces of
-/// [`PIECE_ROWS`] by the other threads: a chunk of 8 MiB of the reference workload is four
-/// pieces, so the thread that finishes the ordered half finds pieces left to take (with two, of
-/// 4 MiB, it more often idled for the rest of the parse; BENCHMARKS.md).
-pub const CHUNK_BYTES: usize = 8 << 20;
+pub const CHUNK_BYTES: usize = 4 << 20;
 pub(crate) const PIECE_ROWS: usize = 4096;
 /// Encoded-but-unflushed row group bytes across all open partition files before the largest is
 /// flushed early.

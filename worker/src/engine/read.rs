@@ -305,7 +305,7 @@ pub(crate) fn flush(send: &mut dyn FnMut(Chunk) -> bool, chunk: Chunk) -> Result
     Ok(())
 }
 
-/// Streams the elements of a JSON array document as records (one chunk per `CHUNK_BYTES`).
+/// Streams the elements of a JSON array document as records (one chunk per ~4 MiB).
 pub fn read_json_array(
     store: &dyn backends::object_store::ObjectStore,
     input: &ShardInput,
