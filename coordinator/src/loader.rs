@@ -51,6 +51,8 @@ pub(crate) enum Advanced {
     Finish(RunStatus),
     /// Batch `seq` is to be loaded by `job`.
     Load { seq: usize, job: Box<LoadJob> },
+    /// The run is to be judged by `job`; its report goes to [`Loader::judged`].
+    Judge { job: Box<crate::quality::JudgeJob> },
 }
 
 /// The load of one recorded batch, owning what it needs (so it can run on a task of its own):
@@ -252,15 +254,20 @@ impl Loader {
                     job.run().await?;
                     m.apply(Event::BatchLoaded { seq });
                 }
+                Advanced::Judge { job } => {
+                    let passed = self.judged(job.run().await?);
+                    m.apply(Event::Judged { passed });
+                }
             }
         }
     }
 
     /// Performs the machine's actions until it waits for shards, asks for the run to finish, or
-    /// asks for a load, which is handed back as a [`LoadJob`] for the driver to run where it
-    /// likes (the fleet runs it on a task of its own, so its loop goes on meanwhile); the
-    /// driver applies [`Event::BatchLoaded`] once the job succeeded, and advances no further
-    /// until then.
+    /// asks for a load or a quality check that reads the run's files, which is handed back as a [`LoadJob`] or a
+    /// [`JudgeJob`](crate::quality::JudgeJob) for the driver to run where it likes (the fleet
+    /// runs it on a task of its own, so its loop goes on meanwhile); the driver applies
+    /// [`Event::BatchLoaded`], or [`Event::Judged`] with [`Loader::judged`]'s verdict, once the
+    /// job succeeded, and advances no further until then.
     pub(crate) async fn advance_to_load(
         &mut self,
         m: &mut RunMachine,
@@ -278,8 +285,13 @@ impl Loader {
                     return Ok(Advanced::Load { seq, job });
                 }
                 Action::Judge => {
-                    let passed = self.judge(m.done()).await?.passed;
-                    Event::Judged { passed }
+                    let job = self.judge_job(m.done());
+                    if job.reads_files() {
+                        return Ok(Advanced::Judge { job: Box::new(job) });
+                    }
+                    Event::Judged {
+                        passed: self.judged(job.verdict_of_counts()),
+                    }
                 }
                 Action::Finish(status) => return Ok(Advanced::Finish(status)),
             };
@@ -340,61 +352,48 @@ impl Loader {
         })
     }
 
-    /// Judges the finished run against its expectations.
-    async fn judge(
-        &mut self,
-        done: &BTreeMap<String, DoneRecord>,
-    ) -> anyhow::Result<&crate::quality::QualityReport> {
-        use pipeline::expect::Check;
+    /// The quality check of the finished run: its summed counts and its shards' manifests.
+    fn judge_job(&self, done: &BTreeMap<String, DoneRecord>) -> crate::quality::JudgeJob {
         let mut counts = Counts::default();
         for d in done.values() {
             counts.add(&d.counts);
         }
-        let mut dupes = BTreeMap::new();
-        // The run's files, read from the manifests once for every `unique` check.
-        let mut files: Option<Vec<String>> = None;
-        for x in &self.expectations {
-            if let Check::Unique { column } = &x.check {
-                if files.is_none() {
-                    files = Some(self.output_files(done).await?);
-                }
-                let files = files.clone().unwrap_or_default();
-                let n =
-                    crate::quality::count_duplicates(self.output.clone(), files, column.clone())
-                        .await
-                        .with_context(|| format!("checking expectation {}", x.name))?;
-                dupes.insert(column.clone(), n);
-            }
+        crate::quality::JudgeJob {
+            expectations: self.expectations.clone(),
+            counts,
+            files: self.files.clone(),
+            manifests: done
+                .iter()
+                .map(|(id, d)| (id.clone(), d.manifest_key.clone()))
+                .collect(),
+            output: self.output.clone(),
         }
-        let report = crate::quality::judge(&self.expectations, &counts, &|c| {
-            dupes.get(c).copied().unwrap_or(0)
-        });
+    }
+
+    /// Takes the run's verdict (from a [`JudgeJob`](crate::quality::JudgeJob)): kept for the
+    /// run's record and metrics; whether it passed.
+    pub(crate) fn judged(&mut self, report: crate::quality::QualityReport) -> bool {
         crate::metrics::METRICS.quality(&self.pipeline, &report);
-        Ok(self.quality.insert(report))
+        self.quality.insert(report).passed
     }
 
     /// A finished shard's manifest.
     async fn manifest(&self, shard_id: &str, d: &DoneRecord) -> anyhow::Result<ShardManifest> {
-        let bytes = self
-            .files
-            .get(&d.manifest_key)
-            .await
-            .with_context(|| format!("manifest of shard {shard_id}"))?;
-        Ok(ShardManifest::from_json(&String::from_utf8_lossy(&bytes))?)
+        read_manifest(&*self.files, shard_id, &d.manifest_key).await
     }
+}
 
-    /// The Parquet files of the finished shards, from their manifests.
-    async fn output_files(
-        &self,
-        done: &BTreeMap<String, DoneRecord>,
-    ) -> anyhow::Result<Vec<String>> {
-        let mut out = Vec::new();
-        for (shard_id, d) in done {
-            let m = self.manifest(shard_id, d).await?;
-            out.extend(m.outputs.into_iter().map(|f| f.key));
-        }
-        Ok(out)
-    }
+/// A finished shard's manifest, from the files store.
+pub(crate) async fn read_manifest(
+    files: &dyn ObjectStore,
+    shard_id: &str,
+    key: &str,
+) -> anyhow::Result<ShardManifest> {
+    let bytes = files
+        .get(key)
+        .await
+        .with_context(|| format!("manifest of shard {shard_id}"))?;
+    Ok(ShardManifest::from_json(&String::from_utf8_lossy(&bytes))?)
 }
 
 #[cfg(test)]

@@ -146,6 +146,66 @@ pub async fn count_duplicates(
     Ok(dupes)
 }
 
+/// The quality check of a finished run, owning what it needs so that it can run on a task of its
+/// own (the fleet's loop goes on meanwhile): the run's summed counts, and for `unique`
+/// expectations the shards' manifests, whose output files it reads and hashes.
+pub(crate) struct JudgeJob {
+    pub(crate) expectations: Vec<Expectation>,
+    pub(crate) counts: Counts,
+    /// Where the manifests are, and each done shard's (id, manifest key), in shard order.
+    pub(crate) files: Arc<dyn ObjectStore>,
+    pub(crate) manifests: Vec<(String, String)>,
+    /// Where the run's Parquet files are.
+    pub(crate) output: Arc<dyn ObjectStore>,
+}
+
+impl JudgeJob {
+    /// Whether the check reads the run's files (a `unique` expectation); without one the
+    /// verdict is [`JudgeJob::verdict_of_counts`], at once.
+    pub(crate) fn reads_files(&self) -> bool {
+        self.expectations
+            .iter()
+            .any(|x| matches!(x.check, Check::Unique { .. }))
+    }
+
+    /// The verdict of a check that reads no files.
+    pub(crate) fn verdict_of_counts(&self) -> QualityReport {
+        debug_assert!(!self.reads_files());
+        judge(&self.expectations, &self.counts, &|_| 0)
+    }
+
+    /// The run's verdict. The output files are listed (from the manifests) once, for every
+    /// `unique` expectation.
+    pub(crate) async fn run(self) -> anyhow::Result<QualityReport> {
+        let mut dupes = std::collections::BTreeMap::new();
+        let mut files: Option<Vec<String>> = None;
+        for x in &self.expectations {
+            if let Check::Unique { column } = &x.check {
+                if files.is_none() {
+                    files = Some(self.output_files().await?);
+                }
+                let files = files.clone().unwrap_or_default();
+                let n = count_duplicates(self.output.clone(), files, column.clone())
+                    .await
+                    .with_context(|| format!("checking expectation {}", x.name))?;
+                dupes.insert(column.clone(), n);
+            }
+        }
+        Ok(judge(&self.expectations, &self.counts, &|c| {
+            dupes.get(c).copied().unwrap_or(0)
+        }))
+    }
+
+    async fn output_files(&self) -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (shard_id, key) in &self.manifests {
+            let m = crate::loader::read_manifest(&*self.files, shard_id, key).await?;
+            out.extend(m.outputs.into_iter().map(|f| f.key));
+        }
+        Ok(out)
+    }
+}
+
 /// A 64-bit hash of every non-null value of `column` in one Parquet file.
 fn column_hashes(bytes: Vec<u8>, key: &str, column: &str) -> anyhow::Result<Vec<u64>> {
     use parquet::arrow::ProjectionMask;

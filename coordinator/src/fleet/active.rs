@@ -1,6 +1,7 @@
-//! A run the fleet coordinator is driving, and its load in flight: a batch load runs on a tokio
-//! task of its own, so the coordinator's loop answers the API, takes results and advances other
-//! runs while it runs.
+//! A run the fleet coordinator is driving, and its job in flight: a batch load, or the run's
+//! quality check (which reads and hashes the run's output files for `unique` expectations), runs
+//! on a tokio task of its own, so the coordinator's loop answers the API, takes results and
+//! advances other runs while it runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,18 +23,26 @@ pub(super) struct ActiveRun {
     pub(super) loader: Loader,
     pub(super) oldest_unbatched: Option<Instant>,
     pub(super) next_load_try: Instant,
-    /// The load in flight on a task of its own: the batch's number and id, and the task.
+    /// The load or quality check in flight on a task of its own.
     loading: Option<InFlight>,
-    /// Told when a load task of this run ends, so the loop notices it at once instead of on
-    /// its next turn (shared by all of the coordinator's runs).
+    /// Told when a task of this run ends, so the loop notices it at once instead of on its next
+    /// turn (shared by all of the coordinator's runs).
     load_ended: Arc<Notify>,
 }
 
-/// A batch load running on its own task while the coordinator's loop goes on.
+/// A load or a quality check running on its own task while the coordinator's loop goes on.
 struct InFlight {
-    seq: usize,
-    batch_id: String,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// What it is, for the log: "the load of batch ID" or "the quality check".
+    what: String,
+    task: tokio::task::JoinHandle<anyhow::Result<Landed>>,
+}
+
+/// What a task in flight brought back, for the run's machine.
+enum Landed {
+    /// Batch `seq` is in the warehouse.
+    Loaded { seq: usize },
+    /// The run's verdict.
+    Judged(crate::quality::QualityReport),
 }
 
 impl ActiveRun {
@@ -57,7 +66,7 @@ impl ActiveRun {
         }
     }
 
-    /// Whether a load of this run is running on its task.
+    /// Whether a load or the quality check of this run is running on its task.
     pub(super) fn load_in_flight(&self) -> bool {
         self.loading.is_some()
     }
@@ -79,16 +88,18 @@ impl ActiveRun {
                 return Some(None);
             }
             let flight = self.loading.take().expect("checked above");
-            let ended = flight.task.await.unwrap_or_else(|e| {
-                Err(anyhow::anyhow!(
-                    "the load of batch {} stopped: {e}",
-                    flight.batch_id
-                ))
-            });
-            if let Err(e) = ended {
-                return self.load_failed(e, attempts);
-            }
-            self.machine.apply(Event::BatchLoaded { seq: flight.seq });
+            let ended = flight
+                .task
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("{} stopped: {e}", flight.what)));
+            match ended {
+                Ok(Landed::Loaded { seq }) => self.machine.apply(Event::BatchLoaded { seq }),
+                Ok(Landed::Judged(report)) => {
+                    let passed = self.loader.judged(report);
+                    self.machine.apply(Event::Judged { passed })
+                }
+                Err(e) => return self.load_failed(e, attempts),
+            };
         }
         if self.machine.has_unbatched() {
             self.oldest_unbatched.get_or_insert_with(Instant::now);
@@ -108,18 +119,15 @@ impl ActiveRun {
                     Advanced::Waiting => None,
                     Advanced::Finish(status) => Some(status),
                     Advanced::Load { seq, job } => {
-                        let batch_id = job.batch_id().to_string();
-                        let ended = self.load_ended.clone();
-                        let task = tokio::spawn(async move {
-                            let r = job.run().await;
-                            // A permit is kept if no one waits yet: the end is never missed.
-                            ended.notify_one();
-                            r
+                        let what = format!("the load of batch {}", job.batch_id());
+                        self.fly(what, async move {
+                            job.run().await.map(|()| Landed::Loaded { seq })
                         });
-                        self.loading = Some(InFlight {
-                            seq,
-                            batch_id,
-                            task,
+                        None
+                    }
+                    Advanced::Judge { job } => {
+                        self.fly("the quality check".into(), async move {
+                            job.run().await.map(Landed::Judged)
                         });
                         None
                     }
@@ -127,6 +135,22 @@ impl ActiveRun {
             }
             Err(e) => self.load_failed(e, attempts),
         }
+    }
+
+    /// Runs `job` on a task of its own, which tells `load_ended` as it ends.
+    fn fly(
+        &mut self,
+        what: String,
+        job: impl std::future::Future<Output = anyhow::Result<Landed>> + Send + 'static,
+    ) {
+        let ended = self.load_ended.clone();
+        let task = tokio::spawn(async move {
+            let r = job.await;
+            // A permit is kept if no one waits yet: the end is never missed.
+            ended.notify_one();
+            r
+        });
+        self.loading = Some(InFlight { what, task });
     }
 
     /// Notes a failed advance and when to try again (backoff).
@@ -151,18 +175,18 @@ impl ActiveRun {
         };
         let abort = flight.task.abort_handle();
         match tokio::time::timeout(grace, flight.task).await {
-            Ok(Ok(Ok(()))) => {
-                tracing::info!(run = %self.record.run_id, batch = %flight.batch_id, "load in flight finished before stopping")
+            Ok(Ok(Ok(_))) => {
+                tracing::info!(run = %self.record.run_id, job = %flight.what, "job in flight finished before stopping")
             }
             Ok(Ok(Err(e))) => {
-                tracing::warn!(run = %self.record.run_id, batch = %flight.batch_id, error = %format!("{e:#}"), "load in flight failed; retried on the next start")
+                tracing::warn!(run = %self.record.run_id, job = %flight.what, error = %format!("{e:#}"), "job in flight failed; done again on the next start")
             }
             Ok(Err(e)) => {
-                tracing::warn!(run = %self.record.run_id, batch = %flight.batch_id, error = %e, "load in flight stopped; retried on the next start")
+                tracing::warn!(run = %self.record.run_id, job = %flight.what, error = %e, "job in flight stopped; done again on the next start")
             }
             Err(_) => {
                 abort.abort();
-                tracing::warn!(run = %self.record.run_id, batch = %flight.batch_id, "load in flight stopped at shutdown; loaded again on the next start")
+                tracing::warn!(run = %self.record.run_id, job = %flight.what, "job in flight stopped at shutdown; done again on the next start")
             }
         }
     }
@@ -228,6 +252,17 @@ mod tests {
         dir: &std::path::Path,
         wh: Arc<GatedWarehouse>,
     ) -> (ActiveRun, Arc<dyn StateStore>) {
+        let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.join("files")).unwrap());
+        one_shard_run_with(dir, wh, "", files).await
+    }
+
+    /// [`one_shard_run`] with `extra` appended to its pipeline file and its Parquet in `output`.
+    async fn one_shard_run_with(
+        dir: &std::path::Path,
+        wh: Arc<GatedWarehouse>,
+        extra: &str,
+        output: Arc<dyn ObjectStore>,
+    ) -> (ActiveRun, Arc<dyn StateStore>) {
         let state: Arc<dyn StateStore> = Arc::new(FileStateStore::new(dir.join("state")).unwrap());
         let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.join("files")).unwrap());
         let shard = ShardDescriptor {
@@ -266,9 +301,11 @@ mod tests {
             .unwrap();
         let text = "[pipeline]\nname = \"p\"\n[source]\nlocation = \"raw\"\nformat = \"ndjson\"\n\
                     [[columns]]\nname = \"id\"\ntype = \"string\"\n[load]\ntable = \"t\"\nmerge_keys = [\"id\"]\n";
-        let p = pipeline::parse(text, "p.toml", dir.into()).unwrap();
-        let loader = Loader::new(state.clone(), files.clone(), "r", &p, Some(wh), files);
-        let mut machine = RunMachine::new(["s00000".to_string()], 1, false);
+        let p = pipeline::parse(&format!("{text}{extra}"), "p.toml", dir.into()).unwrap();
+        // Gated (judged before anything loads) only when the test adds expectations.
+        let gated = !extra.is_empty();
+        let loader = Loader::new(state.clone(), files.clone(), "r", &p, Some(wh), output);
+        let mut machine = RunMachine::new(["s00000".to_string()], 1, gated);
         let done = DoneRecord {
             manifest_key: key.into(),
             counts,
@@ -393,5 +430,103 @@ mod tests {
         wh.gate.add_permits(1);
         run.settle_load(Duration::from_secs(5)).await;
         assert_eq!(state.list("runs/r/loaded/").await.unwrap().len(), 1);
+    }
+
+    /// A store whose reads wait until the test opens the gate.
+    #[derive(Debug)]
+    struct GatedStore {
+        inner: LocalStore,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait]
+    impl ObjectStore for GatedStore {
+        fn describe(&self) -> String {
+            "gated".into()
+        }
+        async fn put(&self, key: &str, data: Vec<u8>) -> backends::Result<()> {
+            self.inner.put(key, data).await
+        }
+        async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> backends::Result<bool> {
+            self.inner.put_if_absent(key, data).await
+        }
+        async fn put_file(&self, key: &str, path: &std::path::Path) -> backends::Result<u64> {
+            self.inner.put_file(key, path).await
+        }
+        async fn get(&self, key: &str) -> backends::Result<Vec<u8>> {
+            let _pass = self.gate.acquire().await.expect("gate open");
+            self.inner.get(key).await
+        }
+        async fn head(&self, key: &str) -> backends::Result<Option<u64>> {
+            self.inner.head(key).await
+        }
+        async fn list(&self, prefix: &str) -> backends::Result<Vec<protocol::ObjectRef>> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> backends::Result<()> {
+            self.inner.delete(key).await
+        }
+        fn open_read(
+            &self,
+            key: &str,
+            range: Option<protocol::ByteRange>,
+        ) -> backends::Result<Box<dyn std::io::Read + Send>> {
+            self.inner.open_read(key, range)
+        }
+        fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+            self.inner.local_path(key)
+        }
+    }
+
+    /// Stops 21 and 22's note: the fleet loop awaited a run's quality check, which reads and
+    /// hashes every output file of the run for a `unique` expectation, so nothing else was
+    /// served meanwhile. Now the check runs on a task of its own like a load; the run takes its
+    /// verdict once the task has ended.
+    #[tokio::test]
+    async fn a_quality_check_runs_on_its_own_task_and_the_run_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Arc::new(GatedStore {
+            inner: LocalStore::new(dir.path().join("lake")).unwrap(),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let ids = arrow::array::StringArray::from(vec!["a", "b", "a"]);
+        let batch =
+            arrow::record_batch::RecordBatch::try_from_iter([("id", Arc::new(ids) as _)]).unwrap();
+        let mut bytes = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        lake.inner
+            .put("lake/t/part-s00000-00000.parquet", bytes)
+            .await
+            .unwrap();
+        let wh = GatedWarehouse::closed();
+        let expect = "[[expect]]\ncolumn = \"id\"\nunique = true\nseverity = \"fail\"\n";
+        let (mut run, _state) =
+            one_shard_run_with(dir.path(), wh.clone(), expect, lake.clone()).await;
+        let step = tokio::time::timeout(Duration::from_secs(5), run.advance(WINDOW, 3));
+        assert_eq!(
+            step.await.expect("advance returns while the check waits"),
+            Some(None)
+        );
+        assert!(run.load_in_flight(), "the check is in flight");
+        assert_eq!(run.advance(WINDOW, 3).await, Some(None), "still checking");
+        assert!(run.loader.quality.is_none());
+
+        lake.gate.add_permits(10);
+        until_landed(&run).await;
+        let status = run.advance(WINDOW, 3).await;
+        assert_eq!(
+            status,
+            Some(Some(RunStatus::Failed)),
+            "one repeated id fails the run"
+        );
+        let report = run.loader.quality.as_ref().expect("judged");
+        assert_eq!(report.results[0].observed, serde_json::json!(1));
+        assert_eq!(
+            wh.loads.load(Ordering::SeqCst),
+            0,
+            "a failed run loads nothing"
+        );
     }
 }

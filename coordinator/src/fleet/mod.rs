@@ -7,8 +7,9 @@
 //!                (staging → COPY → merge → ledger, one transaction) ──▶ state: loaded
 //! ```
 //!
-//! One loop owns all decisions (no locks between planning, completions and loads); a batch load
-//! itself runs on a task of its own (see `active`), so the loop answers the API and takes
+//! One loop owns all decisions (no locks between planning, completions and loads); a batch load,
+//! or a run's quality check that reads its files (`unique`), itself runs on a task of its own
+//! (see `active`), so the loop answers the API and takes
 //! completions while the warehouse works, and a run moves past its load only once the loop has
 //! seen the load end. At shutdown the loop waits for loads in flight up to a grace. Its state is a
 //! [`StateStore`] — by default objects under `<storage.files>/state/` in S3, so a coordinator pod
