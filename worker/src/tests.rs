@@ -510,6 +510,15 @@ columns = ["id", "v", "ts"]
 row_group_rows = 3
 "#;
 
+/// A shard's state writing under `dir` (files of shard `s0` under `out/`, quarantine `q.ndjson`).
+fn shard_state(plan: &Plan, dir: &Path) -> ShardState {
+    ShardState::new(
+        plan,
+        engine::Writers::new(plan, dir, "out", "s0"),
+        dir.join("q.ndjson"),
+    )
+}
+
 /// A chunk of NDJSON lines, as the reader makes them.
 fn chunk_of(lines: &[String], first_line: u64) -> engine::Chunk {
     let mut c = engine::new_chunk(&Arc::from("in.ndjson"), &None, Some(first_line));
@@ -527,11 +536,7 @@ fn pipelined_chunks_keep_the_first_row_of_a_key_and_row_order() {
     let dir = tempfile::tempdir().unwrap();
     let p = config::parse(PIPELINED, "t.toml", dir.path().to_path_buf()).unwrap();
     let plan = Plan::build(&p).unwrap();
-    let mut st = ShardState::new(
-        &plan,
-        engine::Writers::new(&plan, dir.path(), "out", "s0"),
-        dir.path().join("q.ndjson"),
-    );
+    let mut st = shard_state(&plan, dir.path());
     let line = |id: &str, v: i64| format!(r#"{{"id":"{id}","v":{v},"ts":"2025-05-01T10:00:00Z"}}"#);
     // Chunk 2 repeats a key of chunk 0 and chunk 3 one of chunk 2: while chunk N+1 is parsed,
     // chunk N's dedupe must already have seen every earlier chunk.
@@ -631,11 +636,7 @@ fn row_groups_encoded_on_the_pool_keep_row_order_and_the_same_files_every_run() 
         let dir = tempfile::tempdir().unwrap();
         let p = config::parse(ROLLING, "t.toml", dir.path().to_path_buf()).unwrap();
         let plan = Plan::build(&p).unwrap();
-        let mut st = ShardState::new(
-            &plan,
-            engine::Writers::new(&plan, dir.path(), "out", "s0"),
-            dir.path().join("q.ndjson"),
-        );
+        let mut st = shard_state(&plan, dir.path());
         let kinds = ["a", "b", "c"];
         let chunks: Vec<engine::Chunk> = (0..30)
             .map(|c| {
@@ -700,11 +701,7 @@ fn the_key_set_is_sized_for_the_input_by_its_first_chunk() {
     let dir = tempfile::tempdir().unwrap();
     let p = config::parse(PIPELINED, "t.toml", dir.path().to_path_buf()).unwrap();
     let plan = Plan::build(&p).unwrap();
-    let mut st = ShardState::new(
-        &plan,
-        engine::Writers::new(&plan, dir.path(), "out", "s0"),
-        dir.path().join("q.ndjson"),
-    );
+    let mut st = shard_state(&plan, dir.path());
     let lines: Vec<String> = (0..100)
         .map(|i| format!(r#"{{"id":"k{i:05}","v":{i},"ts":"2025-05-01T10:00:00Z"}}"#))
         .collect();
