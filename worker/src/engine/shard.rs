@@ -136,7 +136,7 @@ pub fn finish_chunk(
         took,
     } = parsed;
     st.times.transform += took;
-    size_key_set(plan, &chunk, st);
+    size_key_set(plan, &chunk, &pieces, st);
     for (offset, line, len, head) in &chunk.oversized {
         st.counts.lines_total += 1;
         st.counts.malformed += 1;
@@ -163,17 +163,19 @@ pub fn finish_chunk(
     Ok(chunk)
 }
 
-/// Before the first chunk is deduped, makes room in the key set for the records the whole input
-/// holds at the first chunk's bytes per record, so that the set does not grow (re-hashing every
-/// key held, on the ordered path, while the other threads wait) as the shard goes on. A
-/// compressed input's bytes underestimate its records: the set then grows less often, not never.
-fn size_key_set(plan: &Plan, chunk: &Chunk, st: &mut ShardState) {
+/// Before the first chunk is deduped, makes room in the key set for the keys the whole input
+/// brings at the first chunk's rate (its rows that reach the dedupe, after the steps before it
+/// dropped theirs, per source byte), so that the set does not grow (re-hashing every key held,
+/// on the ordered path, while the other threads wait) as the shard goes on. A compressed input's
+/// bytes underestimate its records: the set then grows less often, not never.
+fn size_key_set(plan: &Plan, chunk: &Chunk, pieces: &[Piece], st: &mut ShardState) {
     if plan.dedupe_at.is_none() || !st.seen.is_empty() || chunk.buf.is_empty() {
         return;
     }
     if let Some(bytes) = st.expected_bytes.take() {
-        let records = bytes as u128 * chunk.spans.len() as u128 / chunk.buf.len() as u128;
-        st.seen.reserve(records.min(u32::MAX as u128) as usize);
+        let rows: usize = pieces.iter().map(|p| p.rows.len()).sum();
+        let keys = bytes as u128 * rows as u128 / chunk.buf.len() as u128;
+        st.seen.reserve(keys.min(u32::MAX as u128) as usize);
     }
 }
 
