@@ -33,12 +33,7 @@ where
     let span = tracing::Span::current();
     rayon::spawn(move || {
         let _guard = span.enter();
-        // The closure owns everything it touches and nothing is shared after a panic, so no
-        // broken invariant can be observed: asserting unwind safety is sound here.
-        let result = catch_unwind(AssertUnwindSafe(f)).map_err(|p| CpuError::Panicked {
-            message: panic_message(p.as_ref()),
-        });
-        let _ = tx.send(result);
+        let _ = tx.send(catch_panic(f).map_err(|message| CpuError::Panicked { message }));
     });
     rx.await.map_err(|_| CpuError::Cancelled)?
 }
@@ -53,12 +48,17 @@ where
 {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     rayon::spawn(move || {
-        let result = catch_unwind(AssertUnwindSafe(f)).map_err(|p| CpuError::Panicked {
-            message: panic_message(p.as_ref()),
-        });
-        let _ = tx.send(result);
+        let _ = tx.send(catch_panic(f).map_err(|message| CpuError::Panicked { message }));
     });
     rx.recv().map_err(|_| CpuError::Cancelled)?
+}
+
+/// Runs `f` on this thread; a panic in it comes back as its message instead of unwinding (a
+/// panic in a job spawned on the pool would abort the process). For closures that own what they
+/// touch, so that nothing half-changed by the panic is seen afterwards: asserting unwind safety
+/// is sound for them.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(p.as_ref()))
 }
 
 /// The text of a panic payload (`panic!("…")` gives a `&str` or a `String`).

@@ -34,6 +34,15 @@ pub(crate) fn key_at(blocks: &[Vec<u8>], e: u64) -> &[u8] {
     &blocks[b][p..p + l]
 }
 
+/// The hash of a stored key, read back from its place (the table's growth re-hashes its keys).
+fn rehasher<'a>(
+    blocks: &'a [Vec<u8>],
+    hasher: &'a hashbrown::DefaultHashBuilder,
+) -> impl Fn(&u64) -> u64 + 'a {
+    use std::hash::BuildHasher;
+    move |&e| hasher.hash_one(key_at(blocks, e))
+}
+
 /// The bytes a key is stored and hashed as: itself, or a digest of it when it is very long.
 fn stored(key: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     use sha2::Digest;
@@ -61,7 +70,6 @@ impl KeySet {
     /// Inserts `key`, whose [`KeySet::hash_of`] with this set's hasher is `h`; returns false if
     /// it was already there.
     pub fn insert_hashed(&mut self, key: &[u8], h: u64) -> bool {
-        use std::hash::BuildHasher;
         let key = &*stored(key);
         if self
             .table
@@ -82,19 +90,16 @@ impl KeySet {
         let pos = b.len();
         b.extend_from_slice(key);
         let entry = ((block as u64) << 44) | ((pos as u64) << 20) | key.len() as u64;
-        let (blocks, hasher) = (&self.blocks, &self.hasher);
         self.table
-            .insert_unique(h, entry, |&e| hasher.hash_one(key_at(blocks, e)));
+            .insert_unique(h, entry, rehasher(&self.blocks, &self.hasher));
         true
     }
 
     /// Room for `additional` more keys without growing the table (a growth re-hashes every key
     /// held, on the shard's ordered path).
     pub fn reserve(&mut self, additional: usize) {
-        use std::hash::BuildHasher;
-        let (blocks, hasher) = (&self.blocks, &self.hasher);
         self.table
-            .reserve(additional, |&e| hasher.hash_one(key_at(blocks, e)));
+            .reserve(additional, rehasher(&self.blocks, &self.hasher));
     }
 
     pub fn len(&self) -> usize {

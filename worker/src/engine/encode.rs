@@ -209,15 +209,11 @@ fn encode_column(mut w: ArrowColumnWriter, leaves: Vec<ArrowLeafColumn>) -> Enco
 fn caught(
     encode: impl FnOnce() -> Result<ArrowColumnChunk, parquet::errors::ParquetError>,
 ) -> Encoded {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode)) {
-        Ok(r) => r.map_err(WorkerError::parquet),
-        Err(p) => Err(WorkerError::Panicked {
-            message: format!(
-                "encoding a Parquet column: {}",
-                runtime::cpu::panic_message(p.as_ref())
-            ),
-        }),
-    }
+    runtime::cpu::catch_panic(encode)
+        .map_err(|p| WorkerError::Panicked {
+            message: format!("encoding a Parquet column: {p}"),
+        })?
+        .map_err(WorkerError::parquet)
 }
 
 #[cfg(test)]
