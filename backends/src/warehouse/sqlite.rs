@@ -55,12 +55,14 @@ impl SqliteWarehouse {
         }
         let conn =
             Connection::open(&path).map_err(|e| wh_err(format!("open {}: {e}", path.display())))?;
-        // WAL with a full sync at each commit (one per load batch: a load the coordinator
-        // records as done is on disk); a 64 MiB page cache, so merging into a large table's
-        // key index does not go to disk for every row; temporary b-trees in memory.
+        conn.busy_timeout(LOCK_WAIT)
+            .map_err(|e| wh_err(format!("initialise {}: {e}", path.display())))?;
+        use_rollback_journal(&conn, &path);
+        // A full sync at each commit (one per load batch: a load the coordinator records as
+        // done is on disk); a 64 MiB page cache, so merging into a large table's key index
+        // does not go to disk for every row; temporary b-trees in memory.
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-65536;
-             PRAGMA temp_store=MEMORY;
+            "PRAGMA synchronous=FULL; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;
              CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
                batch_id TEXT PRIMARY KEY, table_name TEXT NOT NULL, run_id TEXT NOT NULL,
                files INTEGER NOT NULL, rows_staged INTEGER NOT NULL, loaded_at TEXT NOT NULL)"
@@ -91,6 +93,29 @@ impl SqliteWarehouse {
             .map_err(|_| wh_err("warehouse thread has stopped"))?;
         rx.await
             .map_err(|_| wh_err("warehouse thread has stopped"))?
+    }
+}
+
+/// How long the warehouse's connection, and `coordinator sql`, wait for a lock another
+/// connection holds (a load being written, a reader in the middle of a statement) before the
+/// statement fails with "database is locked".
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Puts the file in SQLite's rollback-journal mode (`DELETE`, SQLite's default), converting a
+/// warehouse an earlier version left in WAL mode. A load writes its new pages once, into the
+/// file; under WAL they were written twice (into the WAL, then copied by the checkpoint), which
+/// cost `coordinator run` ~15 % of its time on the reference workload (BENCHMARKS.md). The cost: while a load spills to or commits into the file,
+/// readers in other processes wait for it (up to [`LOCK_WAIT`]) instead of reading the state
+/// before it. If another connection holds the file open, the mode stays as it is (loads are as
+/// correct, only slower) and a warning says so.
+fn use_rollback_journal(conn: &Connection, path: &std::path::Path) {
+    let mode = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0));
+    match mode {
+        Ok(m) if m.eq_ignore_ascii_case("delete") => {}
+        Ok(m) => tracing::warn!(path = %path.display(), mode = %m,
+            "the embedded warehouse stays in its journal mode: another connection holds it open"),
+        Err(e) => tracing::warn!(path = %path.display(), error = %e,
+            "the embedded warehouse stays in its journal mode"),
     }
 }
 
@@ -479,6 +504,8 @@ pub fn query_file(path: &std::path::Path, sql: &str, write: bool) -> Result<Quer
     };
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| wh_err(format!("open {}: {e}", path.display())))?;
+    // A load being written into the file holds it for a while: wait for it, not fail.
+    conn.busy_timeout(LOCK_WAIT).map_err(wh_err)?;
     let mut st = conn.prepare(sql).map_err(wh_err)?;
     if !write && !st.readonly() {
         return Err(wh_err(format!(
@@ -725,6 +752,51 @@ mod tests {
         assert_eq!(after.rows, vec![vec![Some("2".to_string())]]);
         let changed = query_file(&path, "DELETE FROM t WHERE x = 1", true).unwrap();
         assert_eq!(changed.rows, vec![vec![Some("1".to_string())]]);
+    }
+
+    fn journal_mode(path: &std::path::Path) -> String {
+        let c = Connection::open(path).unwrap();
+        c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_warehouse_left_in_wal_mode_gets_a_rollback_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wh.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        assert_eq!(journal_mode(&path), "wal");
+        drop(SqliteWarehouse::open(&path).unwrap());
+        assert_eq!(journal_mode(&path), "delete");
+    }
+
+    #[test]
+    fn a_reader_waits_for_a_load_being_committed_and_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wh.db");
+        let wh = SqliteWarehouse::open(&path).unwrap();
+        drop(wh);
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1), (2)")
+            .unwrap();
+        // A load in the middle of writing the file: the lock is held until it commits.
+        writer
+            .execute_batch("BEGIN EXCLUSIVE; INSERT INTO t VALUES (3)")
+            .unwrap();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let commit = std::thread::spawn(move || {
+            ready_rx.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            writer.execute_batch("COMMIT").unwrap();
+        });
+        ready_tx.send(()).unwrap();
+        let read = query_file(&path, "SELECT count(*) FROM t", false).unwrap();
+        commit.join().unwrap();
+        assert_eq!(read.rows, vec![vec![Some("3".to_string())]]);
     }
 
     #[test]
