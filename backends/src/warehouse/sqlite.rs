@@ -504,6 +504,9 @@ pub fn query_file(path: &std::path::Path, sql: &str, write: bool) -> Result<Quer
             path.display()
         )));
     }
+    if !write {
+        roll_back_an_interrupted_load(path)?;
+    }
     let flags = if write {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -529,6 +532,33 @@ pub fn query_file(path: &std::path::Path, sql: &str, write: bool) -> Result<Quer
         });
     }
     Ok(QueryResult { columns, rows })
+}
+
+/// A load that stopped half way (a killed coordinator) leaves its rollback journal beside the
+/// file, and a read-only connection cannot undo it ("attempt to write a readonly database"). So a
+/// read-only query first opens the file for writing and reads it once, which makes SQLite roll the
+/// unfinished load back, as the coordinator's next start would: the file returns to its last
+/// committed state and nothing committed changes. A journal of a load still being written (its
+/// connection holds the file's lock) is not touched; the query then waits for that load.
+fn roll_back_an_interrupted_load(path: &std::path::Path) -> Result<()> {
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-journal");
+    if !std::path::Path::new(&journal).exists() {
+        return Ok(());
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| wh_err(format!("open {}: {e}", path.display())))?;
+    conn.busy_timeout(LOCK_WAIT).map_err(wh_err)?;
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| {
+        wh_err(format!(
+            "rolling back the unfinished load in {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(())
 }
 
 /// A value as text. A decimal column's REAL reads back with its scale's digits (`2469.00`); any
@@ -778,6 +808,42 @@ mod tests {
         assert_eq!(journal_mode(&path), "wal");
         drop(SqliteWarehouse::open(&path).unwrap());
         assert_eq!(journal_mode(&path), "delete");
+    }
+
+    #[test]
+    fn a_read_only_query_after_a_load_was_killed_sees_the_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wh.db");
+        drop(SqliteWarehouse::open(&path).unwrap());
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA cache_size=8; CREATE TABLE t (x TEXT); INSERT INTO t VALUES ('kept');
+                 BEGIN; UPDATE t SET x = 'half-loaded';",
+            )
+            .unwrap();
+        let fill = "x".repeat(2000);
+        for _ in 0..500 {
+            writer
+                .execute("INSERT INTO t VALUES (?1)", [&fill])
+                .unwrap();
+        }
+        // The files as a killed coordinator leaves them: the load's pages partly in the file,
+        // its journal beside it, and no process holding the lock.
+        let killed = dir.path().join("killed.db");
+        std::fs::copy(&path, &killed).unwrap();
+        std::fs::copy(
+            dir.path().join("wh.db-journal"),
+            dir.path().join("killed.db-journal"),
+        )
+        .unwrap();
+        drop(writer);
+        let read = query_file(&killed, "SELECT count(*), min(x) FROM t", false).unwrap();
+        assert_eq!(
+            read.rows,
+            vec![vec![Some("1".to_string()), Some("kept".to_string())]]
+        );
+        assert!(!dir.path().join("killed.db-journal").exists());
     }
 
     #[test]
