@@ -714,7 +714,9 @@ mod tests {
             )
             .await
             .unwrap();
-        let src = orders(&conn, 100);
+        // Only this test's session is ended: tests running beside it fetch too.
+        let app = crate::testkit::unique("pgsrc_drop");
+        let src = orders(&format!("{conn} application_name={app}"), 100);
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let killer = tokio::spawn(async move {
             tokio::task::spawn_blocking(move || rx.recv())
@@ -724,8 +726,8 @@ mod tests {
             let rows = client
                 .query(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE query LIKE 'FETCH FORWARD%' AND pid <> pg_backend_pid()",
-                    &[],
+                     WHERE query LIKE 'FETCH FORWARD%' AND application_name = $1",
+                    &[&app],
                 )
                 .await
                 .unwrap();
