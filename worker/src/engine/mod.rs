@@ -1,20 +1,20 @@
 //! The shard engine: source bytes → records → Arrow → steps → partitioned Parquet + quarantine.
 //!
 //! ```text
-//!  reader thread ──sync_channel(2)──▶ engine loop (on the rayon pool):
-//!  (range-aligned read,                 each chunk a FIFO pool job, up to two ahead of the loop:
-//!   gzip/zstd, line split,                pieces of 4,096 lines in parallel: parse → steps before dedupe
-//!   over-long lines skipped)            the loop, chunk by chunk in order:
-//!                                         dedupe (one key set per shard)
-//!                                         pieces in parallel: steps after dedupe → project → partition
-//!                                         partition writers: Parquet row groups, their columns handed
-//!                                           to the pool (encoded while the loop goes on, appended to
-//!                                           files in order)
+//!  reader thread ──sync_channel(2)──▶ engine loop (on the rayon pool), two chunks at a time:
+//!  (range-aligned read,                 rayon::join ┬ chunk N+1: pieces of 4,096 lines in parallel:
+//!   gzip/zstd, line split,                          │            parse → steps before dedupe
+//!   over-long lines skipped)                        └ chunk N:   in order: dedupe (one key set per shard)
+//!                                                               pieces in parallel: steps after dedupe
+//!                                                                 → project → partition
+//!                                                               partition writers: Parquet row groups,
+//!                                                                 their columns handed to the pool
+//!                                                                 (encoded while the loop goes on,
+//!                                                                 appended to files in order)
 //! ```
-//! Memory is bounded by the reader's two chunks and the engine's three (the one being finished
-//! and two parsed ahead), one row group per open partition file (flushed early when the total
-//! passes a budget), the row groups encoding (at most another budget's worth) and the dedupe key
-//! set (the keys only, in an arena).
+//! Memory is bounded by the reader's two chunks and the engine's two, one row group per open
+//! partition file (flushed early when the total passes a budget), the row groups encoding (at
+//! most another budget's worth) and the dedupe key set (the keys only, in an arena).
 //!
 //! Every line lands in exactly one bucket: `lines_total = malformed + rejected + filtered +
 //! duplicates + rows_out`; malformed and rejected lines go to the quarantine file with the reason
@@ -34,7 +34,6 @@
 //! | `encode` | row groups encoded on the pool while the loop goes on, appended in order |
 //! | `quarantine` | the quarantine file |
 //! | `parquet_in` | Parquet inputs: record batches projected and converted straight into columns |
-//! | `ahead` | chunks parsed on the pool ahead of the ordered loop |
 //! | `shard` | the loop that drives a shard's chunks through all of the above |
 
 use std::collections::{BTreeMap, HashMap};
@@ -71,7 +70,6 @@ pub(crate) type PartitionValues = Vec<(String, String)>;
 pub const MALFORMED: &str = "malformed";
 pub const INVALID_VALUE: &str = "invalid_value";
 
-mod ahead;
 mod cols;
 mod columns;
 mod dedupe;

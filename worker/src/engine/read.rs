@@ -262,9 +262,8 @@ pub(crate) fn new_chunk(
 #[derive(Clone, Default)]
 pub struct ChunkPool(Arc<std::sync::Mutex<Vec<Chunk>>>);
 
-/// Chunks kept for reuse: the reader's (two in its channel, one being filled) and the engine's
-/// (the one being finished and `ahead::PARSED_AHEAD` more) need no more.
-const POOLED_CHUNKS: usize = 6;
+/// Chunks kept for reuse (the reader's two in flight and the engine's two need no more).
+const POOLED_CHUNKS: usize = 4;
 
 impl ChunkPool {
     /// Hands a finished chunk back.

@@ -1,9 +1,7 @@
 //! The shard loop: chunks (or Parquet batches, see `parquet_in`) through parse, steps, dedupe
 //! and writers.
 
-use super::ahead::{PARSED_AHEAD, Ready, run_into};
 use super::*;
-use std::collections::VecDeque;
 
 /// State carried across the chunks of a shard.
 pub struct ShardState {
@@ -72,9 +70,9 @@ pub struct Parsed {
     took: std::time::Duration,
 }
 
-/// Drives a shard's chunks: each is parsed by a pool job of its own, up to [`PARSED_AHEAD`]
-/// chunks beyond the one being deduped, finished and written in order here, so the ordered part
-/// of a chunk does not leave the other cores idle, nor does a chunk's last piece (see `ahead`).
+/// Drives a shard's chunks: while chunk N is deduped, finished and written in order, chunk N+1
+/// is parsed (`rayon::join`), so the ordered part of a chunk does not leave the other cores idle.
+/// At most two chunks are held here, besides the reader's.
 /// Finished chunks go back to `pool` for the reader.
 pub fn process_chunks(
     plan: &Plan,
@@ -82,28 +80,19 @@ pub fn process_chunks(
     pool: &ChunkPool,
     st: &mut ShardState,
 ) -> Result<(), WorkerError> {
-    type Ahead = VecDeque<Arc<Ready<Result<Parsed, WorkerError>>>>;
-    let finish_oldest = |ahead: &mut Ahead, st: &mut ShardState| {
-        let parsed = ahead.pop_front().expect("a chunk is ahead").take()?;
-        finish_chunk(plan, parsed, st).map(|chunk| pool.give(chunk))
-    };
-    let hasher = &st.seen.hasher.clone();
-    rayon::in_place_scope_fifo(|s| {
-        let mut ahead = Ahead::new();
-        for chunk in chunks {
-            let ready = Arc::new(Ready::new());
-            let set = ready.clone();
-            s.spawn_fifo(move |_| run_into(&set, || parse_chunk(plan, chunk, hasher)));
-            ahead.push_back(ready);
-            if ahead.len() > PARSED_AHEAD {
-                finish_oldest(&mut ahead, st)?;
-            }
-        }
-        while !ahead.is_empty() {
-            finish_oldest(&mut ahead, st)?;
-        }
-        Ok(())
-    })
+    let mut pending: Option<Parsed> = None;
+    let finish =
+        |p: Parsed, st: &mut ShardState| finish_chunk(plan, p, st).map(|chunk| pool.give(chunk));
+    let hasher = st.seen.hasher.clone();
+    for chunk in chunks {
+        let (parsed, finished) = rayon::join(
+            || parse_chunk(plan, chunk, &hasher),
+            || pending.take().map_or(Ok(()), |p| finish(p, st)),
+        );
+        finished?;
+        pending = Some(parsed?);
+    }
+    pending.map_or(Ok(()), |p| finish(p, st))
 }
 
 /// Parses a chunk's records and runs the steps before dedupe, its pieces in parallel; with a
