@@ -110,10 +110,10 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Puts the file in SQLite's rollback-journal mode (`DELETE`, SQLite's default), converting a
 /// warehouse an earlier version left in WAL mode. A load writes its new pages once, into the
-/// file; under WAL they were written twice (into the WAL, then copied by the checkpoint), which
-/// cost `coordinator run` ~15 % of its time on the reference workload (BENCHMARKS.md). The cost: while a load spills to or commits into the file,
-/// readers in other processes wait for it (up to [`LOCK_WAIT`]) instead of reading the state
-/// before it. If another connection holds the file open, the mode stays as it is (loads are as
+/// file; under WAL they were written twice (into the WAL, then copied by the checkpoint), the
+/// larger part of a load's commit (`bench/sqlite_modes.py`, BENCHMARKS.md). The cost: while a
+/// load spills to or commits into the file, readers in other processes wait for it (up to
+/// [`LOCK_WAIT`]) instead of reading the state before it. If another connection holds the file open, the mode stays as it is (loads are as
 /// correct, only slower) and a warning says so.
 fn use_rollback_journal(conn: &Connection, path: &std::path::Path) {
     let mode = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0));
