@@ -55,7 +55,8 @@ pub struct RunOptions {
     pub window: Option<crate::backfill::Window>,
 }
 
-/// Test hook: crash the process at a chosen point, as `kill -9` would (no cleanup).
+/// Test hook: crash the process at a chosen point, as `kill -9` would (no cleanup). One more,
+/// `crash_mid_load`, is the embedded warehouse's own (inside a load's transaction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
     CrashAfterShards(usize),

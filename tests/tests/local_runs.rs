@@ -203,6 +203,39 @@ fn a_crash_after_a_load_commit_does_not_load_twice() {
     assert!(row[0].parse::<u32>().unwrap() > 1, "{ledger}");
 }
 
+#[test]
+fn a_run_killed_in_the_middle_of_a_load_keeps_the_last_commit_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = web_fixture(dir.path(), 4000, 2);
+    let clean = dir.path().join("clean");
+    let crashed = dir.path().join("crashed");
+    let args = [
+        "--shard-size",
+        "300000",
+        "--batch-rows",
+        "1000",
+        "--workers",
+        "1",
+    ];
+    ok(&run_pipeline(&pipeline, &clean, &args, None));
+    let killed = run_pipeline(&pipeline, &crashed, &args, Some("crash_mid_load"));
+    assert!(
+        !killed.status.success(),
+        "the fault should have killed the run"
+    );
+    assert!(
+        crashed.join("warehouse.db-journal").exists(),
+        "the load died with its journal beside the file"
+    );
+    // A read-only query right after the crash sees the last commit: no batch, no rows.
+    let ledger = table(&crashed, "SELECT count(*) FROM _tributary_load_ledger");
+    assert_eq!(ledger.lines().nth(2).map(str::trim), Some("0"), "{ledger}");
+    assert!(!crashed.join("warehouse.db-journal").exists());
+    let out = ok(&run_pipeline(&pipeline, &crashed, &args, None));
+    assert!(out.contains("(resumed)"), "{out}");
+    assert_eq!(table(&clean, ROWS_SQL), table(&crashed, ROWS_SQL));
+}
+
 /// Rows of every Parquet file under `dir`, by relative path.
 fn parquet_rows(dir: &Path) -> std::collections::BTreeMap<String, u64> {
     parquet_files(dir)

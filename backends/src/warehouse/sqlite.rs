@@ -464,6 +464,7 @@ fn load_batch(
             Ok(())
         })?;
     }
+    crash_mid_load_if_asked(&tx);
     tx.execute(
         &format!(
             "INSERT INTO {LEDGER_TABLE} (batch_id, table_name, run_id, files, rows_staged, loaded_at) \
@@ -489,6 +490,17 @@ fn load_batch(
         rows_staged: staged,
         rows_in_table: in_table as u64,
     })
+}
+
+/// Test hook (`TRIBUTARY_FAULT=crash_mid_load`, beside the coordinator's faults): the process
+/// dies in the middle of a load, as `kill -9` would, after the batch's rows are inserted and
+/// written into the file (the page cache flushed) and before the commit, leaving the file with
+/// uncommitted pages and its journal beside it.
+fn crash_mid_load_if_asked(tx: &Connection) {
+    if std::env::var("TRIBUTARY_FAULT").as_deref() == Ok("crash_mid_load") {
+        let _ = tx.cache_flush();
+        std::process::abort();
+    }
 }
 
 /// `coordinator sql`: runs one statement on the warehouse file at `path`.
