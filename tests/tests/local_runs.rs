@@ -167,24 +167,38 @@ fn a_killed_run_resumes_without_redoing_or_duplicating() {
     );
 }
 
+/// Small load batches, so that a run loads several.
+const BATCHED: [&str; 6] = [
+    "--shard-size",
+    "300000",
+    "--batch-rows",
+    "1000",
+    "--workers",
+    "1",
+];
+
+/// A fixture run cleanly into `dir/clean` and killed by `fault` in `dir/crashed`, both with
+/// [`BATCHED`]: (pipeline, clean, crashed).
+fn clean_and_crashed(
+    dir: &Path,
+    fault: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let pipeline = web_fixture(dir, 4000, 2);
+    let (clean, crashed) = (dir.join("clean"), dir.join("crashed"));
+    ok(&run_pipeline(&pipeline, &clean, &BATCHED, None));
+    let killed = run_pipeline(&pipeline, &crashed, &BATCHED, Some(fault));
+    assert!(
+        !killed.status.success(),
+        "the fault {fault} should have killed the run"
+    );
+    (pipeline, clean, crashed)
+}
+
 #[test]
 fn a_crash_after_a_load_commit_does_not_load_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = web_fixture(dir.path(), 4000, 2);
-    let clean = dir.path().join("clean");
-    let crashed = dir.path().join("crashed");
-    let args = [
-        "--shard-size",
-        "300000",
-        "--batch-rows",
-        "1000",
-        "--workers",
-        "1",
-    ];
-    ok(&run_pipeline(&pipeline, &clean, &args, None));
-    let killed = run_pipeline(&pipeline, &crashed, &args, Some("crash_after_load_commit"));
-    assert!(!killed.status.success());
-    ok(&run_pipeline(&pipeline, &crashed, &args, None));
+    let (pipeline, clean, crashed) = clean_and_crashed(dir.path(), "crash_after_load_commit");
+    ok(&run_pipeline(&pipeline, &crashed, &BATCHED, None));
     assert_eq!(table(&clean, ROWS_SQL), table(&crashed, ROWS_SQL));
     // One ledger row per batch, although the first batch was loaded before the crash and offered
     // again after it.
@@ -206,23 +220,7 @@ fn a_crash_after_a_load_commit_does_not_load_twice() {
 #[test]
 fn a_run_killed_in_the_middle_of_a_load_keeps_the_last_commit_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = web_fixture(dir.path(), 4000, 2);
-    let clean = dir.path().join("clean");
-    let crashed = dir.path().join("crashed");
-    let args = [
-        "--shard-size",
-        "300000",
-        "--batch-rows",
-        "1000",
-        "--workers",
-        "1",
-    ];
-    ok(&run_pipeline(&pipeline, &clean, &args, None));
-    let killed = run_pipeline(&pipeline, &crashed, &args, Some("crash_mid_load"));
-    assert!(
-        !killed.status.success(),
-        "the fault should have killed the run"
-    );
+    let (pipeline, clean, crashed) = clean_and_crashed(dir.path(), "crash_mid_load");
     assert!(
         crashed.join("warehouse.db-journal").exists(),
         "the load died with its journal beside the file"
@@ -231,7 +229,7 @@ fn a_run_killed_in_the_middle_of_a_load_keeps_the_last_commit_and_resumes() {
     let ledger = table(&crashed, "SELECT count(*) FROM _tributary_load_ledger");
     assert_eq!(ledger.lines().nth(2).map(str::trim), Some("0"), "{ledger}");
     assert!(!crashed.join("warehouse.db-journal").exists());
-    let out = ok(&run_pipeline(&pipeline, &crashed, &args, None));
+    let out = ok(&run_pipeline(&pipeline, &crashed, &BATCHED, None));
     assert!(out.contains("(resumed)"), "{out}");
     assert_eq!(table(&clean, ROWS_SQL), table(&crashed, ROWS_SQL));
 }
