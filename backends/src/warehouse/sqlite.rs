@@ -57,10 +57,10 @@ impl SqliteWarehouse {
             Connection::open(&path).map_err(|e| wh_err(format!("open {}: {e}", path.display())))?;
         // 16 KiB pages for a new file (an existing one keeps its own): a bulk load handles a
         // quarter as many b-tree pages as with SQLite's default 4 KiB.
+        let init = |e: rusqlite::Error| wh_err(format!("initialise {}: {e}", path.display()));
         conn.execute_batch(&format!("PRAGMA page_size={PAGE_BYTES}"))
-            .map_err(|e| wh_err(format!("initialise {}: {e}", path.display())))?;
-        conn.busy_timeout(LOCK_WAIT)
-            .map_err(|e| wh_err(format!("initialise {}: {e}", path.display())))?;
+            .map_err(init)?;
+        conn.busy_timeout(LOCK_WAIT).map_err(init)?;
         use_rollback_journal(&conn, &path);
         // A full sync at each commit (one per load batch: a load the coordinator records as
         // done is on disk); a 64 MiB page cache, so merging into a large table's key index
@@ -71,7 +71,7 @@ impl SqliteWarehouse {
                batch_id TEXT PRIMARY KEY, table_name TEXT NOT NULL, run_id TEXT NOT NULL,
                files INTEGER NOT NULL, rows_staged INTEGER NOT NULL, loaded_at TEXT NOT NULL)"
         ))
-        .map_err(|e| wh_err(format!("initialise {}: {e}", path.display())))?;
+        .map_err(init)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("warehouse".into())
@@ -113,8 +113,8 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// file; under WAL they were written twice (into the WAL, then copied by the checkpoint), the
 /// larger part of a load's commit (`bench/sqlite_modes.py`, BENCHMARKS.md). The cost: while a
 /// load spills to or commits into the file, readers in other processes wait for it (up to
-/// [`LOCK_WAIT`]) instead of reading the state before it. If another connection holds the file open, the mode stays as it is (loads are as
-/// correct, only slower) and a warning says so.
+/// [`LOCK_WAIT`]) instead of reading the state before it. If another connection holds the file
+/// open, the mode stays as it is (loads are as correct, only slower) and a warning says so.
 fn use_rollback_journal(conn: &Connection, path: &std::path::Path) {
     let mode = conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get::<_, String>(0));
     match mode {
