@@ -573,11 +573,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     // before the data dir is created.
     let src = LocalSource::resolve(&pipeline, opts.source.as_deref()).await?;
     let dd = DataDir::open(&opts.data_dir)?;
-    let name = pipeline.name().to_string();
-    let table = pipeline.table().to_string();
-    let (output_root, output_prefix) = output_of(opts, &dd, &table)?;
-
-    let current_key = format!("pipelines/{name}/current");
+    let (output_root, output_prefix) = output_of(opts, &dd, pipeline.table())?;
     let started = Starting {
         opts,
         pipeline: &pipeline,
@@ -587,134 +583,198 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
         output_root: &output_root,
         output_prefix: &output_prefix,
     };
-    let (mut record, plan, resumed) = started.resume_or_plan().await?;
-    let run_id = record.run_id.clone();
-    let source = src.store(&dd.files)?;
-    let output: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&output_root)?);
-    let warehouse = if pipeline.file.load.enabled {
-        Some(dd.warehouse()?)
-    } else {
-        None
-    };
-
-    let shards: BTreeMap<String, ShardDescriptor> = plan
-        .shards
-        .iter()
-        .map(|s| (s.shard_id.clone(), s.clone()))
-        .collect();
-    let mut loader = Loader::new(
-        dd.state.clone(),
-        dd.files.clone(),
-        &run_id,
-        &pipeline,
-        warehouse.clone(),
-        output.clone(),
-    );
-    let mut m = loader
-        .replay(shards.keys().cloned(), opts.batch_rows)
-        .await?;
-    adopt_written_manifests(&dd, &run_id, &mut m).await?;
-    observe_cancel(&*dd.state, &run_id, &mut m).await?;
-
-    let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("tasks", Duration::from_secs(30), 3));
-    let results: Arc<dyn Queue> = Arc::new(MemoryQueue::new("results", Duration::from_secs(30), 5));
-    let spec = PipelineSpec {
-        name: name.clone(),
-        toml: pipeline.text.clone(),
-        base_dir: pipeline.base_dir.display().to_string(),
-    };
-    let sending = m.to_enqueue();
-    let task = |s: &ShardDescriptor| TaskMessage {
-        max_string_bytes: warehouse.as_ref().and_then(|w| w.max_string_bytes()),
-        task_id: format!("{run_id}/{}", s.shard_id),
-        run_id: run_id.clone(),
-        pipeline: spec.clone(),
-        shard: s.clone(),
-        output_prefix: output_prefix.clone(),
-        quarantine_prefix: format!("quarantine/{name}/{run_id}"),
-        manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
-        source_url: None,
-        output_url: None,
-        files_url: None,
-    };
-    send_tasks(&*tasks, &sending, &shards, task).await?;
-    m.apply(Event::Enqueued { shards: sending });
-
-    let progress = progress_bar(opts.progress, record.source_bytes, &name);
-    progress.inc(
-        m.done()
-            .keys()
-            .filter_map(|k| shards.get(k))
-            .map(|s| s.bytes())
-            .sum(),
-    );
-    let scratch = dd.root.join("tmp");
-    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let env = local_env(
-        &tasks,
-        &results,
-        worker::TaskStores {
-            source: source.clone(),
-            output: output.clone(),
-            files: dd.files.clone(),
-        },
-    );
-    let workers = spawn_workers(opts.workers, &env, &scratch, &stopping);
-
-    follow_shards(
-        &mut m,
-        &mut loader,
-        &shards,
-        &*tasks,
-        &*results,
-        &*dd.state,
-        &run_id,
-        &progress,
-    )
-    .await?;
-    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-    for w in workers {
-        let _ = w.await;
-    }
-    // Every worker loop has stopped: no task of this run is using scratch any more.
-    let _ = std::fs::remove_dir_all(&scratch);
-    let status = loader
-        .advance(&mut m, &shards, false)
+    let (record, plan, resumed) = started.resume_or_plan().await?;
+    let mut run = Running::open(&started, &record.run_id, &plan).await?;
+    run.follow(record.source_bytes).await?;
+    let status = run
+        .loader
+        .advance(&mut run.m, &run.shards, false)
         .await?
         .context("a run whose shards have all ended finishes")?;
-    progress.finish_and_clear();
+    run.progress.finish_and_clear();
+    run.end(record, status, resumed).await
+}
 
-    record.observe(&m);
-    record.finish(status, loader.quality.clone());
-    // `--output DIR` holds only partition folders (the reference workload's contract): its
-    // commit record goes to the data dir's files.
-    let commits: &dyn ObjectStore = if opts.output.is_some() {
-        &*dd.files
-    } else {
-        &*output
-    };
-    crate::commit::commit_run(&record, m.done(), &*dd.files, &*output, commits).await?;
-    record_end(&dd, &loader, &mut record, &m).await?;
-    m.apply(Event::Finished(status));
-    // A run with failed shards stays its pipeline's current run: the next `coordinator run`
-    // (or `coordinator retry RUN`) redoes them in the same run.
-    if m.failed().is_empty() || status == RunStatus::Cancelled {
-        dd.state.delete(&current_key).await?;
-    }
-    archive_and_report(
-        &dd,
-        &pipeline,
-        record,
-        resumed,
-        m.done(),
-        warehouse.as_deref(),
-        if output_prefix.is_empty() {
-            output_root
+/// A local run under way: its shards, the machine that tracks them, its loader and stores.
+struct Running<'a> {
+    started: &'a Starting<'a>,
+    run_id: String,
+    shards: BTreeMap<String, ShardDescriptor>,
+    m: RunMachine,
+    loader: Loader,
+    source: Arc<dyn ObjectStore>,
+    output: Arc<dyn ObjectStore>,
+    warehouse: Option<Arc<dyn Warehouse>>,
+    progress: indicatif::ProgressBar,
+}
+
+impl<'a> Running<'a> {
+    /// The run's machine with what state holds of it replayed (done shards, recorded and loaded
+    /// batches, manifests written before a crash, a cancel asked for).
+    async fn open(
+        started: &'a Starting<'a>,
+        run_id: &str,
+        plan: &ShardPlan,
+    ) -> anyhow::Result<Running<'a>> {
+        let (pipeline, dd) = (started.pipeline, started.dd);
+        let source = started.src.store(&dd.files)?;
+        let output: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(started.output_root)?);
+        let warehouse = if pipeline.file.load.enabled {
+            Some(dd.warehouse()?)
         } else {
-            output_root.join(&output_prefix)
-        },
-    )
-    .await
+            None
+        };
+        let shards: BTreeMap<String, ShardDescriptor> = plan
+            .shards
+            .iter()
+            .map(|s| (s.shard_id.clone(), s.clone()))
+            .collect();
+        let mut loader = Loader::new(
+            dd.state.clone(),
+            dd.files.clone(),
+            run_id,
+            pipeline,
+            warehouse.clone(),
+            output.clone(),
+        );
+        let mut m = loader
+            .replay(shards.keys().cloned(), started.opts.batch_rows)
+            .await?;
+        adopt_written_manifests(dd, run_id, &mut m).await?;
+        observe_cancel(&*dd.state, run_id, &mut m).await?;
+        Ok(Running {
+            started,
+            run_id: run_id.to_string(),
+            shards,
+            m,
+            loader,
+            source,
+            output,
+            warehouse,
+            progress: indicatif::ProgressBar::hidden(),
+        })
+    }
+
+    /// The task of shard `s`.
+    fn task(&self, s: &ShardDescriptor) -> TaskMessage {
+        let (p, run_id) = (self.started.pipeline, &self.run_id);
+        TaskMessage {
+            max_string_bytes: self.warehouse.as_ref().and_then(|w| w.max_string_bytes()),
+            task_id: format!("{run_id}/{}", s.shard_id),
+            run_id: run_id.clone(),
+            pipeline: PipelineSpec {
+                name: p.name().to_string(),
+                toml: p.text.clone(),
+                base_dir: p.base_dir.display().to_string(),
+            },
+            shard: s.clone(),
+            output_prefix: self.started.output_prefix.to_string(),
+            quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
+            manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
+            source_url: None,
+            output_url: None,
+            files_url: None,
+        }
+    }
+
+    /// Enqueues the shards still to do, runs the in-process workers on them and takes their
+    /// completions (loading batches as they close) until every shard has ended or the run is
+    /// cancelled; then stops the workers.
+    async fn follow(&mut self, source_bytes: u64) -> anyhow::Result<()> {
+        let (opts, dd) = (self.started.opts, self.started.dd);
+        let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("tasks", Duration::from_secs(30), 3));
+        let results: Arc<dyn Queue> =
+            Arc::new(MemoryQueue::new("results", Duration::from_secs(30), 5));
+        let sending = self.m.to_enqueue();
+        send_tasks(&*tasks, &sending, &self.shards, |s| self.task(s)).await?;
+        self.m.apply(Event::Enqueued { shards: sending });
+
+        self.progress = progress_bar(opts.progress, source_bytes, self.started.pipeline.name());
+        self.progress.inc(
+            self.m
+                .done()
+                .keys()
+                .filter_map(|k| self.shards.get(k))
+                .map(|s| s.bytes())
+                .sum(),
+        );
+        let scratch = dd.root.join("tmp");
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let env = local_env(
+            &tasks,
+            &results,
+            worker::TaskStores {
+                source: self.source.clone(),
+                output: self.output.clone(),
+                files: dd.files.clone(),
+            },
+        );
+        let workers = spawn_workers(opts.workers, &env, &scratch, &stopping);
+        follow_shards(
+            &mut self.m,
+            &mut self.loader,
+            &self.shards,
+            &*tasks,
+            &*results,
+            &*dd.state,
+            &self.run_id,
+            &self.progress,
+        )
+        .await?;
+        stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in workers {
+            let _ = w.await;
+        }
+        // Every worker loop has stopped: no task of this run is using scratch any more.
+        let _ = std::fs::remove_dir_all(&scratch);
+        Ok(())
+    }
+
+    /// After the run's last load or verdict: its record finished with `status`, its commit
+    /// record and end state written, the pipeline's `current` cleared unless shards failed, raw
+    /// objects archived, and the report.
+    async fn end(
+        mut self,
+        mut record: RunRecord,
+        status: RunStatus,
+        resumed: bool,
+    ) -> anyhow::Result<RunReport> {
+        let (opts, dd) = (self.started.opts, self.started.dd);
+        record.observe(&self.m);
+        record.finish(status, self.loader.quality.clone());
+        // `--output DIR` holds only partition folders (the reference workload's contract): its
+        // commit record goes to the data dir's files.
+        let commits: &dyn ObjectStore = if opts.output.is_some() {
+            &*dd.files
+        } else {
+            &*self.output
+        };
+        let done = self.m.done();
+        crate::commit::commit_run(&record, done, &*dd.files, &*self.output, commits).await?;
+        record_end(dd, &self.loader, &mut record, &self.m).await?;
+        self.m.apply(Event::Finished(status));
+        // A run with failed shards stays its pipeline's current run: the next `coordinator run`
+        // (or `coordinator retry RUN`) redoes them in the same run.
+        if self.m.failed().is_empty() || status == RunStatus::Cancelled {
+            let current_key = format!("pipelines/{}/current", self.started.pipeline.name());
+            dd.state.delete(&current_key).await?;
+        }
+        let (root, prefix) = (self.started.output_root, self.started.output_prefix);
+        archive_and_report(
+            dd,
+            self.started.pipeline,
+            record,
+            resumed,
+            self.m.done(),
+            self.warehouse.as_deref(),
+            if prefix.is_empty() {
+                root.to_path_buf()
+            } else {
+                root.join(prefix)
+            },
+        )
+        .await
+    }
 }
 
 /// The in-process workers' environment: the run's queues, every task's stores.
