@@ -106,139 +106,206 @@ pub fn read_lines(
     pool: &ChunkPool,
     send: &mut dyn FnMut(Chunk) -> bool,
 ) -> Result<(), WorkerError> {
-    let LineReading {
-        compression,
-        max_line,
-        header,
-        skip_header,
-    } = reading;
     let key = &input.object.key;
-    let object: Arc<str> = Arc::from(key.as_str());
-    let (mut reader, pos, end, numbered) = open_input(store, input, compression)?;
-    let mut line_no: u64 = 0;
+    let (mut reader, pos, end, numbered) = open_input(store, input, reading.compression)?;
+    let mut lines = Lines::new(input, reading, pool, end, numbered);
     let mut buf: Vec<u8> = Vec::with_capacity(2 << 20);
     let mut buf_start = pos; // object offset of buf[0]
-    let mut skipping_partial = input.range.is_some_and(|r| r.start > 0);
-    let mut skip_header = skip_header;
-    let mut eof = false;
-    // An over-long record being skipped: (offset, line, bytes so far, first bytes).
-    let mut oversized: Option<(u64, Option<u64>, u64, Vec<u8>)> = None;
-    let mut chunk = pool.take(&object, &header, numbered.then_some(0));
     let mut block = vec![0u8; 1 << 20];
-    while !eof {
-        let n = loop {
-            match reader.read(&mut block) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(WorkerError::read(key, e)),
-            }
+    loop {
+        let n = read_block(&mut *reader, &mut block, key)?;
+        let eof = n == 0;
+        buf.extend_from_slice(&block[..n]);
+        let start = match lines.take(&buf, buf_start, eof, send)? {
+            Taken::Unfinished(start) => start,
+            Taken::RangeEnded => return flush(send, lines.chunk),
+            Taken::Stopped => return Ok(()),
         };
-        if n == 0 {
-            eof = true;
-        } else {
-            buf.extend_from_slice(&block[..n]);
+        // `buf[start..]` is an unfinished line (none at the end of the input).
+        buf.drain(..start);
+        buf_start += start as u64;
+        if eof {
+            break;
         }
+        if !buf.is_empty() && lines.hold_unfinished(&mut buf, &mut buf_start) {
+            return flush(send, lines.chunk);
+        }
+    }
+    if let Some(o) = lines.oversized.take() {
+        lines.chunk.oversized.push(o);
+    }
+    flush(send, lines.chunk)
+}
+
+/// Reads the next block of an input (0 bytes at its end).
+fn read_block(reader: &mut dyn Read, block: &mut [u8], key: &str) -> Result<usize, WorkerError> {
+    loop {
+        match reader.read(block) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(WorkerError::read(key, e)),
+        }
+    }
+}
+
+/// A record too long to hold, being skipped: (offset, line, bytes so far, first bytes).
+type Oversized = (u64, Option<u64>, u64, Vec<u8>);
+
+/// Where [`Lines::take`] stopped.
+enum Taken {
+    /// At the start of an unfinished line (or the end of the bytes read).
+    Unfinished(usize),
+    /// A line starts past the input's range: the chunk is to be flushed.
+    RangeEnded,
+    /// The receiver wants no more chunks.
+    Stopped,
+}
+
+/// The line splitter of one input: it turns blocks of bytes into chunks of lines.
+struct Lines<'p> {
+    object: Arc<str>,
+    header: Option<Arc<Vec<String>>>,
+    pool: &'p ChunkPool,
+    max_line: u64,
+    /// The end offset of the input's range.
+    end: u64,
+    numbered: bool,
+    line_no: u64,
+    /// A range that starts after byte 0 skips the line it starts inside.
+    skipping_partial: bool,
+    skip_header: bool,
+    oversized: Option<Oversized>,
+    chunk: Chunk,
+}
+
+impl<'p> Lines<'p> {
+    fn new(
+        input: &ShardInput,
+        reading: LineReading,
+        pool: &'p ChunkPool,
+        end: u64,
+        numbered: bool,
+    ) -> Lines<'p> {
+        let object: Arc<str> = Arc::from(input.object.key.as_str());
+        let chunk = pool.take(&object, &reading.header, numbered.then_some(0));
+        Lines {
+            object,
+            header: reading.header,
+            pool,
+            max_line: reading.max_line,
+            end,
+            numbered,
+            line_no: 0,
+            skipping_partial: input.range.is_some_and(|r| r.start > 0),
+            skip_header: reading.skip_header,
+            oversized: None,
+            chunk,
+        }
+    }
+
+    /// Takes the complete lines of `buf` (whose first byte is at object offset `buf_start`; at
+    /// `eof` its last line too), sending each chunk that fills.
+    fn take(
+        &mut self,
+        buf: &[u8],
+        buf_start: u64,
+        eof: bool,
+        send: &mut dyn FnMut(Chunk) -> bool,
+    ) -> Result<Taken, WorkerError> {
         let mut start = 0usize;
         loop {
             let nl = memchr::memchr(b'\n', &buf[start..]).map(|i| start + i);
             let line_end = match nl {
                 Some(i) => i,
                 None if eof && start < buf.len() => buf.len(),
-                None => break,
+                None => return Ok(Taken::Unfinished(start)),
             };
             let offset = buf_start + start as u64;
             let next = nl.map_or(buf.len(), |i| i + 1);
-            if skipping_partial {
+            if self.skipping_partial {
                 // The byte before `range.start` was read first: if it is a newline, the next line
                 // starts exactly at range.start; otherwise this partial line belongs to the
                 // previous range.
-                skipping_partial = false;
+                self.skipping_partial = false;
                 start = next;
                 continue;
             }
-            if let Some((o, l, len, head)) = oversized.take() {
+            if let Some((o, l, len, head)) = self.oversized.take() {
                 // The end of a record that was too long: count it, keep its head.
-                chunk
-                    .oversized
-                    .push((o, l, len + (line_end - start) as u64, head));
+                let len = len + (line_end - start) as u64;
+                self.chunk.oversized.push((o, l, len, head));
                 start = next;
-                line_no += 1;
+                self.line_no += 1;
                 continue;
             }
-            if offset >= end {
-                return flush(send, chunk);
+            if offset >= self.end {
+                return Ok(Taken::RangeEnded);
             }
-            if skip_header {
-                skip_header = false;
+            if self.skip_header {
+                self.skip_header = false;
                 start = next;
-                line_no += 1;
-                if let Some(f) = chunk.first_line.as_mut() {
+                self.line_no += 1;
+                if let Some(f) = self.chunk.first_line.as_mut() {
                     *f += 1;
                 }
                 continue;
             }
-            let mut e = line_end;
-            if e > start && buf[e - 1] == b'\r' {
-                e -= 1;
-            }
-            if (e - start) as u64 > max_line {
-                let head = buf[start..start + 1024.min(e - start)].to_vec();
-                chunk.oversized.push((
-                    offset,
-                    numbered.then_some(line_no),
-                    (e - start) as u64,
-                    head,
-                ));
-            } else {
-                let s = chunk.buf.len();
-                chunk.buf.extend_from_slice(&buf[start..e]);
-                chunk.spans.push((s, chunk.buf.len()));
-                chunk.offsets.push(offset);
-            }
-            line_no += 1;
+            self.line(&buf[start..line_end], offset);
             start = next;
-            if chunk.buf.len() >= CHUNK_BYTES {
-                let full = std::mem::replace(
-                    &mut chunk,
-                    pool.take(&object, &header, numbered.then_some(line_no)),
+            if self.chunk.buf.len() >= CHUNK_BYTES {
+                let fresh = self.pool.take(
+                    &self.object,
+                    &self.header,
+                    self.numbered.then_some(self.line_no),
                 );
-                if !send(full) {
-                    return Ok(());
+                if !send(std::mem::replace(&mut self.chunk, fresh)) {
+                    return Ok(Taken::Stopped);
                 }
             }
         }
-        // `buf[start..]` is an unfinished line.
-        buf.drain(..start);
-        buf_start += start as u64;
-        if buf.is_empty() {
-            continue;
+    }
+
+    /// One line found at `offset` (without its `\n`) into the chunk, or counted as oversized.
+    fn line(&mut self, line: &[u8], offset: u64) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() as u64 > self.max_line {
+            let head = line[..1024.min(line.len())].to_vec();
+            let at_line = self.numbered.then_some(self.line_no);
+            self.chunk
+                .oversized
+                .push((offset, at_line, line.len() as u64, head));
+        } else {
+            let s = self.chunk.buf.len();
+            self.chunk.buf.extend_from_slice(line);
+            self.chunk.spans.push((s, self.chunk.buf.len()));
+            self.chunk.offsets.push(offset);
         }
-        if skipping_partial {
-            buf_start += buf.len() as u64;
+        self.line_no += 1;
+    }
+
+    /// Decides what to keep of the unfinished line `buf` (at `buf_start`) until more is read:
+    /// a partial line being skipped and the rest of an oversized record are dropped (counted),
+    /// a line that has grown too long becomes oversized. True when it starts past the range.
+    fn hold_unfinished(&mut self, buf: &mut Vec<u8>, buf_start: &mut u64) -> bool {
+        if self.skipping_partial {
+            *buf_start += buf.len() as u64;
             buf.clear();
-        } else if let Some(o) = oversized.as_mut() {
+        } else if let Some(o) = self.oversized.as_mut() {
             o.2 += buf.len() as u64;
-            buf_start += buf.len() as u64;
+            *buf_start += buf.len() as u64;
             buf.clear();
-        } else if buf_start >= end {
-            return flush(send, chunk);
-        } else if buf.len() as u64 > max_line {
+        } else if *buf_start >= self.end {
+            return true;
+        } else if buf.len() as u64 > self.max_line {
             // Too long to hold: remember where it starts and skip to its end.
             let head = buf[..1024.min(buf.len())].to_vec();
-            oversized = Some((
-                buf_start,
-                numbered.then_some(line_no),
-                buf.len() as u64,
-                head,
-            ));
-            buf_start += buf.len() as u64;
+            let at_line = self.numbered.then_some(self.line_no);
+            self.oversized = Some((*buf_start, at_line, buf.len() as u64, head));
+            *buf_start += buf.len() as u64;
             buf.clear();
         }
+        false
     }
-    if let Some((o, l, len, head)) = oversized.take() {
-        chunk.oversized.push((o, l, len, head));
-    }
-    flush(send, chunk)
 }
 
 pub(crate) fn new_chunk(
