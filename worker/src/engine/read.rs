@@ -550,6 +550,93 @@ pub(crate) fn split_csv(
 mod tests {
     use super::*;
 
+    /// An oversized record's (offset, line, length).
+    type OversizedAt = (u64, Option<u64>, u64);
+
+    /// Reads `key` of `store` (or its byte range) with lines longer than `max_line` oversized:
+    /// each line's (offset, text), and the oversized records (offset, line, length).
+    fn lines_of(
+        store: &backends::object_store::LocalStore,
+        size: u64,
+        range: Option<(u64, u64)>,
+        max_line: u64,
+    ) -> (Vec<(u64, String)>, Vec<OversizedAt>) {
+        let input = ShardInput {
+            object: protocol::ObjectRef {
+                key: "in.ndjson".into(),
+                size,
+            },
+            range: range.map(|(start, end)| protocol::ByteRange { start, end }),
+        };
+        let reading = LineReading {
+            compression: Compression::None,
+            max_line,
+            header: None,
+            skip_header: false,
+        };
+        let (mut lines, mut oversized) = (Vec::new(), Vec::new());
+        let mut send = |c: Chunk| {
+            for ((s, e), o) in c.spans.iter().zip(&c.offsets) {
+                lines.push((*o, String::from_utf8_lossy(&c.buf[*s..*e]).into_owned()));
+            }
+            oversized.extend(c.oversized.iter().map(|(o, l, n, _)| (*o, *l, *n)));
+            true
+        };
+        read_lines(store, &input, reading, &ChunkPool::default(), &mut send).unwrap();
+        (lines, oversized)
+    }
+
+    fn store_with(text: &[u8]) -> (tempfile::TempDir, backends::object_store::LocalStore) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.ndjson"), text).unwrap();
+        let store = backends::object_store::LocalStore::new(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn every_line_is_read_once_by_the_range_it_starts_in_wherever_the_split() {
+        let text = b"aa\nbbb\r\n\ncc\nlast";
+        let (_dir, store) = store_with(text);
+        let n = text.len() as u64;
+        let (whole, _) = lines_of(&store, n, None, 100);
+        let expected: Vec<(u64, String)> =
+            [(0, "aa"), (3, "bbb"), (8, ""), (9, "cc"), (12, "last")]
+                .iter()
+                .map(|(o, l)| (*o, l.to_string()))
+                .collect();
+        assert_eq!(
+            whole, expected,
+            "CR stripped, the last line without a newline kept"
+        );
+        for split in 0..=n {
+            let (mut a, _) = lines_of(&store, n, Some((0, split)), 100);
+            let (b, _) = lines_of(&store, n, Some((split, n)), 100);
+            a.extend(b);
+            assert_eq!(a, expected, "split at byte {split}");
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_counted_with_its_place_not_held() {
+        let long = "x".repeat(3 << 20);
+        let text = format!("ab\n{long}\ncd\n");
+        let (_dir, store) = store_with(text.as_bytes());
+        let (lines, oversized) = lines_of(&store, text.len() as u64, None, 1 << 20);
+        assert_eq!(
+            lines,
+            vec![(0, "ab".into()), (3 + (3 << 20) + 1, "cd".into())]
+        );
+        assert_eq!(oversized, vec![(3, Some(1), 3 << 20)]);
+        // Within one block: the line is whole when it is judged.
+        let (_dir, store) = store_with(b"aa\nbbb\r\n\ncc\nlast");
+        let (lines, oversized) = lines_of(&store, 17, None, 2);
+        assert_eq!(
+            lines,
+            vec![(0, "aa".into()), (8, "".into()), (9, "cc".into())]
+        );
+        assert_eq!(oversized, vec![(3, Some(1), 3), (12, Some(4), 4)]);
+    }
+
     #[test]
     fn a_chunk_handed_back_is_reused_empty_with_its_memory() {
         let pool = ChunkPool::default();
