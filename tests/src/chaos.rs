@@ -57,6 +57,8 @@ pub enum FaultKind {
     FailingLoad,
     DuplicateDelivery,
     PoisonMessages,
+    /// `kill -9` of a local `coordinator run` (the local trials).
+    KillLocalRun,
 }
 
 impl FaultKind {
@@ -70,6 +72,7 @@ impl FaultKind {
             FaultKind::FailingLoad => "failing_load",
             FaultKind::DuplicateDelivery => "duplicate_delivery",
             FaultKind::PoisonMessages => "poison_messages",
+            FaultKind::KillLocalRun => "kill9_local_run",
         }
     }
 }

@@ -778,32 +778,36 @@ pub fn embedded_table(input: &Path, shard_bytes: u64) -> Vec<Vec<Option<String>>
         None,
     );
     ok(&out);
-    let conn = rusqlite::Connection::open(dir.path().join("warehouse.db")).expect("sqlite");
-    let mut st = conn.prepare(COMPARE_SQLITE).expect("query");
-    let n = st.column_count();
-    let rows: Vec<Vec<Option<String>>> = st
-        .query_map([], |r| {
-            (0..n)
-                .map(|i| {
-                    r.get::<_, rusqlite::types::Value>(i).map(|v| match v {
-                        rusqlite::types::Value::Null => None,
-                        rusqlite::types::Value::Integer(i) => Some(i.to_string()),
-                        rusqlite::types::Value::Real(f) => Some(f.to_string()),
-                        rusqlite::types::Value::Text(t) => Some(t),
-                        rusqlite::types::Value::Blob(_) => Some("<blob>".into()),
-                    })
-                })
-                .collect()
-        })
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let rows = sqlite_rows(&dir.path().join("warehouse.db"), COMPARE_SQLITE);
     let rows = normalize(rows);
     cache
         .lock()
         .expect("cache")
         .push((input.to_path_buf(), shard_bytes, rows.clone()));
     rows
+}
+
+/// The rows `sql` reads from the SQLite file `db`, every value as text (`None` for NULL).
+pub fn sqlite_rows(db: &Path, sql: &str) -> Table {
+    let conn = rusqlite::Connection::open(db).expect("sqlite");
+    let mut st = conn.prepare(sql).expect("query");
+    let n = st.column_count();
+    st.query_map([], |r| {
+        (0..n)
+            .map(|i| {
+                r.get::<_, rusqlite::types::Value>(i).map(|v| match v {
+                    rusqlite::types::Value::Null => None,
+                    rusqlite::types::Value::Integer(i) => Some(i.to_string()),
+                    rusqlite::types::Value::Real(f) => Some(f.to_string()),
+                    rusqlite::types::Value::Text(t) => Some(t),
+                    rusqlite::types::Value::Blob(_) => Some("<blob>".into()),
+                })
+            })
+            .collect()
+    })
+    .expect("rows")
+    .collect::<Result<_, _>>()
+    .expect("rows")
 }
 
 /// A tool from the environment (set by scripts/test), or `None` outside CI.

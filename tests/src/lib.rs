@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod chaos;
+pub mod chaos_local;
 pub mod fleet;
 
 use std::path::{Path, PathBuf};

@@ -1,19 +1,25 @@
-//! `chaos --trials N --seed S [--rows R]`: randomized crash trials of the fleet (see
-//! `tributary_tests::chaos`). Run through `scripts/chaos`, which starts moto and sets the
-//! environment. Prints one line per trial and a final `CHAOS {json}` line; exits non-zero when
-//! any row was lost or duplicated, or any trial did not complete.
+//! `chaos --trials N --local-trials L --seed S [--rows R]`: randomized crash trials of the fleet
+//! (see `tributary_tests::chaos`) and of local runs with the embedded warehouse
+//! (`tributary_tests::chaos_local`). Run through `scripts/chaos`, which starts moto and sets the
+//! environment. Prints one line per trial and a final `CHAOS {json}` line (both kinds of trial
+//! together); exits non-zero when any row was lost or duplicated, or any trial did not complete.
 
 use std::time::Instant;
 
 use clap::Parser;
-use tributary_tests::chaos::{Rng, TrialPlan, run_trial, summary};
+use tributary_tests::chaos::{Rng, TrialPlan, TrialResult, run_trial, summary};
+use tributary_tests::chaos_local::{LocalPlan, run_local_trial};
 
 #[derive(Parser)]
 #[command(name = "chaos", about = "Randomized crash trials of the fleet")]
 struct Args {
-    /// How many trials.
+    /// How many trials of the fleet.
     #[arg(long, default_value_t = 3)]
     trials: usize,
+    /// How many trials of a local run (`coordinator run`, embedded warehouse), after the
+    /// fleet's.
+    #[arg(long, default_value_t = 2)]
+    local_trials: usize,
     /// Seed of the fault plans (the same seed draws the same plans).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -43,31 +49,47 @@ fn main() {
             eprintln!("chaos: moto and PostgreSQL are needed (scripts/chaos starts them)");
             std::process::exit(2);
         };
-        let kinds: Vec<&str> = r.injected.iter().map(|k| k.name()).collect();
-        println!(
-            "trial {}/{}: {} worker(s), {} shards, faults [{}] → {}, lost {}, duplicated {}, mismatched {} ({:.0} s)",
-            t + 1,
-            args.trials,
-            plan.workers,
-            plan.shards,
-            kinds.join(", "),
-            if r.completed {
-                "completed"
-            } else {
-                "NOT completed"
-            },
-            r.comparison.lost,
-            r.comparison.duplicated,
-            r.comparison.mismatched,
-            r.seconds
+        let what = format!("{} worker(s), {} shards", plan.workers, plan.shards);
+        report(&format!("trial {}/{}", t + 1, args.trials), &what, &r);
+        results.push(r);
+    }
+    for t in 0..args.local_trials {
+        let plan = LocalPlan::draw(&mut rng);
+        let r = run_local_trial(&input, &plan);
+        let what = format!(
+            "local run, {} worker(s), {} shards, batches of {} rows",
+            plan.workers, plan.shards, plan.batch_rows
         );
-        if !r.note.is_empty() {
-            eprintln!("{}", r.note);
-        }
+        report(
+            &format!("local trial {}/{}", t + 1, args.local_trials),
+            &what,
+            &r,
+        );
         results.push(r);
     }
     let s = summary(args.seed, &results, started.elapsed().as_secs_f64());
     println!("CHAOS {s}");
     let bad = s["lost"] != 0 || s["duplicated"] != 0 || s["failed_trials"] != 0;
     std::process::exit(i32::from(bad));
+}
+
+/// One trial's line (and its note, on standard error).
+fn report(name: &str, what: &str, r: &TrialResult) {
+    let kinds: Vec<&str> = r.injected.iter().map(|k| k.name()).collect();
+    println!(
+        "{name}: {what}, faults [{}] → {}, lost {}, duplicated {}, mismatched {} ({:.0} s)",
+        kinds.join(", "),
+        if r.completed {
+            "completed"
+        } else {
+            "NOT completed"
+        },
+        r.comparison.lost,
+        r.comparison.duplicated,
+        r.comparison.mismatched,
+        r.seconds
+    );
+    if !r.note.is_empty() {
+        eprintln!("{}", r.note);
+    }
 }
