@@ -110,12 +110,26 @@ impl KeySet {
     }
 }
 
+/// The bytes of row `row`'s key over `cols`: one string key's own bytes, read in place (null
+/// as 0xFF, which no UTF-8 string holds); any other key built into `out` by [`key_bytes`].
+pub(crate) fn key_of<'a>(cols: &[&'a ArrayRef], row: usize, out: &'a mut Vec<u8>) -> &'a [u8] {
+    if let [c] = cols
+        && c.data_type() == &DataType::Utf8
+        && !c.is_null(row)
+    {
+        return c.as_string::<i32>().value(row).as_bytes();
+    }
+    key_bytes(cols, row, out);
+    out
+}
+
+/// Builds row `row`'s key over `cols` into `out` (see [`key_of`]): each column's null flag,
+/// then its length and bytes; a single string column's bytes alone.
 pub(crate) fn key_bytes(cols: &[&ArrayRef], row: usize, out: &mut Vec<u8>) {
     out.clear();
     if let [c] = cols
         && c.data_type() == &DataType::Utf8
     {
-        // One string key: its bytes as they are; null as 0xFF, which no UTF-8 string holds.
         if c.is_null(row) {
             out.push(0xFF);
         } else {
@@ -164,10 +178,10 @@ pub(crate) fn dedupe(
     let hashed = std::mem::take(&mut piece.key_hashes);
     let ahead = (hashed.len() == piece.rows.len()).then_some(&hashed[..]);
     for i in 0..piece.rows.len() {
-        key_bytes(&cols, i, &mut buf);
+        let key = key_of(&cols, i, &mut buf);
         keep.push(match ahead {
-            Some(h) => seen.insert_hashed(&buf, h[i]),
-            None => seen.insert(&buf),
+            Some(h) => seen.insert_hashed(key, h[i]),
+            None => seen.insert(key),
         });
     }
     let dups = keep.iter().filter(|k| !**k).count() as u64;
@@ -195,12 +209,37 @@ pub(crate) fn hash_keys(
         .collect();
     let mut buf = Vec::new();
     let hashes = (0..piece.rows.len())
-        .map(|i| {
-            key_bytes(&cols, i, &mut buf);
-            KeySet::hash_of(hasher, &buf)
-        })
+        .map(|i| KeySet::hash_of(hasher, key_of(&cols, i, &mut buf)))
         .collect();
     piece.key_hashes = hashes;
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_read_in_place_has_the_bytes_of_the_key_built() {
+        let s: ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
+            Some("e1"),
+            None,
+            Some(""),
+        ]));
+        let n: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![Some(7), None, Some(0)]));
+        let (mut built, mut out) = (Vec::new(), Vec::new());
+        for cols in [vec![&s], vec![&s, &n], vec![&n]] {
+            for row in 0..3 {
+                key_bytes(&cols, row, &mut built);
+                assert_eq!(
+                    key_of(&cols, row, &mut out),
+                    &built[..],
+                    "{cols:?} row {row}"
+                );
+            }
+        }
+        key_bytes(&[&s], 1, &mut built);
+        assert_eq!(built, [0xFF], "a null string key is 0xFF");
+    }
 }
 
 #[cfg(test)]
