@@ -57,8 +57,11 @@ pub enum FaultKind {
     FailingLoad,
     DuplicateDelivery,
     PoisonMessages,
-    /// `kill -9` of a local `coordinator run` (the local trials).
+    /// `kill -9` of a local `coordinator run` (the local trials) outside a load's transaction.
     KillLocalRun,
+    /// `kill -9` of a local `coordinator run` that landed inside a load's transaction (the
+    /// warehouse's journal was left beside it).
+    KillLocalRunInLoad,
 }
 
 impl FaultKind {
@@ -73,6 +76,7 @@ impl FaultKind {
             FaultKind::DuplicateDelivery => "duplicate_delivery",
             FaultKind::PoisonMessages => "poison_messages",
             FaultKind::KillLocalRun => "kill9_local_run",
+            FaultKind::KillLocalRunInLoad => "kill9_local_run_in_load",
         }
     }
 }

@@ -156,11 +156,20 @@ pub fn run_local_trial(input: &Path, plan: &LocalPlan) -> TrialResult {
         }
         let mut child = run.start(&trial);
         std::thread::sleep(clean_time.mul_f64(*share));
-        if child.try_wait().expect("wait").is_none() {
+        let killed = child.try_wait().expect("wait").is_none();
+        if killed {
             let _ = child.kill(); // SIGKILL
-            injected.push(FaultKind::KillLocalRun);
         }
         let out = child.wait_with_output().expect("coordinator");
+        if killed {
+            // A journal left beside the file: the kill landed inside a load's transaction.
+            let in_load = trial.join("warehouse.db-journal").exists();
+            injected.push(if in_load {
+                FaultKind::KillLocalRunInLoad
+            } else {
+                FaultKind::KillLocalRun
+            });
+        }
         if !out.status.success() && out.status.code().is_some() {
             note = format!(
                 "a run exited with an error before it was killed ({}): {}",
