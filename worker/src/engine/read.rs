@@ -508,8 +508,11 @@ pub(crate) fn split_csv(
 ) -> Result<(), String> {
     rdr.reset();
     let mut input = line;
-    field.clear();
-    field.resize(line.len() + 1, 0);
+    // Room for the longest field (the whole line); what an earlier record left in it is
+    // overwritten before it is read, so the buffer is only grown, never cleared.
+    if field.len() <= line.len() {
+        field.resize(line.len() + 1, 0);
+    }
     let mut len = 0usize;
     loop {
         let (res, nin, nout) = rdr.read_field(input, &mut field[len..]);
@@ -635,6 +638,35 @@ mod tests {
             vec![(0, "aa".into()), (8, "".into()), (9, "cc".into())]
         );
         assert_eq!(oversized, vec![(3, Some(1), 3), (12, Some(4), 4)]);
+    }
+
+    /// The fields `split_csv` finds in `line`, with `field` as its buffer.
+    fn fields(line: &str, field: &mut Vec<u8>) -> Result<Vec<String>, String> {
+        let mut rdr = csv_core::Reader::new();
+        let mut out = Vec::new();
+        split_csv(line.as_bytes(), &mut rdr, field, &mut |f| {
+            out.push(String::from_utf8_lossy(f).into_owned())
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_csv_buffer_reused_from_a_longer_record_splits_the_next_one_exactly() {
+        let mut field = Vec::new();
+        let long = fields(
+            r#"a-long-first-field,"quoted, with ""quotes""",x"#,
+            &mut field,
+        );
+        assert_eq!(
+            long.unwrap(),
+            ["a-long-first-field", r#"quoted, with "quotes""#, "x"]
+        );
+        let grown = field.len();
+        assert_eq!(fields(r#"b,"",c"#, &mut field).unwrap(), ["b", "", "c"]);
+        assert_eq!(fields(",", &mut field).unwrap(), ["", ""]);
+        assert_eq!(field.len(), grown, "kept, not cleared or shrunk");
+        // csv_core ends an unterminated quoted field at the end of the record.
+        assert_eq!(fields(r#"x,"open"#, &mut field).unwrap(), ["x", "open"]);
     }
 
     #[test]
