@@ -205,6 +205,8 @@ pub use redshift_settings::RedshiftSettings;
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite;
 #[cfg(feature = "embedded-warehouse")]
+mod sqlite_insert;
+#[cfg(feature = "embedded-warehouse")]
 mod sqlite_read;
 #[cfg(feature = "embedded-warehouse")]
 pub use sqlite::{SqliteWarehouse, query_file};

@@ -22,7 +22,9 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema};
 use async_trait::async_trait;
 use protocol::LoadBatch;
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::types::{Value, ValueRef};
+
+use super::sqlite_insert::RowInsert;
 use rusqlite::{Connection, params};
 
 use super::evolve::{Change, ColType, SQLITE_EXACT_DIGITS, reconcile};
@@ -342,19 +344,33 @@ fn upsert_sql(batch: &LoadBatch, columns: &[String]) -> String {
 }
 
 /// One cell of a Parquet column as SQLite binds it: text borrowed from the Arrow buffer, numbers
-/// by value; only timestamps, dates and decimals are formatted.
-fn cell_at(col: &dyn Array, i: usize) -> Result<ToSqlOutput<'_>> {
-    if col.is_null(i) {
-        return Ok(ToSqlOutput::Borrowed(ValueRef::Null));
+/// by value; only timestamps, dates and decimals are formatted (and owned).
+enum Cell<'a> {
+    Ref(ValueRef<'a>),
+    Own(Value),
+}
+
+impl Cell<'_> {
+    fn value(&self) -> ValueRef<'_> {
+        match self {
+            Cell::Ref(v) => *v,
+            Cell::Own(v) => ValueRef::from(v),
+        }
     }
-    fn text(s: &str) -> ToSqlOutput<'_> {
-        ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+}
+
+fn cell_at(col: &dyn Array, i: usize) -> Result<Cell<'_>> {
+    if col.is_null(i) {
+        return Ok(Cell::Ref(ValueRef::Null));
+    }
+    fn text(s: &str) -> Cell<'_> {
+        Cell::Ref(ValueRef::Text(s.as_bytes()))
     }
     Ok(match col.data_type() {
         DataType::Utf8 => text(col.as_string::<i32>().value(i)),
         DataType::LargeUtf8 => text(col.as_string::<i64>().value(i)),
         DataType::Utf8View => text(col.as_string_view().value(i)),
-        _ => ToSqlOutput::Owned(value_at(col, i)?),
+        _ => Cell::Own(value_at(col, i)?),
     })
 }
 
@@ -362,52 +378,45 @@ fn cell_at(col: &dyn Array, i: usize) -> Result<ToSqlOutput<'_>> {
 /// batch's statement over `columns`, the union of its files'). A column this file lacks is
 /// NULL. The rows loaded.
 fn insert_file(
-    insert: &mut rusqlite::CachedStatement<'_>,
+    insert: &mut RowInsert<'_>,
     columns: &[String],
     batch: &LoadBatch,
     lf: &protocol::LoadFile,
     rb: &RecordBatch,
 ) -> Result<u64> {
     let schema = rb.schema();
-    // Where each of the batch's columns comes from in this file.
-    enum From<'a> {
-        Column(&'a dyn Array),
-        Text(&'a str),
-        Offset,
-        Null,
-    }
-    let sources: Vec<From<'_>> = columns
+    let offset = lf.position.offset as i64;
+    // Where each of the batch's columns comes from in this file: a column of it, or the same
+    // value on every row.
+    let sources: Vec<std::result::Result<&dyn Array, ValueRef<'_>>> = columns
         .iter()
         .map(|c| {
             if let Ok(i) = schema.index_of(c) {
-                From::Column(rb.column(i).as_ref())
+                Ok(rb.column(i).as_ref())
             } else if let Some((_, v)) = lf.file.partition.iter().find(|(k, _)| k == c) {
-                From::Text(v)
+                Err(ValueRef::Text(v.as_bytes()))
             } else if c == SOURCE_OBJECT_COLUMN {
-                From::Text(&lf.position.object)
+                Err(ValueRef::Text(lf.position.object.as_bytes()))
             } else if c == SOURCE_OFFSET_COLUMN {
-                From::Offset
+                Err(ValueRef::Integer(offset))
             } else if c == BATCH_COLUMN {
-                From::Text(&batch.batch_id)
+                Err(ValueRef::Text(batch.batch_id.as_bytes()))
             } else {
-                From::Null
+                Err(ValueRef::Null)
             }
         })
         .collect();
-    let offset = lf.position.offset as i64;
+    let mut cells: Vec<Cell<'_>> = Vec::with_capacity(columns.len());
     for row in 0..rb.num_rows() {
-        for (n, from) in sources.iter().enumerate() {
-            let at = n + 1;
-            let bound = match from {
-                From::Column(col) => insert.raw_bind_parameter(at, cell_at(*col, row)?),
-                From::Text(v) => insert.raw_bind_parameter(at, *v),
-                From::Offset => insert.raw_bind_parameter(at, offset),
-                From::Null => insert.raw_bind_parameter(at, rusqlite::types::Null),
-            };
-            bound.map_err(wh_err)?;
+        cells.clear();
+        for from in &sources {
+            cells.push(match from {
+                Ok(col) => cell_at(*col, row)?,
+                Err(same) => Cell::Ref(*same),
+            });
         }
         insert
-            .raw_execute()
+            .execute(cells.iter().map(Cell::value))
             .map_err(|e| wh_err(format!("{}: {e}", lf.file.key)))?;
     }
     Ok(rb.num_rows() as u64)
@@ -456,9 +465,7 @@ fn load_batch(
             ))
             .map_err(wh_err)?;
         }
-        let mut insert = tx
-            .prepare_cached(&upsert_sql(batch, columns))
-            .map_err(wh_err)?;
+        let mut insert = RowInsert::prepare(&tx, &upsert_sql(batch, columns))?;
         super::sqlite_read::each_file(batch, files, |lf, rb| {
             staged += insert_file(&mut insert, columns, batch, lf, rb)?;
             Ok(())
