@@ -657,24 +657,15 @@ impl<'a> Running<'a> {
 
     /// The task of shard `s`.
     fn task(&self, s: &ShardDescriptor) -> TaskMessage {
-        let (p, run_id) = (self.started.pipeline, &self.run_id);
-        TaskMessage {
-            max_string_bytes: self.warehouse.as_ref().and_then(|w| w.max_string_bytes()),
-            task_id: format!("{run_id}/{}", s.shard_id),
-            run_id: run_id.clone(),
-            pipeline: PipelineSpec {
-                name: p.name().to_string(),
-                toml: p.text.clone(),
-                base_dir: p.base_dir.display().to_string(),
-            },
-            shard: s.clone(),
-            output_prefix: self.started.output_prefix.to_string(),
-            quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
-            manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
-            source_url: None,
-            output_url: None,
-            files_url: None,
-        }
+        let max_string_bytes = self.warehouse.as_ref().and_then(|w| w.max_string_bytes());
+        let prefix = self.started.output_prefix;
+        shard_task(
+            self.started.pipeline,
+            &self.run_id,
+            s,
+            prefix,
+            max_string_bytes,
+        )
     }
 
     /// Enqueues the shards still to do, runs the in-process workers on them and takes their
@@ -967,6 +958,34 @@ fn spawn_workers(
         .collect()
 }
 
+/// The task of shard `s` of run `run_id` of `p`, writing under `output_prefix`, with no store
+/// URLs (a local run's workers share the coordinator's stores; the fleet sets them).
+pub(crate) fn shard_task(
+    p: &Pipeline,
+    run_id: &str,
+    s: &ShardDescriptor,
+    output_prefix: &str,
+    max_string_bytes: Option<u64>,
+) -> TaskMessage {
+    TaskMessage {
+        max_string_bytes,
+        task_id: format!("{run_id}/{}", s.shard_id),
+        run_id: run_id.to_string(),
+        pipeline: PipelineSpec {
+            name: p.name().to_string(),
+            toml: p.text.clone(),
+            base_dir: p.base_dir.display().to_string(),
+        },
+        shard: s.clone(),
+        output_prefix: output_prefix.to_string(),
+        quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
+        manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
+        source_url: None,
+        output_url: None,
+        files_url: None,
+    }
+}
+
 /// The task messages of these shards.
 pub(crate) fn task_bodies(
     ids: &[String],
@@ -1055,6 +1074,37 @@ fn progress_bar(enabled: bool, total: u64, name: &str) -> indicatif::ProgressBar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_task_names_its_run_shard_manifest_and_quarantine_and_carries_the_pipeline() {
+        let text = "[pipeline]\nname = \"events\"\n[source]\nlocation = \"in\"\nformat = \"ndjson\"\n\
+                    [[columns]]\nname = \"id\"\ntype = \"int64\"\n";
+        let p = pipeline::parse(text, "events.toml", "/pipes".into()).unwrap();
+        let s = ShardDescriptor {
+            shard_id: "s00007".into(),
+            index: 7,
+            inputs: Vec::new(),
+            extract: None,
+        };
+        let t = shard_task(&p, "run-1", &s, "web_events", Some(65_535));
+        assert_eq!(t.task_id, "run-1/s00007");
+        assert_eq!(t.manifest_key, "manifests/run-1/s00007.json");
+        assert_eq!(t.quarantine_prefix, "quarantine/events/run-1");
+        assert_eq!(
+            (t.output_prefix.as_str(), t.max_string_bytes),
+            ("web_events", Some(65_535))
+        );
+        assert_eq!(
+            (t.pipeline.name.as_str(), t.pipeline.toml.as_str()),
+            ("events", text)
+        );
+        assert_eq!(t.pipeline.base_dir, "/pipes");
+        assert_eq!(
+            (t.source_url, t.output_url, t.files_url),
+            (None, None, None)
+        );
+        assert_eq!(t.shard, s);
+    }
 
     #[test]
     fn opening_a_data_dir_checks_it_is_writable_and_leaves_no_probe() {

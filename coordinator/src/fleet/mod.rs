@@ -33,8 +33,7 @@ use backends::warehouse::RedshiftWarehouse;
 use backends::warehouse::{PostgresWarehouse, Warehouse};
 use pipeline::Pipeline;
 use protocol::{
-    Message, ObjectRef, PipelineSpec, ResultMessage, ShardDescriptor, ShardPlan, TaskMessage,
-    TaskOutcome,
+    Message, ObjectRef, ResultMessage, ShardDescriptor, ShardPlan, TaskMessage, TaskOutcome,
 };
 use runtime::settings::{FleetBackends, FleetSettings, WarehouseKind};
 use serde::{Deserialize, Serialize};
@@ -975,20 +974,7 @@ fn task_message(
     backends: &FleetBackends,
     max_string_bytes: Option<u64>,
 ) -> TaskMessage {
-    let run_id = &record.run_id;
     TaskMessage {
-        max_string_bytes,
-        task_id: format!("{run_id}/{}", s.shard_id),
-        run_id: run_id.clone(),
-        pipeline: PipelineSpec {
-            name: p.name().to_string(),
-            toml: p.text.clone(),
-            base_dir: p.base_dir.display().to_string(),
-        },
-        shard: s.clone(),
-        output_prefix: record.output_prefix.clone(),
-        quarantine_prefix: format!("quarantine/{}/{run_id}", p.name()),
-        manifest_key: format!("manifests/{run_id}/{}.json", s.shard_id),
         // Database and API shards read the raw zone they extract into, in the files store.
         source_url: Some(if p.file.source.kind.extracts() {
             backends.files_url.clone()
@@ -997,6 +983,13 @@ fn task_message(
         }),
         output_url: Some(record.output.clone()),
         files_url: Some(backends.files_url.clone()),
+        ..crate::run::shard_task(
+            p,
+            &record.run_id,
+            s,
+            &record.output_prefix,
+            max_string_bytes,
+        )
     }
 }
 
