@@ -465,7 +465,7 @@ fn load_batch(
             ))
             .map_err(wh_err)?;
         }
-        let mut insert = RowInsert::prepare(&tx, &upsert_sql(batch, columns))?;
+        let mut insert = RowInsert::prepare(&tx, &upsert_sql(batch, columns)).map_err(wh_err)?;
         super::sqlite_read::each_file(batch, files, |lf, rb| {
             staged += insert_file(&mut insert, columns, batch, lf, rb)?;
             Ok(())

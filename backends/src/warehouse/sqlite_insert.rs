@@ -11,8 +11,6 @@ use std::ffi::{c_char, c_int};
 use rusqlite::ffi;
 use rusqlite::types::ValueRef;
 
-use crate::BackendError;
-
 /// One prepared statement, executed a row at a time from borrowed values (see the module's
 /// comment). It borrows its connection, so it cannot outlive it.
 pub(super) struct RowInsert<'c> {
@@ -23,7 +21,7 @@ pub(super) struct RowInsert<'c> {
 
 impl<'c> RowInsert<'c> {
     /// Prepares `sql` (one statement) on `conn`.
-    pub(super) fn prepare(conn: &'c rusqlite::Connection, sql: &str) -> Result<Self, BackendError> {
+    pub(super) fn prepare(conn: &'c rusqlite::Connection, sql: &str) -> Result<Self, String> {
         // SAFETY: the handle is the live connection's, borrowed for 'c; it is only used on
         // this thread, through this statement, while the borrow lasts.
         let db = unsafe { conn.handle() };
@@ -54,7 +52,7 @@ impl<'c> RowInsert<'c> {
     pub(super) fn execute<'v>(
         &mut self,
         values: impl IntoIterator<Item = ValueRef<'v>>,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), String> {
         let bound = values
             .into_iter()
             .enumerate()
@@ -65,7 +63,7 @@ impl<'c> RowInsert<'c> {
         stepped
     }
 
-    fn bind(&mut self, at: c_int, v: ValueRef<'_>) -> Result<(), BackendError> {
+    fn bind(&mut self, at: c_int, v: ValueRef<'_>) -> Result<(), String> {
         let s = self.stmt;
         // SAFETY: text and blob pointers are valid for their lengths for the whole of
         // `execute`, which clears the bindings before its borrow of them ends (SQLITE_STATIC).
@@ -99,7 +97,7 @@ impl<'c> RowInsert<'c> {
     }
 
     /// Runs the bound row and resets the statement for the next one.
-    fn step(&mut self) -> Result<(), BackendError> {
+    fn step(&mut self) -> Result<(), String> {
         // SAFETY: the statement is live and all its parameters are bound.
         let rc = unsafe { ffi::sqlite3_step(self.stmt) };
         let error = (rc != ffi::SQLITE_DONE).then(|| self.error(rc, "inserting a row"));
@@ -108,8 +106,9 @@ impl<'c> RowInsert<'c> {
         error.map_or(Ok(()), Err)
     }
 
-    /// SQLite's message for result code `rc`, read right after the call that returned it.
-    fn error(&self, rc: c_int, doing: &str) -> BackendError {
+    /// SQLite's message for result code `rc`, read right after the call that returned it (the
+    /// caller names the file or statement).
+    fn error(&self, rc: c_int, doing: &str) -> String {
         // SAFETY: the connection is live; the message is copied before any other call.
         let msg = unsafe {
             let m = ffi::sqlite3_errmsg(self.db);
@@ -119,7 +118,7 @@ impl<'c> RowInsert<'c> {
                 std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned()
             }
         };
-        super::sqlite::wh_err(format!("{doing}: {msg} (SQLite code {rc})"))
+        format!("{doing}: {msg} (SQLite code {rc})")
     }
 }
 
