@@ -221,7 +221,7 @@ pub mod suite {
     use parquet::arrow::ArrowWriter;
     use protocol::{LoadFile, OutputFile, SourcePosition};
 
-    async fn write_file(
+    pub(crate) async fn write_file(
         files: &dyn ObjectStore,
         key: &str,
         ids: &[&str],
@@ -280,7 +280,7 @@ pub mod suite {
         }
     }
 
-    fn load_file(file: OutputFile, object: &str, offset: u64, index: u32) -> LoadFile {
+    pub(crate) fn load_file(file: OutputFile, object: &str, offset: u64, index: u32) -> LoadFile {
         LoadFile {
             file,
             shard_index: index,
@@ -291,7 +291,7 @@ pub mod suite {
         }
     }
 
-    fn batch(id: &str, table: &str, files: Vec<LoadFile>) -> LoadBatch {
+    pub(crate) fn batch(id: &str, table: &str, files: Vec<LoadFile>) -> LoadBatch {
         LoadBatch {
             batch_id: id.into(),
             run_id: "r1".into(),

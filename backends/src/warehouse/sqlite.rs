@@ -681,8 +681,11 @@ impl Warehouse for SqliteWarehouse {
     async fn load(&self, batch: &LoadBatch, files: Arc<dyn ObjectStore>) -> Result<LoadOutcome> {
         let batch = batch.clone();
         self.call(move |c| {
-            load_batch(c, &batch, &*files)
-                .map_err(|e| wh_err(format!("load batch {}: {e}", batch.batch_id)))
+            // The batch named once, before the warehouse's own message (as PostgreSQL's load).
+            load_batch(c, &batch, &*files).map_err(|e| match e {
+                BackendError::Warehouse(m) => wh_err(format!("load batch {}: {m}", batch.batch_id)),
+                other => other,
+            })
         })
         .await
     }
@@ -718,6 +721,49 @@ impl Warehouse for SqliteWarehouse {
 mod tests {
     use super::*;
     use crate::object_store::LocalStore;
+
+    #[tokio::test]
+    async fn regression_a_failed_row_insert_names_its_file_and_sqlite_s_reason_once() {
+        use super::super::suite::{batch, load_file, write_file};
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("wh.db");
+        let wh = SqliteWarehouse::open(&db).unwrap();
+        let files: Arc<dyn ObjectStore> =
+            Arc::new(LocalStore::new(dir.path().join("files")).unwrap());
+        // A table the warehouse made, then given a trigger that refuses large values.
+        let ok = write_file(&*files, "lake/checked/p0.parquet", &["a"], &[1]).await;
+        let first = batch(
+            "r1-checked-b0000",
+            "checked",
+            vec![load_file(ok, "raw/x", 0, 0)],
+        );
+        wh.load(&first, files.clone()).await.unwrap();
+        query_file(
+            &db,
+            "CREATE TRIGGER refuse BEFORE INSERT ON checked WHEN NEW.val >= 10 \
+             BEGIN SELECT RAISE(ABORT, 'val too large'); END",
+            true,
+        )
+        .unwrap();
+        let f = write_file(&*files, "lake/checked/p1.parquet", &["b", "c"], &[2, 20]).await;
+        let b = batch(
+            "r1-checked-b0001",
+            "checked",
+            vec![load_file(f, "raw/x", 9, 1)],
+        );
+        let e = wh.load(&b, files.clone()).await.unwrap_err().to_string();
+        assert!(e.contains("lake/checked/p1.parquet"), "{e}");
+        assert!(e.contains("val too large"), "{e}");
+        assert_eq!(
+            e,
+            "warehouse: load batch r1-checked-b0001: lake/checked/p1.parquet: inserting a row: \
+             val too large (SQLite code 1811)"
+        );
+        // Nothing of the batch stayed: its transaction rolled back.
+        assert!(!wh.is_loaded("r1-checked-b0001").await.unwrap());
+        let n = query_file(&db, "SELECT count(*) FROM checked", false).unwrap();
+        assert_eq!(n.rows, vec![vec![Some("1".to_string())]]);
+    }
 
     #[tokio::test]
     async fn sqlite_warehouse_passes_the_suite() {
