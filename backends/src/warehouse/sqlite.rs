@@ -297,17 +297,36 @@ fn evolve_target(
     Ok(())
 }
 
-/// Recreates `table` with the declared types `decls` (in its column order) and its rows.
+/// Recreates `table` with the declared types `decls` (in its column order) and its rows. Its
+/// indexes and triggers (a user's among them) are created again on the new table; what is
+/// written into the table's own definition (a `CHECK`, `NOT NULL` or `UNIQUE` on a column) is
+/// not: the table takes the pipeline's definition.
 fn rebuild_table(tx: &Connection, table: &str, decls: &[(String, String)]) -> Result<()> {
     let (q, tmp) = (quote_ident(table), quote_ident("_tributary_rebuild"));
     let ddl = column_ddl(decls.iter().map(|(n, t)| (n, t.clone())));
     let cols = quote_list(&decls.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    let widening = |e: rusqlite::Error| wh_err(format!("widening the columns of {q}: {e}"));
+    let kept = indexes_and_triggers(tx, table).map_err(widening)?;
     tx.execute_batch(&format!(
         "DROP TABLE IF EXISTS {tmp}; CREATE TABLE {tmp} ({ddl});
          INSERT INTO {tmp} ({cols}) SELECT {cols} FROM {q};
          DROP TABLE {q}; ALTER TABLE {tmp} RENAME TO {q};"
     ))
-    .map_err(|e| wh_err(format!("widening the columns of {q}: {e}")))
+    .map_err(widening)?;
+    kept.iter()
+        .try_for_each(|sql| tx.execute_batch(sql))
+        .map_err(widening)
+}
+
+/// The statements that create `table`'s indexes and triggers (not the indexes SQLite makes for
+/// constraints of the table's definition, which have none).
+fn indexes_and_triggers(tx: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    tx.prepare(
+        "SELECT sql FROM sqlite_master WHERE tbl_name = ?1 AND type IN ('index', 'trigger') \
+         AND sql IS NOT NULL ORDER BY type, name",
+    )?
+    .query_map([table], |r| r.get(0))?
+    .collect()
 }
 
 /// The statement every row of a batch goes through: an insert of the batch's columns into the
@@ -763,6 +782,43 @@ mod tests {
         assert!(!wh.is_loaded("r1-checked-b0001").await.unwrap());
         let n = query_file(&db, "SELECT count(*) FROM checked", false).unwrap();
         assert_eq!(n.rows, vec![vec![Some("1".to_string())]]);
+    }
+
+    #[tokio::test]
+    async fn a_table_widened_by_a_load_keeps_its_indexes_and_triggers() {
+        use super::super::suite::{batch, load_file, write_file};
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("wh.db");
+        let wh = SqliteWarehouse::open(&db).unwrap();
+        let files: Arc<dyn ObjectStore> =
+            Arc::new(LocalStore::new(dir.path().join("files")).unwrap());
+        // `val INTEGER` is widened to the pipeline's BIGINT by the load: the table is rebuilt.
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE t (id TEXT, val INTEGER, day TEXT);
+                 CREATE INDEX t_by_val ON t (val);
+                 CREATE TABLE audit (id TEXT);
+                 CREATE TRIGGER t_audit AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (NEW.id); END",
+            )
+            .unwrap();
+        let f = write_file(&*files, "lake/t/p0.parquet", &["a", "b"], &[1, 2]).await;
+        let b = batch("r1-t-b0000", "t", vec![load_file(f, "raw/x", 0, 0)]);
+        wh.load(&b, files.clone()).await.unwrap();
+        let rows = |sql: &str| query_file(&db, sql, false).unwrap().rows;
+        let decl = rows("SELECT type FROM pragma_table_info('t') WHERE name = 'val'");
+        assert_eq!(decl, vec![vec![Some("BIGINT".to_string())]], "rebuilt");
+        let kept = rows(
+            "SELECT type, name FROM sqlite_master WHERE tbl_name = 't' AND sql IS NOT NULL \
+             ORDER BY name",
+        );
+        let names: Vec<_> = kept.iter().map(|r| r[1].clone().unwrap()).collect();
+        assert_eq!(names, ["t", "t__merge_key", "t_audit", "t_by_val"]);
+        // The trigger was in place for the batch's rows.
+        assert_eq!(
+            rows("SELECT id FROM audit ORDER BY id"),
+            vec![vec![Some("a".to_string())], vec![Some("b".to_string())]]
+        );
     }
 
     #[tokio::test]
