@@ -586,12 +586,7 @@ pub async fn run_local(opts: &RunOptions) -> anyhow::Result<RunReport> {
     let (record, plan, resumed) = started.resume_or_plan().await?;
     let mut run = Running::open(&started, &record.run_id, &plan).await?;
     run.follow(record.source_bytes).await?;
-    let status = run
-        .loader
-        .advance(&mut run.m, &run.shards, false)
-        .await?
-        .context("a run whose shards have all ended finishes")?;
-    run.progress.finish_and_clear();
+    let status = run.settle().await?;
     run.end(record, status, resumed).await
 }
 
@@ -719,6 +714,18 @@ impl<'a> Running<'a> {
         // Every worker loop has stopped: no task of this run is using scratch any more.
         let _ = std::fs::remove_dir_all(&scratch);
         Ok(())
+    }
+
+    /// Once every shard has ended: the last batches loaded (or the run judged), and the status
+    /// the run finishes with.
+    async fn settle(&mut self) -> anyhow::Result<RunStatus> {
+        let status = self
+            .loader
+            .advance(&mut self.m, &self.shards, false)
+            .await?
+            .context("a run whose shards have all ended finishes")?;
+        self.progress.finish_and_clear();
+        Ok(status)
     }
 
     /// After the run's last load or verdict: its record finished with `status`, its commit

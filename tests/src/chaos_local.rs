@@ -7,11 +7,11 @@
 //! shard's rows loaded twice, shows as duplicated rows instead of being merged away.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Instant;
 
 use crate::chaos::{Comparison, FaultKind, Rng, TrialResult, compare};
-use crate::fleet::{Table, repo, sqlite_rows};
+use crate::fleet::{COMPARE_SQLITE, Table, repo, sqlite_rows};
 
 /// Everything a local trial will do, drawn from its seed before anything starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,13 +39,11 @@ impl LocalPlan {
     }
 }
 
-/// The rows compared: every column of the warehouse's table, the key first; rows of the same
+/// The rows compared: the fleet trials' columns of the table (the key first), rows of the same
 /// key (a duplicate across shards) in source order.
-const TABLE_SQL: &str = "SELECT event_id, ts, CAST(user_id AS TEXT), session_id, event_type, \
-    page_url, referrer, country, email_sha256, ip_masked, CAST(amount AS TEXT), currency, \
-    device_os, device_browser, CAST(logged_in AS TEXT), CAST(retry_count AS TEXT), event_date, \
-    _tributary_source_object, CAST(_tributary_source_offset AS TEXT) FROM web_events \
-    ORDER BY event_id, _tributary_source_offset";
+fn table_sql() -> String {
+    format!("{COMPARE_SQLITE}, _tributary_source_offset")
+}
 
 /// The reference workload's pipeline without `merge_keys`, written into `dir` beside its key
 /// file.
@@ -76,7 +74,7 @@ struct LocalRun {
 
 impl LocalRun {
     fn start(&self, data_dir: &Path) -> Child {
-        Command::new(crate::coordinator_bin())
+        crate::coordinator_command()
             .arg("run")
             .arg(&self.pipeline)
             .arg("--source")
@@ -87,8 +85,6 @@ impl LocalRun {
             .args(["--workers", &self.plan.workers.to_string()])
             .args(["--batch-rows", &self.plan.batch_rows.to_string()])
             .arg("--no-progress")
-            .env_remove("TRIBUTARY_FAULT")
-            .env_remove("TRIBUTARY_DATA_DIR")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -127,7 +123,7 @@ fn completed(data_dir: &Path) -> bool {
 }
 
 fn table(data_dir: &Path) -> Table {
-    sqlite_rows(&data_dir.join("warehouse.db"), TABLE_SQL)
+    sqlite_rows(&data_dir.join("warehouse.db"), &table_sql())
 }
 
 /// Runs one local trial of `plan` on `input`.

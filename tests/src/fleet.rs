@@ -730,7 +730,9 @@ pub type Table = Vec<Vec<Option<String>>>;
 
 /// The columns compared between warehouses, rendered the same way on both.
 const COMPARE_PG: &str = "SELECT event_id, to_char(ts, 'YYYY-MM-DD HH24:MI:SS.US'), user_id::text, session_id, event_type, page_url, referrer, country, email_sha256, ip_masked, amount::text, currency, device_os, device_browser, CASE WHEN logged_in THEN '1' WHEN NOT logged_in THEN '0' END, retry_count::text, event_date, _tributary_source_object, _tributary_source_offset::text FROM web_events ORDER BY event_id";
-const COMPARE_SQLITE: &str = "SELECT event_id, ts, CAST(user_id AS TEXT), session_id, event_type, page_url, referrer, country, email_sha256, ip_masked, amount, currency, device_os, device_browser, CAST(logged_in AS TEXT), CAST(retry_count AS TEXT), event_date, _tributary_source_object, CAST(_tributary_source_offset AS TEXT) FROM web_events ORDER BY event_id";
+/// The embedded warehouse's table of the reference workload, key first; it ends in its `ORDER
+/// BY`, which a caller may extend.
+pub const COMPARE_SQLITE: &str = "SELECT event_id, ts, CAST(user_id AS TEXT), session_id, event_type, page_url, referrer, country, email_sha256, ip_masked, amount, currency, device_os, device_browser, CAST(logged_in AS TEXT), CAST(retry_count AS TEXT), event_date, _tributary_source_object, CAST(_tributary_source_offset AS TEXT) FROM web_events ORDER BY event_id";
 
 fn normalize(mut rows: Vec<Vec<Option<String>>>) -> Vec<Vec<Option<String>>> {
     for r in &mut rows {

@@ -48,12 +48,19 @@ pub fn coordinator(args: &[&str], fault: Option<&str>) -> Output {
     coordinator_with(args, fault, &[])
 }
 
+/// The coordinator binary as a command, without the fault hook or data dir this process's
+/// environment may carry.
+pub fn coordinator_command() -> Command {
+    let mut cmd = Command::new(coordinator_bin());
+    cmd.env_remove("TRIBUTARY_FAULT")
+        .env_remove("TRIBUTARY_DATA_DIR");
+    cmd
+}
+
 /// Runs the coordinator with `args` and these extra environment variables.
 pub fn coordinator_with(args: &[&str], fault: Option<&str>, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(coordinator_bin());
-    cmd.args(args)
-        .env_remove("TRIBUTARY_FAULT")
-        .env_remove("TRIBUTARY_DATA_DIR");
+    let mut cmd = coordinator_command();
+    cmd.args(args);
     if let Some(f) = fault {
         cmd.env("TRIBUTARY_FAULT", f);
     }

@@ -23,11 +23,10 @@ use arrow::datatypes::{DataType, Schema};
 use async_trait::async_trait;
 use protocol::LoadBatch;
 use rusqlite::types::{Value, ValueRef};
-
-use super::sqlite_insert::RowInsert;
 use rusqlite::{Connection, params};
 
 use super::evolve::{Change, ColType, SQLITE_EXACT_DIGITS, reconcile};
+use super::sqlite_insert::RowInsert;
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
     SOURCE_OFFSET_COLUMN, Warehouse, format_days, format_decimal, format_micros, quote_ident,
@@ -405,23 +404,27 @@ fn insert_file(
 ) -> Result<u64> {
     let schema = rb.schema();
     let offset = lf.position.offset as i64;
-    // Where each of the batch's columns comes from in this file: a column of it, or the same
-    // value on every row.
-    let sources: Vec<std::result::Result<&dyn Array, ValueRef<'_>>> = columns
+    // Where each of the batch's columns comes from in this file.
+    enum From<'a> {
+        Column(&'a dyn Array),
+        /// The same value on every row: a partition value, lineage, or NULL.
+        Every(ValueRef<'a>),
+    }
+    let sources: Vec<From<'_>> = columns
         .iter()
         .map(|c| {
             if let Ok(i) = schema.index_of(c) {
-                Ok(rb.column(i).as_ref())
+                From::Column(rb.column(i).as_ref())
             } else if let Some((_, v)) = lf.file.partition.iter().find(|(k, _)| k == c) {
-                Err(ValueRef::Text(v.as_bytes()))
+                From::Every(ValueRef::Text(v.as_bytes()))
             } else if c == SOURCE_OBJECT_COLUMN {
-                Err(ValueRef::Text(lf.position.object.as_bytes()))
+                From::Every(ValueRef::Text(lf.position.object.as_bytes()))
             } else if c == SOURCE_OFFSET_COLUMN {
-                Err(ValueRef::Integer(offset))
+                From::Every(ValueRef::Integer(offset))
             } else if c == BATCH_COLUMN {
-                Err(ValueRef::Text(batch.batch_id.as_bytes()))
+                From::Every(ValueRef::Text(batch.batch_id.as_bytes()))
             } else {
-                Err(ValueRef::Null)
+                From::Every(ValueRef::Null)
             }
         })
         .collect();
@@ -430,8 +433,8 @@ fn insert_file(
         cells.clear();
         for from in &sources {
             cells.push(match from {
-                Ok(col) => cell_at(*col, row)?,
-                Err(same) => Cell::Ref(*same),
+                From::Column(col) => cell_at(*col, row)?,
+                From::Every(v) => Cell::Ref(*v),
             });
         }
         insert
@@ -741,14 +744,21 @@ mod tests {
     use super::*;
     use crate::object_store::LocalStore;
 
+    /// A warehouse file in `dir` (its path), the warehouse, and a files store beside it.
+    fn warehouse_in(
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, SqliteWarehouse, Arc<dyn ObjectStore>) {
+        let db = dir.join("wh.db");
+        let wh = SqliteWarehouse::open(&db).unwrap();
+        let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.join("files")).unwrap());
+        (db, wh, files)
+    }
+
     #[tokio::test]
     async fn regression_a_failed_row_insert_names_its_file_and_sqlite_s_reason_once() {
         use super::super::suite::{batch, load_file, write_file};
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("wh.db");
-        let wh = SqliteWarehouse::open(&db).unwrap();
-        let files: Arc<dyn ObjectStore> =
-            Arc::new(LocalStore::new(dir.path().join("files")).unwrap());
+        let (db, wh, files) = warehouse_in(dir.path());
         // A table the warehouse made, then given a trigger that refuses large values.
         let ok = write_file(&*files, "lake/checked/p0.parquet", &["a"], &[1]).await;
         let first = batch(
@@ -788,10 +798,7 @@ mod tests {
     async fn a_table_widened_by_a_load_keeps_its_indexes_and_triggers() {
         use super::super::suite::{batch, load_file, write_file};
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("wh.db");
-        let wh = SqliteWarehouse::open(&db).unwrap();
-        let files: Arc<dyn ObjectStore> =
-            Arc::new(LocalStore::new(dir.path().join("files")).unwrap());
+        let (db, wh, files) = warehouse_in(dir.path());
         // `val INTEGER` is widened to the pipeline's BIGINT by the load: the table is rebuilt.
         Connection::open(&db)
             .unwrap()
