@@ -132,21 +132,40 @@ pub(crate) fn format_decimal(v: i128, scale: i8) -> String {
 }
 
 pub(crate) fn format_days(d: i32) -> String {
+    let mut text = String::with_capacity(10);
+    write_days(d, &mut text);
+    text
+}
+
+/// [`format_days`] into `out`, replacing what it held.
+pub(crate) fn write_days(d: i32, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
     let (y, m, dd) = crate::civil_from_days(d.into());
-    format!("{y:04}-{m:02}-{dd:02}")
+    let _ = write!(out, "{y:04}-{m:02}-{dd:02}");
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff` (UTC) of microseconds since the epoch: the text timestamps
 /// SQLite's date functions read. Written digit by digit for years 0 to 9999 (one per timestamp
 /// cell of every embedded load; `format!` was ~3 % of a load's profile), else through `format!`.
 pub(crate) fn format_micros(us: i64) -> String {
+    let mut text = String::with_capacity(26);
+    write_micros(us, &mut text);
+    text
+}
+
+/// [`format_micros`] into `out`, replacing what it held (a buffer reused cell after cell).
+pub(crate) fn write_micros(us: i64, out: &mut String) {
+    out.clear();
     let days = us.div_euclid(86_400_000_000);
     let rem = us.rem_euclid(86_400_000_000);
     let (y, m, d) = crate::civil_from_days(days);
     let secs = rem / 1_000_000;
     let (h, mi, s, f) = (secs / 3600, secs / 60 % 60, secs % 60, rem % 1_000_000);
     if !(0..=9999).contains(&y) {
-        return format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{f:06}");
+        use std::fmt::Write;
+        let _ = write!(out, "{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{f:06}");
+        return;
     }
     let mut b = *b"0000-00-00 00:00:00.000000";
     let fields = [
@@ -161,7 +180,7 @@ pub(crate) fn format_micros(us: i64) -> String {
     for (at, v) in fields {
         put_digits(&mut b[at], v);
     }
-    String::from_utf8(b.to_vec()).expect("ASCII digits and separators")
+    out.push_str(std::str::from_utf8(&b).expect("ASCII digits and separators"));
 }
 
 /// `v` (non-negative, fitting) as the decimal digits of `out`, zero-padded.
@@ -204,6 +223,8 @@ pub use redshift_settings::RedshiftSettings;
 
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite;
+#[cfg(feature = "embedded-warehouse")]
+mod sqlite_cells;
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite_insert;
 #[cfg(feature = "embedded-warehouse")]

@@ -26,6 +26,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, params};
 
 use super::evolve::{Change, ColType, SQLITE_EXACT_DIGITS, reconcile};
+use super::sqlite_cells::Cells;
 use super::sqlite_insert::RowInsert;
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
@@ -145,7 +146,7 @@ fn float32_as_f64(v: f32) -> f64 {
 /// those exactly: its shortest decimal form is the value), else its exact text. Only a
 /// `DECIMAL_BLOB(P,S)` column (no affinity) keeps the text; a `DECIMAL(P,S)` column holds at
 /// most 15 digits, so nothing of it is lost.
-fn decimal_value(v: i128, scale: i8) -> Value {
+pub(super) fn decimal_value(v: i128, scale: i8) -> Value {
     if scale <= 0 {
         let whole = v.checked_mul(10i128.pow(u32::from(scale.unsigned_abs())));
         if let Some(i) = whole.and_then(|w| i64::try_from(w).ok()) {
@@ -173,7 +174,7 @@ fn significant_digits(text: &str) -> usize {
     digits.len()
 }
 
-fn value_at(col: &dyn Array, i: usize) -> Result<Value> {
+pub(super) fn value_at(col: &dyn Array, i: usize) -> Result<Value> {
     if col.is_null(i) {
         return Ok(Value::Null);
     }
@@ -361,37 +362,6 @@ fn upsert_sql(batch: &LoadBatch, columns: &[String]) -> String {
     )
 }
 
-/// One cell of a Parquet column as SQLite binds it: text borrowed from the Arrow buffer, numbers
-/// by value; only timestamps, dates and decimals are formatted (and owned).
-enum Cell<'a> {
-    Ref(ValueRef<'a>),
-    Own(Value),
-}
-
-impl Cell<'_> {
-    fn value(&self) -> ValueRef<'_> {
-        match self {
-            Cell::Ref(v) => *v,
-            Cell::Own(v) => ValueRef::from(v),
-        }
-    }
-}
-
-fn cell_at(col: &dyn Array, i: usize) -> Result<Cell<'_>> {
-    if col.is_null(i) {
-        return Ok(Cell::Ref(ValueRef::Null));
-    }
-    fn text(s: &str) -> Cell<'_> {
-        Cell::Ref(ValueRef::Text(s.as_bytes()))
-    }
-    Ok(match col.data_type() {
-        DataType::Utf8 => text(col.as_string::<i32>().value(i)),
-        DataType::LargeUtf8 => text(col.as_string::<i64>().value(i)),
-        DataType::Utf8View => text(col.as_string_view().value(i)),
-        _ => Cell::Own(value_at(col, i)?),
-    })
-}
-
 /// Inserts one file's rows `rb`, with its partition values and lineage, through `insert` (the
 /// batch's statement over `columns`, the union of its files'). A column this file lacks is
 /// NULL. The rows loaded.
@@ -405,40 +375,27 @@ fn insert_file(
     let schema = rb.schema();
     let offset = lf.position.offset as i64;
     // Where each of the batch's columns comes from in this file.
-    enum From<'a> {
-        Column(&'a dyn Array),
-        /// The same value on every row: a partition value, lineage, or NULL.
-        Every(ValueRef<'a>),
-    }
-    let sources: Vec<From<'_>> = columns
+    let mut sources: Vec<Cells<'_>> = columns
         .iter()
         .map(|c| {
             if let Ok(i) = schema.index_of(c) {
-                From::Column(rb.column(i).as_ref())
+                Cells::of(rb.column(i).as_ref())
             } else if let Some((_, v)) = lf.file.partition.iter().find(|(k, _)| k == c) {
-                From::Every(ValueRef::Text(v.as_bytes()))
+                Cells::Every(ValueRef::Text(v.as_bytes()))
             } else if c == SOURCE_OBJECT_COLUMN {
-                From::Every(ValueRef::Text(lf.position.object.as_bytes()))
+                Cells::Every(ValueRef::Text(lf.position.object.as_bytes()))
             } else if c == SOURCE_OFFSET_COLUMN {
-                From::Every(ValueRef::Integer(offset))
+                Cells::Every(ValueRef::Integer(offset))
             } else if c == BATCH_COLUMN {
-                From::Every(ValueRef::Text(batch.batch_id.as_bytes()))
+                Cells::Every(ValueRef::Text(batch.batch_id.as_bytes()))
             } else {
-                From::Every(ValueRef::Null)
+                Cells::Every(ValueRef::Null)
             }
         })
         .collect();
-    let mut cells: Vec<Cell<'_>> = Vec::with_capacity(columns.len());
     for row in 0..rb.num_rows() {
-        cells.clear();
-        for from in &sources {
-            cells.push(match from {
-                From::Column(col) => cell_at(*col, row)?,
-                From::Every(v) => Cell::Ref(*v),
-            });
-        }
         insert
-            .execute(cells.iter().map(Cell::value))
+            .execute(sources.iter_mut().map(|s| s.at(row)))
             .map_err(|e| wh_err(format!("{}: {e}", lf.file.key)))?;
     }
     Ok(rb.num_rows() as u64)

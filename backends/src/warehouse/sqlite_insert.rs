@@ -47,16 +47,17 @@ impl<'c> RowInsert<'c> {
         Ok(insert)
     }
 
-    /// Inserts one row: the `i`-th value binds parameter `i + 1`. Text and blobs are bound in place,
-    /// and every binding is cleared again before this returns.
+    /// Inserts one row: the `i`-th value binds parameter `i + 1` (the first value that could not
+    /// be read stops the row with its reason). Text and blobs are bound in place, and every
+    /// binding is cleared again before this returns.
     pub(super) fn execute<'v>(
         &mut self,
-        values: impl IntoIterator<Item = ValueRef<'v>>,
+        values: impl IntoIterator<Item = Result<ValueRef<'v>, String>>,
     ) -> Result<(), String> {
         let bound = values
             .into_iter()
             .enumerate()
-            .try_for_each(|(i, v)| self.bind(i as c_int + 1, v));
+            .try_for_each(|(i, v)| self.bind(i as c_int + 1, v?));
         let stepped = bound.and_then(|()| self.step());
         // SAFETY: the statement is live; after this no binding points into `values`.
         unsafe { ffi::sqlite3_clear_bindings(self.stmt) };
@@ -142,6 +143,12 @@ impl Drop for RowInsert<'_> {
 mod tests {
     use super::*;
 
+    fn ok<'v>(
+        values: impl IntoIterator<Item = ValueRef<'v>>,
+    ) -> impl Iterator<Item = Result<ValueRef<'v>, String>> {
+        values.into_iter().map(Ok)
+    }
+
     #[test]
     fn rows_bound_in_place_are_stored_and_no_binding_outlives_its_row() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
@@ -154,13 +161,13 @@ mod tests {
             // read freed memory (and Miri or ASan would say so; here the values would differ).
             let text = format!("row-{i}");
             let blob = vec![i as u8; 3];
-            ins.execute([
+            ins.execute(ok([
                 ValueRef::Text(text.as_bytes()),
                 ValueRef::Integer(i),
                 ValueRef::Real(i as f64 / 2.0),
                 ValueRef::Blob(&blob),
                 ValueRef::Text(b""),
-            ])
+            ]))
             .unwrap();
         }
         drop(ins);
@@ -186,19 +193,19 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
             .unwrap();
         let mut ins = RowInsert::prepare(&conn, "INSERT INTO t VALUES (?1, ?2)").unwrap();
-        ins.execute([ValueRef::Text(b"a"), ValueRef::Integer(1)])
+        ins.execute(ok([ValueRef::Text(b"a"), ValueRef::Integer(1)]))
             .unwrap();
         let e = ins
-            .execute([ValueRef::Text(b"a"), ValueRef::Integer(2)])
+            .execute(ok([ValueRef::Text(b"a"), ValueRef::Integer(2)]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("UNIQUE constraint failed: t.k"), "{e}");
         let e = ins
-            .execute([ValueRef::Text(b"b"), ValueRef::Null])
+            .execute(ok([ValueRef::Text(b"b"), ValueRef::Null]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("NOT NULL constraint failed: t.v"), "{e}");
-        ins.execute([ValueRef::Text(b"c"), ValueRef::Integer(3)])
+        ins.execute(ok([ValueRef::Text(b"c"), ValueRef::Integer(3)]))
             .unwrap();
         let n: i64 = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
@@ -211,5 +218,30 @@ mod tests {
                 .to_string()
                 .contains("no such table: nowhere")
         );
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_read_stops_its_row_with_the_reason_and_inserts_nothing() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (a TEXT, b INTEGER)")
+            .unwrap();
+        let mut ins = RowInsert::prepare(&conn, "INSERT INTO t VALUES (?1, ?2)").unwrap();
+        let e = ins
+            .execute([
+                Ok(ValueRef::Text(b"x")),
+                Err("unsupported column type".into()),
+            ])
+            .unwrap_err();
+        assert_eq!(e, "unsupported column type");
+        ins.execute(ok([ValueRef::Text(b"y"), ValueRef::Integer(1)]))
+            .unwrap();
+        let rows: Vec<(String, i64)> = conn
+            .prepare("SELECT a, b FROM t")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("y".to_string(), 1)]);
     }
 }
