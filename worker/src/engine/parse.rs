@@ -580,22 +580,87 @@ fn csv_record(
     Ok(())
 }
 
-/// The fast path of CSV splitting: a non-empty row with no quote and no carriage return is its
-/// fields between delimiters, exactly as `csv_core` reads it. The row is copied once and the
-/// fields are its ranges (the delimiters stay between them). False (nothing done) for any other
-/// row, which `split_csv` reads.
+/// The fast path of CSV splitting, exactly as `csv_core` reads the rows it takes: a non-empty
+/// row without a carriage return whose fields are each plain (no quote in it) or wholly quoted
+/// (a quote, text in which a quote is doubled, a closing quote, then the delimiter or the row's
+/// end). A row without quotes is copied once and its fields are ranges of the copy; a quoted
+/// field is copied unquoted. False, with the buffers as they were, for any other row (a quote
+/// inside a plain field, text after a closing quote, an unclosed quote), which `split_csv`
+/// reads.
 fn split_plain(raw: &[u8], delimiter: u8, quote: u8, csv: &mut CsvState) -> bool {
-    if raw.is_empty() || !delimiter.is_ascii() || memchr::memchr2(quote, b'\r', raw).is_some() {
+    if raw.is_empty()
+        || !delimiter.is_ascii()
+        || !quote.is_ascii()
+        || delimiter == quote
+        || memchr::memchr(b'\r', raw).is_some()
+    {
         return false;
     }
-    csv.field_buf.extend_from_slice(raw);
-    let mut start = 0;
-    for d in memchr::memchr_iter(delimiter, raw) {
-        csv.fields.push((start, d));
-        start = d + 1;
+    if memchr::memchr(quote, raw).is_none() {
+        let at = csv.field_buf.len();
+        csv.field_buf.extend_from_slice(raw);
+        let mut start = at;
+        for d in memchr::memchr_iter(delimiter, raw) {
+            csv.fields.push((start, at + d));
+            start = at + d + 1;
+        }
+        csv.fields.push((start, at + raw.len()));
+        return true;
     }
-    csv.fields.push((start, raw.len()));
+    let (bytes, fields) = (csv.field_buf.len(), csv.fields.len());
+    if split_quoted(raw, delimiter, quote, &mut csv.field_buf, &mut csv.fields).is_none() {
+        csv.field_buf.truncate(bytes);
+        csv.fields.truncate(fields);
+        return false;
+    }
     true
+}
+
+/// [`split_plain`] of a row with quotes: each field appended to `buf` (unquoted) and its range
+/// to `fields`; `None` at the first field `csv_core` would read otherwise.
+fn split_quoted(
+    raw: &[u8],
+    delimiter: u8,
+    quote: u8,
+    buf: &mut Vec<u8>,
+    fields: &mut Vec<(usize, usize)>,
+) -> Option<()> {
+    let mut i = 0;
+    loop {
+        let start = buf.len();
+        if raw.get(i) != Some(&quote) {
+            let rest = &raw[i..];
+            let Some(n) = memchr::memchr2(delimiter, quote, rest) else {
+                buf.extend_from_slice(rest);
+                fields.push((start, buf.len()));
+                return Some(());
+            };
+            if rest[n] == quote {
+                return None;
+            }
+            buf.extend_from_slice(&rest[..n]);
+            fields.push((start, buf.len()));
+            i += n + 1;
+            continue;
+        }
+        i += 1;
+        loop {
+            let n = memchr::memchr(quote, &raw[i..])?;
+            buf.extend_from_slice(&raw[i..i + n]);
+            i += n + 1;
+            if raw.get(i) != Some(&quote) {
+                break;
+            }
+            buf.push(quote);
+            i += 1;
+        }
+        fields.push((start, buf.len()));
+        match raw.get(i) {
+            None => return Some(()),
+            Some(&c) if c == delimiter => i += 1,
+            Some(_) => return None,
+        }
+    }
 }
 
 /// Appends a parsed CSV row's cells, with their text from the row's fields or the defaults.
@@ -649,12 +714,86 @@ mod tests {
         let mut csv = state();
         assert!(split_plain(b"a,,b c,\xc3\xa9,", b',', b'"', &mut csv));
         assert_eq!(fields(&csv), by_csv_core(b"a,,b c,\xc3\xa9,"));
-        for quoted in [&b""[..], b"a,\"b,c\"", b"a\rb,c"] {
-            assert!(!split_plain(quoted, b',', b'"', &mut state()));
+        for other in [
+            &b""[..],
+            b"a\rb,c",
+            b"a,b\"c",
+            b"\"a\"b,c",
+            b"\"a,b",
+            b"a,\"b\"\"c",
+            b"a,\"\"\"\"\",",
+        ] {
+            let mut csv = state();
+            assert!(!split_plain(other, b',', b'"', &mut csv), "{other:?}");
+            assert!(csv.fields.is_empty() && csv.field_buf.is_empty());
         }
     }
 
+    #[test]
+    fn quoted_fields_split_like_csv_core() {
+        for row in [
+            &b"a,\"b,c\""[..],
+            b"\"\"",
+            b"\"\",\"\"",
+            b"\"x \"\"y\"\" z\",,\"\xc3\xa9, \"",
+            b"\"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)\",1",
+            b"a,\"\"\"\"\"\",",
+        ] {
+            let mut csv = state();
+            assert!(split_plain(row, b',', b'"', &mut csv), "{row:?}");
+            assert_eq!(fields(&csv), by_csv_core(row), "{row:?}");
+        }
+    }
+
+    /// A CSV field as written: plain, or quoted with its quotes doubled, sometimes followed by
+    /// stray text (which the fast path leaves to `csv_core`).
+    fn written_field() -> impl Strategy<Value = Vec<u8>> {
+        let text = proptest::collection::vec(
+            prop_oneof![
+                Just(b','),
+                Just(b'"'),
+                Just(b'a'),
+                Just(b' '),
+                Just(0xc3u8),
+                Just(0xa9u8)
+            ],
+            0..12,
+        );
+        (text, 0..4u8).prop_map(|(t, how)| match how {
+            0 => t.into_iter().filter(|b| *b != b',' && *b != b'"').collect(),
+            _ => {
+                let mut f = vec![b'"'];
+                for b in t {
+                    f.push(b);
+                    if b == b'"' {
+                        f.push(b'"');
+                    }
+                }
+                f.push(b'"');
+                if how == 3 {
+                    f.push(b'x');
+                }
+                f
+            }
+        })
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        #[test]
+        fn written_rows_take_the_fast_path_and_agree_with_csv_core(
+            row in proptest::collection::vec(written_field(), 1..8),
+        ) {
+            let raw = row.join(&b',');
+            let stray = row.iter().any(|f| f.first() == Some(&b'"') && f.last() == Some(&b'x'));
+            let mut csv = state();
+            let fast = split_plain(&raw, b',', b'"', &mut csv);
+            prop_assert_eq!(fast, !stray && !raw.is_empty());
+            if fast {
+                prop_assert_eq!(fields(&csv), by_csv_core(&raw));
+            }
+        }
+
         #[test]
         fn the_fast_path_agrees_with_csv_core(row in proptest::collection::vec(
             prop_oneof![Just(b','), Just(b'"'), Just(b'\r'), Just(b'a'), Just(b' '), Just(0xc3u8), Just(0xa9u8)],
