@@ -524,9 +524,15 @@ columns = ["id", "n"]
         0.0
     }
 
+    /// Held by the tests that handle deliveries: they move the process-wide metrics, and
+    /// `cargo test` runs a crate's tests as threads of one process (nextest runs each in its
+    /// own), where one test's task in flight showed in another's `in_flight` gauge.
+    static DELIVERIES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// Issue 8: one panicking shard aborted the whole worker process.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_shard_fails_its_task_with_the_message_and_the_worker_goes_on() {
+        let _one = DELIVERIES.lock().await;
         // Only shard s09999 panics (the hook matches the shard id), so tests running beside this
         // one in the same process are not affected.
         // SAFETY: set once, before any thread of this test reads the environment; nextest runs
@@ -601,6 +607,7 @@ columns = ["id", "n"]
 
     #[tokio::test]
     async fn a_task_of_a_cancelled_run_is_reported_and_deleted_without_running() {
+        let _one = DELIVERIES.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
         let tasks: Arc<dyn Queue> = Arc::new(MemoryQueue::new("t", Duration::from_secs(30), 2));
@@ -671,6 +678,7 @@ columns = ["id", "n"]
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_task_metric_moves_when_its_event_happens() {
+        let _one = DELIVERIES.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let data = "{\"id\":\"a\",\"n\":1}\n{\"id\":\"a\",\"n\":2}\nnot json\n{\"id\":\"b\",\"n\":\"x\"}\n{\"id\":\"c\",\"kind\":\"heartbeat\"}\n{\"id\":\"d\",\"n\":4}\n";
         std::fs::write(dir.path().join("in.ndjson"), data).unwrap();
