@@ -360,8 +360,10 @@ type RecordOutcome = Result<(), (bool, String)>;
 struct CsvState {
     reader: csv_core::Reader,
     scratch: Vec<u8>,
-    /// The row's fields, concatenated, and where each one is.
+    /// The row's fields, concatenated, and where each one is (in the row itself when
+    /// `in_row`: a row without quotes is its own fields).
     field_buf: Vec<u8>,
+    in_row: bool,
     fields: Vec<(usize, usize)>,
     /// Where each declared column's text is.
     texts: Vec<CsvText>,
@@ -388,6 +390,7 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
             .build(),
         scratch: Vec::new(),
         field_buf: Vec::new(),
+        in_row: false,
         fields: Vec::new(),
         texts: Vec::with_capacity(declared),
     };
@@ -407,14 +410,17 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
                 )
             }
             Format::Csv => csv_record(
-                plan, raw, csv_header, &csv_map, &mut csv, &builders, &mut cells,
+                plan,
+                raw,
+                csv_header,
+                &csv_map,
+                &mut csv,
+                &mut builders,
+                &mut cells,
             ),
         };
         match outcome {
-            Ok(()) if plan.format == Format::Csv => {
-                push_csv(plan, &csv, &mut cells, &mut builders);
-                piece.rows.push(i as u32);
-            }
+            Ok(()) if plan.format == Format::Csv => piece.rows.push(i as u32),
             Ok(()) => {
                 for (c, cell) in cells.drain(..).enumerate() {
                     builders[c].push(cell, &texts[c]);
@@ -519,18 +525,19 @@ fn json_record<'c>(
 }
 
 /// One CSV row: split into fields, each declared column's field (or default) converted under
-/// its rules into `cells`; where its text is goes into `csv.texts`.
+/// its rules, and the row's cells appended to `builders` once all of them converted.
 fn csv_record(
     plan: &Plan,
     raw: &[u8],
     header: &[String],
     csv_map: &[Option<usize>],
     csv: &mut CsvState,
-    builders: &[ColBuilder],
+    builders: &mut [ColBuilder],
     cells: &mut Vec<Cell>,
 ) -> RecordOutcome {
     csv.fields.clear();
     csv.field_buf.clear();
+    csv.in_row = false;
     csv.texts.clear();
     if !split_plain(raw, plan.csv_delimiter, plan.csv_quote, csv) {
         let (fields, field_buf) = (&mut csv.fields, &mut csv.field_buf);
@@ -551,7 +558,8 @@ fn csv_record(
             ),
         ));
     }
-    let all = std::str::from_utf8(&csv.field_buf)
+    let bytes = if csv.in_row { raw } else { &csv.field_buf };
+    let all = std::str::from_utf8(bytes)
         .map_err(|e| (true, format!("not valid UTF-8 at byte {}", e.valid_up_to())))?;
     for (c, (name, _, required)) in plan.declared.iter().enumerate() {
         let rules = &plan.text_rules[c];
@@ -577,14 +585,21 @@ fn csv_record(
             }
         }
     }
+    for (c, cell) in cells.drain(..).enumerate() {
+        let text = match csv.texts[c] {
+            CsvText::Field(a, b) => &all[a..b],
+            CsvText::Default(d) => plan.text_rules[d].default.as_deref().unwrap_or(""),
+        };
+        builders[c].push(cell, text);
+    }
     Ok(())
 }
 
 /// The fast path of CSV splitting, exactly as `csv_core` reads the rows it takes: a non-empty
 /// row without a carriage return whose fields are each plain (no quote in it) or wholly quoted
 /// (a quote, text in which a quote is doubled, a closing quote, then the delimiter or the row's
-/// end). A row without quotes is copied once and its fields are ranges of the copy; a quoted
-/// field is copied unquoted. False, with the buffers as they were, for any other row (a quote
+/// end). The fields of a row without quotes are ranges of the row (`in_row`, nothing copied);
+/// those of a row with quotes are copied, unquoted, into `field_buf`. False, with the buffers as they were, for any other row (a quote
 /// inside a plain field, text after a closing quote, an unclosed quote), which `split_csv`
 /// reads.
 fn split_plain(raw: &[u8], delimiter: u8, quote: u8, csv: &mut CsvState) -> bool {
@@ -597,14 +612,13 @@ fn split_plain(raw: &[u8], delimiter: u8, quote: u8, csv: &mut CsvState) -> bool
         return false;
     }
     if memchr::memchr(quote, raw).is_none() {
-        let at = csv.field_buf.len();
-        csv.field_buf.extend_from_slice(raw);
-        let mut start = at;
+        csv.in_row = true;
+        let mut start = 0;
         for d in memchr::memchr_iter(delimiter, raw) {
-            csv.fields.push((start, at + d));
-            start = at + d + 1;
+            csv.fields.push((start, d));
+            start = d + 1;
         }
-        csv.fields.push((start, at + raw.len()));
+        csv.fields.push((start, raw.len()));
         return true;
     }
     let (bytes, fields) = (csv.field_buf.len(), csv.fields.len());
@@ -663,19 +677,6 @@ fn split_quoted(
     }
 }
 
-/// Appends a parsed CSV row's cells, with their text from the row's fields or the defaults.
-fn push_csv(plan: &Plan, csv: &CsvState, cells: &mut Vec<Cell>, builders: &mut [ColBuilder]) {
-    // Validated as UTF-8 by csv_record.
-    let all = std::str::from_utf8(&csv.field_buf).unwrap_or_default();
-    for (c, cell) in cells.drain(..).enumerate() {
-        let text = match csv.texts[c] {
-            CsvText::Field(a, b) => &all[a..b],
-            CsvText::Default(d) => plan.text_rules[d].default.as_deref().unwrap_or(""),
-        };
-        builders[c].push(cell, text);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,15 +687,18 @@ mod tests {
             reader: csv_core::ReaderBuilder::new().build(),
             scratch: Vec::new(),
             field_buf: Vec::new(),
+            in_row: false,
             fields: Vec::new(),
             texts: Vec::new(),
         }
     }
 
-    fn fields(csv: &CsvState) -> Vec<Vec<u8>> {
+    /// The fields `split_plain` found in `raw`.
+    fn fields(csv: &CsvState, raw: &[u8]) -> Vec<Vec<u8>> {
+        let bytes = if csv.in_row { raw } else { &csv.field_buf };
         csv.fields
             .iter()
-            .map(|&(a, b)| csv.field_buf[a..b].to_vec())
+            .map(|&(a, b)| bytes[a..b].to_vec())
             .collect()
     }
 
@@ -713,7 +717,14 @@ mod tests {
     fn plain_rows_split_like_csv_core_and_others_are_left_to_it() {
         let mut csv = state();
         assert!(split_plain(b"a,,b c,\xc3\xa9,", b',', b'"', &mut csv));
-        assert_eq!(fields(&csv), by_csv_core(b"a,,b c,\xc3\xa9,"));
+        assert_eq!(
+            fields(&csv, b"a,,b c,\xc3\xa9,"),
+            by_csv_core(b"a,,b c,\xc3\xa9,")
+        );
+        assert!(
+            csv.in_row && csv.field_buf.is_empty(),
+            "a plain row is read in place"
+        );
         for other in [
             &b""[..],
             b"a\rb,c",
@@ -725,7 +736,7 @@ mod tests {
         ] {
             let mut csv = state();
             assert!(!split_plain(other, b',', b'"', &mut csv), "{other:?}");
-            assert!(csv.fields.is_empty() && csv.field_buf.is_empty());
+            assert!(csv.fields.is_empty() && csv.field_buf.is_empty() && !csv.in_row);
         }
     }
 
@@ -741,7 +752,7 @@ mod tests {
         ] {
             let mut csv = state();
             assert!(split_plain(row, b',', b'"', &mut csv), "{row:?}");
-            assert_eq!(fields(&csv), by_csv_core(row), "{row:?}");
+            assert_eq!(fields(&csv, row), by_csv_core(row), "{row:?}");
         }
     }
 
@@ -790,7 +801,7 @@ mod tests {
             let fast = split_plain(&raw, b',', b'"', &mut csv);
             prop_assert_eq!(fast, !stray && !raw.is_empty());
             if fast {
-                prop_assert_eq!(fields(&csv), by_csv_core(&raw));
+                prop_assert_eq!(fields(&csv, &raw), by_csv_core(&raw));
             }
         }
 
@@ -801,7 +812,7 @@ mod tests {
         )) {
             let mut csv = state();
             if split_plain(&row, b',', b'"', &mut csv) {
-                prop_assert_eq!(fields(&csv), by_csv_core(&row));
+                prop_assert_eq!(fields(&csv, &row), by_csv_core(&row));
             }
         }
     }
