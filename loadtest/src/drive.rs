@@ -83,7 +83,8 @@ pub struct Report {
     pub peak_rss_mb: f64,
     /// Peak RSS of each process that ran tasks.
     pub peak_rss_mb_per_worker: Vec<f64>,
-    /// Seconds summed over the tasks, per stage (extract, transform, write, upload), and the
+    /// Seconds summed over the tasks, per stage (read, parse, transform, encode, upload; thread time, see
+    /// `worker::engine::StageTimes`), and the
     /// coordinator's warehouse loads (load).
     pub stage_seconds: std::collections::BTreeMap<String, f64>,
     /// Task latency (seconds), estimated from the worker's histogram buckets.
@@ -355,11 +356,14 @@ mod tests {
         );
         assert!(r.results.iter().all(|p| p.status == "completed"), "{r:#?}");
         assert!(r.parquet_files > 0 && r.parquet_size_quantiles[3] > 0);
-        assert!(
-            r.stage_seconds.contains_key("transform"),
-            "{:?}",
-            r.stage_seconds
-        );
+        // Every stage the report names, measured.
+        for stage in ["read", "parse", "transform", "encode", "upload", "load"] {
+            assert!(
+                r.stage_seconds.get(stage).is_some_and(|s| *s > 0.0),
+                "{stage}: {:?}",
+                r.stage_seconds
+            );
+        }
         assert!(r.task_latency_p99 >= r.task_latency_p50 && r.task_latency_p50 > 0.0);
         assert!(r.estimated_cost_per_million_rows_usd > 0.0);
     }

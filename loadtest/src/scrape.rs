@@ -100,8 +100,8 @@ tributary_worker_stage_seconds_bucket{pipeline="a",stage="task",le="5"} 10
 tributary_worker_stage_seconds_bucket{pipeline="a",stage="task",le="+Inf"} 10
 tributary_worker_stage_seconds_sum{pipeline="a",stage="task"} 7.5
 tributary_worker_stage_seconds_count{pipeline="a",stage="task"} 10
-tributary_worker_stage_seconds_sum{pipeline="a",stage="extract"} 2.25
-tributary_worker_stage_seconds_bucket{pipeline="a",stage="extract",le="0.5"} 10
+tributary_worker_stage_seconds_sum{pipeline="a",stage="read"} 2.25
+tributary_worker_stage_seconds_bucket{pipeline="a",stage="read",le="0.5"} 10
 "#;
 
     #[test]
@@ -111,7 +111,7 @@ tributary_worker_stage_seconds_bucket{pipeline="a",stage="extract",le="0.5"} 10
         s.add_text(WORKER);
         s.add_text("tributary_load_seconds_sum{table=\"t\"} 3\ntributary_load_seconds_count{table=\"t\"} 2\n");
         assert_eq!(s.seconds["task"], 15.0);
-        assert_eq!(s.seconds["extract"], 4.5);
+        assert_eq!(s.seconds["read"], 4.5);
         assert_eq!(s.seconds["load"], 3.0);
         // 20 tasks: 2 ≤ 0.5 s, 16 ≤ 1 s, 20 ≤ 5 s.
         assert_eq!(s.task_latency(0.05), 0.5);

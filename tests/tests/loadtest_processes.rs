@@ -44,7 +44,7 @@ fn the_small_preset_runs_as_processes_against_moto_and_postgres() {
         r.parquet_files > 0 && r.parquet_size_quantiles[3] > 0,
         "{r:#?}"
     );
-    for stage in ["extract", "transform", "write", "upload", "load"] {
+    for stage in ["read", "parse", "transform", "encode", "upload", "load"] {
         assert!(
             r.stage_seconds.contains_key(stage),
             "{stage}: {:?}",

@@ -735,7 +735,7 @@ columns = ["id", "n"]
         assert!(get("tributary_worker_bytes_total", ("direction", "read")) >= data.len() as f64);
         assert!(get("tributary_worker_bytes_total", ("direction", "written")) > 0.0);
         assert!(value("tributary_worker_parquet_files_total", p) >= 1.0);
-        for stage in ["task", "extract", "transform", "write", "upload"] {
+        for stage in ["task", "read", "parse", "transform", "encode", "upload"] {
             assert!(
                 get("tributary_worker_stage_seconds", ("stage", stage)) >= 1.0,
                 "stage {stage} observed"

@@ -240,7 +240,8 @@ pub fn run_shard_blocking(
     let t = std::time::Instant::now();
     let schema = st.writers.schema();
     let files = st.writers.finish()?;
-    st.times.write += t.elapsed();
+    st.times.encode += t.elapsed();
+    st.times.encode = st.writers.encode_time(st.times.encode);
     Ok(ShardOutput {
         schema,
         files,
@@ -328,14 +329,14 @@ fn process_text_input(
         })?;
     let failed = engine::process_chunks(plan, rx.iter(), &pool, st).err();
     drop(rx);
-    let (read_result, extract) = reader.join().map_err(|p| WorkerError::Panicked {
+    let (read_result, read_time) = reader.join().map_err(|p| WorkerError::Panicked {
         message: format!(
             "reading {}: {}",
             input.object.key,
             runtime::cpu::panic_message(p.as_ref())
         ),
     })?;
-    st.times.extract += extract;
+    st.times.read += read_time;
     if let Some(e) = failed {
         return Err(e);
     }
@@ -388,8 +389,11 @@ pub async fn execute_task(
         files: state_files,
     } = stores;
     let scratch = ScratchDir::new(scratch.join(format!("{}-{}", task.run_id, task.shard.shard_id)));
+    // A database or API shard's read into the raw zone is part of its read stage.
+    let extracting = std::time::Instant::now();
     let (source, shard, source_watermark) =
         extract_first(&pipeline, &task.shard, source, &state_files, scratch.path()).await?;
+    let extracted = extracting.elapsed();
     let processed = shard.clone();
     let naming = OutputNaming::for_task(task);
     let (p2, s2) = (plan.clone(), scratch.clone());
@@ -399,9 +403,10 @@ pub async fn execute_task(
     .await??;
     let m = &metrics::METRICS;
     let name = task.pipeline.name.as_str();
-    m.stage(name, "extract", out.times.extract);
+    m.stage(name, "read", extracted + out.times.read);
+    m.stage(name, "parse", out.times.parse);
     m.stage(name, "transform", out.times.transform);
-    m.stage(name, "write", out.times.write);
+    m.stage(name, "encode", out.times.encode);
     let upload_started = std::time::Instant::now();
     let mut outputs = Vec::with_capacity(out.files.len());
     for f in &out.files {

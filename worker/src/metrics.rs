@@ -10,7 +10,7 @@
 //! | `tributary_worker_rows_total` | pipeline, kind = in, out, filtered, deduplicated, rejected, malformed | rows by outcome |
 //! | `tributary_worker_bytes_total` | pipeline, direction = read, written | source bytes read, output bytes written |
 //! | `tributary_worker_parquet_files_total` | pipeline | Parquet files written |
-//! | `tributary_worker_stage_seconds` | pipeline, stage = task, extract, transform, write, upload | durations (histogram) |
+//! | `tributary_worker_stage_seconds` | pipeline, stage = task, read, parse, transform, encode, upload | durations (histogram); the engine's stages in thread time summed over threads (`engine::StageTimes`) |
 //! | `tributary_worker_tasks_in_flight` | | tasks running now |
 
 use std::sync::LazyLock;
@@ -64,7 +64,7 @@ impl WorkerMetrics {
         let stage_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "tributary_worker_stage_seconds",
-                "Duration of task stages: whole task, extract (reading and splitting the source), transform (parse, steps, dedupe, partition), write (Parquet encoding), upload.",
+                "Duration of task stages: whole task (wall), read (reading, decompressing and splitting the source), parse (records into typed columns), transform (steps, dedupe, checks, partitioning), encode (Parquet encoding and compression), upload; the engine stages in thread time summed over threads.",
             )
             .buckets(runtime::metrics::duration_buckets()),
             &["pipeline", "stage"],

@@ -69,6 +69,13 @@ fn run_whole(
     run_shard_blocking(plan, p, store, &shard, &naming, scratch).unwrap()
 }
 
+/// Every stage of the shard took some time: read, parse, transform, encode.
+fn assert_every_stage_timed(out: &ShardOutput) {
+    let t = out.times;
+    let stages = [t.read, t.parse, t.transform, t.encode];
+    assert!(stages.iter().all(|d| !d.is_zero()), "{t:?}");
+}
+
 /// The first record batch of the shard's first Parquet file.
 fn first_batch(out: &ShardOutput) -> arrow::record_batch::RecordBatch {
     let f = std::fs::File::open(&out.files[0].local).unwrap();
@@ -166,6 +173,7 @@ fn parquet_sources_with_nested_columns_run_through_the_same_steps() {
         ),
         (4, 1, 1, 2)
     );
+    assert_every_stage_timed(&out);
     let rb = first_batch(&out);
     assert_eq!(rb.column(0).as_string::<i32>().value(1), "b");
     assert_eq!(
@@ -351,6 +359,7 @@ fn json_columns_keep_each_value_as_its_json_text() {
         &dir.path().join("scratch"),
     );
     assert_eq!(out.counts.rows_out, 5);
+    assert_every_stage_timed(&out);
     let rb = first_batch(&out);
     let field = rb.schema().field(1).clone();
     assert_eq!(

@@ -10,8 +10,9 @@
 
 use super::*;
 use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 type Encoded = Result<ArrowColumnChunk, WorkerError>;
 
@@ -22,6 +23,8 @@ pub(crate) struct Encoding {
 
 struct Columns {
     done: AtomicUsize,
+    /// The jobs' time encoding, in nanoseconds, summed (added before a job counts itself done).
+    nanos: AtomicU64,
     /// Each column's result, set once by its job (a `Mutex`: an encoded chunk is `Send`, not
     /// `Sync`).
     chunks: Vec<Mutex<Option<Encoded>>>,
@@ -38,13 +41,17 @@ impl Encoding {
     ) -> Encoding {
         let columns = Arc::new(Columns {
             done: AtomicUsize::new(0),
+            nanos: AtomicU64::new(0),
             chunks: writers.iter().map(|_| Mutex::new(None)).collect(),
             told: (Mutex::new(()), Condvar::new()),
         });
         for (i, (w, l)) in writers.into_iter().zip(leaves).enumerate() {
             let columns = columns.clone();
             rayon::spawn(move || {
+                let t = Instant::now();
                 let encoded = encode_column(w, l);
+                let took = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                columns.nanos.fetch_add(took, Ordering::Relaxed);
                 *columns.chunks[i].lock().expect("no job panics holding it") = Some(encoded);
                 columns.done.fetch_add(1, Ordering::Release);
                 let _told = columns.told.0.lock().expect("never poisoned");
@@ -52,6 +59,12 @@ impl Encoding {
             });
         }
         Encoding { columns }
+    }
+
+    /// The time its columns' jobs spent encoding, summed (all of it once [`Encoding::wait`]
+    /// returned).
+    pub(crate) fn took(&self) -> Duration {
+        Duration::from_nanos(self.columns.nanos.load(Ordering::Acquire))
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -175,6 +188,10 @@ impl Writers {
     fn append_oldest(&mut self) -> Result<(), WorkerError> {
         let f = self.encoding.pop_front().expect("a group in flight");
         self.encoding_bytes -= f.bytes;
+        let t = Instant::now();
+        f.group.wait();
+        self.waited += t.elapsed();
+        self.encoded += f.group.took();
         let chunks = f.group.into_chunks()?;
         let pw = self.parts.get_mut(&f.dir).expect("partition exists");
         let of = pw

@@ -24,6 +24,7 @@ pub fn process_parquet_input(
         key: key.clone(),
         detail,
     };
+    let reading = std::time::Instant::now();
     let mut bytes = Vec::new();
     store
         .open_read(key, None)
@@ -34,14 +35,19 @@ pub fn process_parquet_input(
         .map_err(|e| corrupt(format!("not a Parquet file: {e}")))?;
     let roots = declared_roots(plan, builder.schema());
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader = builder
+    let mut reader = builder
         .with_projection(mask)
         .with_batch_size(PARQUET_BATCH_ROWS)
         .build()
         .map_err(|e| corrupt(e.to_string()))?;
     let object: Arc<str> = Arc::from(key.as_str());
     let mut row0 = 0u64;
-    for rb in reader {
+    st.times.read += reading.elapsed();
+    loop {
+        // Decoding a record batch is part of reading.
+        let reading = std::time::Instant::now();
+        let Some(rb) = reader.next() else { break };
+        st.times.read += reading.elapsed();
         let rb = rb.map_err(|e| corrupt(e.to_string()))?;
         process_batch(plan, &object, row0, &rb, st)?;
         row0 += rb.num_rows() as u64;
@@ -74,7 +80,6 @@ fn process_batch(
     rb: &RecordBatch,
     st: &mut ShardState,
 ) -> Result<(), WorkerError> {
-    let started = std::time::Instant::now();
     let columns: Vec<Option<ArrayRef>> = plan
         .declared_paths
         .iter()
@@ -83,14 +88,25 @@ fn process_batch(
     let n = rb.num_rows();
     let ranges = piece_ranges(n);
     let split = plan.dedupe_at.unwrap_or(plan.steps.len());
-    let pieces: Vec<Piece> = ranges
+    let timed: Vec<(Piece, StageTimes)> = ranges
         .into_par_iter()
         .map(|r| {
+            let mut times = StageTimes::default();
+            let t = std::time::Instant::now();
             let mut p = convert_piece(plan, &columns, r)?;
+            let t = StageTimes::lap(&mut times.parse, t);
             run_steps(plan, &mut p, 0..split)?;
-            Ok(p)
+            StageTimes::lap(&mut times.transform, t);
+            Ok((p, times))
         })
         .collect::<Result<_, WorkerError>>()?;
+    let mut pieces = Vec::with_capacity(timed.len());
+    for (p, t) in timed {
+        st.times.parse += t.parse;
+        st.times.transform += t.transform;
+        pieces.push(p);
+    }
+    let started = std::time::Instant::now();
     let source = |record: u32| {
         let i = record as usize;
         (row0 + i as u64, None, row_json(rb, i))

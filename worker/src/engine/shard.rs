@@ -2,6 +2,7 @@
 //! and writers.
 
 use super::*;
+use std::time::{Duration, Instant};
 
 /// State carried across the chunks of a shard.
 pub struct ShardState {
@@ -38,16 +39,33 @@ impl ShardState {
     }
 }
 
-/// Time spent per stage of a shard (for the stage-duration metrics).
+/// Where a shard's time went, per stage (for the stage-duration metrics and the load test's
+/// report): thread time summed over the threads that did the work, since the stages overlap (the
+/// reader reads ahead, pieces parse in parallel, columns encode on the pool). A wait for another
+/// stage is not counted.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StageTimes {
     /// Reading, decompressing and splitting the source (the reader thread's own work, without
-    /// the time it waited for the transform to take a chunk).
-    pub extract: std::time::Duration,
-    /// Parsing, steps, dedupe, partitioning, quarantine.
-    pub transform: std::time::Duration,
-    /// Building and encoding Parquet.
-    pub write: std::time::Duration,
+    /// the time it waited for the transform to take a chunk); for a Parquet input, reading and
+    /// decoding its record batches.
+    pub read: Duration,
+    /// Records into typed columns: JSON or CSV parsing and the columns' reading rules (a Parquet
+    /// input's conversion).
+    pub parse: Duration,
+    /// Steps, dedupe, checks, partitioning, quarantine.
+    pub transform: Duration,
+    /// Building Parquet: the columns' encoding and compression on the pool, row groups appended
+    /// and files closed.
+    pub encode: Duration,
+}
+
+impl StageTimes {
+    /// Adds the time since `t` to `stage`, and returns now (the next stage's start).
+    pub(crate) fn lap(stage: &mut Duration, t: Instant) -> Instant {
+        let now = Instant::now();
+        *stage += now - t;
+        now
+    }
 }
 
 /// Where a quarantined record came from, by its record index: its source offset, its line (when
@@ -66,8 +84,9 @@ pub(crate) fn piece_ranges(n: usize) -> Vec<std::ops::Range<usize>> {
 pub struct Parsed {
     chunk: Chunk,
     pieces: Vec<Piece>,
-    /// Time spent parsing it (wall, all its pieces in parallel).
-    took: std::time::Duration,
+    /// Time its pieces spent parsing, and in the steps before dedupe (summed over threads).
+    parse: Duration,
+    steps: Duration,
 }
 
 /// Drives a shard's chunks: while chunk N is deduped, finished and written in order, chunk N+1
@@ -102,23 +121,32 @@ pub fn parse_chunk(
     chunk: Chunk,
     hasher: &hashbrown::DefaultHashBuilder,
 ) -> Result<Parsed, WorkerError> {
-    let started = std::time::Instant::now();
     let split = plan.dedupe_at.unwrap_or(plan.steps.len());
-    let pieces: Vec<Piece> = piece_ranges(chunk.spans.len())
+    let timed: Vec<(Piece, StageTimes)> = piece_ranges(chunk.spans.len())
         .into_par_iter()
         .map(|r| {
+            let mut times = StageTimes::default();
+            let t = Instant::now();
             let mut p = parse_piece(plan, &chunk, r);
+            let t = StageTimes::lap(&mut times.parse, t);
             run_steps(plan, &mut p, 0..split)?;
             if let Some(slots) = plan.dedupe_slots() {
                 hash_keys(&mut p, slots, hasher);
             }
-            Ok(p)
+            StageTimes::lap(&mut times.transform, t);
+            Ok((p, times))
         })
         .collect::<Result<_, WorkerError>>()?;
+    let (parse, steps) = timed
+        .iter()
+        .fold((Duration::ZERO, Duration::ZERO), |(a, b), (_, t)| {
+            (a + t.parse, b + t.transform)
+        });
     Ok(Parsed {
         chunk,
-        pieces,
-        took: started.elapsed(),
+        pieces: timed.into_iter().map(|(p, _)| p).collect(),
+        parse,
+        steps,
     })
 }
 
@@ -129,13 +157,15 @@ pub fn finish_chunk(
     parsed: Parsed,
     st: &mut ShardState,
 ) -> Result<Chunk, WorkerError> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let Parsed {
         chunk,
         pieces,
-        took,
+        parse,
+        steps,
     } = parsed;
-    st.times.transform += took;
+    st.times.parse += parse;
+    st.times.transform += steps;
     size_key_set(plan, &chunk, &pieces, st);
     for (offset, line, len, head) in &chunk.oversized {
         st.counts.lines_total += 1;
@@ -186,7 +216,7 @@ pub(crate) fn finish_pieces(
     object: &str,
     mut pieces: Vec<Piece>,
     source: &RecordSource<'_>,
-    started: std::time::Instant,
+    started: Instant,
     st: &mut ShardState,
 ) -> Result<(), WorkerError> {
     let split = plan.dedupe_at.unwrap_or(plan.steps.len());
@@ -200,15 +230,22 @@ pub(crate) fn finish_pieces(
     } else {
         split
     };
-    let parted: Vec<Vec<PartBatch>> = pieces
+    // The pieces' own time in the parallel part, not its wall time: the stages' times are
+    // summed over threads.
+    let parallel = Instant::now();
+    let timed: Vec<(Vec<PartBatch>, Duration)> = pieces
         .par_iter_mut()
         .map(|p| {
+            let t = Instant::now();
             run_steps(plan, p, after..plan.steps.len())?;
             enforce_string_limit(plan, p)?;
             count_checks(plan, p)?;
-            partition_piece(plan, p)
+            Ok((partition_piece(plan, p)?, t.elapsed()))
         })
         .collect::<Result<_, WorkerError>>()?;
+    let parallel = parallel.elapsed();
+    let in_pieces: Duration = timed.iter().map(|(_, d)| *d).sum();
+    let parted = timed.into_iter().map(|(b, _)| b);
     // Quarantine in record order.
     let mut q: Vec<&QItem> = pieces.iter().flat_map(|p| p.quarantine.iter()).collect();
     q.sort_by_key(|x| x.record);
@@ -221,14 +258,14 @@ pub(crate) fn finish_pieces(
         p.counts.rows_out = p.rows.len() as u64;
         st.counts.add(&p.counts);
     }
-    let writing = std::time::Instant::now();
-    st.times.transform += writing - started;
+    let writing = Instant::now();
+    st.times.transform += (writing - started).saturating_sub(parallel) + in_pieces;
     // In row order: pieces are in chunk order, and each piece's groups keep row order.
-    for (dir, values, batch) in parted.into_iter().flatten() {
+    for (dir, values, batch) in parted.flatten() {
         st.writers.write(&dir, &values, batch)?;
     }
     let r = st.writers.enforce_budget();
-    st.times.write += writing.elapsed();
+    st.times.encode += writing.elapsed();
     r
 }
 

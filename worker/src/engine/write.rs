@@ -119,6 +119,10 @@ pub struct Writers {
     /// Row groups encoding on the pool, oldest first (`encode`), and their batches' memory.
     pub(crate) encoding: std::collections::VecDeque<InFlight>,
     pub(crate) encoding_bytes: usize,
+    /// The shard loop's time waiting for row groups to encode, and the pool's time encoding them
+    /// (see [`Writers::encode_time`]).
+    pub(crate) waited: std::time::Duration,
+    pub(crate) encoded: std::time::Duration,
     pub done: Vec<WrittenFile>,
 }
 
@@ -153,8 +157,17 @@ impl Writers {
             plain: BTreeSet::new(),
             encoding: Default::default(),
             encoding_bytes: 0,
+            waited: Default::default(),
+            encoded: Default::default(),
             done: Vec::new(),
         }
+    }
+
+    /// The shard's time building Parquet: `ordered`, the shard loop's time in the writers, less
+    /// its waits for the pool (it runs other pool jobs meanwhile, counted where they belong),
+    /// plus the pool's time encoding columns.
+    pub(crate) fn encode_time(&self, ordered: std::time::Duration) -> std::time::Duration {
+        ordered.saturating_sub(self.waited) + self.encoded
     }
 
     pub(crate) fn write(
@@ -297,7 +310,7 @@ impl Writers {
     /// Writes what every partition holds and closes the files. The files the last groups need
     /// are opened first (with the dictionary fallbacks of everything before), so that the
     /// partitions' last groups encode side by side.
-    pub fn finish(mut self) -> Result<Vec<WrittenFile>, WorkerError> {
+    pub fn finish(&mut self) -> Result<Vec<WrittenFile>, WorkerError> {
         let dirs: Vec<String> = self.parts.keys().cloned().collect();
         self.settle_all()?;
         for d in &dirs {
@@ -317,7 +330,7 @@ impl Writers {
             }
         }
         self.done.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(self.done)
+        Ok(std::mem::take(&mut self.done))
     }
 }
 
