@@ -393,10 +393,23 @@ fn insert_file(
             }
         })
         .collect();
+    let named = |e: String| wh_err(format!("{}: {e}", lf.file.key));
+    // What every row shares is bound once; the rest row by row.
+    let mut rows = insert.rows();
+    let mut varying = Vec::with_capacity(sources.len());
+    for (at, cells) in (1..).zip(sources.drain(..)) {
+        match cells {
+            Cells::Every(v) => rows.bind_each(at, v).map_err(named)?,
+            cells => varying.push((at, cells)),
+        }
+    }
     for row in 0..rb.num_rows() {
-        insert
-            .execute(sources.iter_mut().map(|s| s.at(row)))
-            .map_err(|e| wh_err(format!("{}: {e}", lf.file.key)))?;
+        rows.execute(
+            varying
+                .iter_mut()
+                .map(|(at, c)| c.at(row).map(|v| (*at, v))),
+        )
+        .map_err(named)?;
     }
     Ok(rb.num_rows() as u64)
 }

@@ -1,9 +1,10 @@
 //! One file's columns as the embedded load binds them, a row at a time.
 //!
 //! Each column's Arrow array is matched to its type once per file ([`Cells::of`]), not once per
-//! cell: text is borrowed from the array's buffer, numbers are read by value, and timestamps and
-//! dates are written into a buffer the column reuses row after row. A decimal of at most 15
-//! digits becomes its double by one division, without formatting it first.
+//! cell: text is borrowed from the array's buffer for the whole file ([`Bound::Kept`]), numbers
+//! are read by value, and timestamps and dates are written into a buffer the column reuses row
+//! after row (bound for their row only, [`Bound::Row`]). A decimal of at most 15 digits becomes
+//! its double by one division, without formatting it first.
 
 use arrow::array::{
     Array, AsArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array,
@@ -13,6 +14,7 @@ use arrow::datatypes::{DataType, TimeUnit};
 use rusqlite::types::{Value, ValueRef};
 
 use super::evolve::SQLITE_EXACT_DIGITS;
+use super::sqlite_insert::Bound;
 use super::{timestamp_micros, write_days, write_micros};
 
 /// Where one of the statement's columns comes from in a file.
@@ -78,57 +80,70 @@ impl<'a> Cells<'a> {
         }
     }
 
-    /// The value of row `i`, valid until the next call.
-    pub(super) fn at(&mut self, i: usize) -> Result<ValueRef<'_>, String> {
+    /// The value of row `i`: borrowed from the file's arrays for as long as they live, or from
+    /// this column's buffer until the next call.
+    pub(super) fn at(&mut self, i: usize) -> Result<Bound<'a, '_>, String> {
         fn text(s: &str) -> ValueRef<'_> {
             ValueRef::Text(s.as_bytes())
         }
-        Ok(match self {
-            Cells::Every(v) => *v,
-            Cells::Utf8(c) => or_null(c.is_valid(i), || text(c.value(i))),
-            Cells::LargeUtf8(c) => or_null(c.is_valid(i), || text(c.value(i))),
-            Cells::Utf8View(c) => or_null(c.is_valid(i), || text(c.value(i))),
-            Cells::Int64(c) => or_null(c.is_valid(i), || ValueRef::Integer(c.value(i))),
-            Cells::Boolean(c) => or_null(c.is_valid(i), || ValueRef::Integer(c.value(i).into())),
-            Cells::Float64(c) => or_null(c.is_valid(i), || ValueRef::Real(c.value(i))),
+        let kept = |v| Ok(Bound::Kept(v));
+        match self {
+            Cells::Every(v) => kept(*v),
+            Cells::Utf8(c) => kept(or_null(c.is_valid(i), || text(c.value(i)))),
+            Cells::LargeUtf8(c) => kept(or_null(c.is_valid(i), || text(c.value(i)))),
+            Cells::Utf8View(c) => kept(or_null(c.is_valid(i), || text(c.value(i)))),
+            Cells::Int64(c) => kept(or_null(c.is_valid(i), || ValueRef::Integer(c.value(i)))),
+            Cells::Boolean(c) => kept(or_null(c.is_valid(i), || {
+                ValueRef::Integer(c.value(i).into())
+            })),
+            Cells::Float64(c) => kept(or_null(c.is_valid(i), || ValueRef::Real(c.value(i)))),
             Cells::Decimal { col, scale, own } => {
                 if col.is_null(i) {
-                    return Ok(ValueRef::Null);
+                    return kept(ValueRef::Null);
                 }
                 let v = col.value(i);
                 match exact_double(v, *scale) {
-                    Some(f) => ValueRef::Real(f),
+                    Some(f) => kept(ValueRef::Real(f)),
                     None => {
                         *own = super::sqlite::decimal_value(v, *scale);
-                        ValueRef::from(&*own)
+                        Ok(Bound::Row(ValueRef::from(&*own)))
                     }
                 }
             }
             Cells::Timestamp { col, unit, text } => {
                 if col.is_null(i) {
-                    return Ok(ValueRef::Null);
+                    return kept(ValueRef::Null);
                 }
-                let us = timestamp_micros(*col, unit, i);
-                write_micros(us, text);
-                ValueRef::Text(text.as_bytes())
+                write_micros(timestamp_micros(*col, unit, i), text);
+                Ok(Bound::Row(ValueRef::Text(text.as_bytes())))
             }
             Cells::Date { col, text } => {
                 if col.is_null(i) {
-                    return Ok(ValueRef::Null);
+                    return kept(ValueRef::Null);
                 }
                 write_days(col.value(i), text);
-                ValueRef::Text(text.as_bytes())
+                Ok(Bound::Row(ValueRef::Text(text.as_bytes())))
             }
             Cells::Other { col, own } => {
                 *own = super::sqlite::value_at(*col, i).map_err(|e| e.to_string())?;
-                ValueRef::from(&*own)
+                Ok(Bound::Row(ValueRef::from(&*own)))
             }
-        })
+        }
     }
 }
 
 fn or_null<'v>(valid: bool, v: impl FnOnce() -> ValueRef<'v>) -> ValueRef<'v> {
     if valid { v() } else { ValueRef::Null }
+}
+
+impl Bound<'_, '_> {
+    /// The value, however it is bound.
+    #[cfg(test)]
+    fn value(&self) -> ValueRef<'_> {
+        match self {
+            Bound::Kept(v) | Bound::Row(v) => *v,
+        }
+    }
 }
 
 /// The double a decimal `v` of scale `scale` is stored as, when one division gives it exactly:
@@ -158,7 +173,12 @@ mod tests {
         for i in 0..col.len() {
             let general = super::super::sqlite::value_at(col.as_ref(), i).unwrap();
             let got = cells.at(i).unwrap();
-            assert_eq!(got, ValueRef::from(&general), "{} row {i}", col.data_type());
+            assert_eq!(
+                got.value(),
+                ValueRef::from(&general),
+                "{} row {i}",
+                col.data_type()
+            );
         }
     }
 
@@ -245,11 +265,11 @@ mod tests {
         let mut cells = Cells::of(col.as_ref());
         assert_eq!(
             cells.at(0).unwrap(),
-            ValueRef::Text(b"10000-01-01 00:00:00.000000")
+            Bound::Row(ValueRef::Text(b"10000-01-01 00:00:00.000000"))
         );
         assert_eq!(
             cells.at(1).unwrap(),
-            ValueRef::Text(b"1970-01-01 00:00:00.000000")
+            Bound::Row(ValueRef::Text(b"1970-01-01 00:00:00.000000"))
         );
     }
 }

@@ -2,11 +2,14 @@
 //!
 //! rusqlite binds every text parameter as `SQLITE_TRANSIENT`: SQLite copies the string into
 //! memory of its own (an allocation and a copy per cell) before the row is even built. The load
-//! binds hundreds of millions of cells straight from Arrow buffers that outlive the row, so
-//! [`RowInsert`] binds them as `SQLITE_STATIC` and clears every binding before it returns: no
-//! pointer to a cell is left in the statement after the row it was bound for.
+//! binds hundreds of millions of cells straight from Arrow buffers that outlive a file's rows,
+//! so [`FileRows`] binds them as `SQLITE_STATIC`, binds what every row of a file shares (its
+//! partition values and lineage) once, and clears every binding when the file is done: no
+//! pointer to a cell is left in the statement after the data it points into. A value that lives
+//! only for its row (a timestamp written into a reused buffer) is bound as `SQLITE_TRANSIENT`.
 
 use std::ffi::{c_char, c_int};
+use std::marker::PhantomData;
 
 use rusqlite::ffi;
 use rusqlite::types::ValueRef;
@@ -47,27 +50,31 @@ impl<'c> RowInsert<'c> {
         Ok(insert)
     }
 
-    /// Inserts one row: the `i`-th value binds parameter `i + 1` (the first value that could not
-    /// be read stops the row with its reason). Text and blobs are bound in place, and every
-    /// binding is cleared again before this returns.
-    pub(super) fn execute<'v>(
-        &mut self,
-        values: impl IntoIterator<Item = Result<ValueRef<'v>, String>>,
-    ) -> Result<(), String> {
-        let bound = values
-            .into_iter()
-            .enumerate()
-            .try_for_each(|(i, v)| self.bind(i as c_int + 1, v?));
-        let stepped = bound.and_then(|()| self.step());
-        // SAFETY: the statement is live; after this no binding points into `values`.
-        unsafe { ffi::sqlite3_clear_bindings(self.stmt) };
-        stepped
+    /// The rows of one file: values borrowed for `'v` are bound in place and may stay bound from
+    /// row to row, so every binding is cleared when the [`FileRows`] is dropped.
+    pub(super) fn rows<'i, 'v>(&'i mut self) -> FileRows<'i, 'c, 'v> {
+        FileRows {
+            insert: self,
+            _values: PhantomData,
+        }
     }
 
-    fn bind(&mut self, at: c_int, v: ValueRef<'_>) -> Result<(), String> {
+    /// Binds parameter `at`: text and blobs in place (`SQLITE_STATIC`) or copied by SQLite
+    /// (`SQLITE_TRANSIENT`), as `lasting` says.
+    ///
+    /// # Safety
+    /// With `lasting`, a text or blob value must stay valid until the binding is replaced or
+    /// cleared ([`FileRows`] ensures it for its `'v`).
+    unsafe fn bind(&mut self, at: c_int, v: ValueRef<'_>, lasting: bool) -> Result<(), String> {
         let s = self.stmt;
-        // SAFETY: text and blob pointers are valid for their lengths for the whole of
-        // `execute`, which clears the bindings before its borrow of them ends (SQLITE_STATIC).
+        let kept = if lasting {
+            ffi::SQLITE_STATIC()
+        } else {
+            ffi::SQLITE_TRANSIENT()
+        };
+        // SAFETY: text and blob pointers are valid for their lengths for as long as SQLite reads
+        // them: until the binding is replaced or cleared when `lasting` (the caller's promise),
+        // during the call otherwise (SQLite copies them before it returns).
         let rc = unsafe {
             match v {
                 ValueRef::Null => ffi::sqlite3_bind_null(s, at),
@@ -78,7 +85,7 @@ impl<'c> RowInsert<'c> {
                     at,
                     non_null(t).cast::<c_char>(),
                     t.len() as ffi::sqlite3_uint64,
-                    ffi::SQLITE_STATIC(),
+                    kept,
                     ffi::SQLITE_UTF8 as u8,
                 ),
                 ValueRef::Blob(b) => ffi::sqlite3_bind_blob64(
@@ -86,7 +93,7 @@ impl<'c> RowInsert<'c> {
                     at,
                     non_null(b).cast(),
                     b.len() as ffi::sqlite3_uint64,
-                    ffi::SQLITE_STATIC(),
+                    kept,
                 ),
             }
         };
@@ -139,52 +146,131 @@ impl Drop for RowInsert<'_> {
     }
 }
 
+/// A value of a row: borrowed for as long as the file's rows are inserted (`Kept`, bound in
+/// place), or only for its row (`Row`: SQLite copies it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Bound<'v, 'r> {
+    Kept(ValueRef<'v>),
+    Row(ValueRef<'r>),
+}
+
+/// The rows of one file through a [`RowInsert`] ([`RowInsert::rows`]). Values borrowed for `'v`
+/// stay bound from one row to the next until replaced, and every binding is cleared when this
+/// is dropped, so none outlives `'v`. Each row binds every parameter not bound for the whole
+/// file; a parameter a row leaves out keeps the row before's value.
+pub(super) struct FileRows<'i, 'c, 'v> {
+    insert: &'i mut RowInsert<'c>,
+    _values: PhantomData<&'v [u8]>,
+}
+
+impl<'v> FileRows<'_, '_, 'v> {
+    /// Binds parameter `at` for every row of the file (a partition value, lineage, a NULL).
+    pub(super) fn bind_each(&mut self, at: c_int, v: ValueRef<'v>) -> Result<(), String> {
+        // SAFETY: `v` lives for 'v, which outlives this FileRows, whose drop clears it.
+        unsafe { self.insert.bind(at, v, true) }
+    }
+
+    /// Inserts one row: each of `values` binds its parameter (the first that could not be read
+    /// stops the row with its reason, and nothing is inserted).
+    pub(super) fn execute<'r>(
+        &mut self,
+        values: impl IntoIterator<Item = Result<(c_int, Bound<'v, 'r>), String>>,
+    ) -> Result<(), String> {
+        for v in values {
+            // SAFETY: a kept value lives for 'v (as in `bind_each`); a row's value is copied.
+            match v? {
+                (at, Bound::Kept(v)) => unsafe { self.insert.bind(at, v, true)? },
+                (at, Bound::Row(v)) => unsafe { self.insert.bind(at, v, false)? },
+            }
+        }
+        self.insert.step()
+    }
+}
+
+impl Drop for FileRows<'_, '_, '_> {
+    fn drop(&mut self) {
+        // SAFETY: the statement is live; after this no binding points into 'v.
+        unsafe { ffi::sqlite3_clear_bindings(self.insert.stmt) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ok<'v>(
+    /// `values` as a row's values, parameter by parameter from 1, each kept or copied by `how`.
+    fn row<'v>(
         values: impl IntoIterator<Item = ValueRef<'v>>,
-    ) -> impl Iterator<Item = Result<ValueRef<'v>, String>> {
-        values.into_iter().map(Ok)
+    ) -> impl Iterator<Item = Result<(c_int, Bound<'v, 'v>), String>> {
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| Ok((i as c_int + 1, Bound::Kept(v))))
+    }
+
+    fn rows_of(conn: &rusqlite::Connection, sql: &str) -> Vec<Vec<rusqlite::types::Value>> {
+        let mut st = conn.prepare(sql).unwrap();
+        let n = st.column_count();
+        st.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     #[test]
-    fn rows_bound_in_place_are_stored_and_no_binding_outlives_its_row() {
+    fn kept_shared_and_copied_values_are_stored_and_no_binding_outlives_its_file() {
+        use rusqlite::types::Value;
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (a TEXT, b INTEGER, c REAL, d BLOB, e TEXT)")
+        conn.execute_batch("CREATE TABLE t (a TEXT, b INTEGER, c BLOB, d TEXT, e TEXT)")
             .unwrap();
         let mut ins =
             RowInsert::prepare(&conn, "INSERT INTO t VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
-        for i in 0..3i64 {
-            // A fresh buffer per row, freed right after it: a binding kept past its row would
-            // read freed memory (and Miri or ASan would say so; here the values would differ).
-            let text = format!("row-{i}");
-            let blob = vec![i as u8; 3];
-            ins.execute(ok([
-                ValueRef::Text(text.as_bytes()),
-                ValueRef::Integer(i),
-                ValueRef::Real(i as f64 / 2.0),
-                ValueRef::Blob(&blob),
-                ValueRef::Text(b""),
-            ]))
-            .unwrap();
+        for file in 0..2 {
+            // The file's data, freed after its rows: a binding kept past the file would read
+            // freed memory (Miri or ASan would say so; here the stored values would differ).
+            let texts: Vec<String> = (0..3).map(|i| format!("f{file}-row-{i}")).collect();
+            let shared = format!("file-{file}");
+            let blob = vec![file as u8; 3];
+            let mut rows = ins.rows();
+            rows.bind_each(4, ValueRef::Text(shared.as_bytes()))
+                .unwrap();
+            rows.bind_each(3, ValueRef::Blob(&blob)).unwrap();
+            for (i, t) in texts.iter().enumerate() {
+                // A buffer that lives only for its row: copied.
+                let scratch = format!("scratch-{i}");
+                rows.execute([
+                    Ok((1, Bound::Kept(ValueRef::Text(t.as_bytes())))),
+                    Ok((2, Bound::Kept(ValueRef::Integer(i as i64)))),
+                    Ok((5, Bound::Row(ValueRef::Text(scratch.as_bytes())))),
+                ])
+                .unwrap();
+            }
         }
         drop(ins);
-        let rows: Vec<(String, i64, f64, Vec<u8>, String)> = conn
-            .prepare("SELECT a, b, c, d, e FROM t ORDER BY b")
-            .unwrap()
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(rows.len(), 3);
+        let got = rows_of(&conn, "SELECT a, b, c, d, e FROM t ORDER BY a");
+        assert_eq!(got.len(), 6);
         assert_eq!(
-            rows[2],
-            ("row-2".into(), 2, 1.0, vec![2, 2, 2], String::new())
+            got[5],
+            [
+                Value::Text("f1-row-2".into()),
+                Value::Integer(2),
+                Value::Blob(vec![1, 1, 1]),
+                Value::Text("file-1".into()),
+                Value::Text("scratch-2".into()),
+            ]
         );
+        // Nothing stays bound after a file: a row of a new file that binds only some
+        // parameters has NULL in the others.
+        let mut ins =
+            RowInsert::prepare(&conn, "INSERT INTO t VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
+        {
+            let mut rows = ins.rows();
+            rows.execute(row([ValueRef::Text(b"x"), ValueRef::Integer(9)]))
+                .unwrap();
+        }
+        ins.rows().execute(row([ValueRef::Text(b"y")])).unwrap();
+        let got = rows_of(&conn, "SELECT b, c, d FROM t WHERE a = 'y'");
+        assert_eq!(got, [[Value::Null, Value::Null, Value::Null]]);
     }
 
     #[test]
@@ -193,20 +279,20 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
             .unwrap();
         let mut ins = RowInsert::prepare(&conn, "INSERT INTO t VALUES (?1, ?2)").unwrap();
-        ins.execute(ok([ValueRef::Text(b"a"), ValueRef::Integer(1)]))
+        let mut rows = ins.rows();
+        rows.execute(row([ValueRef::Text(b"a"), ValueRef::Integer(1)]))
             .unwrap();
-        let e = ins
-            .execute(ok([ValueRef::Text(b"a"), ValueRef::Integer(2)]))
-            .unwrap_err()
-            .to_string();
+        let e = rows
+            .execute(row([ValueRef::Text(b"a"), ValueRef::Integer(2)]))
+            .unwrap_err();
         assert!(e.contains("UNIQUE constraint failed: t.k"), "{e}");
-        let e = ins
-            .execute(ok([ValueRef::Text(b"b"), ValueRef::Null]))
-            .unwrap_err()
-            .to_string();
+        let e = rows
+            .execute(row([ValueRef::Text(b"b"), ValueRef::Null]))
+            .unwrap_err();
         assert!(e.contains("NOT NULL constraint failed: t.v"), "{e}");
-        ins.execute(ok([ValueRef::Text(b"c"), ValueRef::Integer(3)]))
+        rows.execute(row([ValueRef::Text(b"c"), ValueRef::Integer(3)]))
             .unwrap();
+        drop(rows);
         let n: i64 = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
@@ -215,7 +301,6 @@ mod tests {
             RowInsert::prepare(&conn, "INSERT INTO nowhere VALUES (1)")
                 .err()
                 .unwrap()
-                .to_string()
                 .contains("no such table: nowhere")
         );
     }
@@ -226,22 +311,24 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (a TEXT, b INTEGER)")
             .unwrap();
         let mut ins = RowInsert::prepare(&conn, "INSERT INTO t VALUES (?1, ?2)").unwrap();
-        let e = ins
+        let mut rows = ins.rows();
+        let e = rows
             .execute([
-                Ok(ValueRef::Text(b"x")),
+                Ok((1, Bound::Kept(ValueRef::Text(b"x")))),
                 Err("unsupported column type".into()),
             ])
             .unwrap_err();
         assert_eq!(e, "unsupported column type");
-        ins.execute(ok([ValueRef::Text(b"y"), ValueRef::Integer(1)]))
+        rows.execute(row([ValueRef::Text(b"y"), ValueRef::Integer(1)]))
             .unwrap();
-        let rows: Vec<(String, i64)> = conn
-            .prepare("SELECT a, b FROM t")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(rows, [("y".to_string(), 1)]);
+        drop(rows);
+        let got = rows_of(&conn, "SELECT a, b FROM t");
+        assert_eq!(
+            got,
+            [[
+                rusqlite::types::Value::Text("y".into()),
+                rusqlite::types::Value::Integer(1)
+            ]]
+        );
     }
 }
