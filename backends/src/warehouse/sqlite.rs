@@ -373,35 +373,28 @@ fn insert_file(
     rb: &RecordBatch,
 ) -> Result<u64> {
     let schema = rb.schema();
-    let offset = lf.position.offset as i64;
-    // Where each of the batch's columns comes from in this file.
-    let mut sources: Vec<Cells<'_>> = columns
-        .iter()
-        .map(|c| {
-            if let Ok(i) = schema.index_of(c) {
-                Cells::of(rb.column(i).as_ref())
-            } else if let Some((_, v)) = lf.file.partition.iter().find(|(k, _)| k == c) {
-                Cells::Every(ValueRef::Text(v.as_bytes()))
-            } else if c == SOURCE_OBJECT_COLUMN {
-                Cells::Every(ValueRef::Text(lf.position.object.as_bytes()))
-            } else if c == SOURCE_OFFSET_COLUMN {
-                Cells::Every(ValueRef::Integer(offset))
-            } else if c == BATCH_COLUMN {
-                Cells::Every(ValueRef::Text(batch.batch_id.as_bytes()))
-            } else {
-                Cells::Every(ValueRef::Null)
-            }
-        })
-        .collect();
     let named = |e: String| wh_err(format!("{}: {e}", lf.file.key));
-    // What every row shares is bound once; the rest row by row.
+    // A column of the file is read row by row; what every row shares (a partition value,
+    // lineage, or NULL for a column this file lacks) is bound once.
     let mut rows = insert.rows();
-    let mut varying = Vec::with_capacity(sources.len());
-    for (at, cells) in (1..).zip(sources.drain(..)) {
-        match cells {
-            Cells::Every(v) => rows.bind_each(at, v).map_err(named)?,
-            cells => varying.push((at, cells)),
+    let mut varying = Vec::with_capacity(columns.len());
+    for (at, c) in (1..).zip(columns) {
+        if let Ok(i) = schema.index_of(c) {
+            varying.push((at, Cells::of(rb.column(i).as_ref())));
+            continue;
         }
+        let shared = if let Some((_, v)) = lf.file.partition.iter().find(|(k, _)| k == c) {
+            ValueRef::Text(v.as_bytes())
+        } else if c == SOURCE_OBJECT_COLUMN {
+            ValueRef::Text(lf.position.object.as_bytes())
+        } else if c == SOURCE_OFFSET_COLUMN {
+            ValueRef::Integer(lf.position.offset as i64)
+        } else if c == BATCH_COLUMN {
+            ValueRef::Text(batch.batch_id.as_bytes())
+        } else {
+            ValueRef::Null
+        };
+        rows.bind_each(at, shared).map_err(named)?;
     }
     for row in 0..rb.num_rows() {
         rows.execute(

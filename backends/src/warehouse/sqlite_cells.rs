@@ -17,10 +17,8 @@ use super::evolve::SQLITE_EXACT_DIGITS;
 use super::sqlite_insert::Bound;
 use super::{timestamp_micros, write_days, write_micros};
 
-/// Where one of the statement's columns comes from in a file.
+/// A column of a file, read as the statement binds it, row by row.
 pub(super) enum Cells<'a> {
-    /// The same value on every row: a partition value, lineage, or NULL.
-    Every(ValueRef<'a>),
     Utf8(&'a StringArray),
     LargeUtf8(&'a LargeStringArray),
     Utf8View(&'a StringViewArray),
@@ -88,7 +86,6 @@ impl<'a> Cells<'a> {
         }
         let kept = |v| Ok(Bound::Kept(v));
         match self {
-            Cells::Every(v) => kept(*v),
             Cells::Utf8(c) => kept(or_null(c.is_valid(i), || text(c.value(i)))),
             Cells::LargeUtf8(c) => kept(or_null(c.is_valid(i), || text(c.value(i)))),
             Cells::Utf8View(c) => kept(or_null(c.is_valid(i), || text(c.value(i)))),
