@@ -676,6 +676,19 @@ columns = ["id", "n"]
         assert_eq!(left, ["keep", "slotx"]);
     }
 
+    /// Sends `body` to `tasks` and handles its delivery.
+    async fn deliver(
+        env: &TaskEnv,
+        tasks: &Arc<dyn Queue>,
+        body: String,
+        scratch: &std::path::Path,
+    ) -> Handled {
+        tasks.send_batch(vec![body.clone()]).await.unwrap();
+        let got = tasks.receive(10, Duration::from_secs(1)).await.unwrap();
+        let m = got.into_iter().find(|m| m.body == body).expect("delivered");
+        handle_delivery(env, &m, scratch).await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_task_metric_moves_when_its_event_happens() {
         let _one = DELIVERIES.lock().await;
@@ -696,18 +709,10 @@ columns = ["id", "n"]
             before("tributary_worker_tasks_total", ("outcome", "started")),
             before("tributary_worker_tasks_total", ("outcome", "succeeded")),
         );
-        tasks
-            .send_batch(vec![task("in.ndjson", data.len() as u64)])
-            .await
-            .unwrap();
-        let m = tasks
-            .receive(1, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .remove(0);
         let scratch = dir.path().join("scratch");
+        let body = task("in.ndjson", data.len() as u64);
         assert_eq!(
-            handle_delivery(&env, &m, &scratch).await,
+            deliver(&env, &tasks, body, &scratch).await,
             Handled::Succeeded
         );
         let get = |n: &str, l: (&str, &str)| value(n, &with(l));
@@ -745,16 +750,8 @@ columns = ["id", "n"]
 
         // A shard whose object is gone fails (and is dead-lettered).
         let failed0 = get("tributary_worker_tasks_total", ("outcome", "failed"));
-        tasks
-            .send_batch(vec![task("gone.ndjson", 10)])
-            .await
-            .unwrap();
-        let m = tasks
-            .receive(1, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .remove(0);
-        assert_eq!(handle_delivery(&env, &m, &scratch).await, Handled::Failed);
+        let body = task("gone.ndjson", 10);
+        assert_eq!(deliver(&env, &tasks, body, &scratch).await, Handled::Failed);
         assert_eq!(
             get("tributary_worker_tasks_total", ("outcome", "failed")),
             failed0 + 1.0
@@ -773,13 +770,8 @@ columns = ["id", "n"]
                 source: std::io::Error::new(std::io::ErrorKind::TimedOut, "slow"),
             })
         });
-        tasks.send_batch(vec![task("in.ndjson", 10)]).await.unwrap();
-        let m = tasks
-            .receive(1, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .remove(0);
-        assert_eq!(handle_delivery(&env, &m, &scratch).await, Handled::Retry);
+        let body = task("in.ndjson", 10);
+        assert_eq!(deliver(&env, &tasks, body, &scratch).await, Handled::Retry);
         assert_eq!(
             get("tributary_worker_tasks_total", ("outcome", "retried")),
             retried0 + 1.0
@@ -789,11 +781,8 @@ columns = ["id", "n"]
         let dl = |v: &[(&str, &str)]| value("tributary_worker_tasks_total", v);
         let unknown = [("pipeline", "unknown"), ("outcome", "dead_lettered")];
         let dead0 = dl(&unknown);
-        tasks.send_batch(vec!["garbage".into()]).await.unwrap();
-        let m = tasks.receive(10, Duration::from_secs(1)).await.unwrap();
-        let m = m.into_iter().find(|m| m.body == "garbage").unwrap();
         assert_eq!(
-            handle_delivery(&env, &m, &scratch).await,
+            deliver(&env, &tasks, "garbage".into(), &scratch).await,
             Handled::DeadLettered
         );
         assert_eq!(dl(&unknown), dead0 + 1.0);

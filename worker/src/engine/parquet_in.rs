@@ -85,27 +85,13 @@ fn process_batch(
         .iter()
         .map(|p| find_column(rb, p))
         .collect();
-    let n = rb.num_rows();
-    let ranges = piece_ranges(n);
-    let split = plan.dedupe_at.unwrap_or(plan.steps.len());
-    let timed: Vec<(Piece, StageTimes)> = ranges
-        .into_par_iter()
-        .map(|r| {
-            let mut times = StageTimes::default();
-            let t = std::time::Instant::now();
-            let mut p = convert_piece(plan, &columns, r)?;
-            let t = StageTimes::lap(&mut times.parse, t);
-            run_steps(plan, &mut p, 0..split)?;
-            StageTimes::lap(&mut times.transform, t);
-            Ok((p, times))
-        })
-        .collect::<Result<_, WorkerError>>()?;
-    let mut pieces = Vec::with_capacity(timed.len());
-    for (p, t) in timed {
-        st.times.parse += t.parse;
-        st.times.transform += t.transform;
-        pieces.push(p);
-    }
+    let (pieces, times) = early_pieces(
+        plan,
+        rb.num_rows(),
+        |r| convert_piece(plan, &columns, r),
+        |_| {},
+    )?;
+    st.times += times;
     let started = std::time::Instant::now();
     let source = |record: u32| {
         let i = record as usize;

@@ -68,6 +68,47 @@ impl StageTimes {
     }
 }
 
+impl std::ops::AddAssign for StageTimes {
+    fn add_assign(&mut self, o: StageTimes) {
+        self.read += o.read;
+        self.parse += o.parse;
+        self.transform += o.transform;
+        self.encode += o.encode;
+    }
+}
+
+/// The pieces of `n` records, in parallel: each made by `make` (parsing or converting its
+/// records; the parse stage), then through the steps before dedupe and `then` (the transform
+/// stage). The pieces in order, and the two stages' times summed over them.
+pub(crate) fn early_pieces(
+    plan: &Plan,
+    n: usize,
+    make: impl Fn(std::ops::Range<usize>) -> Result<Piece, WorkerError> + Sync + Send,
+    then: impl Fn(&mut Piece) + Sync + Send,
+) -> Result<(Vec<Piece>, StageTimes), WorkerError> {
+    let split = plan.dedupe_at.unwrap_or(plan.steps.len());
+    let timed: Vec<(Piece, StageTimes)> = piece_ranges(n)
+        .into_par_iter()
+        .map(|r| {
+            let mut times = StageTimes::default();
+            let t = Instant::now();
+            let mut p = make(r)?;
+            let t = StageTimes::lap(&mut times.parse, t);
+            run_steps(plan, &mut p, 0..split)?;
+            then(&mut p);
+            StageTimes::lap(&mut times.transform, t);
+            Ok((p, times))
+        })
+        .collect::<Result<_, WorkerError>>()?;
+    let mut total = StageTimes::default();
+    let mut pieces = Vec::with_capacity(timed.len());
+    for (p, t) in timed {
+        total += t;
+        pieces.push(p);
+    }
+    Ok((pieces, total))
+}
+
 /// Where a quarantined record came from, by its record index: its source offset, its line (when
 /// known) and its raw bytes.
 pub(crate) type RecordSource<'a> = dyn Fn(u32) -> (u64, Option<u64>, Vec<u8>) + 'a;
@@ -85,8 +126,7 @@ pub struct Parsed {
     chunk: Chunk,
     pieces: Vec<Piece>,
     /// Time its pieces spent parsing, and in the steps before dedupe (summed over threads).
-    parse: Duration,
-    steps: Duration,
+    times: StageTimes,
 }
 
 /// Drives a shard's chunks: while chunk N is deduped, finished and written in order, chunk N+1
@@ -121,32 +161,20 @@ pub fn parse_chunk(
     chunk: Chunk,
     hasher: &hashbrown::DefaultHashBuilder,
 ) -> Result<Parsed, WorkerError> {
-    let split = plan.dedupe_at.unwrap_or(plan.steps.len());
-    let timed: Vec<(Piece, StageTimes)> = piece_ranges(chunk.spans.len())
-        .into_par_iter()
-        .map(|r| {
-            let mut times = StageTimes::default();
-            let t = Instant::now();
-            let mut p = parse_piece(plan, &chunk, r);
-            let t = StageTimes::lap(&mut times.parse, t);
-            run_steps(plan, &mut p, 0..split)?;
+    let (pieces, times) = early_pieces(
+        plan,
+        chunk.spans.len(),
+        |r| Ok(parse_piece(plan, &chunk, r)),
+        |p| {
             if let Some(slots) = plan.dedupe_slots() {
-                hash_keys(&mut p, slots, hasher);
+                hash_keys(p, slots, hasher);
             }
-            StageTimes::lap(&mut times.transform, t);
-            Ok((p, times))
-        })
-        .collect::<Result<_, WorkerError>>()?;
-    let (parse, steps) = timed
-        .iter()
-        .fold((Duration::ZERO, Duration::ZERO), |(a, b), (_, t)| {
-            (a + t.parse, b + t.transform)
-        });
+        },
+    )?;
     Ok(Parsed {
         chunk,
-        pieces: timed.into_iter().map(|(p, _)| p).collect(),
-        parse,
-        steps,
+        pieces,
+        times,
     })
 }
 
@@ -161,11 +189,9 @@ pub fn finish_chunk(
     let Parsed {
         chunk,
         pieces,
-        parse,
-        steps,
+        times,
     } = parsed;
-    st.times.parse += parse;
-    st.times.transform += steps;
+    st.times += times;
     size_key_set(plan, &chunk, &pieces, st);
     for (offset, line, len, head) in &chunk.oversized {
         st.counts.lines_total += 1;
