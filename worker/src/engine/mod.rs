@@ -63,6 +63,8 @@ pub(crate) const PIECE_ROWS: usize = 4096;
 /// flushed early.
 pub(crate) const WRITER_BUDGET: usize = 32 << 20;
 pub(crate) const DICTIONARY_PAGE_BYTES: usize = 128 << 10;
+/// A data page's size limit (checked after each 1,024 values, see [`write::writer_props`]).
+pub(crate) const DATA_PAGE_BYTES: usize = 64 << 10;
 /// A partition folder, its column values, and its rows.
 pub(crate) type PartBatch = (String, PartitionValues, RecordBatch);
 pub(crate) type PartitionValues = Vec<(String, String)>;
