@@ -77,6 +77,7 @@ mod columns;
 mod dedupe;
 mod encode;
 mod evolve;
+mod json_fast;
 mod json_keys;
 mod parquet_in;
 mod parse;

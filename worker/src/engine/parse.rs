@@ -491,23 +491,22 @@ fn json_record<'c>(
     for s in slots.iter_mut() {
         *s = Val::Null;
     }
-    let mut de = serde_json::Deserializer::from_str(text);
+    // Undeclared fields are only skipped on the fast path; `freeze` and `evolve` look at them.
+    let fast = plan.on_new_column == OnNewColumn::Discard
+        && super::json_fast::scan_record(&plan.json_tree, text, slots).is_some();
     let mut first: Option<String> = None;
-    let undeclared = match plan.on_new_column {
-        OnNewColumn::Discard => Undeclared::Skip,
-        OnNewColumn::Freeze => Undeclared::First(&mut first),
-        OnNewColumn::Evolve => Undeclared::Collect(found),
-    };
-    ObjSeed {
-        tree: &plan.json_tree,
-        slots,
-        root: true,
-        undeclared,
-        path: String::new(),
+    if !fast {
+        for s in slots.iter_mut() {
+            *s = Val::Null;
+        }
+        let undeclared = match plan.on_new_column {
+            OnNewColumn::Discard => Undeclared::Skip,
+            OnNewColumn::Freeze => Undeclared::First(&mut first),
+            OnNewColumn::Evolve => Undeclared::Collect(found),
+        };
+        serde_record(&plan.json_tree, text, slots, undeclared)
+            .map_err(|e| (true, format!("not a JSON object: {e}")))?;
     }
-    .deserialize(&mut de)
-    .and_then(|()| de.end())
-    .map_err(|e| (true, format!("not a JSON object: {e}")))?;
     if let Some(field) = first {
         return Err((
             false,
@@ -540,6 +539,26 @@ fn json_record<'c>(
         cells.push(cell);
     }
     Ok(())
+}
+
+/// The serde path of a JSON record: `text`'s declared values into `slots` (all `Null` before),
+/// its undeclared fields as `undeclared` says.
+pub(crate) fn serde_record<'c>(
+    tree: &JsonTree,
+    text: &'c str,
+    slots: &mut Vec<Val<'c>>,
+    undeclared: Undeclared<'_, 'c>,
+) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    ObjSeed {
+        tree,
+        slots,
+        root: true,
+        undeclared,
+        path: String::new(),
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end())
 }
 
 /// One CSV row: split into fields, each declared column's field (or default) converted under

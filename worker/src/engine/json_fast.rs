@@ -1,0 +1,350 @@
+//! A fast path for JSON records: one pass over the record's bytes that fills the declared
+//! columns' slots, without serde's visitor calls per key and per value.
+//!
+//! It takes only what it can decide exactly as `serde_json` does and gives up on the rest,
+//! leaving the record to the serde path ([`super::parse`]), which then decides it and words any
+//! error: a record that is not a well-formed JSON object, a `\u` escape, a declared number with a
+//! fraction or an exponent or beyond 64 bits, a key with an escape, a `json` (raw) column,
+//! nesting deeper than [`MAX_DEPTH`]. So a record this path accepts is one the serde path
+//! accepts, with the same values in the same slots (duplicate keys: the last wins; a declared
+//! object given as a scalar or an array leaves its columns unset; a leaf given an object or an
+//! array is `Complex`); the tests hold the two paths to that.
+
+use std::borrow::Cow;
+
+use pipeline::builder::Val;
+
+use super::parse::{JsonNode, JsonTree};
+
+/// Objects and arrays nested deeper than this are left to the serde path (which allows 128).
+const MAX_DEPTH: usize = 64;
+
+/// Fills `slots` from the JSON object `text` (undeclared fields skipped). `None`: not decided
+/// here; the slots are then in any state and the record goes to the serde path.
+pub(crate) fn scan_record<'c>(tree: &JsonTree, text: &'c str, slots: &mut [Val<'c>]) -> Option<()> {
+    let mut s = Scan {
+        text,
+        b: text.as_bytes(),
+        i: 0,
+    };
+    s.ws();
+    s.eat(b'{')?;
+    s.object(tree, slots, 1)?;
+    s.ws();
+    (s.i == s.b.len()).then_some(())
+}
+
+struct Scan<'c> {
+    text: &'c str,
+    b: &'c [u8],
+    i: usize,
+}
+
+impl<'c> Scan<'c> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// The members of an object whose `{` was read, into `slots` by `tree`.
+    fn object(&mut self, tree: &JsonTree, slots: &mut [Val<'c>], depth: usize) -> Option<()> {
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            self.eat(b'"')?;
+            let key = self.plain_string()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            match tree.get(key) {
+                Some(JsonNode::Leaf(c)) => slots[*c] = self.leaf(depth)?,
+                Some(JsonNode::Raw(_)) => return None,
+                Some(JsonNode::Object(t)) if self.peek() == Some(b'{') => {
+                    if depth >= MAX_DEPTH {
+                        return None;
+                    }
+                    self.i += 1;
+                    self.object(t, slots, depth + 1)?;
+                }
+                // A scalar, null or array where an object was declared: its columns stay unset.
+                Some(JsonNode::Object(_)) | None => self.skip(depth)?,
+            }
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A declared leaf's value.
+    fn leaf(&mut self, depth: usize) -> Option<Val<'c>> {
+        Some(match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                Val::Str(self.string()?)
+            }
+            b'n' => self.literal(b"null").map(|()| Val::Null)?,
+            b't' => self.literal(b"true").map(|()| Val::Bool(true))?,
+            b'f' => self.literal(b"false").map(|()| Val::Bool(false))?,
+            b'{' => self.skip(depth).map(|()| Val::Complex("object"))?,
+            b'[' => self.skip(depth).map(|()| Val::Complex("array"))?,
+            _ => self.integer()?,
+        })
+    }
+
+    /// An integer as `serde_json` gives it: `U64` when not negative, `I64` when negative, and
+    /// `-0` as the float `-0.0`. A fraction, an exponent or more than 64 bits: `None`.
+    fn integer(&mut self) -> Option<Val<'c>> {
+        let negative = self.eat(b'-').is_some();
+        let start = self.i;
+        let mut n: u64 = 0;
+        while let Some(c @ b'0'..=b'9') = self.peek() {
+            n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            self.i += 1;
+        }
+        let digits = self.i - start;
+        if digits == 0 || (digits > 1 && self.b[start] == b'0') {
+            return None;
+        }
+        if let Some(b'.' | b'e' | b'E') = self.peek() {
+            return None;
+        }
+        Some(if !negative {
+            Val::U64(n)
+        } else {
+            let neg = (n as i64).wrapping_neg();
+            if neg >= 0 {
+                Val::F64(-(n as f64))
+            } else {
+                Val::I64(neg)
+            }
+        })
+    }
+
+    /// The rest of a string whose `"` was read: borrowed when it has no escape, decoded when
+    /// its escapes are the two-character ones.
+    fn string(&mut self) -> Option<Cow<'c, str>> {
+        let start = self.i;
+        let end = self.string_end()?;
+        if self.b[end] == b'"' {
+            self.i = end + 1;
+            return Some(Cow::Borrowed(&self.text[start..end]));
+        }
+        let mut out = String::with_capacity(end - start + 16);
+        let mut from = start;
+        let mut at = end;
+        loop {
+            out.push_str(&self.text[from..at]);
+            if self.b[at] == b'"' {
+                self.i = at + 1;
+                return Some(Cow::Owned(out));
+            }
+            out.push(match *self.b.get(at + 1)? {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                _ => return None,
+            });
+            from = at + 2;
+            self.i = from;
+            at = self.string_end()?;
+        }
+    }
+
+    /// The rest of a string whose `"` was read, with no escape in it (a key).
+    fn plain_string(&mut self) -> Option<&'c str> {
+        let start = self.i;
+        let end = self.string_end()?;
+        (self.b[end] == b'"').then(|| {
+            self.i = end + 1;
+            &self.text[start..end]
+        })
+    }
+
+    /// From `self.i`, the place of the first `"` or `\`; `None` at a control character (not
+    /// allowed in a JSON string) or the end of the text. Eight bytes at a time.
+    fn string_end(&self) -> Option<usize> {
+        let b = self.b;
+        let mut i = self.i;
+        while let Some(word) = b.get(i..i + 8) {
+            let found = specials(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+            if found != 0 {
+                i += (found.trailing_zeros() / 8) as usize;
+                return (b[i] >= 0x20).then_some(i);
+            }
+            i += 8;
+        }
+        while let Some(&c) = b.get(i) {
+            match c {
+                b'"' | b'\\' => return Some(i),
+                0..0x20 => return None,
+                _ => i += 1,
+            }
+        }
+        None
+    }
+
+    /// Skips any value, checking it is well formed.
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'"' => {
+                self.i += 1;
+                self.skip_string()
+            }
+            b'n' => self.literal(b"null"),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'{' | b'[' if depth >= MAX_DEPTH => None,
+            b'{' => {
+                self.i += 1;
+                self.skip_members(depth + 1)
+            }
+            b'[' => {
+                self.i += 1;
+                self.skip_elements(depth + 1)
+            }
+            _ => self.skip_number(),
+        }
+    }
+
+    /// The rest of a string whose `"` was read; a `\u` escape is left to the serde path.
+    fn skip_string(&mut self) -> Option<()> {
+        loop {
+            let at = self.string_end()?;
+            if self.b[at] == b'"' {
+                self.i = at + 1;
+                return Some(());
+            }
+            match *self.b.get(at + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i = at + 2,
+                _ => return None,
+            }
+        }
+    }
+
+    fn skip_members(&mut self, depth: usize) -> Option<()> {
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            self.eat(b'"')?;
+            self.skip_string()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            self.skip(depth)?;
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn skip_elements(&mut self, depth: usize) -> Option<()> {
+        self.ws();
+        if self.eat(b']').is_some() {
+            return Some(());
+        }
+        loop {
+            self.skip(depth)?;
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b']' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A number by JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn skip_number(&mut self) -> Option<()> {
+        self.eat(b'-');
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.eat(b'.').is_some() {
+            self.some_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            self.some_digits()?;
+        }
+        Some(())
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Option<()> {
+        let start = self.i;
+        self.digits();
+        (self.i > start).then_some(())
+    }
+}
+
+/// The bytes of `w` that are `"`, `\` or below 0x20, as their high bits: the lowest one set is
+/// exact (a borrow only marks bytes above a byte that is marked anyway).
+#[inline]
+fn specials(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+}
+
+#[cfg(test)]
+mod tests;
