@@ -208,14 +208,15 @@ fn a_string_ends_at_its_first_quote_or_backslash_and_stops_at_a_control_characte
                 .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
         (b[at] >= 0x20).then_some(at)
     };
-    // Every byte value at every place of 19 bytes, read from each of the first places
-    // (`string_end` reads only the bytes).
+    // Every byte value at every place of 43 bytes (two 16-byte blocks, an 8-byte word and
+    // single bytes), read from each of the first places (`string_end` reads only the bytes).
     for special in 0..=255u8 {
-        for place in 0..19 {
-            let mut b = vec![b'a'; 19];
+        for place in 0..43 {
+            let mut b = vec![b'a'; 43];
             b[3] = 0xC3; // non-ASCII bytes are plain text
+            b[20] = 0x80;
             b[place] = special;
-            b[17] = b'"';
+            b[41] = b'"';
             for from in 0..4 {
                 let s = Scan {
                     text: "",
