@@ -640,23 +640,17 @@ fn csv_record(
 /// inside a plain field, text after a closing quote, an unclosed quote), which `split_csv`
 /// reads.
 fn split_plain(raw: &[u8], delimiter: u8, quote: u8, csv: &mut CsvState) -> bool {
-    if raw.is_empty()
-        || !delimiter.is_ascii()
-        || !quote.is_ascii()
-        || delimiter == quote
-        || memchr::memchr(b'\r', raw).is_some()
-    {
+    if raw.is_empty() || !delimiter.is_ascii() || !quote.is_ascii() || delimiter == quote {
         return false;
     }
-    if memchr::memchr(quote, raw).is_none() {
+    let fields = csv.fields.len();
+    if split_unquoted(raw, delimiter, quote, &mut csv.fields).is_some() {
         csv.in_row = true;
-        let mut start = 0;
-        for d in memchr::memchr_iter(delimiter, raw) {
-            csv.fields.push((start, d));
-            start = d + 1;
-        }
-        csv.fields.push((start, raw.len()));
         return true;
+    }
+    csv.fields.truncate(fields);
+    if memchr::memchr(b'\r', raw).is_some() {
+        return false;
     }
     let (bytes, fields) = (csv.field_buf.len(), csv.fields.len());
     if split_quoted(raw, delimiter, quote, &mut csv.field_buf, &mut csv.fields).is_none() {
@@ -669,6 +663,64 @@ fn split_plain(raw: &[u8], delimiter: u8, quote: u8, csv: &mut CsvState) -> bool
 
 /// [`split_plain`] of a row with quotes: each field appended to `buf` (unquoted) and its range
 /// to `fields`; `None` at the first field `csv_core` would read otherwise.
+/// A row without a quote or a carriage return, split at its delimiters into `fields` (ranges
+/// of the row); `None` at the first quote or carriage return (some fields pushed). One pass,
+/// sixteen bytes at a time with SSE2 on x86-64 (part of its baseline), not a search per field.
+fn split_unquoted(
+    raw: &[u8],
+    delimiter: u8,
+    quote: u8,
+    fields: &mut Vec<(usize, usize)>,
+) -> Option<()> {
+    let mut start = 0;
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    while let Some(block) = raw.get(i..i + 16) {
+        // SAFETY: SSE2 is part of the x86-64 baseline: every CPU this code runs on has it.
+        let (mut delimiters, stops) =
+            unsafe { csv_marks_16(block.try_into().expect("16 bytes"), delimiter, quote) };
+        if stops != 0 {
+            return None;
+        }
+        while delimiters != 0 {
+            let d = i + delimiters.trailing_zeros() as usize;
+            fields.push((start, d));
+            start = d + 1;
+            delimiters &= delimiters - 1;
+        }
+        i += 16;
+    }
+    for (d, &c) in raw.iter().enumerate().skip(i) {
+        if c == quote || c == b'\r' {
+            return None;
+        }
+        if c == delimiter {
+            fields.push((start, d));
+            start = d + 1;
+        }
+    }
+    fields.push((start, raw.len()));
+    Some(())
+}
+
+/// Of the 16 bytes of `block`, the delimiters and the quotes or carriage returns, as the bits
+/// of two masks (SSE2).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse2")]
+fn csv_marks_16(block: &[u8; 16], delimiter: u8, quote: u8) -> (u32, u32) {
+    use std::arch::x86_64::*;
+    let lo = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
+    let hi = u64::from_le_bytes(block[8..].try_into().expect("8 bytes"));
+    let v = _mm_set_epi64x(hi as i64, lo as i64);
+    let is = |b: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
+    let stops = _mm_or_si128(is(quote), is(b'\r'));
+    (
+        _mm_movemask_epi8(is(delimiter)) as u32,
+        _mm_movemask_epi8(stops) as u32,
+    )
+}
+
 fn split_quoted(
     raw: &[u8],
     delimiter: u8,
@@ -785,6 +837,38 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    #[test]
+    fn an_unquoted_row_splits_at_every_delimiter_and_stops_at_a_quote_or_cr() {
+        let reference = |raw: &[u8]| -> Option<Vec<(usize, usize)>> {
+            if raw.iter().any(|&c| c == b'"' || c == b'\r') {
+                return None;
+            }
+            let mut fields = Vec::new();
+            let mut start = 0;
+            for (d, _) in raw.iter().enumerate().filter(|(_, c)| **c == b',') {
+                fields.push((start, d));
+                start = d + 1;
+            }
+            fields.push((start, raw.len()));
+            Some(fields)
+        };
+        // Every byte value at every place of rows of 0 to 40 bytes (two 16-byte blocks and the
+        // bytes after them), with delimiters at other places too.
+        for len in 0..41 {
+            for special in 0..=255u8 {
+                for place in 0..len {
+                    let mut raw: Vec<u8> = (0..len)
+                        .map(|i| if i % 7 == 3 { b',' } else { b'x' })
+                        .collect();
+                    raw[place] = special;
+                    let mut fields = Vec::new();
+                    let got = split_unquoted(&raw, b',', b'"', &mut fields).map(|()| fields);
+                    assert_eq!(got, reference(&raw), "{special:#x} at {place} of {len}");
+                }
+            }
+        }
     }
 
     #[test]
