@@ -83,7 +83,8 @@ impl<'c> Scan<'c> {
                     self.object(t, slots, depth + 1)?;
                 }
                 // A scalar, null or array where an object was declared: its columns stay unset.
-                Some(JsonNode::Object(_)) | None => self.skip(depth)?,
+                Some(JsonNode::Object(_)) => self.not_an_object(depth)?,
+                None => self.skip(depth)?,
             }
             self.ws();
             match self.peek()? {
@@ -97,6 +98,16 @@ impl<'c> Scan<'c> {
                 }
                 _ => return None,
             }
+        }
+    }
+
+    /// A value other than an object where an object was declared. serde reads it as a value
+    /// (not skipped): a number must be one it can hold, so only an integer of 64 bits is taken
+    /// here (a float that overflows, `1e400`, is an error there).
+    fn not_an_object(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'-' | b'0'..=b'9' => self.integer().map(drop),
+            _ => self.skip(depth),
         }
     }
 
