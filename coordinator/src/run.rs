@@ -685,7 +685,7 @@ impl<'a> Running<'a> {
                 .sum(),
         );
         let scratch = dd.root.join("tmp");
-        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         let env = local_env(
             &tasks,
             &results,
@@ -707,7 +707,8 @@ impl<'a> Running<'a> {
             &self.progress,
         )
         .await?;
-        stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The loops stop now, not when their wait on the queue ends.
+        let _ = stop.send(true);
         for w in workers {
             let _ = w.await;
         }
@@ -949,7 +950,7 @@ fn spawn_workers(
     n: usize,
     env: &worker::daemon::TaskEnv,
     scratch: &Path,
-    stopping: &Arc<std::sync::atomic::AtomicBool>,
+    stopping: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     (0..n.max(1))
         .map(|id| {
@@ -959,6 +960,7 @@ fn spawn_workers(
                     env: env.clone(),
                     scratch: scratch.to_path_buf(),
                     stopping: stopping.clone(),
+                    poll: crate::local_worker::POLL,
                 },
             ))
         })
