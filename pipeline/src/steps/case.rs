@@ -92,10 +92,27 @@ impl Kernel for InPlace {
 pub fn trim(col: &ArrayRef, chars: Option<&str>) -> ArrayRef {
     match chars {
         None => map_strings(col, |s, out| out.push_str(s.trim())),
+        // ASCII characters (a space, quotes, punctuation) are trimmed as bytes: an ASCII byte
+        // is never part of a longer character, so the rest is still whole characters.
+        Some(cs) if cs.is_ascii() => {
+            let set = cs.as_bytes();
+            map_strings(col, |s, out| out.push_str(trim_bytes(s, set)))
+        }
         Some(cs) => map_strings(col, |s, out| {
             out.push_str(s.trim_matches(|c| cs.contains(c)))
         }),
     }
+}
+
+/// `s` without the bytes of the ASCII set `set` at either end.
+fn trim_bytes<'s>(s: &'s str, set: &[u8]) -> &'s str {
+    let b = s.as_bytes();
+    let start = b.iter().position(|c| !set.contains(c)).unwrap_or(b.len());
+    let end = b[start..]
+        .iter()
+        .rposition(|c| !set.contains(c))
+        .map_or(start, |i| start + i + 1);
+    &s[start..end]
 }
 
 pub fn upper(col: &ArrayRef) -> ArrayRef {
@@ -142,6 +159,33 @@ mod tests {
             strs(&lower(&string_array(vec![Some("ÄB")])))[0],
             Some("äb".into())
         );
+    }
+
+    #[test]
+    fn ascii_sets_trim_as_bytes_exactly_as_by_characters() {
+        let texts = [
+            "",
+            " ",
+            "  ",
+            "ab",
+            " a b ",
+            "--x--",
+            "é",
+            " é ",
+            "-é-",
+            " \u{a0}x\u{a0} ",
+            "\"q\"",
+            "日本 ",
+            " - ",
+            "x-",
+            "-x",
+        ];
+        for set in [" ", " -", "\"", "-\" "] {
+            for t in texts {
+                let by_chars = t.trim_matches(|c| set.contains(c));
+                assert_eq!(trim_bytes(t, set.as_bytes()), by_chars, "{t:?} by {set:?}");
+            }
+        }
     }
 
     #[test]

@@ -123,11 +123,16 @@ impl Kernel for Hash {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// `bytes` (at most 32, a SHA-256 digest) as lowercase hex, written as bytes and appended once
+/// (not a `String::push` per digit).
 fn push_hex(bytes: &[u8], out: &mut String) {
-    for &b in bytes {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
+    let mut digits = [0u8; 64];
+    for (pair, &b) in digits.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[(b >> 4) as usize];
+        pair[1] = HEX[(b & 15) as usize];
     }
+    let hex = &digits[..2 * bytes.len().min(32)];
+    out.push_str(std::str::from_utf8(hex).expect("hex digits are ASCII"));
 }
 
 /// Keyed SHA-256 of each value, lowercase hex. Nulls stay null.
@@ -158,6 +163,17 @@ pub fn hash(col: &ArrayRef, algorithm: HashAlgorithm, key: &[u8]) -> ArrayRef {
 mod tests {
     use super::super::testing::*;
     use super::*;
+
+    #[test]
+    fn digests_print_as_lowercase_hex() {
+        let bytes: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0xA5).collect();
+        for n in [0, 1, 16, 32] {
+            let mut out = String::from("x");
+            push_hex(&bytes[..n], &mut out);
+            let want: String = bytes[..n].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(out, format!("x{want}"));
+        }
+    }
 
     #[test]
     fn salted_sha256_matches_the_workload_definition() {
