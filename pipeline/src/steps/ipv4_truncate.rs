@@ -74,36 +74,47 @@ impl Kernel for Ipv4Truncate {
 }
 
 /// Keeps the first `keep` octets of a dotted IPv4 address and zeroes the rest.
+/// The four parts of a dotted IPv4 address (each 1–3 digits, at most 255), without allocating.
+fn octets(s: &str) -> Option<[&str; 4]> {
+    let mut parts = [""; 4];
+    let mut n = 0;
+    for p in s.split('.') {
+        let ok = !p.is_empty()
+            && p.len() <= 3
+            && p.bytes().all(|c| c.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|v| v <= 255);
+        if !ok || n == 4 {
+            return None;
+        }
+        parts[n] = p;
+        n += 1;
+    }
+    (n == 4).then_some(parts)
+}
+
 pub fn ipv4_truncate(col: &ArrayRef, keep: u8) -> (ArrayRef, Failures) {
     let a = col.as_string::<i32>();
     let mut b = StringBuilder::with_capacity(a.len(), a.value_data().len());
     let mut fails = Vec::new();
+    let mut out = String::new();
     for (i, v) in a.iter().enumerate() {
         let Some(s) = v else {
             b.append_null();
             continue;
         };
-        let parts: Vec<&str> = s.split('.').collect();
-        let ok = parts.len() == 4
-            && parts.iter().all(|p| {
-                !p.is_empty()
-                    && p.len() <= 3
-                    && p.bytes().all(|c| c.is_ascii_digit())
-                    && p.parse::<u16>().is_ok_and(|n| n <= 255)
-            });
-        if !ok {
+        let Some(parts) = octets(s) else {
             fails.push((i, format!("{s:?} is not a dotted IPv4 address")));
             b.append_null();
             continue;
-        }
-        let mut out = String::with_capacity(s.len());
+        };
+        out.clear();
         for (j, p) in parts.iter().enumerate() {
             if j > 0 {
                 out.push('.');
             }
             out.push_str(if j < keep as usize { p } else { "0" });
         }
-        b.append_value(out);
+        b.append_value(&out);
     }
     (Arc::new(b.finish()), fails)
 }
@@ -112,6 +123,26 @@ pub fn ipv4_truncate(col: &ArrayRef, keep: u8) -> (ArrayRef, Failures) {
 mod tests {
     use super::super::testing::*;
     use super::*;
+
+    /// The check as it was written first: split, collect, test each part.
+    fn octets_by_collecting(s: &str) -> Option<Vec<&str>> {
+        let parts: Vec<&str> = s.split('.').collect();
+        let ok = parts.len() == 4
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.len() <= 3
+                    && p.bytes().all(|c| c.is_ascii_digit())
+                    && p.parse::<u16>().is_ok_and(|n| n <= 255)
+            });
+        ok.then_some(parts)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn octets_are_found_as_by_collecting_the_parts(s in "[0-9.+a]{0,18}") {
+            proptest::prop_assert_eq!(octets(&s).map(|p| p.to_vec()), octets_by_collecting(&s));
+        }
+    }
 
     #[test]
     fn ipv4_truncation() {
