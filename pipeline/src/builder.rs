@@ -63,8 +63,16 @@ pub enum Cell {
 
 impl ColBuilder {
     pub fn new(t: ColumnType, cap: usize) -> Self {
+        Self::with_text_bytes(t, cap, None)
+    }
+
+    /// A builder for `cap` values; a string or json column with room for `bytes` of text
+    /// (default 16 or 32 bytes a value).
+    pub fn with_text_bytes(t: ColumnType, cap: usize, bytes: Option<usize>) -> Self {
         match t {
-            ColumnType::String => ColBuilder::Str(StringBuilder::with_capacity(cap, cap * 16)),
+            ColumnType::String => {
+                ColBuilder::Str(StringBuilder::with_capacity(cap, bytes.unwrap_or(cap * 16)))
+            }
             ColumnType::Int16 => ColBuilder::I16(Int16Builder::with_capacity(cap)),
             ColumnType::Int32 => ColBuilder::I32(Int32Builder::with_capacity(cap)),
             ColumnType::Int64 => ColBuilder::I64(Int64Builder::with_capacity(cap)),
@@ -82,7 +90,9 @@ impl ColBuilder {
                 ColBuilder::Ts(TimestampMicrosecondBuilder::with_capacity(cap))
             }
             ColumnType::Date => ColBuilder::Date(Date32Builder::with_capacity(cap)),
-            ColumnType::Json => ColBuilder::Json(StringBuilder::with_capacity(cap, cap * 32)),
+            ColumnType::Json => {
+                ColBuilder::Json(StringBuilder::with_capacity(cap, bytes.unwrap_or(cap * 32)))
+            }
         }
     }
 

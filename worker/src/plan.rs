@@ -58,6 +58,9 @@ pub struct Plan {
     pub max_string_bytes: Option<u64>,
     /// `[schema] on_new_column`: what becomes of a JSON record's undeclared fields.
     pub on_new_column: OnNewColumn,
+    /// For each declared column, the text bytes per row of the last piece parsed (0: none yet):
+    /// a piece's string builders start that large instead of growing (and copying) to it.
+    pub value_bytes: Vec<std::sync::atomic::AtomicUsize>,
     /// Names an evolved column cannot take: every column of the plan, the partition columns and
     /// the warehouse's lineage columns.
     pub taken_names: HashSet<String>,
@@ -206,6 +209,7 @@ impl Plan {
                 types: slot_types.clone(),
             },
         )?;
+        let declared_count = declared.len();
         Ok(Plan {
             name: p.name().to_string(),
             table: p.table().to_string(),
@@ -229,6 +233,7 @@ impl Plan {
             max_string_bytes: None,
             on_new_column: f.schema.on_new_column,
             taken_names: taken_names(&names, &f.output),
+            value_bytes: (0..declared_count).map(|_| Default::default()).collect(),
         })
     }
 

@@ -393,7 +393,10 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
     let mut builders: Vec<ColBuilder> = plan
         .declared
         .iter()
-        .map(|(_, t, _)| ColBuilder::new(*t, range.len()))
+        .zip(&plan.value_bytes)
+        .map(|((_, t, _), per_row)| {
+            ColBuilder::with_text_bytes(*t, range.len(), text_room(per_row, range.len()))
+        })
         .collect();
     let mut piece = Piece::new(plan, range.len());
     let mut cells: Vec<Cell> = Vec::with_capacity(declared);
@@ -469,10 +472,31 @@ pub(crate) fn parse_piece(plan: &Plan, chunk: &Chunk, range: std::ops::Range<usi
         }
     }
     for (c, b) in builders.iter_mut().enumerate() {
-        piece.cols.set(c, b.finish());
+        let col = b.finish();
+        learn_text_bytes(&plan.value_bytes[c], &col);
+        piece.cols.set(c, col);
     }
     piece.extra = extras.finish(piece.rows.len());
     piece
+}
+
+/// Room for the text of `rows` values of a column whose last piece held `per_row` bytes a row
+/// (`None` until a piece has been parsed), with an eighth to spare.
+fn text_room(per_row: &std::sync::atomic::AtomicUsize, rows: usize) -> Option<usize> {
+    match per_row.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Some(n * rows + n * rows / 8),
+    }
+}
+
+/// Remembers a string column's text bytes per row (rounded up) for the next piece's builder.
+fn learn_text_bytes(per_row: &std::sync::atomic::AtomicUsize, col: &ArrayRef) {
+    if let Some(text) = col.as_string_opt::<i32>()
+        && !text.is_empty()
+    {
+        let n = text.value_data().len().div_ceil(text.len());
+        per_row.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// One JSON record: its declared values converted under their columns' rules into `cells`
@@ -837,6 +861,31 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    #[test]
+    fn a_piece_s_string_builders_start_as_large_as_the_last_piece_s_text() {
+        use std::sync::atomic::AtomicUsize;
+        let per_row = AtomicUsize::new(0);
+        assert_eq!(text_room(&per_row, 100), None, "nothing learnt yet");
+        let col: ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
+            Some("abcd"),
+            None,
+            Some("efghij"),
+        ]));
+        learn_text_bytes(&per_row, &col);
+        // 10 bytes over 3 rows: 4 a row, and an eighth to spare.
+        assert_eq!(text_room(&per_row, 100), Some(450));
+        // Columns of other types and empty ones teach nothing.
+        learn_text_bytes(
+            &per_row,
+            &(Arc::new(arrow::array::Int64Array::from(vec![1])) as ArrayRef),
+        );
+        learn_text_bytes(
+            &per_row,
+            &(Arc::new(arrow::array::StringArray::from(Vec::<&str>::new())) as ArrayRef),
+        );
+        assert_eq!(text_room(&per_row, 100), Some(450));
     }
 
     #[test]
