@@ -60,6 +60,24 @@ impl<'c> Scan<'c> {
         (self.b.get(self.i..end)? == word).then(|| self.i = end)
     }
 
+    /// After a member or an element: `Some(true)` at the `close` that ends its object or array,
+    /// `Some(false)` past a comma and the whitespace after it, `None` at anything else.
+    fn closed_after_item(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                self.ws();
+                Some(false)
+            }
+            c if c == close => {
+                self.i += 1;
+                Some(true)
+            }
+            _ => None,
+        }
+    }
+
     /// The members of an object whose `{` was read, into `slots` by `tree`.
     fn object(&mut self, tree: &JsonTree, slots: &mut [Val<'c>], depth: usize) -> Option<()> {
         self.ws();
@@ -86,17 +104,8 @@ impl<'c> Scan<'c> {
                 Some(JsonNode::Object(_)) => self.not_an_object(depth)?,
                 None => self.skip(depth)?,
             }
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.closed_after_item(b'}')? {
+                return Some(());
             }
         }
     }
@@ -174,17 +183,7 @@ impl<'c> Scan<'c> {
                 self.i = at + 1;
                 return Some(Cow::Owned(out));
             }
-            out.push(match *self.b.get(at + 1)? {
-                b'"' => '"',
-                b'\\' => '\\',
-                b'/' => '/',
-                b'b' => '\u{8}',
-                b'f' => '\u{c}',
-                b'n' => '\n',
-                b'r' => '\r',
-                b't' => '\t',
-                _ => return None,
-            });
+            out.push(unescape(*self.b.get(at + 1)?)?);
             from = at + 2;
             self.i = from;
             at = self.string_end()?;
@@ -266,10 +265,8 @@ impl<'c> Scan<'c> {
                 self.i = at + 1;
                 return Some(());
             }
-            match *self.b.get(at + 1)? {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i = at + 2,
-                _ => return None,
-            }
+            unescape(*self.b.get(at + 1)?)?;
+            self.i = at + 2;
         }
     }
 
@@ -285,17 +282,8 @@ impl<'c> Scan<'c> {
             self.eat(b':')?;
             self.ws();
             self.skip(depth)?;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.closed_after_item(b'}')? {
+                return Some(());
             }
         }
     }
@@ -307,17 +295,8 @@ impl<'c> Scan<'c> {
         }
         loop {
             self.skip(depth)?;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b']' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.closed_after_item(b']')? {
+                return Some(());
             }
         }
     }
@@ -356,6 +335,22 @@ impl<'c> Scan<'c> {
     }
 }
 
+/// The character a two-character escape `\c` stands for; `None` for `\u` (left to serde) and
+/// for what is not an escape.
+fn unescape(c: u8) -> Option<char> {
+    Some(match c {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        _ => return None,
+    })
+}
+
 /// The bytes of `w` that are `"`, `\` or below 0x20, as their high bits: the lowest one set is
 /// exact (a borrow only marks bytes above a byte that is marked anyway).
 #[inline]
@@ -368,21 +363,15 @@ fn specials(w: u64) -> u64 {
         | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
 }
 
-/// The bytes of `block` that are `"`, `\\` or below 0x20, as the bits of a mask (SSE2).
+/// The bytes of `block` that are `"`, `\` or below 0x20, as the bits of a mask (SSE2).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "sse2")]
 fn specials_16(block: &[u8; 16]) -> u32 {
-    use std::arch::x86_64::*;
-    let lo = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
-    let hi = u64::from_le_bytes(block[8..].try_into().expect("8 bytes"));
-    let v = _mm_set_epi64x(hi as i64, lo as i64);
-    let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
-    let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
-    // v <= 0x1F (unsigned) exactly when max(v, 0x1F) is 0x1F.
-    let limit = _mm_set1_epi8(0x1F);
-    let control = _mm_cmpeq_epi8(_mm_max_epu8(v, limit), limit);
-    _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+    use super::sse2::{at_most, bits_of_either, equal, load};
+    let v = load(block);
+    let ends = std::arch::x86_64::_mm_or_si128(equal(v, b'"'), equal(v, b'\\'));
+    bits_of_either(ends, at_most(v, 0x1F))
 }
 
 #[cfg(test)]

@@ -84,6 +84,8 @@ mod parse;
 mod quarantine;
 mod read;
 mod shard;
+#[cfg(target_arch = "x86_64")]
+mod sse2;
 mod steps;
 mod write;
 

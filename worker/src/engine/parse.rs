@@ -660,9 +660,9 @@ fn csv_record(
 /// row without a carriage return whose fields are each plain (no quote in it) or wholly quoted
 /// (a quote, text in which a quote is doubled, a closing quote, then the delimiter or the row's
 /// end). The fields of a row without quotes are ranges of the row (`in_row`, nothing copied);
-/// those of a row with quotes are copied, unquoted, into `field_buf`. False, with the buffers as they were, for any other row (a quote
-/// inside a plain field, text after a closing quote, an unclosed quote), which `split_csv`
-/// reads.
+/// those of a row with quotes are copied, unquoted, into `field_buf`. False, with the buffers as
+/// they were, for any other row (a quote inside a plain field, text after a closing quote, an
+/// unclosed quote), which `split_csv` reads.
 fn split_plain(raw: &[u8], delimiter: u8, quote: u8, csv: &mut CsvState) -> bool {
     if raw.is_empty() || !delimiter.is_ascii() || !quote.is_ascii() || delimiter == quote {
         return false;
@@ -685,8 +685,6 @@ fn split_plain(raw: &[u8], delimiter: u8, quote: u8, csv: &mut CsvState) -> bool
     true
 }
 
-/// [`split_plain`] of a row with quotes: each field appended to `buf` (unquoted) and its range
-/// to `fields`; `None` at the first field `csv_core` would read otherwise.
 /// A row without a quote or a carriage return, split at its delimiters into `fields` (ranges
 /// of the row); `None` at the first quote or carriage return (some fields pushed). One pass,
 /// sixteen bytes at a time with SSE2 on x86-64 (part of its baseline), not a search per field.
@@ -733,18 +731,16 @@ fn split_unquoted(
 #[inline]
 #[target_feature(enable = "sse2")]
 fn csv_marks_16(block: &[u8; 16], delimiter: u8, quote: u8) -> (u32, u32) {
-    use std::arch::x86_64::*;
-    let lo = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
-    let hi = u64::from_le_bytes(block[8..].try_into().expect("8 bytes"));
-    let v = _mm_set_epi64x(hi as i64, lo as i64);
-    let is = |b: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
-    let stops = _mm_or_si128(is(quote), is(b'\r'));
+    use super::sse2::{bits, bits_of_either, equal, load};
+    let v = load(block);
     (
-        _mm_movemask_epi8(is(delimiter)) as u32,
-        _mm_movemask_epi8(stops) as u32,
+        bits(equal(v, delimiter)),
+        bits_of_either(equal(v, quote), equal(v, b'\r')),
     )
 }
 
+/// [`split_plain`] of a row with quotes: each field appended to `buf` (unquoted) and its range
+/// to `fields`; `None` at the first field `csv_core` would read otherwise.
 fn split_quoted(
     raw: &[u8],
     delimiter: u8,
