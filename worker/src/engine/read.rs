@@ -99,6 +99,10 @@ fn open_input(
 
 /// Reads the lines of one input (a whole object or a byte range of it) and sends them as chunks
 /// (taken from `pool` when one was handed back). A range's lines are those that start inside it.
+///
+/// The input is read straight into the chunk's buffer and its lines are found in place (their
+/// spans), so no byte is copied after the read; only a line cut by the end of a chunk is carried
+/// into the next one.
 pub fn read_lines(
     store: &dyn backends::object_store::ObjectStore,
     input: &ShardInput,
@@ -109,26 +113,32 @@ pub fn read_lines(
     let key = &input.object.key;
     let (mut reader, pos, end, numbered) = open_input(store, input, reading.compression)?;
     let mut lines = Lines::new(input, reading, pool, end, numbered);
-    let mut buf: Vec<u8> = Vec::with_capacity(2 << 20);
-    let mut buf_start = pos; // object offset of buf[0]
-    let mut block = vec![0u8; 1 << 20];
+    // `lines.chunk.buf[from..]` is read but not yet taken as lines; object offset `at`.
+    let (mut from, mut at) = (0usize, pos);
     loop {
-        let n = read_block(&mut *reader, &mut block, key)?;
-        let eof = n == 0;
-        buf.extend_from_slice(&block[..n]);
-        let start = match lines.take(&buf, buf_start, eof, send)? {
+        let want = match CHUNK_BYTES.saturating_sub(lines.chunk.buf.len()) {
+            room if room >= MIN_READ => room,
+            _ => READ_BYTES,
+        };
+        let eof = read_more(&mut *reader, &mut lines.chunk.buf, want, key)? < want;
+        let start = match lines.take(from, at, eof)? {
             Taken::Unfinished(start) => start,
             Taken::RangeEnded => return flush(send, lines.chunk),
-            Taken::Stopped => return Ok(()),
         };
         // `buf[start..]` is an unfinished line (none at the end of the input).
-        buf.drain(..start);
-        buf_start += start as u64;
+        at += (start - from) as u64;
+        from = start;
         if eof {
             break;
         }
-        if !buf.is_empty() && lines.hold_unfinished(&mut buf, &mut buf_start) {
+        if lines.hold_unfinished(from, &mut at) {
             return flush(send, lines.chunk);
+        }
+        if from > 0 && lines.chunk.buf.len() + MIN_READ > CHUNK_BYTES {
+            if !lines.next_chunk(from, send) {
+                return Ok(());
+            }
+            from = 0;
         }
     }
     if let Some(o) = lines.oversized.take() {
@@ -137,15 +147,24 @@ pub fn read_lines(
     flush(send, lines.chunk)
 }
 
-/// Reads the next block of an input (0 bytes at its end).
-fn read_block(reader: &mut dyn Read, block: &mut [u8], key: &str) -> Result<usize, WorkerError> {
-    loop {
-        match reader.read(block) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(WorkerError::read(key, e)),
-        }
-    }
+/// A chunk with less room than this is sent (when it holds a whole line) rather than read into.
+const MIN_READ: usize = 64 << 10;
+/// What a read asks for when a chunk holds one unfinished line that outgrows it.
+const READ_BYTES: usize = 1 << 20;
+
+/// Appends up to `want` more bytes of the input to `buf`, read into its spare room (no zeroing
+/// or copying for a file); fewer only at the end of the input. The bytes appended.
+fn read_more(
+    reader: &mut dyn Read,
+    buf: &mut Vec<u8>,
+    want: usize,
+    key: &str,
+) -> Result<usize, WorkerError> {
+    buf.reserve(want);
+    reader
+        .take(want as u64)
+        .read_to_end(buf)
+        .map_err(|e| WorkerError::read(key, e))
 }
 
 /// A record too long to hold, being skipped: (offset, line, bytes so far, first bytes).
@@ -157,8 +176,6 @@ enum Taken {
     Unfinished(usize),
     /// A line starts past the input's range: the chunk is to be flushed.
     RangeEnded,
-    /// The receiver wants no more chunks.
-    Stopped,
 }
 
 /// The line splitter of one input: it turns blocks of bytes into chunks of lines.
@@ -203,24 +220,19 @@ impl<'p> Lines<'p> {
         }
     }
 
-    /// Takes the complete lines of `buf` (whose first byte is at object offset `buf_start`; at
-    /// `eof` its last line too), sending each chunk that fills.
-    fn take(
-        &mut self,
-        buf: &[u8],
-        buf_start: u64,
-        eof: bool,
-        send: &mut dyn FnMut(Chunk) -> bool,
-    ) -> Result<Taken, WorkerError> {
-        let mut start = 0usize;
+    /// Takes the complete lines of the chunk's bytes from `from` (object offset `at`; at `eof`
+    /// the last line too) as spans of the buffer.
+    fn take(&mut self, from: usize, at: u64, eof: bool) -> Result<Taken, WorkerError> {
+        let mut start = from;
         loop {
+            let buf = &self.chunk.buf;
             let nl = memchr::memchr(b'\n', &buf[start..]).map(|i| start + i);
             let line_end = match nl {
                 Some(i) => i,
                 None if eof && start < buf.len() => buf.len(),
                 None => return Ok(Taken::Unfinished(start)),
             };
-            let offset = buf_start + start as u64;
+            let offset = at + (start - from) as u64;
             let next = nl.map_or(buf.len(), |i| i + 1);
             if self.skipping_partial {
                 // The byte before `range.start` was read first: if it is a newline, the next line
@@ -250,61 +262,70 @@ impl<'p> Lines<'p> {
                 }
                 continue;
             }
-            self.line(&buf[start..line_end], offset);
+            self.line(start, line_end, offset);
             start = next;
-            if self.chunk.buf.len() >= CHUNK_BYTES {
-                let fresh = self.pool.take(
-                    &self.object,
-                    &self.header,
-                    self.numbered.then_some(self.line_no),
-                );
-                if !send(std::mem::replace(&mut self.chunk, fresh)) {
-                    return Ok(Taken::Stopped);
-                }
-            }
         }
     }
 
-    /// One line found at `offset` (without its `\n`) into the chunk, or counted as oversized.
-    fn line(&mut self, line: &[u8], offset: u64) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.len() as u64 > self.max_line {
-            let head = line[..1024.min(line.len())].to_vec();
-            let at_line = self.numbered.then_some(self.line_no);
-            self.chunk
-                .oversized
-                .push((offset, at_line, line.len() as u64, head));
+    /// The line `buf[start..end]` found at `offset` (without its `\n`) as a span of the chunk,
+    /// or counted as oversized.
+    fn line(&mut self, start: usize, end: usize, offset: u64) {
+        let c = &mut self.chunk;
+        let end = if end > start && c.buf[end - 1] == b'\r' {
+            end - 1
         } else {
-            let s = self.chunk.buf.len();
-            self.chunk.buf.extend_from_slice(line);
-            self.chunk.spans.push((s, self.chunk.buf.len()));
-            self.chunk.offsets.push(offset);
+            end
+        };
+        if (end - start) as u64 > self.max_line {
+            let head = c.buf[start..end.min(start + 1024)].to_vec();
+            let at_line = self.numbered.then_some(self.line_no);
+            c.oversized
+                .push((offset, at_line, (end - start) as u64, head));
+        } else {
+            c.spans.push((start, end));
+            c.offsets.push(offset);
         }
         self.line_no += 1;
     }
 
-    /// Decides what to keep of the unfinished line `buf` (at `buf_start`) until more is read:
-    /// a partial line being skipped and the rest of an oversized record are dropped (counted),
-    /// a line that has grown too long becomes oversized. True when it starts past the range.
-    fn hold_unfinished(&mut self, buf: &mut Vec<u8>, buf_start: &mut u64) -> bool {
+    /// Decides what to keep of the unfinished line `buf[from..]` (at object offset `at`) until
+    /// more is read: a partial line being skipped and the rest of an oversized record are
+    /// dropped (counted), a line that has grown too long becomes oversized. True when it starts
+    /// past the range.
+    fn hold_unfinished(&mut self, from: usize, at: &mut u64) -> bool {
+        let buf = &mut self.chunk.buf;
+        let len = (buf.len() - from) as u64;
         if self.skipping_partial {
-            *buf_start += buf.len() as u64;
-            buf.clear();
+            *at += len;
+            buf.truncate(from);
         } else if let Some(o) = self.oversized.as_mut() {
-            o.2 += buf.len() as u64;
-            *buf_start += buf.len() as u64;
-            buf.clear();
-        } else if *buf_start >= self.end {
+            o.2 += len;
+            *at += len;
+            buf.truncate(from);
+        } else if *at >= self.end {
             return true;
-        } else if buf.len() as u64 > self.max_line {
+        } else if len > self.max_line {
             // Too long to hold: remember where it starts and skip to its end.
-            let head = buf[..1024.min(buf.len())].to_vec();
+            let head = buf[from..from + 1024.min(len as usize)].to_vec();
             let at_line = self.numbered.then_some(self.line_no);
-            self.oversized = Some((*buf_start, at_line, buf.len() as u64, head));
-            *buf_start += buf.len() as u64;
-            buf.clear();
+            self.oversized = Some((*at, at_line, len, head));
+            *at += len;
+            buf.truncate(from);
         }
         false
+    }
+
+    /// Sends the chunk, whose lines end at `from`, and goes on in a fresh one that starts with
+    /// the unfinished line `buf[from..]`. False when the receiver wants no more chunks.
+    fn next_chunk(&mut self, from: usize, send: &mut dyn FnMut(Chunk) -> bool) -> bool {
+        let mut fresh = self.pool.take(
+            &self.object,
+            &self.header,
+            self.numbered.then_some(self.line_no),
+        );
+        fresh.buf.extend_from_slice(&self.chunk.buf[from..]);
+        self.chunk.buf.truncate(from);
+        send(std::mem::replace(&mut self.chunk, fresh))
     }
 }
 
@@ -638,6 +659,51 @@ mod tests {
             vec![(0, "aa".into()), (8, "".into()), (9, "cc".into())]
         );
         assert_eq!(oversized, vec![(3, Some(1), 3), (12, Some(4), 4)]);
+    }
+
+    #[test]
+    fn lines_are_taken_in_place_and_a_line_cut_by_a_chunk_s_end_goes_whole_into_the_next() {
+        // Lines of 1 to 199 bytes, some ending in CRLF, over three chunks and a bit.
+        let mut text = Vec::new();
+        let mut expected = Vec::new();
+        let mut n = 0usize;
+        while text.len() < 3 * CHUNK_BYTES + 1000 {
+            let line = format!("{n:07}-{}", "y".repeat(n % 192));
+            expected.push((text.len() as u64, line.clone()));
+            text.extend_from_slice(line.as_bytes());
+            text.extend_from_slice(if n.is_multiple_of(5) { b"\r\n" } else { b"\n" });
+            n += 1;
+        }
+        let (_dir, store) = store_with(&text);
+        let input = ShardInput {
+            object: protocol::ObjectRef {
+                key: "in.ndjson".into(),
+                size: text.len() as u64,
+            },
+            range: None,
+        };
+        let reading = LineReading {
+            compression: Compression::None,
+            max_line: 1 << 20,
+            header: None,
+            skip_header: false,
+        };
+        let (mut lines, mut chunks) = (Vec::new(), 0);
+        let mut send = |c: Chunk| {
+            let first = c.offsets[0] as usize;
+            // The chunk's buffer is the input as read, newlines and carriage returns included.
+            assert_eq!(c.buf, text[first..first + c.buf.len()], "chunk {chunks}");
+            assert_eq!(c.first_line, Some(lines.len() as u64), "chunk {chunks}");
+            for ((s, e), o) in c.spans.iter().zip(&c.offsets) {
+                assert_eq!(*s as u64, *o - first as u64, "a span is its line's place");
+                lines.push((*o, String::from_utf8(c.buf[*s..*e].to_vec()).unwrap()));
+            }
+            chunks += 1;
+            true
+        };
+        read_lines(&store, &input, reading, &ChunkPool::default(), &mut send).unwrap();
+        assert_eq!(chunks, 4);
+        assert_eq!(lines, expected);
     }
 
     /// The fields `split_csv` finds in `line`, with `field` as its buffer.
