@@ -72,13 +72,6 @@ impl KeySet {
     pub fn insert_hashed(&mut self, key: &[u8], h: u64) -> bool {
         let key = &*stored(key);
         if self
-            .table
-            .find(h, |&e| key_at(&self.blocks, e) == key)
-            .is_some()
-        {
-            return false;
-        }
-        if self
             .blocks
             .last()
             .is_some_and(|b| b.len() + key.len() > BLOCK)
@@ -86,13 +79,22 @@ impl KeySet {
             self.blocks.push(Vec::with_capacity(BLOCK));
         }
         let block = self.blocks.len() - 1;
-        let b = self.blocks.last_mut().expect("one block");
-        let pos = b.len();
-        b.extend_from_slice(key);
-        let entry = ((block as u64) << 44) | ((pos as u64) << 20) | key.len() as u64;
-        self.table
-            .insert_unique(h, entry, rehasher(&self.blocks, &self.hasher));
-        true
+        let pos = self.blocks[block].len();
+        // One probe of the table: the key found, or the slot it goes into (the table grows, if it
+        // must, before the slot is chosen; the new key is not among those it re-hashes).
+        let found = self.table.entry(
+            h,
+            |&e| key_at(&self.blocks, e) == key,
+            rehasher(&self.blocks, &self.hasher),
+        );
+        match found {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(((block as u64) << 44) | ((pos as u64) << 20) | key.len() as u64);
+                self.blocks[block].extend_from_slice(key);
+                true
+            }
+        }
     }
 
     /// Room for `additional` more keys without growing the table (a growth re-hashes every key
