@@ -43,3 +43,44 @@ pub(crate) fn bits_of_either(a: __m128i, b: __m128i) -> u32 {
 pub(crate) fn bits(v: __m128i) -> u32 {
     _mm_movemask_epi8(v) as u32
 }
+
+/// How many of the first bytes of `bytes` are surely ASCII: all of them, or up to the block of
+/// sixty-four bytes (their high bits OR-ed) that holds the first byte that is not.
+#[inline]
+#[target_feature(enable = "sse2")]
+pub(crate) fn ascii_prefix(bytes: &[u8]) -> usize {
+    let mut blocks = bytes.chunks_exact(64);
+    for (i, b) in (&mut blocks).enumerate() {
+        let at = |i: usize| load(b[i..i + 16].try_into().expect("16 bytes"));
+        let any = _mm_or_si128(_mm_or_si128(at(0), at(16)), _mm_or_si128(at(32), at(48)));
+        if _mm_movemask_epi8(any) != 0 {
+            return i * 64;
+        }
+    }
+    let tail = blocks.remainder();
+    match tail.is_ascii() {
+        true => bytes.len(),
+        false => bytes.len() - tail.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_ascii_prefix_ends_at_or_before_the_first_byte_that_is_not() {
+        let mut bytes = [b'a'; 150];
+        for len in [0, 1, 63, 64, 65, 127, 128, 150] {
+            // SAFETY: SSE2 is part of the x86-64 baseline.
+            assert_eq!(unsafe { super::ascii_prefix(&bytes[..len]) }, len);
+            for at in 0..len {
+                for high in [0x80, 0xC3, 0xFF] {
+                    bytes[at] = high;
+                    let n = unsafe { super::ascii_prefix(&bytes[..len]) };
+                    assert!(n <= at && bytes[..n].is_ascii(), "{len} {at}: {n}");
+                    assert!(at - n < 64, "{len} {at}: {n}, within a block");
+                    bytes[at] = b'a';
+                }
+            }
+        }
+    }
+}
