@@ -153,6 +153,8 @@ impl ColBuilder {
     /// plain parser after rewriting numbers from the column's locale.
     pub fn rule_cell(&self, s: &str, rules: &crate::values::TextRules) -> Result<Cell, String> {
         match (self, &rules.timestamp, &rules.date) {
+            // Most columns: any text is a string, kept as given (no locale rewriting to do).
+            (ColBuilder::Str(_), ..) => Ok(Cell::Str),
             (ColBuilder::Ts(_), Some(r), _) => r.parse(s).map(Cell::Ts),
             (ColBuilder::Date(_), _, Some(d)) => d.parse(s).map(Cell::Date),
             _ => self.text_cell(&rules.number(s)),
@@ -268,4 +270,39 @@ pub fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::values::TextRules;
+
+    #[test]
+    fn under_a_locale_a_string_column_keeps_its_text_and_a_number_column_reads_it() {
+        let de = TextRules {
+            decimal_separator: Some(','),
+            thousands_separator: Some('.'),
+            ..TextRules::default()
+        };
+        let text = "1.234,5";
+        let mut s = ColBuilder::new(ColumnType::String, 1);
+        let cell = s.rule_cell(text, &de).unwrap();
+        assert!(matches!(cell, Cell::Str));
+        s.push(cell, text);
+        let a = s.finish();
+        assert_eq!(
+            a.as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap()
+                .value(0),
+            text
+        );
+        let f = ColBuilder::new(ColumnType::Float64, 1);
+        assert!(matches!(f.rule_cell(text, &de), Ok(Cell::F64(v)) if v == 1234.5));
+        let i = ColBuilder::new(ColumnType::Int64, 1);
+        assert!(
+            i.rule_cell("12,5", &de).is_err(),
+            "a fraction is not an int64"
+        );
+    }
 }
