@@ -121,7 +121,7 @@ pub fn read_lines(
             _ => READ_BYTES,
         };
         let eof = read_more(&mut *reader, &mut lines.chunk.buf, want, key)? < want;
-        let start = match lines.take(from, at, eof)? {
+        let start = match lines.take(from, at, eof) {
             Taken::Unfinished(start) => start,
             Taken::RangeEnded => return flush(send, lines.chunk),
         };
@@ -222,7 +222,7 @@ impl<'p> Lines<'p> {
 
     /// Takes the complete lines of the chunk's bytes from `from` (object offset `at`; at `eof`
     /// the last line too) as spans of the buffer.
-    fn take(&mut self, from: usize, at: u64, eof: bool) -> Result<Taken, WorkerError> {
+    fn take(&mut self, from: usize, at: u64, eof: bool) -> Taken {
         let mut start = from;
         loop {
             let buf = &self.chunk.buf;
@@ -230,7 +230,7 @@ impl<'p> Lines<'p> {
             let line_end = match nl {
                 Some(i) => i,
                 None if eof && start < buf.len() => buf.len(),
-                None => return Ok(Taken::Unfinished(start)),
+                None => return Taken::Unfinished(start),
             };
             let offset = at + (start - from) as u64;
             let next = nl.map_or(buf.len(), |i| i + 1);
@@ -251,7 +251,7 @@ impl<'p> Lines<'p> {
                 continue;
             }
             if offset >= self.end {
-                return Ok(Taken::RangeEnded);
+                return Taken::RangeEnded;
             }
             if self.skip_header {
                 self.skip_header = false;

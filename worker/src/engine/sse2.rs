@@ -53,7 +53,7 @@ pub(crate) fn ascii_prefix(bytes: &[u8]) -> usize {
     for (i, b) in (&mut blocks).enumerate() {
         let at = |i: usize| load(b[i..i + 16].try_into().expect("16 bytes"));
         let any = _mm_or_si128(_mm_or_si128(at(0), at(16)), _mm_or_si128(at(32), at(48)));
-        if _mm_movemask_epi8(any) != 0 {
+        if bits(any) != 0 {
             return i * 64;
         }
     }
