@@ -1,12 +1,13 @@
 //! Dedupe: exact, keep-first, over the whole shard.
 
+use super::key_table::KeyTable;
 use super::*;
 
 /// The keys seen so far, stored once in an arena of 16 MiB blocks (no copy-on-grow spikes).
 pub struct KeySet {
     pub(crate) blocks: Vec<Vec<u8>>,
-    /// Each key's place, packed: block (20 bits) | position (24 bits) | length (20 bits).
-    pub(crate) table: hashbrown::HashTable<u64>,
+    /// Each key's hash and place, packed: block (20 bits) | position (24 bits) | length (20 bits).
+    pub(crate) table: KeyTable,
     pub(crate) hasher: hashbrown::DefaultHashBuilder,
 }
 
@@ -19,7 +20,7 @@ impl Default for KeySet {
     fn default() -> Self {
         KeySet {
             blocks: vec![Vec::with_capacity(BLOCK)],
-            table: hashbrown::HashTable::new(),
+            table: KeyTable::default(),
             hasher: Default::default(),
         }
     }
@@ -32,15 +33,6 @@ pub(crate) fn key_at(blocks: &[Vec<u8>], e: u64) -> &[u8] {
         (e & 0xF_FFFF) as usize,
     );
     &blocks[b][p..p + l]
-}
-
-/// The hash of a stored key, read back from its place (the table's growth re-hashes its keys).
-fn rehasher<'a>(
-    blocks: &'a [Vec<u8>],
-    hasher: &'a hashbrown::DefaultHashBuilder,
-) -> impl Fn(&u64) -> u64 + 'a {
-    use std::hash::BuildHasher;
-    move |&e| hasher.hash_one(key_at(blocks, e))
 }
 
 /// The bytes a key is stored and hashed as: itself, or a digest of it when it is very long.
@@ -80,35 +72,33 @@ impl KeySet {
         }
         let block = self.blocks.len() - 1;
         let pos = self.blocks[block].len();
-        // One probe of the table: the key found, or the slot it goes into (the table grows, if it
-        // must, before the slot is chosen; the new key is not among those it re-hashes).
-        let found = self.table.entry(
-            h,
-            |&e| key_at(&self.blocks, e) == key,
-            rehasher(&self.blocks, &self.hasher),
-        );
-        match found {
-            hashbrown::hash_table::Entry::Occupied(_) => false,
-            hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert(((block as u64) << 44) | ((pos as u64) << 20) | key.len() as u64);
-                self.blocks[block].extend_from_slice(key);
-                true
-            }
+        let place = ((block as u64) << 44) | ((pos as u64) << 20) | key.len() as u64;
+        let blocks = &self.blocks;
+        let new = self
+            .table
+            .insert_new(h, place, |e| key_at(blocks, e) == key);
+        if new {
+            self.blocks[block].extend_from_slice(key);
         }
+        new
     }
 
-    /// Room for `additional` more keys without growing the table (a growth re-hashes every key
-    /// held, on the shard's ordered path).
+    /// A hint that the key of hash `h` is looked up soon (see [`KeyTable::prefetch`]).
+    pub fn prefetch(&self, h: u64) {
+        self.table.prefetch(h);
+    }
+
+    /// Room for `additional` more keys without growing the table (a growth moves every slot,
+    /// on the shard's ordered path).
     pub fn reserve(&mut self, additional: usize) {
-        self.table
-            .reserve(additional, rehasher(&self.blocks, &self.hasher));
+        self.table.reserve(additional);
     }
 
     pub fn len(&self) -> usize {
         self.table.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.table.len() == 0
     }
 }
 
@@ -160,6 +150,10 @@ pub(crate) fn key_bytes(cols: &[&ArrayRef], row: usize, out: &mut Vec<u8>) {
     }
 }
 
+/// How many rows ahead of the one being deduped its key's slot is prefetched: enough to cover a
+/// cache miss with the work of the rows in between.
+const PREFETCH_ROWS: usize = 8;
+
 pub(crate) fn dedupe(
     piece: &mut Piece,
     slots: &[usize],
@@ -182,7 +176,12 @@ pub(crate) fn dedupe(
     for i in 0..piece.rows.len() {
         let key = key_of(&cols, i, &mut buf);
         keep.push(match ahead {
-            Some(h) => seen.insert_hashed(key, h[i]),
+            Some(h) => {
+                if let Some(&later) = h.get(i + PREFETCH_ROWS) {
+                    seen.prefetch(later);
+                }
+                seen.insert_hashed(key, h[i])
+            }
             None => seen.insert(key),
         });
     }

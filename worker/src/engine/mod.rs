@@ -29,6 +29,7 @@
 //! | `cols` | a piece's column slots; rows dropped by steps leave them lazily, one copy per read |
 //! | `steps` | a piece as the step kernels' `Rows`; the string limit; expectation counts |
 //! | `dedupe` | the shard's exact keep-first key set |
+//! | `key_table` | its table: `(hash, place)` slots probed linearly, prefetched rows ahead |
 //! | `evolve` | columns from undeclared JSON fields (`on_new_column = "evolve"`), schemas that grow |
 //! | `write` | partitioning and the Parquet writers |
 //! | `encode` | row groups encoded on the pool while the loop goes on, appended in order |
@@ -79,6 +80,7 @@ mod encode;
 mod evolve;
 mod json_fast;
 mod json_keys;
+mod key_table;
 mod parquet_in;
 mod parse;
 mod quarantine;
