@@ -13,7 +13,7 @@
 //! | [`steps`] | one module per step kind: its spec, check, compilation and kernel |
 //! | [`builder`] | the typed Arrow builders a column type reads into |
 //! | [`columns`] | a declared column's reading rules (nulls, default, number locale) |
-//! | [`expr`] | SQL expressions: parsing, type checking, compiled vectorised kernels |
+//! | [`expr`] | SQL expressions (the `sqlexpr` crate): parsing, type checking, compiled vectorised kernels |
 //! | [`entries`] | where each `[[columns]]` / `[[steps]]` / `[[expect]]` entry starts, for errors at their own line |
 //! | [`expect`] | data-quality expectations: the `[[expect]]` checks and the default rejected ratio |
 //! | [`validate`] | the pure checks, section by section and step by step |
@@ -27,7 +27,9 @@ pub mod columns;
 pub mod entries;
 pub mod error;
 pub mod expect;
-pub mod expr;
+/// SQL expressions (the `sqlexpr` crate, built on its own so that DataFusion's generic planning
+/// code is compiled there, at its own optimisation level).
+pub use sqlexpr as expr;
 pub mod file;
 pub mod http;
 pub mod steps;

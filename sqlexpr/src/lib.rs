@@ -11,6 +11,7 @@
 //! by zero) is evaluated again row by row, so only the rows that fail go to quarantine, each
 //! with its reason.
 
+mod column_type;
 mod functions;
 mod locate;
 pub mod types;
@@ -36,7 +37,7 @@ use datafusion_sql::sqlparser::tokenizer::Token;
 
 pub use locate::Position;
 
-use crate::{ColumnType, TYPE_NAMES};
+pub use column_type::{ColumnType, TYPE_NAMES};
 
 /// Why an expression was refused, and where in its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
