@@ -6,7 +6,8 @@ use super::*;
 /// The keys seen so far, stored once in an arena of 16 MiB blocks (no copy-on-grow spikes).
 pub struct KeySet {
     pub(crate) blocks: Vec<Vec<u8>>,
-    /// Each key's hash and place, packed: block (20 bits) | position (24 bits) | length (20 bits).
+    /// Each key's hash beside its place in `blocks`, packed: block (20 bits) | position (24
+    /// bits) | length (20 bits).
     pub(crate) table: KeyTable,
     pub(crate) hasher: hashbrown::DefaultHashBuilder,
 }

@@ -63,8 +63,8 @@ impl KeyTable {
     pub(crate) fn prefetch(&self, hash: u64) {
         #[cfg(target_arch = "x86_64")]
         {
-            let p = self.slots[self.first_slot(hash)..].as_ptr();
-            // SAFETY: a prefetch is a hint that never faults; `p` points into the slots.
+            let p: *const Slot = &self.slots[self.first_slot(hash)];
+            // SAFETY: a prefetch is a hint that never faults; `p` points to a slot.
             unsafe {
                 std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
             };
