@@ -27,7 +27,7 @@ use rusqlite::{Connection, params};
 
 use super::evolve::{Change, ColType, SQLITE_EXACT_DIGITS, reconcile};
 use super::sqlite_cells::Cells;
-use super::sqlite_insert::RowInsert;
+use super::sqlite_insert::GroupInsert;
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
     SOURCE_OFFSET_COLUMN, Warehouse, format_days, format_decimal, format_micros, quote_ident,
@@ -329,19 +329,27 @@ fn indexes_and_triggers(tx: &Connection, table: &str) -> rusqlite::Result<Vec<St
     .collect()
 }
 
-/// The statement every row of a batch goes through: an insert of the batch's columns into the
-/// target, or — with merge keys — an upsert that keeps, per key, the row at the earliest
-/// source position, whatever order rows and batches arrive in (at the same position the later
-/// load wins: the source sent that place again, a rewritten object or a database row read
-/// again). The unique index on the merge keys makes the conflict a lookup, not a scan.
-fn upsert_sql(batch: &LoadBatch, columns: &[String]) -> String {
+/// The statement the rows of a batch go through, `rows` at a run: an insert of the batch's
+/// columns into the target, or — with merge keys — an upsert that keeps, per key, the row at
+/// the earliest source position, whatever order rows and batches arrive in (at the same
+/// position the later row or load wins: the source sent that place again, a rewritten object
+/// or a database row read again; rows of one statement run are taken in their order, as if
+/// each had its own). The unique index on the merge keys makes the conflict a lookup, not a
+/// scan.
+fn upsert_sql(batch: &LoadBatch, columns: &[String], rows: usize) -> String {
     let table = quote_ident(&batch.table);
     let cols = quote_list(columns);
-    let marks = (1..=columns.len())
-        .map(|i| format!("?{i}"))
+    let width = columns.len();
+    let values = (0..rows)
+        .map(|r| {
+            let marks = (1..=width)
+                .map(|i| format!("?{}", r * width + i))
+                .collect::<Vec<_>>();
+            format!("({})", marks.join(", "))
+        })
         .collect::<Vec<_>>()
         .join(", ");
-    let insert = format!("INSERT INTO {table} ({cols}) VALUES ({marks})");
+    let insert = format!("INSERT INTO {table} ({cols}) VALUES {values}");
     if batch.merge_keys.is_empty() {
         return insert;
     }
@@ -366,7 +374,7 @@ fn upsert_sql(batch: &LoadBatch, columns: &[String]) -> String {
 /// batch's statement over `columns`, the union of its files'). A column this file lacks is
 /// NULL. The rows loaded.
 fn insert_file(
-    insert: &mut RowInsert<'_>,
+    insert: &mut GroupInsert<'_>,
     columns: &[String],
     batch: &LoadBatch,
     lf: &protocol::LoadFile,
@@ -376,7 +384,7 @@ fn insert_file(
     let named = |e: String| wh_err(format!("{}: {e}", lf.file.key));
     // A column of the file is read row by row; what every row shares (a partition value,
     // lineage, or NULL for a column this file lacks) is bound once.
-    let mut rows = insert.rows();
+    let mut rows = insert.rows(rb.num_rows());
     let mut varying = Vec::with_capacity(columns.len());
     for (at, c) in (1..).zip(columns) {
         if let Ok(i) = schema.index_of(c) {
@@ -450,7 +458,9 @@ fn load_batch(
             ))
             .map_err(wh_err)?;
         }
-        let mut insert = RowInsert::prepare(&tx, &upsert_sql(batch, columns)).map_err(wh_err)?;
+        let mut insert =
+            GroupInsert::prepare(&tx, columns.len(), |rows| upsert_sql(batch, columns, rows))
+                .map_err(wh_err)?;
         super::sqlite_read::each_file(batch, files, |lf, rb| {
             staged += insert_file(&mut insert, columns, batch, lf, rb)?;
             Ok(())
@@ -715,6 +725,57 @@ mod tests {
         let wh = SqliteWarehouse::open(&db).unwrap();
         let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.join("files")).unwrap());
         (db, wh, files)
+    }
+
+    /// Rows go through the upsert [`GROUP_ROWS`](super::super::sqlite_insert::GROUP_ROWS) at a
+    /// statement run: a key twice in one group, in two groups of one file and in two files
+    /// must merge as row-by-row statements did (the earliest source position wins; at the same
+    /// position, the later row), and the rows after a file's last whole group are loaded too.
+    #[tokio::test]
+    async fn rows_merged_in_groups_keep_the_earliest_position_and_the_later_row_at_the_same_one() {
+        use super::super::suite::{batch, load_file, write_file};
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, wh, files) = warehouse_in(dir.path());
+        // File `late` (offset 500): keys k000..k099, each twice in a row (values i, then
+        // 1000 + i): 200 rows, six whole groups of 32 and 8 more. File `early` (offset 0):
+        // every third key, value 5000 + i: 34 rows.
+        let late_ids: Vec<String> = (0..200).map(|r| format!("k{:03}", r / 2)).collect();
+        let late_vals: Vec<i64> = (0..100).flat_map(|i| [i, 1000 + i]).collect();
+        let early: Vec<i64> = (0..100).filter(|i| i % 3 == 0).collect();
+        let early_ids: Vec<String> = early.iter().map(|i| format!("k{i:03}")).collect();
+        let early_vals: Vec<i64> = early.iter().map(|i| 5000 + i).collect();
+        let late_ids: Vec<&str> = late_ids.iter().map(String::as_str).collect();
+        let early_ids: Vec<&str> = early_ids.iter().map(String::as_str).collect();
+        let f_late = write_file(&*files, "g/late.parquet", &late_ids, &late_vals).await;
+        let f_early = write_file(&*files, "g/early.parquet", &early_ids, &early_vals).await;
+        let b = batch(
+            "r1-grouped-b0000",
+            "grouped",
+            vec![
+                load_file(f_late, "raw/x", 500, 1),
+                load_file(f_early, "raw/x", 0, 0),
+            ],
+        );
+        let out = wh.load(&b, files.clone()).await.unwrap();
+        assert_eq!(
+            out,
+            LoadOutcome::Loaded {
+                rows_staged: 234,
+                rows_in_table: 100
+            }
+        );
+        let got = wh
+            .query("SELECT id, val FROM grouped ORDER BY id")
+            .await
+            .unwrap()
+            .rows;
+        let want: Vec<Vec<Option<String>>> = (0..100)
+            .map(|i: i64| {
+                let val = if i % 3 == 0 { 5000 + i } else { 1000 + i };
+                vec![Some(format!("k{i:03}")), Some(val.to_string())]
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[tokio::test]

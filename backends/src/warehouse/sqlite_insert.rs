@@ -7,6 +7,9 @@
 //! partition values and lineage) once, and clears every binding when the file is done: no
 //! pointer to a cell is left in the statement after the data it points into. A value that lives
 //! only for its row (a timestamp written into a reused buffer) is bound as `SQLITE_TRANSIENT`.
+//!
+//! [`GroupInsert`] runs a file's rows [`GROUP_ROWS`] at a time through one multi-row statement
+//! (and the last few one by one), so SQLite's cost of running a statement is paid per group.
 
 use std::ffi::{c_char, c_int};
 use std::marker::PhantomData;
@@ -176,14 +179,127 @@ impl<'v> FileRows<'_, '_, 'v> {
         &mut self,
         values: impl IntoIterator<Item = Result<(c_int, Bound<'v, 'r>), String>>,
     ) -> Result<(), String> {
+        self.bind_row(0, values)?;
+        self.insert.step()
+    }
+
+    /// Binds a row's `values`, each at its parameter plus `offset` (a row's place in a statement
+    /// that inserts several), without running the statement.
+    fn bind_row<'r>(
+        &mut self,
+        offset: c_int,
+        values: impl IntoIterator<Item = Result<(c_int, Bound<'v, 'r>), String>>,
+    ) -> Result<(), String> {
         for v in values {
             // SAFETY: a kept value lives for 'v (as in `bind_each`); a row's value is copied.
             match v? {
-                (at, Bound::Kept(v)) => unsafe { self.insert.bind(at, v, true)? },
-                (at, Bound::Row(v)) => unsafe { self.insert.bind(at, v, false)? },
+                (at, Bound::Kept(v)) => unsafe { self.insert.bind(offset + at, v, true)? },
+                (at, Bound::Row(v)) => unsafe { self.insert.bind(offset + at, v, false)? },
             }
         }
-        self.insert.step()
+        Ok(())
+    }
+}
+
+/// Rows this many at a time through one statement (`VALUES (…), (…), …`): a statement's
+/// run costs SQLite work of its own (its start and reset, its cursors opened, placed at the
+/// b-tree's root and closed, its end), which a multi-row statement pays once per group
+/// instead of once per row. BENCHMARKS.md (stop 30) has the measurements.
+pub(super) const GROUP_ROWS: usize = 32;
+
+/// A table's insert, [`GROUP_ROWS`] rows per statement run (fewer if so many parameters exceed
+/// the connection's limit) and one at a time for the rows of a file after its last whole
+/// group. Each row's parameters follow the row before's: parameter `at` of the `j`-th row of
+/// a group is `j * width + at`.
+pub(super) struct GroupInsert<'c> {
+    many: RowInsert<'c>,
+    one: RowInsert<'c>,
+    group: usize,
+    width: usize,
+}
+
+impl<'c> GroupInsert<'c> {
+    /// Prepares the statements `sql(rows)` for a group and for one row, of `width` parameters a
+    /// row.
+    pub(super) fn prepare(
+        conn: &'c rusqlite::Connection,
+        width: usize,
+        sql: impl Fn(usize) -> String,
+    ) -> Result<Self, String> {
+        let group = group_rows(conn, width);
+        Ok(GroupInsert {
+            many: RowInsert::prepare(conn, &sql(group))?,
+            one: RowInsert::prepare(conn, &sql(1))?,
+            group,
+            width,
+        })
+    }
+
+    /// The `rows` rows of one file (see [`FileRows`]: the bindings are cleared when they end).
+    pub(super) fn rows<'i, 'v>(&'i mut self, rows: usize) -> GroupRows<'i, 'c, 'v> {
+        GroupRows {
+            grouped: rows / self.group * self.group,
+            group: self.group,
+            width: self.width,
+            next: 0,
+            many: self.many.rows(),
+            one: self.one.rows(),
+        }
+    }
+}
+
+/// Rows a statement of `width` parameters a row inserts at a run: [`GROUP_ROWS`], or as many as
+/// the connection's parameter limit allows (at least one).
+fn group_rows(conn: &rusqlite::Connection, width: usize) -> usize {
+    // SAFETY: the connection is live; a negative value only reads the limit.
+    let limit = unsafe { ffi::sqlite3_limit(conn.handle(), ffi::SQLITE_LIMIT_VARIABLE_NUMBER, -1) };
+    let most = usize::try_from(limit).unwrap_or(0) / width.max(1);
+    most.clamp(1, GROUP_ROWS)
+}
+
+/// One file's rows through a [`GroupInsert`]: whole groups through the multi-row statement, the
+/// rest one by one.
+pub(super) struct GroupRows<'i, 'c, 'v> {
+    /// Rows that go in whole groups (the file's first ones).
+    grouped: usize,
+    group: usize,
+    width: usize,
+    /// The file's next row.
+    next: usize,
+    many: FileRows<'i, 'c, 'v>,
+    one: FileRows<'i, 'c, 'v>,
+}
+
+impl<'v> GroupRows<'_, '_, 'v> {
+    /// Binds parameter `at` for every row of the file (see [`FileRows::bind_each`]).
+    pub(super) fn bind_each(&mut self, at: c_int, v: ValueRef<'v>) -> Result<(), String> {
+        self.one.bind_each(at, v)?;
+        (0..self.group).try_for_each(|j| self.many.bind_each(self.offset(j) + at, v))
+    }
+
+    /// Takes the file's next row (see [`FileRows::execute`]); a row that completes a group
+    /// inserts the group. A row that cannot be read stops the file's rows with its reason;
+    /// the rows of its group before it are not inserted either.
+    pub(super) fn execute<'r>(
+        &mut self,
+        values: impl IntoIterator<Item = Result<(c_int, Bound<'v, 'r>), String>>,
+    ) -> Result<(), String> {
+        let row = self.next;
+        self.next += 1;
+        if row >= self.grouped {
+            return self.one.execute(values);
+        }
+        let j = row % self.group;
+        self.many.bind_row(self.offset(j), values)?;
+        if j + 1 == self.group {
+            self.many.insert.step()?;
+        }
+        Ok(())
+    }
+
+    /// The parameter offset of the `j`-th row of a group.
+    fn offset(&self, j: usize) -> c_int {
+        (j * self.width) as c_int
     }
 }
 
@@ -271,6 +387,59 @@ mod tests {
         ins.rows().execute(row([ValueRef::Text(b"y")])).unwrap();
         let got = rows_of(&conn, "SELECT b, c, d FROM t WHERE a = 'y'");
         assert_eq!(got, [[Value::Null, Value::Null, Value::Null]]);
+    }
+
+    #[test]
+    fn rows_go_in_whole_groups_then_one_by_one_with_shared_values_in_every_row() {
+        use rusqlite::types::Value;
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (a TEXT, b INTEGER, f TEXT)")
+            .unwrap();
+        let sql = |rows: usize| {
+            let one = |r: usize| format!("(?{}, ?{}, ?{})", 3 * r + 1, 3 * r + 2, 3 * r + 3);
+            let values: Vec<String> = (0..rows).map(one).collect();
+            format!("INSERT INTO t VALUES {}", values.join(", "))
+        };
+        let mut ins = GroupInsert::prepare(&conn, 3, sql).unwrap();
+        assert_eq!(ins.group, GROUP_ROWS);
+        // Two whole groups and 6 rows more, then a file smaller than a group.
+        for (file, n) in [("f0", 2 * GROUP_ROWS + 6), ("f1", 5)] {
+            let texts: Vec<String> = (0..n).map(|i| format!("{file}-{i}")).collect();
+            let mut rows = ins.rows(n);
+            rows.bind_each(3, ValueRef::Text(file.as_bytes())).unwrap();
+            for (i, t) in texts.iter().enumerate() {
+                let scratch = i as i64 * 10;
+                rows.execute([
+                    Ok((1, Bound::Kept(ValueRef::Text(t.as_bytes())))),
+                    Ok((2, Bound::Row(ValueRef::Integer(scratch)))),
+                ])
+                .unwrap();
+            }
+        }
+        drop(ins);
+        let got = rows_of(&conn, "SELECT a, b, f FROM t ORDER BY rowid");
+        assert_eq!(got.len(), 2 * GROUP_ROWS + 6 + 5);
+        let want = |file: &str, i: usize| {
+            vec![
+                Value::Text(format!("{file}-{i}")),
+                Value::Integer(i as i64 * 10),
+                Value::Text(file.into()),
+            ]
+        };
+        let mut expected: Vec<Vec<Value>> =
+            (0..2 * GROUP_ROWS + 6).map(|i| want("f0", i)).collect();
+        expected.extend((0..5).map(|i| want("f1", i)));
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_group_has_no_more_parameters_than_the_connection_allows() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        // SAFETY: the connection is live; this lowers its own limit.
+        unsafe { ffi::sqlite3_limit(conn.handle(), ffi::SQLITE_LIMIT_VARIABLE_NUMBER, 100) };
+        assert_eq!(group_rows(&conn, 20), 5);
+        assert_eq!(group_rows(&conn, 3), GROUP_ROWS);
+        assert_eq!(group_rows(&conn, 200), 1);
     }
 
     #[test]
