@@ -17,7 +17,7 @@ use std::marker::PhantomData;
 use rusqlite::ffi;
 use rusqlite::types::ValueRef;
 
-/// One prepared statement, executed a row at a time from borrowed values (see the module's
+/// One prepared statement, run with borrowed values bound (see the module's
 /// comment). It borrows its connection, so it cannot outlive it.
 pub(super) struct RowInsert<'c> {
     db: *mut ffi::sqlite3,
