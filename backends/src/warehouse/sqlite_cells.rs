@@ -136,7 +136,7 @@ fn or_null<'v>(valid: bool, v: impl FnOnce() -> ValueRef<'v>) -> ValueRef<'v> {
 impl Bound<'_, '_> {
     /// The value, however it is bound.
     #[cfg(test)]
-    fn value(&self) -> ValueRef<'_> {
+    pub(super) fn value(&self) -> ValueRef<'_> {
         match self {
             Bound::Kept(v) | Bound::Row(v) => *v,
         }

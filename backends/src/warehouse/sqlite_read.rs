@@ -5,8 +5,11 @@
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use arrow::array::{RecordBatch, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, StringBuilder, UInt32Array,
+};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Date32Type, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use protocol::{LoadBatch, LoadFile};
 
@@ -60,8 +63,62 @@ pub(super) fn sorted_by_keys(rb: RecordBatch, keys: &[String]) -> Result<RecordB
     take_record_batch(&rb, &order).map_err(wh_err)
 }
 
-/// Calls `insert` with each file of `batch` and its rows (in merge-key order), in the batch's
-/// order, while the next file is read and decoded on another thread. Stops at the first error.
+/// `rb` with its timestamp and date columns as the text the warehouse stores them as
+/// (`YYYY-MM-DD HH:MM:SS.ffffff` in UTC, `YYYY-MM-DD`; see `write_micros`, `write_days`), written
+/// here on the reader thread: the inserts, on the thread that owns the connection, then bind
+/// them in place like any text instead of writing each one and having SQLite copy it.
+pub(super) fn dates_as_text(rb: RecordBatch) -> Result<RecordBatch> {
+    use super::{timestamp_micros, write_days, write_micros};
+    let schema = rb.schema();
+    let is_date = |t: &DataType| matches!(t, DataType::Timestamp(..) | DataType::Date32);
+    if !schema.fields().iter().any(|f| is_date(f.data_type())) {
+        return Ok(rb);
+    }
+    let mut fields = Vec::with_capacity(rb.num_columns());
+    let mut cols = Vec::with_capacity(rb.num_columns());
+    for (f, c) in schema.fields().iter().zip(rb.columns()) {
+        let text = match f.data_type() {
+            DataType::Timestamp(unit, _) => texts(c, |i, out| {
+                write_micros(timestamp_micros(c.as_ref(), unit, i), out)
+            }),
+            DataType::Date32 => {
+                let days = c.as_primitive::<Date32Type>();
+                texts(c, |i, out| write_days(days.value(i), out))
+            }
+            _ => {
+                fields.push(f.as_ref().clone());
+                cols.push(c.clone());
+                continue;
+            }
+        };
+        fields.push(
+            Field::new(f.name(), DataType::Utf8, f.is_nullable())
+                .with_metadata(f.metadata().clone()),
+        );
+        cols.push(Arc::new(text) as ArrayRef);
+    }
+    let schema = Schema::new_with_metadata(fields, schema.metadata().clone());
+    RecordBatch::try_new(Arc::new(schema), cols).map_err(wh_err)
+}
+
+/// The text `write` gives each non-null row of `col` (null stays null).
+fn texts(col: &ArrayRef, write: impl Fn(usize, &mut String)) -> StringArray {
+    let mut b = StringBuilder::with_capacity(col.len(), col.len() * 26);
+    let mut text = String::with_capacity(32);
+    for i in 0..col.len() {
+        if col.is_null(i) {
+            b.append_null();
+        } else {
+            write(i, &mut text);
+            b.append_value(&text);
+        }
+    }
+    b.finish()
+}
+
+/// Calls `insert` with each file of `batch` and its rows (in merge-key order, dates as text),
+/// in the batch's order, while the next file is read and decoded on another thread. Stops at the
+/// first error.
 pub(super) fn each_file(
     batch: &LoadBatch,
     files: &dyn ObjectStore,
@@ -71,7 +128,9 @@ pub(super) fn each_file(
         let (tx, rx) = mpsc::sync_channel::<Result<RecordBatch>>(1);
         s.spawn(move || {
             for lf in &batch.files {
-                let rb = read_file(lf, files).and_then(|rb| sorted_by_keys(rb, &batch.merge_keys));
+                let rb = read_file(lf, files)
+                    .and_then(|rb| sorted_by_keys(rb, &batch.merge_keys))
+                    .and_then(dates_as_text);
                 let failed = rb.is_err();
                 if tx.send(rb).is_err() || failed {
                     return;
@@ -119,6 +178,61 @@ mod tests {
             .values()
             .to_vec();
         assert_eq!(seq, vec![1, 3, 2, 0, 4]);
+    }
+
+    #[test]
+    fn dates_become_the_text_the_cells_would_bind_and_nulls_stay_null() {
+        use super::super::sqlite_cells::Cells;
+        use arrow::array::{Date32Array, TimestampMicrosecondArray, TimestampMillisecondArray};
+        let micros =
+            TimestampMicrosecondArray::from(vec![Some(1_746_093_600_123_456), None, Some(-1)])
+                .with_timezone("UTC");
+        let millis = TimestampMillisecondArray::from(vec![Some(0), Some(86_400_001), None]);
+        let days = Date32Array::from(vec![None, Some(20_209), Some(-1)]);
+        let ids = StringArray::from(vec!["a", "b", "c"]);
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(ids),
+            Arc::new(micros),
+            Arc::new(millis),
+            Arc::new(days),
+        ];
+        let schema = Schema::new(
+            ["id", "ts", "ms", "day"]
+                .iter()
+                .zip(&cols)
+                .map(|(n, c)| Field::new(*n, c.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        );
+        let rb = RecordBatch::try_new(Arc::new(schema), cols).unwrap();
+        let text = dates_as_text(rb.clone()).unwrap();
+        assert_eq!(text.num_columns(), 4);
+        assert!(
+            text.schema()
+                .fields()
+                .iter()
+                .all(|f| f.data_type() == &DataType::Utf8)
+        );
+        for c in 0..4 {
+            let (mut was, mut now) = (
+                Cells::of(rb.column(c).as_ref()),
+                Cells::of(text.column(c).as_ref()),
+            );
+            for i in 0..3 {
+                assert_eq!(
+                    was.at(i).unwrap().value(),
+                    now.at(i).unwrap().value(),
+                    "column {c} row {i}"
+                );
+            }
+        }
+        assert_eq!(
+            text.column(1).as_string::<i32>().value(0),
+            "2025-05-01 10:00:00.123456"
+        );
+        assert_eq!(text.column(3).as_string::<i32>().value(2), "1969-12-31");
+        // A file without dates is given back as it is.
+        let plain = batch(&["x"], &[1]);
+        assert_eq!(dates_as_text(plain.clone()).unwrap(), plain);
     }
 
     #[test]
