@@ -4,7 +4,9 @@
 //! cell: text is borrowed from the array's buffer for the whole file ([`Bound::Kept`]), numbers
 //! are read by value, and timestamps and dates are written into a buffer the column reuses row
 //! after row (bound for their row only, [`Bound::Row`]). A decimal of at most 15 digits becomes
-//! its double by one division, without formatting it first.
+//! its double by one division, without formatting it first. (The load's reader thread hands the
+//! inserts timestamps and dates already as their text, `sqlite_read::dates_as_text`, so there
+//! they are borrowed text too.)
 
 use arrow::array::{
     Array, AsArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array,

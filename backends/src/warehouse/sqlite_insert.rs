@@ -6,7 +6,8 @@
 //! so [`FileRows`] binds them as `SQLITE_STATIC`, binds what every row of a file shares (its
 //! partition values and lineage) once, and clears every binding when the file is done: no
 //! pointer to a cell is left in the statement after the data it points into. A value that lives
-//! only for its row (a timestamp written into a reused buffer) is bound as `SQLITE_TRANSIENT`.
+//! only for its row (written into a reused buffer, as a long decimal's text is) is bound as
+//! `SQLITE_TRANSIENT`.
 //!
 //! [`GroupInsert`] runs a file's rows [`GROUP_ROWS`] at a time through one multi-row statement
 //! (and the last few one by one), so SQLite's cost of running a statement is paid per group.
