@@ -1,23 +1,21 @@
 //! One file's columns as the embedded load binds them, a row at a time.
 //!
 //! Each column's Arrow array is matched to its type once per file ([`Cells::of`]), not once per
-//! cell: text is borrowed from the array's buffer for the whole file ([`Bound::Kept`]), numbers
-//! are read by value, and timestamps and dates are written into a buffer the column reuses row
-//! after row (bound for their row only, [`Bound::Row`]). A decimal of at most 15 digits becomes
-//! its double by one division, without formatting it first. (The load's reader thread hands the
-//! inserts timestamps and dates already as their text, `sqlite_read::dates_as_text`, so there
-//! they are borrowed text too.)
+//! cell: text is borrowed from the array's buffer for the whole file ([`Bound::Kept`]) and
+//! numbers are read by value. A decimal of at most 15 digits becomes its double by one
+//! division, without formatting it first. Timestamps and dates reach the load's inserts as text
+//! already (the reader thread writes it, `sqlite_read::dates_as_text`); any other type goes
+//! through the general conversion (bound for its row only, [`Bound::Row`]).
 
 use arrow::array::{
-    Array, AsArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array,
-    LargeStringArray, StringArray, StringViewArray,
+    Array, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, LargeStringArray,
+    StringArray, StringViewArray,
 };
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::datatypes::DataType;
 use rusqlite::types::{Value, ValueRef};
 
 use super::evolve::SQLITE_EXACT_DIGITS;
 use super::sqlite_insert::Bound;
-use super::{timestamp_micros, write_days, write_micros};
 
 /// A column of a file, read as the statement binds it, row by row.
 pub(super) enum Cells<'a> {
@@ -33,16 +31,8 @@ pub(super) enum Cells<'a> {
         /// The value of a decimal too long for [`exact_double`].
         own: Value,
     },
-    Timestamp {
-        col: &'a dyn Array,
-        unit: TimeUnit,
-        text: String,
-    },
-    Date {
-        col: &'a Date32Array,
-        text: String,
-    },
-    /// Any other type the warehouse takes, through the general conversion.
+    /// Any other type the warehouse takes, through the general conversion (timestamps and dates
+    /// among them: the load's reader turns those into text first, `sqlite_read::dates_as_text`).
     Other {
         col: &'a dyn Array,
         own: Value,
@@ -63,15 +53,6 @@ impl<'a> Cells<'a> {
                 col: col.as_primitive(),
                 scale: *scale,
                 own: Value::Null,
-            },
-            DataType::Timestamp(unit, _) => Cells::Timestamp {
-                col,
-                unit: *unit,
-                text: String::with_capacity(26),
-            },
-            DataType::Date32 => Cells::Date {
-                col: col.as_primitive(),
-                text: String::with_capacity(10),
             },
             _ => Cells::Other {
                 col,
@@ -108,20 +89,6 @@ impl<'a> Cells<'a> {
                         Ok(Bound::Row(ValueRef::from(&*own)))
                     }
                 }
-            }
-            Cells::Timestamp { col, unit, text } => {
-                if col.is_null(i) {
-                    return kept(ValueRef::Null);
-                }
-                write_micros(timestamp_micros(*col, unit, i), text);
-                Ok(Bound::Row(ValueRef::Text(text.as_bytes())))
-            }
-            Cells::Date { col, text } => {
-                if col.is_null(i) {
-                    return kept(ValueRef::Null);
-                }
-                write_days(col.value(i), text);
-                Ok(Bound::Row(ValueRef::Text(text.as_bytes())))
             }
             Cells::Other { col, own } => {
                 *own = super::sqlite::value_at(*col, i).map_err(|e| e.to_string())?;
