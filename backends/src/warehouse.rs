@@ -224,6 +224,8 @@ pub use redshift_settings::RedshiftSettings;
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite;
 #[cfg(feature = "embedded-warehouse")]
+mod sqlite_bulk;
+#[cfg(feature = "embedded-warehouse")]
 mod sqlite_cells;
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite_insert;

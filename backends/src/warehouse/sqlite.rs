@@ -336,7 +336,7 @@ fn indexes_and_triggers(tx: &Connection, table: &str) -> rusqlite::Result<Vec<St
 /// or a database row read again; rows of one statement run are taken in their order, as if
 /// each had its own). The unique index on the merge keys makes the conflict a lookup, not a
 /// scan.
-fn upsert_sql(batch: &LoadBatch, columns: &[String], rows: usize) -> String {
+pub(super) fn insert_sql(batch: &LoadBatch, columns: &[String], rows: usize) -> String {
     let table = quote_ident(&batch.table);
     let cols = quote_list(columns);
     let width = columns.len();
@@ -349,10 +349,17 @@ fn upsert_sql(batch: &LoadBatch, columns: &[String], rows: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let insert = format!("INSERT INTO {table} ({cols}) VALUES {values}");
+    format!("INSERT INTO {table} ({cols}) VALUES {values}")
+}
+
+/// [`insert_sql`] merging by the batch's keys (plain without keys): a row whose key the table
+/// holds replaces it, in its place, when it comes from an earlier or the same source position.
+pub(super) fn upsert_sql(batch: &LoadBatch, columns: &[String], rows: usize) -> String {
+    let insert = insert_sql(batch, columns, rows);
     if batch.merge_keys.is_empty() {
         return insert;
     }
+    let table = quote_ident(&batch.table);
     let keys = quote_list(&batch.merge_keys);
     let sets = columns
         .iter()
@@ -373,7 +380,7 @@ fn upsert_sql(batch: &LoadBatch, columns: &[String], rows: usize) -> String {
 /// Inserts one file's rows `rb`, with its partition values and lineage, through `insert` (the
 /// batch's statement over `columns`, the union of its files'). A column this file lacks is
 /// NULL. The rows loaded.
-fn insert_file(
+pub(super) fn insert_file(
     insert: &mut GroupInsert<'_>,
     columns: &[String],
     batch: &LoadBatch,
@@ -415,6 +422,54 @@ fn insert_file(
     Ok(rb.num_rows() as u64)
 }
 
+/// The unique index on the batch's merge keys that the upserts merge by, if it is missing.
+pub(super) fn key_index_sql(batch: &LoadBatch) -> String {
+    format!(
+        "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})",
+        quote_ident(&format!("{}__merge_key", batch.table)),
+        quote_ident(&batch.table),
+        quote_list(&batch.merge_keys)
+    )
+}
+
+/// Inserts the batch's rows into its table, merged by its keys: into an empty table in bulk
+/// (`sqlite_bulk`), into one that holds rows through the key index. The rows loaded.
+fn insert_rows(
+    tx: &Connection,
+    batch: &LoadBatch,
+    files: &dyn ObjectStore,
+    columns: &[String],
+) -> Result<u64> {
+    if super::sqlite_bulk::applies(tx, batch)?
+        && let Some(staged) = super::sqlite_bulk::load_fresh(tx, batch, files, columns)?
+    {
+        return Ok(staged);
+    }
+    merge_rows(tx, batch, files, columns)
+}
+
+/// Upserts the batch's rows one file after another through the merge-key index (created if
+/// missing), each file's rows in key order. The rows loaded.
+pub(super) fn merge_rows(
+    tx: &Connection,
+    batch: &LoadBatch,
+    files: &dyn ObjectStore,
+    columns: &[String],
+) -> Result<u64> {
+    if !batch.merge_keys.is_empty() {
+        tx.execute_batch(&key_index_sql(batch)).map_err(wh_err)?;
+    }
+    let mut insert =
+        GroupInsert::prepare(tx, columns.len(), |rows| upsert_sql(batch, columns, rows))
+            .map_err(wh_err)?;
+    let mut staged = 0u64;
+    super::sqlite_read::each_file(batch, files, |lf, rb| {
+        staged += insert_file(&mut insert, columns, batch, lf, rb)?;
+        Ok(())
+    })?;
+    Ok(staged)
+}
+
 fn load_batch(
     conn: &mut Connection,
     batch: &LoadBatch,
@@ -448,24 +503,10 @@ fn load_batch(
         columns = Some(defs.into_iter().map(|(n, _)| n).collect::<Vec<String>>());
     }
     // Every row straight into the target (the batch's columns: the union of its files').
-    let mut staged = 0u64;
-    if let Some(columns) = &columns {
-        if !batch.merge_keys.is_empty() {
-            let idx = quote_ident(&format!("{}__merge_key", batch.table));
-            tx.execute_batch(&format!(
-                "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {table} ({})",
-                quote_list(&batch.merge_keys)
-            ))
-            .map_err(wh_err)?;
-        }
-        let mut insert =
-            GroupInsert::prepare(&tx, columns.len(), |rows| upsert_sql(batch, columns, rows))
-                .map_err(wh_err)?;
-        super::sqlite_read::each_file(batch, files, |lf, rb| {
-            staged += insert_file(&mut insert, columns, batch, lf, rb)?;
-            Ok(())
-        })?;
-    }
+    let staged = match &columns {
+        Some(columns) => insert_rows(&tx, batch, files, columns)?,
+        None => 0,
+    };
     crash_mid_load_if_asked(&tx);
     tx.execute(
         &format!(

@@ -104,7 +104,6 @@ fn or_null<'v>(valid: bool, v: impl FnOnce() -> ValueRef<'v>) -> ValueRef<'v> {
 
 impl Bound<'_, '_> {
     /// The value, however it is bound.
-    #[cfg(test)]
     pub(super) fn value(&self) -> ValueRef<'_> {
         match self {
             Bound::Kept(v) | Bound::Row(v) => *v,

@@ -124,13 +124,25 @@ pub(super) fn each_file(
     files: &dyn ObjectStore,
     mut insert: impl FnMut(&LoadFile, &RecordBatch) -> Result<()>,
 ) -> Result<()> {
+    each_file_prepared(batch, files, |_, rb| Ok(rb), |lf, rb| insert(lf, &rb))
+}
+
+/// [`each_file`], with `prepare` run on the reader thread on each file's rows (after they are
+/// ordered and their dates written) and `insert` given what it returns.
+pub(super) fn each_file_prepared<'b, T: Send>(
+    batch: &'b LoadBatch,
+    files: &dyn ObjectStore,
+    mut prepare: impl FnMut(&'b LoadFile, RecordBatch) -> Result<T> + Send,
+    mut insert: impl FnMut(&'b LoadFile, T) -> Result<()>,
+) -> Result<()> {
     std::thread::scope(|s| {
-        let (tx, rx) = mpsc::sync_channel::<Result<RecordBatch>>(1);
+        let (tx, rx) = mpsc::sync_channel::<Result<T>>(1);
         s.spawn(move || {
             for lf in &batch.files {
                 let rb = read_file(lf, files)
                     .and_then(|rb| sorted_by_keys(rb, &batch.merge_keys))
-                    .and_then(dates_as_text);
+                    .and_then(dates_as_text)
+                    .and_then(|rb| prepare(lf, rb));
                 let failed = rb.is_err();
                 if tx.send(rb).is_err() || failed {
                     return;
@@ -141,7 +153,7 @@ pub(super) fn each_file(
             let rb = rx
                 .recv()
                 .map_err(|_| wh_err(format!("{}: the reader thread stopped", lf.file.key)))??;
-            insert(lf, &rb)?;
+            insert(lf, rb)?;
         }
         Ok(())
     })

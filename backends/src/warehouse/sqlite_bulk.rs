@@ -1,0 +1,478 @@
+//! The first load into an empty table, in bulk: the rows go in without the merge-key index,
+//! which is then built once (SQLite sorts the keys), as a restore loads a table before it
+//! indexes it. Keeping a unique index up to date row by row costs a descent of the index per
+//! row; on the reference workload's 868,395 rows in 34 files, loading in bulk took the load's
+//! inserting thread from 2.67 to 2.04 CPU seconds and the load from 2.93 to 2.40 s
+//! (BENCHMARKS.md, stop 31).
+//!
+//! The merge is the same as the upserts' (`sqlite::upsert_sql`). The reader thread remembers a
+//! 64-bit hash of every key it has passed ([`FirstSeen`]): a row whose key is new to the batch
+//! is inserted plainly; a row whose key hash was seen (a repeat, or rarely another key with the
+//! same hash) is held back and upserted after the index exists, in the batch's order, which is
+//! what the upserts would have done with it: the table is the same, row for row and in the same
+//! places. Two keys SQLite takes as equal but that hash apart (text `'5'` and the integer 5 in an
+//! integer column, from files whose types differ) make the index fail to build: the bulk
+//! insert is then rolled back to its savepoint and the batch goes through the upserts.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use hashbrown::{DefaultHashBuilder, HashSet};
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use protocol::{LoadBatch, LoadFile};
+use rusqlite::Connection;
+use rusqlite::types::ValueRef;
+
+use super::sqlite::{insert_file, insert_sql, key_index_sql, upsert_sql, wh_err};
+use super::sqlite_cells::Cells;
+use super::sqlite_insert::GroupInsert;
+use super::{BATCH_COLUMN, SOURCE_OBJECT_COLUMN, SOURCE_OFFSET_COLUMN, quote_ident};
+use crate::Result;
+use crate::object_store::ObjectStore;
+
+/// Whether the batch loads in bulk: it merges by keys that are the rows' own columns (not the
+/// load's lineage, which every row of a file shares), and its table is empty.
+pub(super) fn applies(tx: &Connection, batch: &LoadBatch) -> Result<bool> {
+    let lineage = [SOURCE_OBJECT_COLUMN, SOURCE_OFFSET_COLUMN, BATCH_COLUMN];
+    if batch.merge_keys.is_empty() || batch.merge_keys.iter().any(|k| lineage.contains(&&**k)) {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM {})",
+        quote_ident(&batch.table)
+    );
+    tx.query_row(&sql, [], |r| r.get(0)).map_err(wh_err)
+}
+
+/// Loads the batch into its empty table in bulk (see the module's comment). The rows loaded, or
+/// `None` when the keys could not be indexed as inserted: nothing of the batch is then left in
+/// the table and the caller merges it through the upserts.
+pub(super) fn load_fresh(
+    tx: &Connection,
+    batch: &LoadBatch,
+    files: &dyn ObjectStore,
+    columns: &[String],
+) -> Result<Option<u64>> {
+    let index = quote_ident(&format!("{}__merge_key", batch.table));
+    tx.execute_batch(&format!(
+        "SAVEPOINT tributary_bulk; DROP INDEX IF EXISTS {index}"
+    ))
+    .map_err(wh_err)?;
+    let mut plain =
+        GroupInsert::prepare(tx, columns.len(), |rows| insert_sql(batch, columns, rows))
+            .map_err(wh_err)?;
+    let mut seen = FirstSeen::new(&batch.merge_keys);
+    let mut held = Vec::new();
+    let mut staged = 0u64;
+    // Each file in key order, as the upserts take it: the rows land where the upserts put them,
+    // and SQLite's sort of the keys for the index is given runs already in order (without
+    // them, the load's thread ran 5 % more instructions on 100k rows; BENCHMARKS.md, stop 31).
+    super::sqlite_read::each_file_prepared(
+        batch,
+        files,
+        |lf, rb| seen.split(lf, rb),
+        |lf, split| {
+            staged += insert_file(&mut plain, columns, batch, lf, &split.first)?;
+            held.extend(split.repeats.map(|r| (lf, r)));
+            Ok(())
+        },
+    )?;
+    drop(plain);
+    if let Err(e) = tx.execute_batch(&key_index_sql(batch)) {
+        tracing::info!(table = %batch.table, reason = %e,
+            "the bulk load's keys did not index as inserted; merging the batch row by row");
+        tx.execute_batch("ROLLBACK TO tributary_bulk; RELEASE tributary_bulk")
+            .map_err(wh_err)?;
+        return Ok(None);
+    }
+    let mut merge =
+        GroupInsert::prepare(tx, columns.len(), |rows| upsert_sql(batch, columns, rows))
+            .map_err(wh_err)?;
+    for (lf, rows) in &held {
+        staged += insert_file(&mut merge, columns, batch, lf, rows)?;
+    }
+    drop(merge);
+    tx.execute_batch("RELEASE tributary_bulk").map_err(wh_err)?;
+    Ok(Some(staged))
+}
+
+/// A file's rows split by whether their key is new to the batch.
+pub(super) struct Split {
+    /// The rows whose key no earlier row of the batch has (or whose key has a NULL, which
+    /// never merges), in their order.
+    pub(super) first: RecordBatch,
+    /// The rows whose key hash an earlier row had, in their order; `None` when there are none.
+    pub(super) repeats: Option<RecordBatch>,
+}
+
+/// The hashes of the merge keys a batch's rows have had so far, on the reader thread.
+pub(super) struct FirstSeen {
+    keys: Vec<String>,
+    seen: HashSet<u64>,
+    hasher: DefaultHashBuilder,
+}
+
+impl FirstSeen {
+    pub(super) fn new(keys: &[String]) -> FirstSeen {
+        FirstSeen {
+            keys: keys.to_vec(),
+            seen: HashSet::new(),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    /// Splits one file's rows `rb` (`lf`: its partition values), remembering their keys.
+    pub(super) fn split(&mut self, lf: &LoadFile, rb: RecordBatch) -> Result<Split> {
+        let repeat = self.repeats(lf, &rb)?;
+        if !repeat.iter().any(|r| *r) {
+            return Ok(Split {
+                first: rb,
+                repeats: None,
+            });
+        }
+        let keep = |want: bool| {
+            let mask = BooleanArray::from_iter(repeat.iter().map(|r| Some(*r == want)));
+            filter_record_batch(&rb, &mask).map_err(wh_err)
+        };
+        Ok(Split {
+            first: keep(false)?,
+            repeats: Some(keep(true)?),
+        })
+    }
+
+    /// For each row of `rb`, whether its key's hash was seen before (and it is remembered).
+    fn repeats(&mut self, lf: &LoadFile, rb: &RecordBatch) -> Result<Vec<bool>> {
+        let schema = rb.schema();
+        let mut parts: Vec<Part> = Vec::with_capacity(self.keys.len());
+        for k in &self.keys {
+            let part = match schema.index_of(k) {
+                Ok(i) => Part::Column(Cells::of(rb.column(i).as_ref())),
+                Err(_) => match lf.file.partition.iter().find(|(p, _)| p == k) {
+                    Some((_, v)) => Part::Shared(ValueRef::Text(v.as_bytes())),
+                    // A column this file lacks is NULL on every row: no row of it merges.
+                    None => return Ok(vec![false; rb.num_rows()]),
+                },
+            };
+            parts.push(part);
+        }
+        let mut out = Vec::with_capacity(rb.num_rows());
+        for row in 0..rb.num_rows() {
+            let hash = key_hash(&mut parts, row, self.hasher.build_hasher())
+                .map_err(|e| wh_err(format!("{}: {e}", lf.file.key)))?;
+            out.push(hash.is_some_and(|h| !self.seen.insert(h)));
+        }
+        Ok(out)
+    }
+}
+
+/// One merge key of a file: a column of it, or a value every row shares.
+enum Part<'a> {
+    Column(Cells<'a>),
+    Shared(ValueRef<'a>),
+}
+
+/// The hash of row `row`'s key, as the values SQLite is given; `None` when a part is NULL (or a
+/// NaN, which SQLite stores as NULL): such a key never merges.
+fn key_hash(
+    parts: &mut [Part<'_>],
+    row: usize,
+    mut h: impl Hasher,
+) -> std::result::Result<Option<u64>, String> {
+    for part in parts.iter_mut() {
+        let v = match part {
+            Part::Shared(v) => *v,
+            Part::Column(c) => {
+                let b = c.at(row)?;
+                if !hash_value(b.value(), &mut h) {
+                    return Ok(None);
+                }
+                continue;
+            }
+        };
+        if !hash_value(v, &mut h) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(h.finish()))
+}
+
+/// Adds `v`, with its storage class, to `h`; false for a NULL.
+fn hash_value(v: ValueRef<'_>, h: &mut impl Hasher) -> bool {
+    match v {
+        ValueRef::Null => return false,
+        ValueRef::Real(f) if f.is_nan() => return false,
+        ValueRef::Integer(i) => (1u8, i).hash(h),
+        ValueRef::Real(f) => (2u8, f.to_bits()).hash(h),
+        ValueRef::Text(t) => (3u8, t).hash(h),
+        ValueRef::Blob(b) => (4u8, b).hash(h),
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use parquet::arrow::ArrowWriter;
+    use protocol::OutputFile;
+    use rusqlite::types::Value;
+
+    use super::*;
+    use crate::object_store::LocalStore;
+    use crate::warehouse::sqlite::merge_rows;
+    use crate::warehouse::suite::{batch, load_file};
+
+    const COLUMNS: [&str; 5] = [
+        "id",
+        "val",
+        SOURCE_OBJECT_COLUMN,
+        SOURCE_OFFSET_COLUMN,
+        BATCH_COLUMN,
+    ];
+
+    fn columns() -> Vec<String> {
+        COLUMNS.iter().map(|c| c.to_string()).collect()
+    }
+
+    /// A Parquet file of `id` (text, NULL for `None`) and `val`, in partition `day=d1`.
+    async fn put(
+        files: &dyn ObjectStore,
+        key: &str,
+        ids: &[Option<&str>],
+        vals: &[i64],
+    ) -> OutputFile {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new("val", DataType::Int64, false),
+        ]));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(ids.to_vec())),
+            Arc::new(Int64Array::from(vals.to_vec())),
+        ];
+        let rb = RecordBatch::try_new(schema.clone(), cols).unwrap();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+        w.write(&rb).unwrap();
+        w.close().unwrap();
+        let bytes = buf.len() as u64;
+        files.put(key, buf).await.unwrap();
+        OutputFile {
+            max_bytes: Default::default(),
+            key: key.into(),
+            partition: vec![("day".into(), "d1".into())],
+            rows: ids.len() as u64,
+            bytes,
+        }
+    }
+
+    /// A connection whose table `t` has the batch's columns, `id` declared as `id_type`.
+    fn table(id_type: &str) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE t (id {id_type}, val INTEGER, {SOURCE_OBJECT_COLUMN} TEXT, \
+             {SOURCE_OFFSET_COLUMN} INTEGER, {BATCH_COLUMN} TEXT)"
+        ))
+        .unwrap();
+        conn
+    }
+
+    /// The table's rows (id, val, offset) in its order.
+    fn rows(conn: &Connection) -> Vec<Vec<Value>> {
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT id, val, {SOURCE_OFFSET_COLUMN} FROM t ORDER BY rowid"
+            ))
+            .unwrap();
+        st.query_map([], |r| (0..3).map(|i| r.get::<_, Value>(i)).collect())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// Keys repeated inside a file and across files, NULL keys (which never merge), a later
+    /// file from an earlier source position, and two files from the same one: the bulk load
+    /// leaves the table the row-by-row upserts leave, row for row and in the same places.
+    #[tokio::test]
+    async fn a_bulk_load_leaves_the_table_the_upserts_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let (k1, k2, k3) = (Some("k1"), Some("k2"), Some("k3"));
+        let f1 = put(
+            &*files,
+            "a.parquet",
+            &[k1, k2, k1, None, k3, k2, None],
+            &[1, 2, 3, 4, 5, 6, 7],
+        )
+        .await;
+        let f2 = put(
+            &*files,
+            "b.parquet",
+            &[k2, None, Some("k4"), k3],
+            &[10, 11, 12, 13],
+        )
+        .await;
+        let f3 = put(&*files, "c.parquet", &[k3, Some("k5"), k1], &[20, 21, 22]).await;
+        let mut b = batch(
+            "r1-t-b0000",
+            "t",
+            vec![
+                load_file(f1, "raw/x", 500, 1),
+                load_file(f2, "raw/x", 0, 0),
+                load_file(f3, "raw/x", 500, 1),
+            ],
+        );
+        b.merge_keys = vec!["id".into()];
+        let bulk = table("TEXT");
+        assert!(applies(&bulk, &b).unwrap());
+        let staged = load_fresh(&bulk, &b, &*files, &columns()).unwrap();
+        assert_eq!(staged, Some(14));
+        let upserted = table("TEXT");
+        assert_eq!(merge_rows(&upserted, &b, &*files, &columns()).unwrap(), 14);
+        assert_eq!(rows(&bulk), rows(&upserted));
+        // k1..k5 once each, the two NULL-keyed rows of a.parquet and the one of b.parquet:
+        // each file in key order (NULL first), each key's winner where its first row went in.
+        let (int, text) = (Value::Integer, |s: &str| Value::Text(s.into()));
+        let row = |id: Value, val, offset| vec![id, int(val), int(offset)];
+        assert_eq!(
+            rows(&bulk),
+            vec![
+                row(Value::Null, 4, 500),
+                row(Value::Null, 7, 500),
+                row(text("k1"), 22, 500),
+                row(text("k2"), 10, 0),
+                row(text("k3"), 13, 0),
+                row(Value::Null, 11, 0),
+                row(text("k4"), 12, 0),
+                row(text("k5"), 21, 500),
+            ]
+        );
+        let index: i64 = bulk
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 't__merge_key'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 1, "the merge-key index is built");
+        assert!(
+            !applies(&bulk, &b).unwrap(),
+            "a table with rows merges through the index"
+        );
+    }
+
+    /// Text `'5'` and `'5.0'` hash apart but are the same integer in an INTEGER column: the
+    /// index cannot be built over the bulk insert, which is rolled back whole, and the upserts
+    /// merge the batch.
+    #[tokio::test]
+    async fn keys_equal_only_to_sqlite_roll_the_bulk_insert_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let f1 = put(&*files, "a.parquet", &[Some("5"), Some("7")], &[1, 2]).await;
+        let f2 = put(&*files, "b.parquet", &[Some("5.0")], &[3]).await;
+        let b = batch(
+            "r1-t-b0000",
+            "t",
+            vec![load_file(f1, "raw/x", 0, 0), load_file(f2, "raw/x", 0, 1)],
+        );
+        let conn = table("INTEGER");
+        conn.execute_batch("BEGIN").unwrap();
+        assert_eq!(load_fresh(&conn, &b, &*files, &columns()).unwrap(), None);
+        assert!(rows(&conn).is_empty(), "nothing of the bulk insert is left");
+        assert_eq!(merge_rows(&conn, &b, &*files, &columns()).unwrap(), 3);
+        conn.execute_batch("COMMIT").unwrap();
+        let int = Value::Integer;
+        assert_eq!(
+            rows(&conn),
+            vec![vec![int(5), int(3), int(0)], vec![int(7), int(2), int(0)]]
+        );
+    }
+
+    #[test]
+    fn only_an_empty_table_merged_by_its_own_columns_loads_in_bulk() {
+        let conn = table("TEXT");
+        let mut b = batch("r1-t-b0000", "t", vec![]);
+        assert!(applies(&conn, &b).unwrap());
+        b.merge_keys = vec![];
+        assert!(!applies(&conn, &b).unwrap(), "no keys: nothing to index");
+        b.merge_keys = vec!["id".into(), SOURCE_OFFSET_COLUMN.into()];
+        assert!(!applies(&conn, &b).unwrap(), "a lineage key");
+        b.merge_keys = vec!["id".into()];
+        conn.execute_batch("INSERT INTO t (id) VALUES ('x')")
+            .unwrap();
+        assert!(!applies(&conn, &b).unwrap(), "a table with rows");
+    }
+
+    fn file(partition: &[(&str, &str)]) -> LoadFile {
+        let mut f = load_file(
+            OutputFile {
+                max_bytes: Default::default(),
+                key: "f.parquet".into(),
+                partition: vec![],
+                rows: 0,
+                bytes: 0,
+            },
+            "raw/x",
+            0,
+            0,
+        );
+        f.file.partition = partition
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        f
+    }
+
+    fn reals(xs: &[Option<f64>]) -> RecordBatch {
+        let schema = Schema::new(vec![Field::new("x", DataType::Float64, true)]);
+        let col: ArrayRef = Arc::new(Float64Array::from(xs.to_vec()));
+        RecordBatch::try_new(Arc::new(schema), vec![col]).unwrap()
+    }
+
+    fn column_of(rb: &Option<RecordBatch>) -> Vec<Option<f64>> {
+        rb.as_ref().map_or(vec![], |rb| {
+            rb.column(0)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .iter()
+                .collect()
+        })
+    }
+
+    /// A key with a NULL or NaN part never repeats (SQLite never merges it); a partition value
+    /// is part of the key; repeats are found inside a file and across files, in order.
+    #[test]
+    fn repeats_are_keys_seen_before_and_null_parts_never_repeat() {
+        let mut seen = FirstSeen::new(&["x".into(), "day".into()]);
+        let d1 = file(&[("day", "d1")]);
+        let rb = reals(&[
+            Some(1.0),
+            None,
+            Some(f64::NAN),
+            Some(1.0),
+            None,
+            Some(f64::NAN),
+            Some(2.0),
+        ]);
+        let s = seen.split(&d1, rb).unwrap();
+        assert_eq!(s.first.num_rows(), 6);
+        assert_eq!(column_of(&s.repeats), vec![Some(1.0)]);
+        let s = seen.split(&d1, reals(&[Some(2.0), Some(3.0)])).unwrap();
+        assert_eq!(column_of(&s.repeats), vec![Some(2.0)]);
+        assert_eq!(s.first.num_rows(), 1);
+        // The same values in another partition are other keys.
+        let s = seen
+            .split(&file(&[("day", "d2")]), reals(&[Some(1.0), Some(2.0)]))
+            .unwrap();
+        assert!(s.repeats.is_none());
+        assert_eq!(s.first.num_rows(), 2);
+        // A key part the file lacks is NULL on every row.
+        let s = seen
+            .split(&file(&[]), reals(&[Some(1.0), Some(1.0)]))
+            .unwrap();
+        assert!(s.repeats.is_none());
+    }
+}
