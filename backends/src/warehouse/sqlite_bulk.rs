@@ -13,6 +13,10 @@
 //! places. Two keys SQLite takes as equal but that hash apart (text `'5'` and the integer 5 in an
 //! integer column, from files whose types differ) make the index fail to build: the bulk
 //! insert is then rolled back to its savepoint and the batch goes through the upserts.
+//!
+//! Memory is bounded ([`Budget`]): once the reader thread would remember more than ~4M keys, or
+//! the held rows pass 64 MB, the index is built over what is in, the held rows are merged, and
+//! the batch's remaining files go through the upserts, as a table that holds rows would.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 
@@ -45,56 +49,153 @@ pub(super) fn applies(tx: &Connection, batch: &LoadBatch) -> Result<bool> {
     tx.query_row(&sql, [], |r| r.get(0)).map_err(wh_err)
 }
 
-/// Loads the batch into its empty table in bulk (see the module's comment). The rows loaded, or
-/// `None` when the keys could not be indexed as inserted: nothing of the batch is then left in
-/// the table and the caller merges it through the upserts.
+/// How much a bulk load keeps before it merges the rest of its batch through the index.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Budget {
+    /// Key hashes the reader thread remembers (8 bytes each in a hash set: ~75 MB at most).
+    pub(super) keys: usize,
+    /// Bytes of held-back rows (repeats waiting for the index).
+    pub(super) held_bytes: usize,
+}
+
+impl Budget {
+    pub(super) const DEFAULT: Budget = Budget {
+        keys: 4 << 20,
+        held_bytes: 64 << 20,
+    };
+}
+
+/// Loads the batch into its empty table in bulk (see the module's comment) until the batch is
+/// done or [`Budget::DEFAULT`] is spent, then builds the index, merges the held rows and the
+/// batch's remaining files through it. The rows loaded, or `None` when the keys could not be
+/// indexed as inserted: nothing of the batch is then left in the table and the caller merges
+/// it through the upserts.
 pub(super) fn load_fresh(
     tx: &Connection,
     batch: &LoadBatch,
     files: &dyn ObjectStore,
     columns: &[String],
 ) -> Result<Option<u64>> {
+    load_fresh_within(tx, batch, files, columns, Budget::DEFAULT)
+}
+
+fn load_fresh_within(
+    tx: &Connection,
+    batch: &LoadBatch,
+    files: &dyn ObjectStore,
+    columns: &[String],
+    budget: Budget,
+) -> Result<Option<u64>> {
     let index = quote_ident(&format!("{}__merge_key", batch.table));
     tx.execute_batch(&format!(
         "SAVEPOINT tributary_bulk; DROP INDEX IF EXISTS {index}"
     ))
     .map_err(wh_err)?;
-    let mut plain =
-        GroupInsert::prepare(tx, columns.len(), |rows| insert_sql(batch, columns, rows))
-            .map_err(wh_err)?;
-    let mut seen = FirstSeen::new(&batch.merge_keys);
-    let mut held = Vec::new();
-    let mut staged = 0u64;
+    let mut inserts = Inserts::new(tx, batch, columns)?;
+    let mut seen = FirstSeen::new(&batch.merge_keys, budget);
     // Each file in key order, as the upserts take it: the rows land where the upserts put them,
     // and SQLite's sort of the keys for the index is given runs already in order (without
     // them, the load's thread ran 5 % more instructions on 100k rows; BENCHMARKS.md, stop 31).
-    super::sqlite_read::each_file_prepared(
+    let loaded = super::sqlite_read::each_file_prepared(
         batch,
         files,
-        |lf, rb| seen.split(lf, rb),
-        |lf, split| {
-            staged += insert_file(&mut plain, columns, batch, lf, &split.first)?;
-            held.extend(split.repeats.map(|r| (lf, r)));
-            Ok(())
-        },
-    )?;
-    drop(plain);
-    if let Err(e) = tx.execute_batch(&key_index_sql(batch)) {
-        tracing::info!(table = %batch.table, reason = %e,
-            "the bulk load's keys did not index as inserted; merging the batch row by row");
+        |lf, rb| seen.prepare(lf, rb),
+        |lf, prepared| inserts.file(lf, prepared),
+    )
+    .and_then(|()| inserts.end_bulk());
+    if inserts.unindexable {
         tx.execute_batch("ROLLBACK TO tributary_bulk; RELEASE tributary_bulk")
             .map_err(wh_err)?;
         return Ok(None);
     }
-    let mut merge =
-        GroupInsert::prepare(tx, columns.len(), |rows| upsert_sql(batch, columns, rows))
-            .map_err(wh_err)?;
-    for (lf, rows) in &held {
-        staged += insert_file(&mut merge, columns, batch, lf, rows)?;
-    }
-    drop(merge);
+    loaded?;
+    let staged = inserts.staged;
+    drop(inserts);
     tx.execute_batch("RELEASE tributary_bulk").map_err(wh_err)?;
     Ok(Some(staged))
+}
+
+/// What the reader thread gives the inserts for a file.
+pub(super) enum Prepared {
+    /// While the batch loads in bulk: the file's rows split by whether their key is new.
+    Bulk(Split),
+    /// Once the bulk's [`Budget`] is spent: the file's rows, to merge through the index.
+    Merge(RecordBatch),
+}
+
+/// The inserts' side of a bulk load: plain inserts and held-back repeats until the index is
+/// built, upserts after.
+struct Inserts<'c, 'b> {
+    tx: &'c Connection,
+    batch: &'b LoadBatch,
+    columns: &'b [String],
+    plain: Option<GroupInsert<'c>>,
+    merge: Option<GroupInsert<'c>>,
+    held: Vec<(&'b LoadFile, RecordBatch)>,
+    staged: u64,
+    /// The index could not be built over the inserted keys (the load stops; see the module).
+    unindexable: bool,
+}
+
+impl<'c, 'b> Inserts<'c, 'b> {
+    fn new(tx: &'c Connection, batch: &'b LoadBatch, columns: &'b [String]) -> Result<Self> {
+        let plain =
+            GroupInsert::prepare(tx, columns.len(), |rows| insert_sql(batch, columns, rows))
+                .map_err(wh_err)?;
+        Ok(Inserts {
+            tx,
+            batch,
+            columns,
+            plain: Some(plain),
+            merge: None,
+            held: Vec::new(),
+            staged: 0,
+            unindexable: false,
+        })
+    }
+
+    fn file(&mut self, lf: &'b LoadFile, prepared: Prepared) -> Result<()> {
+        let (batch, columns) = (self.batch, self.columns);
+        match (prepared, &mut self.plain) {
+            (Prepared::Bulk(split), Some(plain)) => {
+                self.staged += insert_file(plain, columns, batch, lf, &split.first)?;
+                self.held.extend(split.repeats.map(|r| (lf, r)));
+            }
+            (Prepared::Bulk(_), None) => {
+                unreachable!("the reader thread bulks no file after a merged one")
+            }
+            (Prepared::Merge(rb), _) => {
+                self.end_bulk()?;
+                let merge = self.merge.as_mut().expect("the bulk ended");
+                self.staged += insert_file(merge, columns, batch, lf, &rb)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the bulk, once: builds the index over the inserted rows, then merges the held rows
+    /// through it, in the batch's order.
+    fn end_bulk(&mut self) -> Result<()> {
+        if self.plain.take().is_none() {
+            return Ok(());
+        }
+        let (batch, columns) = (self.batch, self.columns);
+        if let Err(e) = self.tx.execute_batch(&key_index_sql(batch)) {
+            tracing::info!(table = %batch.table, reason = %e,
+                "the bulk load's keys did not index as inserted; merging the batch row by row");
+            self.unindexable = true;
+            return Err(wh_err(format!("indexing {}: {e}", batch.table)));
+        }
+        let mut merge = GroupInsert::prepare(self.tx, columns.len(), |rows| {
+            upsert_sql(batch, columns, rows)
+        })
+        .map_err(wh_err)?;
+        for (lf, rows) in std::mem::take(&mut self.held) {
+            self.staged += insert_file(&mut merge, columns, batch, lf, &rows)?;
+        }
+        self.merge = Some(merge);
+        Ok(())
+    }
 }
 
 /// A file's rows split by whether their key is new to the batch.
@@ -111,15 +212,47 @@ pub(super) struct FirstSeen {
     keys: Vec<String>,
     seen: HashSet<u64>,
     hasher: DefaultHashBuilder,
+    budget: Budget,
+    held_bytes: usize,
+    /// The budget was spent: every later file merges through the index.
+    spent: bool,
 }
 
 impl FirstSeen {
-    pub(super) fn new(keys: &[String]) -> FirstSeen {
+    pub(super) fn new(keys: &[String], budget: Budget) -> FirstSeen {
         FirstSeen {
             keys: keys.to_vec(),
             seen: HashSet::new(),
             hasher: DefaultHashBuilder::default(),
+            budget,
+            held_bytes: 0,
+            spent: false,
         }
+    }
+
+    /// One file's rows for the inserts: split while the budget lasts (a file whose rows could
+    /// pass the key budget merges), whole to merge after.
+    pub(super) fn prepare(&mut self, lf: &LoadFile, rb: RecordBatch) -> Result<Prepared> {
+        if !self.spent && self.seen.len() + rb.num_rows() > self.budget.keys {
+            self.spend();
+        }
+        if self.spent {
+            return Ok(Prepared::Merge(rb));
+        }
+        let split = self.split(lf, rb)?;
+        self.held_bytes += split
+            .repeats
+            .as_ref()
+            .map_or(0, RecordBatch::get_array_memory_size);
+        if self.held_bytes > self.budget.held_bytes {
+            self.spend();
+        }
+        Ok(Prepared::Bulk(split))
+    }
+
+    fn spend(&mut self) {
+        self.spent = true;
+        self.seen = HashSet::new();
     }
 
     /// Splits one file's rows `rb` (`lf`: its partition values), remembering their keys.
@@ -292,30 +425,16 @@ mod tests {
             .collect()
     }
 
-    /// Keys repeated inside a file and across files, NULL keys (which never merge), a later
-    /// file from an earlier source position, and two files from the same one: the bulk load
-    /// leaves the table the row-by-row upserts leave, row for row and in the same places.
-    #[tokio::test]
-    async fn a_bulk_load_leaves_the_table_the_upserts_leave() {
-        let dir = tempfile::tempdir().unwrap();
-        let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+    /// Three files: keys repeated inside a file and across files, NULL keys, a later file from
+    /// an earlier source position, and two files from the same one (14 rows, 8 after the merge).
+    async fn three_files(files: &dyn ObjectStore) -> LoadBatch {
         let (k1, k2, k3) = (Some("k1"), Some("k2"), Some("k3"));
-        let f1 = put(
-            &*files,
-            "a.parquet",
-            &[k1, k2, k1, None, k3, k2, None],
-            &[1, 2, 3, 4, 5, 6, 7],
-        )
-        .await;
-        let f2 = put(
-            &*files,
-            "b.parquet",
-            &[k2, None, Some("k4"), k3],
-            &[10, 11, 12, 13],
-        )
-        .await;
-        let f3 = put(&*files, "c.parquet", &[k3, Some("k5"), k1], &[20, 21, 22]).await;
-        let mut b = batch(
+        let ids = [k1, k2, k1, None, k3, k2, None];
+        let f1 = put(files, "a.parquet", &ids, &[1, 2, 3, 4, 5, 6, 7]).await;
+        let ids = [k2, None, Some("k4"), k3];
+        let f2 = put(files, "b.parquet", &ids, &[10, 11, 12, 13]).await;
+        let f3 = put(files, "c.parquet", &[k3, Some("k5"), k1], &[20, 21, 22]).await;
+        batch(
             "r1-t-b0000",
             "t",
             vec![
@@ -323,8 +442,51 @@ mod tests {
                 load_file(f2, "raw/x", 0, 0),
                 load_file(f3, "raw/x", 500, 1),
             ],
-        );
-        b.merge_keys = vec!["id".into()];
+        )
+    }
+
+    /// Past its budget (keys remembered, or bytes held back) a bulk load builds the index and
+    /// merges the held rows and the files left through it: the table is still the upserts'.
+    #[tokio::test]
+    async fn past_its_budget_a_bulk_load_merges_the_rest_through_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let b = three_files(&*files).await;
+        let upserted = table("TEXT");
+        merge_rows(&upserted, &b, &*files, &columns()).unwrap();
+        let unlimited = usize::MAX;
+        for budget in [
+            // a.parquet in bulk, b.parquet would pass 8 keys: b and c merge.
+            Budget {
+                keys: 8,
+                held_bytes: unlimited,
+            },
+            // The first file already passes it: everything merges.
+            Budget {
+                keys: 1,
+                held_bytes: unlimited,
+            },
+            // a.parquet's repeats spend it: b and c merge.
+            Budget {
+                keys: unlimited,
+                held_bytes: 1,
+            },
+        ] {
+            let conn = table("TEXT");
+            let staged = load_fresh_within(&conn, &b, &*files, &columns(), budget).unwrap();
+            assert_eq!(staged, Some(14), "{budget:?}");
+            assert_eq!(rows(&conn), rows(&upserted), "{budget:?}");
+        }
+    }
+
+    /// Keys repeated inside a file and across files, NULL keys (which never merge), a later
+    /// file from an earlier source position, and two files from the same one: the bulk load
+    /// leaves the table the row-by-row upserts leave, row for row and in the same places.
+    #[tokio::test]
+    async fn a_bulk_load_leaves_the_table_the_upserts_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let b = three_files(&*files).await;
         let bulk = table("TEXT");
         assert!(applies(&bulk, &b).unwrap());
         let staged = load_fresh(&bulk, &b, &*files, &columns()).unwrap();
@@ -442,11 +604,45 @@ mod tests {
         })
     }
 
+    /// The reader thread stops splitting, and forgets its keys, once a file could pass the key
+    /// budget or the rows held back pass their bytes.
+    #[test]
+    fn the_budget_spent_every_later_file_merges() {
+        let d1 = file(&[("day", "d1")]);
+        let budget = Budget {
+            keys: 3,
+            held_bytes: usize::MAX,
+        };
+        let mut seen = FirstSeen::new(&["x".into()], budget);
+        let bulk = |p: Prepared| matches!(p, Prepared::Bulk(_));
+        assert!(bulk(
+            seen.prepare(&d1, reals(&[Some(1.0), Some(2.0)])).unwrap()
+        ));
+        assert!(!bulk(
+            seen.prepare(&d1, reals(&[Some(3.0), Some(4.0)])).unwrap()
+        ));
+        assert!(seen.seen.is_empty(), "its keys are let go");
+        assert!(!bulk(seen.prepare(&d1, reals(&[Some(5.0)])).unwrap()));
+        let budget = Budget {
+            keys: usize::MAX,
+            held_bytes: 1,
+        };
+        let mut seen = FirstSeen::new(&["x".into()], budget);
+        assert!(bulk(
+            seen.prepare(&d1, reals(&[Some(1.0), Some(2.0)])).unwrap()
+        ));
+        assert!(
+            bulk(seen.prepare(&d1, reals(&[Some(1.0)])).unwrap()),
+            "held, then spent"
+        );
+        assert!(!bulk(seen.prepare(&d1, reals(&[Some(3.0)])).unwrap()));
+    }
+
     /// A key with a NULL or NaN part never repeats (SQLite never merges it); a partition value
     /// is part of the key; repeats are found inside a file and across files, in order.
     #[test]
     fn repeats_are_keys_seen_before_and_null_parts_never_repeat() {
-        let mut seen = FirstSeen::new(&["x".into(), "day".into()]);
+        let mut seen = FirstSeen::new(&["x".into(), "day".into()], Budget::DEFAULT);
         let d1 = file(&[("day", "d1")]);
         let rb = reals(&[
             Some(1.0),
