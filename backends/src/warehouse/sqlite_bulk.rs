@@ -156,20 +156,30 @@ impl<'c, 'b> Inserts<'c, 'b> {
 
     fn file(&mut self, lf: &'b LoadFile, prepared: Prepared) -> Result<()> {
         let (batch, columns) = (self.batch, self.columns);
-        match (prepared, &mut self.plain) {
+        match (prepared, self.plain.as_mut()) {
             (Prepared::Bulk(split), Some(plain)) => {
                 self.staged += insert_file(plain, columns, batch, lf, &split.first)?;
                 self.held.extend(split.repeats.map(|r| (lf, r)));
+                Ok(())
             }
-            (Prepared::Bulk(_), None) => {
-                unreachable!("the reader thread bulks no file after a merged one")
+            // The reader thread splits no file after it has handed one over whole; were it to,
+            // a key's first row still merges before its repeats.
+            (Prepared::Bulk(split), None) => {
+                self.merge_file(lf, &split.first)?;
+                split.repeats.map_or(Ok(()), |r| self.merge_file(lf, &r))
             }
-            (Prepared::Merge(rb), _) => {
-                self.end_bulk()?;
-                let merge = self.merge.as_mut().expect("the bulk ended");
-                self.staged += insert_file(merge, columns, batch, lf, &rb)?;
-            }
+            (Prepared::Merge(rb), _) => self.merge_file(lf, &rb),
         }
+    }
+
+    /// Merges a file's rows through the index (the bulk ended first if it has not).
+    fn merge_file(&mut self, lf: &'b LoadFile, rb: &RecordBatch) -> Result<()> {
+        self.end_bulk()?;
+        let (batch, columns) = (self.batch, self.columns);
+        let Some(merge) = self.merge.as_mut() else {
+            return Err(wh_err(format!("{}: no upsert after the bulk", lf.file.key)));
+        };
+        self.staged += insert_file(merge, columns, batch, lf, rb)?;
         Ok(())
     }
 
