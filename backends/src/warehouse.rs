@@ -279,7 +279,7 @@ pub mod suite {
     }
 
     /// A file of the given columns, partition `day=2025-05-01`.
-    async fn write_columns(
+    pub(crate) async fn write_columns(
         files: &dyn ObjectStore,
         key: &str,
         columns: Vec<(Field, ArrayRef)>,

@@ -359,14 +359,13 @@ mod tests {
 
     use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use parquet::arrow::ArrowWriter;
     use protocol::OutputFile;
     use rusqlite::types::Value;
 
     use super::*;
     use crate::object_store::LocalStore;
     use crate::warehouse::sqlite::merge_rows;
-    use crate::warehouse::suite::{batch, load_file};
+    use crate::warehouse::suite::{batch, load_file, write_columns};
 
     const COLUMNS: [&str; 5] = [
         "id",
@@ -380,35 +379,18 @@ mod tests {
         COLUMNS.iter().map(|c| c.to_string()).collect()
     }
 
-    /// A Parquet file of `id` (text, NULL for `None`) and `val`, in partition `day=d1`.
+    /// A Parquet file of `id` (text, NULL for `None`) and `val`.
     async fn put(
         files: &dyn ObjectStore,
         key: &str,
         ids: &[Option<&str>],
         vals: &[i64],
     ) -> OutputFile {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Utf8, true),
-            Field::new("val", DataType::Int64, false),
-        ]));
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(ids.to_vec())),
-            Arc::new(Int64Array::from(vals.to_vec())),
-        ];
-        let rb = RecordBatch::try_new(schema.clone(), cols).unwrap();
-        let mut buf = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut buf, schema, None).unwrap();
-        w.write(&rb).unwrap();
-        w.close().unwrap();
-        let bytes = buf.len() as u64;
-        files.put(key, buf).await.unwrap();
-        OutputFile {
-            max_bytes: Default::default(),
-            key: key.into(),
-            partition: vec![("day".into(), "d1".into())],
-            rows: ids.len() as u64,
-            bytes,
-        }
+        let id = Field::new("id", DataType::Utf8, true);
+        let val = Field::new("val", DataType::Int64, false);
+        let ids: ArrayRef = Arc::new(StringArray::from(ids.to_vec()));
+        let vals: ArrayRef = Arc::new(Int64Array::from(vals.to_vec()));
+        write_columns(files, key, vec![(id, ids), (val, vals)]).await
     }
 
     /// A connection whose table `t` has the batch's columns, `id` declared as `id_type`.
