@@ -329,13 +329,7 @@ fn indexes_and_triggers(tx: &Connection, table: &str) -> rusqlite::Result<Vec<St
     .collect()
 }
 
-/// The statement the rows of a batch go through, `rows` at a run: an insert of the batch's
-/// columns into the target, or — with merge keys — an upsert that keeps, per key, the row at
-/// the earliest source position, whatever order rows and batches arrive in (at the same
-/// position the later row or load wins: the source sent that place again, a rewritten object
-/// or a database row read again; rows of one statement run are taken in their order, as if
-/// each had its own). The unique index on the merge keys makes the conflict a lookup, not a
-/// scan.
+/// A plain insert of the batch's columns into the target, `rows` at a run.
 pub(super) fn insert_sql(batch: &LoadBatch, columns: &[String], rows: usize) -> String {
     let table = quote_ident(&batch.table);
     let cols = quote_list(columns);
@@ -352,8 +346,12 @@ pub(super) fn insert_sql(batch: &LoadBatch, columns: &[String], rows: usize) -> 
     format!("INSERT INTO {table} ({cols}) VALUES {values}")
 }
 
-/// [`insert_sql`] merging by the batch's keys (plain without keys): a row whose key the table
-/// holds replaces it, in its place, when it comes from an earlier or the same source position.
+/// The statement the rows of a batch are merged through, `rows` at a run: [`insert_sql`], or —
+/// with merge keys — an upsert that keeps, per key, the row at the earliest source position,
+/// whatever order rows and batches arrive in (at the same position the later row or load wins:
+/// the source sent that place again, a rewritten object or a database row read again; rows of
+/// one statement run are taken in their order, as if each had its own). The unique index on the
+/// merge keys makes the conflict a lookup, not a scan.
 pub(super) fn upsert_sql(batch: &LoadBatch, columns: &[String], rows: usize) -> String {
     let insert = insert_sql(batch, columns, rows);
     if batch.merge_keys.is_empty() {
