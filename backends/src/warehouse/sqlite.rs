@@ -420,11 +420,16 @@ pub(super) fn insert_file(
     Ok(rb.num_rows() as u64)
 }
 
+/// The name of the unique index on the batch's merge keys, quoted.
+pub(super) fn key_index_name(batch: &LoadBatch) -> String {
+    quote_ident(&format!("{}__merge_key", batch.table))
+}
+
 /// The unique index on the batch's merge keys that the upserts merge by, if it is missing.
 pub(super) fn key_index_sql(batch: &LoadBatch) -> String {
     format!(
         "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})",
-        quote_ident(&format!("{}__merge_key", batch.table)),
+        key_index_name(batch),
         quote_ident(&batch.table),
         quote_list(&batch.merge_keys)
     )

@@ -28,7 +28,7 @@ use protocol::{LoadBatch, LoadFile};
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
-use super::sqlite::{insert_file, insert_sql, key_index_sql, upsert_sql, wh_err};
+use super::sqlite::{insert_file, insert_sql, key_index_name, key_index_sql, upsert_sql, wh_err};
 use super::sqlite_cells::Cells;
 use super::sqlite_insert::GroupInsert;
 use super::{BATCH_COLUMN, SOURCE_OBJECT_COLUMN, SOURCE_OFFSET_COLUMN, quote_ident};
@@ -86,9 +86,9 @@ fn load_fresh_within(
     columns: &[String],
     budget: Budget,
 ) -> Result<Option<u64>> {
-    let index = quote_ident(&format!("{}__merge_key", batch.table));
     tx.execute_batch(&format!(
-        "SAVEPOINT tributary_bulk; DROP INDEX IF EXISTS {index}"
+        "SAVEPOINT tributary_bulk; DROP INDEX IF EXISTS {}",
+        key_index_name(batch)
     ))
     .map_err(wh_err)?;
     let mut inserts = Inserts::new(tx, batch, columns)?;
@@ -266,7 +266,7 @@ impl FirstSeen {
     }
 
     /// Splits one file's rows `rb` (`lf`: its partition values), remembering their keys.
-    pub(super) fn split(&mut self, lf: &LoadFile, rb: RecordBatch) -> Result<Split> {
+    fn split(&mut self, lf: &LoadFile, rb: RecordBatch) -> Result<Split> {
         let repeat = self.repeats(lf, &rb)?;
         if !repeat.iter().any(|r| *r) {
             return Ok(Split {
@@ -323,17 +323,11 @@ fn key_hash(
     mut h: impl Hasher,
 ) -> std::result::Result<Option<u64>, String> {
     for part in parts.iter_mut() {
-        let v = match part {
-            Part::Shared(v) => *v,
-            Part::Column(c) => {
-                let b = c.at(row)?;
-                if !hash_value(b.value(), &mut h) {
-                    return Ok(None);
-                }
-                continue;
-            }
+        let hashed = match part {
+            Part::Shared(v) => hash_value(*v, &mut h),
+            Part::Column(c) => hash_value(c.at(row)?.value(), &mut h),
         };
-        if !hash_value(v, &mut h) {
+        if !hashed {
             return Ok(None);
         }
     }
