@@ -3,8 +3,12 @@
 //! (planning, shards in flight, a load's transaction, the run's end), rerun after each kill
 //! until it completes, then compared row by row with a clean run of the same input and shards.
 //!
-//! The pipeline is the reference workload without merge keys: a load that ran twice, or a
-//! shard's rows loaded twice, shows as duplicated rows instead of being merged away.
+//! The pipeline is the reference workload without merge keys in half the trials: a load that ran
+//! twice, or a shard's rows loaded twice, shows as duplicated rows instead of being merged away.
+//! The other half keeps its merge keys (`event_id`), half of those with every row in one load
+//! batch: the first load into the empty table goes in bulk (plain inserts, then the key index,
+//! then the held-back repeats upserted), so kills land inside it, and the merge's winners (the
+//! earliest source position of each key) must be the clean run's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -24,18 +28,50 @@ pub struct LocalPlan {
     pub batch_rows: u64,
     /// When each kill lands, as a share of a clean run's wall time after the (re)start.
     pub kills: Vec<f64>,
+    /// The workload's merge keys kept (the table merged by `event_id`).
+    pub merge_keys: bool,
 }
+
+/// Rows per load batch that no trial's input reaches: the whole run is one batch.
+const ONE_BATCH: u64 = 100_000_000;
 
 impl LocalPlan {
     pub fn draw(rng: &mut Rng) -> LocalPlan {
-        LocalPlan {
-            shards: 3 + rng.below(8),
-            workers: 1 + rng.below(3) as usize,
-            batch_rows: 1_000 + rng.below(6_000),
-            kills: (0..1 + rng.below(4))
-                .map(|_| rng.below(1_000) as f64 / 1_000.0)
-                .collect(),
+        let shards = 3 + rng.below(8);
+        let workers = 1 + rng.below(3) as usize;
+        let mut batch_rows = 1_000 + rng.below(6_000);
+        let kills = (0..1 + rng.below(4))
+            .map(|_| rng.below(1_000) as f64 / 1_000.0)
+            .collect();
+        let merge_keys = rng.chance(50);
+        if merge_keys && rng.chance(50) {
+            batch_rows = ONE_BATCH;
         }
+        LocalPlan {
+            shards,
+            workers,
+            batch_rows,
+            kills,
+            merge_keys,
+        }
+    }
+
+    /// The trial's line: workers, shards, batches, and whether the table merges.
+    pub fn describe(&self) -> String {
+        let batches = if self.batch_rows == ONE_BATCH {
+            "one load batch".to_string()
+        } else {
+            format!("batches of {} rows", self.batch_rows)
+        };
+        let keys = if self.merge_keys {
+            "merged by event_id"
+        } else {
+            "no merge keys"
+        };
+        format!(
+            "local run, {} worker(s), {} shards, {batches}, {keys}",
+            self.workers, self.shards
+        )
     }
 }
 
@@ -45,17 +81,18 @@ fn table_sql() -> String {
     format!("{COMPARE_SQLITE}, _tributary_source_offset")
 }
 
-/// The reference workload's pipeline without `merge_keys`, written into `dir` beside its key
-/// file.
-fn pipeline_without_merge_keys(dir: &Path) -> PathBuf {
+/// The reference workload's pipeline, without its `merge_keys` unless `merge_keys`, written into
+/// `dir` beside its key file.
+fn trial_pipeline(dir: &Path, merge_keys: bool) -> PathBuf {
     let examples = repo().join("examples");
     let text = std::fs::read_to_string(examples.join("workload.toml")).expect("workload.toml");
     let kept: Vec<&str> = text
         .lines()
-        .filter(|l| !l.trim_start().starts_with("merge_keys"))
+        .filter(|l| merge_keys || !l.trim_start().starts_with("merge_keys"))
         .collect();
     assert!(
-        kept.len() < text.lines().count(),
+        text.lines()
+            .any(|l| l.trim_start().starts_with("merge_keys")),
         "workload.toml has merge_keys"
     );
     let path = dir.join("workload.toml");
@@ -132,7 +169,7 @@ pub fn run_local_trial(input: &Path, plan: &LocalPlan) -> TrialResult {
     let dir = tempfile::tempdir().expect("temp dir");
     let size = std::fs::metadata(input).expect("input").len();
     let run = LocalRun {
-        pipeline: pipeline_without_merge_keys(dir.path()),
+        pipeline: trial_pipeline(dir.path(), plan.merge_keys),
         input: input.to_path_buf(),
         shard_bytes: size / plan.shards + 1,
         plan: plan.clone(),
@@ -215,10 +252,23 @@ mod tests {
     }
 
     #[test]
-    fn the_trial_pipeline_is_the_workload_without_merge_keys() {
+    fn the_trial_pipeline_is_the_workload_with_or_without_merge_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let p = std::fs::read_to_string(pipeline_without_merge_keys(dir.path())).unwrap();
+        let p = std::fs::read_to_string(trial_pipeline(dir.path(), false)).unwrap();
         assert!(!p.contains("merge_keys") && p.contains("[load]"));
         assert!(dir.path().join("workload.key").exists());
+        let p = std::fs::read_to_string(trial_pipeline(dir.path(), true)).unwrap();
+        assert!(p.contains("merge_keys = [\"event_id\"]") && p.contains("[load]"));
+    }
+
+    #[test]
+    fn seeds_draw_merged_trials_some_in_one_batch_and_unmerged_ones() {
+        let plans: Vec<LocalPlan> = (0..64).map(|s| LocalPlan::draw(&mut Rng::new(s))).collect();
+        let one = |p: &&LocalPlan| p.batch_rows == ONE_BATCH;
+        assert!(plans.iter().any(|p| !p.merge_keys));
+        assert!(plans.iter().filter(|p| p.merge_keys).any(|p| one(&p)));
+        assert!(plans.iter().filter(|p| p.merge_keys).any(|p| !one(&p)));
+        assert!(plans.iter().filter(one).all(|p| p.merge_keys));
+        assert!(plans[0].describe().starts_with("local run, "));
     }
 }

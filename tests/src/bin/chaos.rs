@@ -56,13 +56,9 @@ fn main() {
     for t in 0..args.local_trials {
         let plan = LocalPlan::draw(&mut rng);
         let r = run_local_trial(&input, &plan);
-        let what = format!(
-            "local run, {} worker(s), {} shards, batches of {} rows",
-            plan.workers, plan.shards, plan.batch_rows
-        );
         report(
             &format!("local trial {}/{}", t + 1, args.local_trials),
-            &what,
+            &plan.describe(),
             &r,
         );
         results.push(r);
