@@ -66,9 +66,11 @@ impl SqliteWarehouse {
         use_rollback_journal(&conn, &path);
         // A full sync at each commit (one per load batch: a load the coordinator records as
         // done is on disk); a 64 MiB page cache, so merging into a large table's key index
-        // does not go to disk for every row; temporary b-trees in memory.
+        // does not go to disk for every row. A sort larger than the page cache (the key index
+        // a bulk load builds over more than ~1.3M keys) spills its runs to a temporary file
+        // (`TEMP_STORE`), not to the heap.
         conn.execute_batch(&format!(
-            "PRAGMA synchronous=FULL; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;
+            "PRAGMA synchronous=FULL; PRAGMA cache_size=-65536; PRAGMA temp_store={TEMP_STORE};
              CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
                batch_id TEXT PRIMARY KEY, table_name TEXT NOT NULL, run_id TEXT NOT NULL,
                files INTEGER NOT NULL, rows_staged INTEGER NOT NULL, loaded_at TEXT NOT NULL)"
@@ -104,6 +106,13 @@ impl SqliteWarehouse {
 
 /// The page size of a new warehouse file.
 const PAGE_BYTES: u32 = 16 << 10;
+
+/// Where the warehouse connection's temporary data goes: `FILE`, an unlinked file in SQLite's
+/// temporary directory (`SQLITE_TMPDIR`, `TMPDIR`, `/var/tmp`, `/tmp`), which the kernel keeps in
+/// its page cache and writes back only under pressure. With `MEMORY` the sorted runs of a large
+/// index build were kept on the heap: a 5M-row `coordinator run` peaked ~95 MB higher at the
+/// same speed (BENCHMARKS.md, stop 32). A sort that fits the page cache never spills either way.
+const TEMP_STORE: &str = "FILE";
 
 /// How long the warehouse's connection, and `coordinator sql`, wait for a lock another
 /// connection holds (a load being written, a reader in the middle of a statement) before the
@@ -1118,6 +1127,40 @@ mod tests {
             vec![vec![Some("1".to_string()), Some("kept".to_string())]]
         );
         assert!(!dir.path().join("killed.db-journal").exists());
+    }
+
+    #[tokio::test]
+    async fn an_index_sort_larger_than_the_page_cache_spills_to_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = SqliteWarehouse::open(dir.path().join("wh.db")).unwrap();
+        let (store, rows, check) = wh
+            .call(|c| {
+                // 30,000 keys of ~90 bytes (~2.7 MB to sort) through a 128 KiB page cache: the
+                // sorter writes runs and merges them.
+                c.execute_batch(
+                    "PRAGMA cache_size=-128; CREATE TABLE t (k TEXT);
+                     WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
+                     INSERT INTO t SELECT printf('%05d', (i * 7919) % 30000) || hex(randomblob(40))
+                     FROM n;
+                     CREATE UNIQUE INDEX t_k ON t (k);",
+                )
+                .map_err(wh_err)?;
+                let one = |sql: &str| -> Result<String> {
+                    c.query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+                        .map(|v| format!("{v:?}"))
+                        .map_err(wh_err)
+                };
+                Ok((
+                    one("PRAGMA temp_store")?,
+                    one("SELECT count(DISTINCT k) FROM t INDEXED BY t_k")?,
+                    one("PRAGMA integrity_check")?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(store, "Integer(1)", "temp_store is FILE");
+        assert_eq!(rows, "Integer(30000)");
+        assert_eq!(check, "Text(\"ok\")");
     }
 
     #[test]
