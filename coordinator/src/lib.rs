@@ -33,6 +33,7 @@ pub mod incremental;
 mod loader;
 pub(crate) mod local_source;
 pub mod local_worker;
+mod memory;
 pub mod metrics;
 pub mod planner;
 pub mod quality;

@@ -878,6 +878,12 @@ async fn follow_shards(
                 });
             }
         }
+        if m.is_complete() {
+            // The engine is done with this run: its pool gives its pages back before the last
+            // loads allocate theirs (the run's peak RSS is then the larger of the two, not the
+            // sum). On the pool's threads, off this runtime thread.
+            tokio::task::spawn_blocking(crate::memory::release_engine_memory).await?;
+        }
         loader.advance(m, shards, false).await?;
     }
     Ok(())
