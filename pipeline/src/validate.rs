@@ -647,6 +647,24 @@ merge_keys = ["id"]
     }
 
     #[test]
+    fn the_string_encoding_is_plain_unless_delta_length_is_asked_and_nothing_else_is_taken() {
+        assert_eq!(
+            check(MINIMAL).unwrap().file.output.string_encoding,
+            crate::StringEncoding::Plain
+        );
+        let delta = MINIMAL.replace("[output]", "[output]\nstring_encoding = \"delta_length\"");
+        assert_eq!(
+            check(&delta).unwrap().file.output.string_encoding,
+            crate::StringEncoding::DeltaLength
+        );
+        expect_err(
+            &MINIMAL.replace("[output]", "[output]\nstring_encoding = \"delta\""),
+            "output",
+            "unknown variant `delta`",
+        );
+    }
+
+    #[test]
     fn bad_options_are_named() {
         expect_err(&MINIMAL.replace("[output]", "[[steps]]\nop = \"regex_replace\"\ncolumn = \"id\"\npattern = \"(\"\nreplacement = \"\"\n[output]"), "steps[1] (regex_replace).pattern", "invalid regex");
         expect_err(&MINIMAL.replace("[output]", "[[steps]]\nop = \"parse_timestamp\"\ncolumn = \"id\"\nformat = \"%Y-%m-%d\"\n[output]"), "format", "offset");

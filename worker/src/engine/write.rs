@@ -117,6 +117,42 @@ pub(crate) fn writer_props(o: &crate::config::OutputSection) -> WriterProperties
         .build()
 }
 
+/// `props` with `encoding` for the text and binary columns of `schema` (top-level ones) that
+/// are written without a dictionary: a column whose dictionary is full goes on in it, and one
+/// written without a dictionary uses it from the start. `plain` changes nothing.
+pub(crate) fn string_encoded(
+    props: &WriterProperties,
+    schema: &Schema,
+    encoding: crate::config::StringEncoding,
+) -> WriterProperties {
+    use crate::config::StringEncoding;
+    if encoding == StringEncoding::Plain {
+        return props.clone();
+    }
+    let is_bytes = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+        )
+    };
+    schema
+        .fields()
+        .iter()
+        .filter(|f| is_bytes(f.data_type()))
+        .fold(props.clone().into_builder(), |b, f| {
+            b.set_column_encoding(
+                ColumnPath::from(f.name().as_str()),
+                parquet::basic::Encoding::DELTA_LENGTH_BYTE_ARRAY,
+            )
+        })
+        .build()
+}
+
 /// Partitioned Parquet output of one shard.
 ///
 /// Rows are buffered per partition as Arrow batches and encoded a whole row group at a time, so
@@ -138,6 +174,8 @@ pub struct Writers {
     /// Columns whose dictionary outgrew its page in a row group of this shard: files opened
     /// later write them plain from the start (see [`plain_after_fallback`]).
     pub(crate) plain: BTreeSet<Vec<String>>,
+    /// The pipeline's `[output] string_encoding`, set on each file's text columns as it opens.
+    pub(crate) string_encoding: crate::config::StringEncoding,
     /// Row groups encoding on the pool, oldest first (`encode`), and their batches' memory.
     pub(crate) encoding: std::collections::VecDeque<InFlight>,
     pub(crate) encoding_bytes: usize,
@@ -163,6 +201,7 @@ impl Writers {
             pending_bytes: 0,
             opened: 0,
             plain: BTreeSet::new(),
+            string_encoding: o.string_encoding,
             encoding: Default::default(),
             encoding_bytes: 0,
             waited: Default::default(),
@@ -283,7 +322,8 @@ impl Writers {
             self.scratch
                 .join(format!("{}-{:06}.parquet", self.shard_id, self.opened)),
         );
-        pw.open = Some(open_file(local, key, &pw.schema, &self.props)?);
+        let props = string_encoded(&self.props, &pw.schema, self.string_encoding);
+        pw.open = Some(open_file(local, key, &pw.schema, &props)?);
         pw.seq += 1;
         Ok(())
     }
@@ -433,21 +473,22 @@ pub(crate) fn without_dictionary(
         .build()
 }
 
-/// Whether a written column chunk began with a dictionary and then wrote plain data pages (its
-/// dictionary outgrew the page limit).
+/// Whether a written column chunk began with a dictionary and then wrote data pages without it
+/// (its dictionary outgrew the page limit): plain ones, or in the `[output] string_encoding`.
 fn dictionary_fell_back(meta: &parquet::file::metadata::ColumnChunkMetaData) -> bool {
     use parquet::basic::{Encoding, PageType};
+    const WITHOUT: [Encoding; 2] = [Encoding::PLAIN, Encoding::DELTA_LENGTH_BYTE_ARRAY];
     if meta.dictionary_page_offset().is_none() {
         return false;
     }
     if let Some(stats) = meta.page_encoding_stats() {
         return stats.iter().any(|s| {
             matches!(s.page_type, PageType::DATA_PAGE | PageType::DATA_PAGE_V2)
-                && s.encoding == Encoding::PLAIN
+                && WITHOUT.contains(&s.encoding)
         });
     }
     meta.page_encoding_stats_mask()
-        .is_some_and(|m| m.is_set(Encoding::PLAIN))
+        .is_some_and(|m| WITHOUT.iter().any(|e| m.is_set(*e)))
 }
 
 /// Starts encoding the rows of `batches`, in order, as the file's next row group: its columns
@@ -725,6 +766,93 @@ mod tests {
         let has_dictionary = |c: usize| rg.column(c).dictionary_page_offset().is_some();
         assert!(!has_dictionary(0), "id written plain");
         assert!(has_dictionary(1), "kind keeps its dictionary");
+    }
+
+    /// The encodings of the data pages of column `c` of `file`'s first row group (among plain,
+    /// dictionary and delta-length), and whether it has a dictionary page.
+    fn data_encodings(file: &Path, c: usize) -> (Vec<parquet::basic::Encoding>, bool) {
+        use parquet::basic::Encoding;
+        let meta =
+            parquet::file::reader::SerializedFileReader::new(File::open(file).unwrap()).unwrap();
+        let rg = parquet::file::reader::FileReader::metadata(&meta).row_group(0);
+        let col = rg.column(c);
+        let mask = col
+            .page_encoding_stats_mask()
+            .expect("page encodings written");
+        let data = [
+            Encoding::PLAIN,
+            Encoding::RLE_DICTIONARY,
+            Encoding::DELTA_LENGTH_BYTE_ARRAY,
+        ]
+        .into_iter()
+        .filter(|e| mask.is_set(*e))
+        .collect();
+        (data, col.dictionary_page_offset().is_some())
+    }
+
+    #[test]
+    fn delta_length_text_is_the_fallback_of_a_full_dictionary_and_later_files_start_in_it() {
+        use crate::config::StringEncoding;
+        use parquet::basic::Encoding;
+        let dir = tempfile::tempdir().unwrap();
+        let mut batch = ids_and_kinds(20_000);
+        let n = batch.num_rows() as i64;
+        let nums = Arc::new(arrow::array::Int64Array::from_iter_values(
+            (0..n).map(|i| i % 1000),
+        )) as ArrayRef;
+        let mut cols = batch.columns().to_vec();
+        cols.push(nums);
+        batch = RecordBatch::try_from_iter(["id", "kind", "n"].into_iter().zip(cols)).unwrap();
+        let base = writer_props(&crate::config::OutputSection::default());
+        let schema = batch.schema();
+        let enc = |p: &WriterProperties| string_encoded(p, &schema, StringEncoding::DeltaLength);
+        assert_eq!(
+            string_encoded(&base, &schema, StringEncoding::Plain).encoding(&ColumnPath::from("id")),
+            None,
+            "plain leaves the crate's defaults"
+        );
+        let props = enc(&base);
+        assert_eq!(
+            props.encoding(&ColumnPath::from("n")),
+            None,
+            "numbers untouched"
+        );
+        // The ids outgrow their dictionary and go on in DELTA_LENGTH_BYTE_ARRAY, which counts
+        // as a fallback: later files write them without a dictionary from the start.
+        let (of, fell_back) = one_group(dir.path(), "a.parquet", &batch, &props);
+        close(of, &[]).unwrap();
+        assert_eq!(fell_back, [vec!["id".to_string()]]);
+        let (data, dict) = data_encodings(&dir.path().join("a.parquet"), 0);
+        assert!(
+            dict && data.contains(&Encoding::DELTA_LENGTH_BYTE_ARRAY),
+            "{data:?}"
+        );
+        let plain: BTreeSet<_> = fell_back.into_iter().collect();
+        let (of, fell_back) = one_group(
+            dir.path(),
+            "b.parquet",
+            &batch,
+            &enc(&without_dictionary(&base, &plain)),
+        );
+        assert!(fell_back.is_empty());
+        let written = close(of, &[]).unwrap();
+        assert_eq!(
+            data_encodings(&written.local, 0),
+            (vec![Encoding::DELTA_LENGTH_BYTE_ARRAY], false)
+        );
+        assert!(
+            data_encodings(&written.local, 1).1,
+            "kind keeps its dictionary"
+        );
+        let back: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+                File::open(&written.local).unwrap(),
+                batch.num_rows(),
+            )
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, [batch]);
     }
 
     #[test]
