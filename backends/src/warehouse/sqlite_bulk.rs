@@ -35,6 +35,14 @@ use super::{BATCH_COLUMN, SOURCE_OBJECT_COLUMN, SOURCE_OFFSET_COLUMN, quote_iden
 use crate::Result;
 use crate::object_store::ObjectStore;
 
+/// Whether building the key index failed because keys repeat (keys equal only to SQLite,
+/// which the load's own hashing told apart): expected, and the batch merges row by row. Any
+/// other failure (the disk full, the temporary file of the index's sort not created) is a
+/// fault of the machine, logged as a warning before the same fallback.
+fn keys_repeat(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+}
+
 /// Whether the batch loads in bulk: it merges by keys that are the rows' own columns (not the
 /// load's lineage, which every row of a file shares), and its table is empty.
 pub(super) fn applies(tx: &Connection, batch: &LoadBatch) -> Result<bool> {
@@ -191,8 +199,13 @@ impl<'c, 'b> Inserts<'c, 'b> {
         }
         let (batch, columns) = (self.batch, self.columns);
         if let Err(e) = self.tx.execute_batch(&key_index_sql(batch)) {
-            tracing::info!(table = %batch.table, reason = %e,
-                "the bulk load's keys did not index as inserted; merging the batch row by row");
+            if keys_repeat(&e) {
+                tracing::info!(table = %batch.table, reason = %e,
+                    "the bulk load's keys did not index as inserted; merging the batch row by row");
+            } else {
+                tracing::warn!(table = %batch.table, error = %e,
+                    "the bulk load's key index could not be built; merging the batch row by row");
+            }
             self.unindexable = true;
             return Err(wh_err(format!("indexing {}: {e}", batch.table)));
         }
@@ -536,6 +549,30 @@ mod tests {
             rows(&conn),
             vec![vec![int(5), int(3), int(0)], vec![int(7), int(2), int(0)]]
         );
+    }
+
+    #[test]
+    fn an_index_that_fails_on_repeated_keys_is_expected_and_a_full_disk_is_not() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER); INSERT INTO t VALUES (5), (5.0)")
+            .unwrap();
+        let repeated = conn
+            .execute_batch("CREATE UNIQUE INDEX t_k ON t (k)")
+            .unwrap_err();
+        assert!(keys_repeat(&repeated), "{repeated}");
+        // A database allowed no more pages than it has: the index has nowhere to go.
+        conn.execute_batch("CREATE TABLE u (k TEXT); INSERT INTO u VALUES ('a'), ('b')")
+            .unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch(&format!("PRAGMA max_page_count = {pages}"))
+            .unwrap();
+        let full = conn
+            .execute_batch("CREATE UNIQUE INDEX u_k ON u (k)")
+            .unwrap_err();
+        assert!(full.to_string().contains("full"), "{full}");
+        assert!(!keys_repeat(&full), "{full}");
     }
 
     #[test]
