@@ -252,7 +252,7 @@ mod tests {
     fn start(dir: &Path, batches: &[RecordBatch]) -> (OpenFile, Encoding) {
         let schema = batches[0].schema();
         let props = WriterProperties::builder().build();
-        let mut of = open_file(dir.join("f.parquet"), "f".into(), &schema, &props).unwrap();
+        let mut of = open_file(dir.join("f.parquet"), "f".into(), &schema, props).unwrap();
         let enc = start_row_group(&mut of, &schema, batches).unwrap();
         (of, enc)
     }
@@ -284,7 +284,7 @@ mod tests {
         let schema = b.schema();
         let props = WriterProperties::builder().build();
         let dir = tempfile::tempdir().unwrap();
-        let of = open_file(dir.path().join("p.parquet"), "p".into(), &schema, &props).unwrap();
+        let of = open_file(dir.path().join("p.parquet"), "p".into(), &schema, props).unwrap();
         let writers = of.groups.create_column_writers(0).unwrap();
         // Every writer is handed the string column's leaf: the integer one refuses it.
         let wrong: Vec<Vec<ArrowLeafColumn>> = writers

@@ -172,7 +172,8 @@ pub struct Writers {
     pub(crate) pending_bytes: usize,
     pub(crate) opened: u64,
     /// Columns whose dictionary outgrew its page in a row group of this shard: files opened
-    /// later write them plain from the start (see [`plain_after_fallback`]).
+    /// later write them without a dictionary from the start (plain, or text in the
+    /// `string_encoding`; see [`plain_after_fallback`]).
     pub(crate) plain: BTreeSet<Vec<String>>,
     /// The pipeline's `[output] string_encoding`, set on each file's text columns as it opens.
     pub(crate) string_encoding: crate::config::StringEncoding,
@@ -323,7 +324,7 @@ impl Writers {
                 .join(format!("{}-{:06}.parquet", self.shard_id, self.opened)),
         );
         let props = string_encoded(&self.props, &pw.schema, self.string_encoding);
-        pw.open = Some(open_file(local, key, &pw.schema, &props)?);
+        pw.open = Some(open_file(local, key, &pw.schema, props)?);
         pw.seq += 1;
         Ok(())
     }
@@ -424,13 +425,13 @@ pub(crate) fn open_file(
     local: PathBuf,
     key: String,
     schema: &SchemaRef,
-    props: &WriterProperties,
+    props: WriterProperties,
 ) -> Result<OpenFile, WorkerError> {
     let f = File::create(&local).map_err(|e| WorkerError::write(&local, e))?;
     let (writer, groups) = ArrowWriter::try_new(
         BufWriter::with_capacity(1 << 20, f),
         schema.clone(),
-        Some(props.clone()),
+        Some(props),
     )
     .and_then(ArrowWriter::into_serialized_writer)
     .map_err(WorkerError::parquet)?;
@@ -732,7 +733,7 @@ mod tests {
         props: &WriterProperties,
     ) -> (OpenFile, Vec<Vec<String>>) {
         let schema = batch.schema();
-        let mut of = open_file(dir.join(name), name.into(), &schema, props).unwrap();
+        let mut of = open_file(dir.join(name), name.into(), &schema, props.clone()).unwrap();
         let group = start_row_group(&mut of, &schema, std::slice::from_ref(batch)).unwrap();
         let fell_back = append_row_group(&mut of, group.into_chunks().unwrap()).unwrap();
         (of, fell_back)
