@@ -232,6 +232,8 @@ mod sqlite_insert;
 #[cfg(feature = "embedded-warehouse")]
 mod sqlite_read;
 #[cfg(feature = "embedded-warehouse")]
+mod sqlite_writeback;
+#[cfg(feature = "embedded-warehouse")]
 pub use sqlite::{SqliteWarehouse, query_file};
 
 /// The shared test suite every [`Warehouse`] must pass. It writes its own Parquet files into

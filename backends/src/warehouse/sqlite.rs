@@ -28,6 +28,7 @@ use rusqlite::{Connection, params};
 use super::evolve::{Change, ColType, SQLITE_EXACT_DIGITS, reconcile};
 use super::sqlite_cells::Cells;
 use super::sqlite_insert::GroupInsert;
+use super::sqlite_writeback::{INTERVAL as WRITEBACK_INTERVAL, Writeback};
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
     SOURCE_OFFSET_COLUMN, Warehouse, format_days, format_decimal, format_micros, quote_ident,
@@ -487,6 +488,10 @@ fn load_batch(
     batch: &LoadBatch,
     files: &dyn ObjectStore,
 ) -> Result<LoadOutcome> {
+    let file = conn
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from);
     let tx = conn.transaction().map_err(wh_err)?;
     let seen: i64 = tx
         .query_row(
@@ -514,11 +519,16 @@ fn load_batch(
         evolve_target(&tx, batch, &defs, &evolved)?;
         columns = Some(defs.into_iter().map(|(n, _)| n).collect::<Vec<String>>());
     }
-    // Every row straight into the target (the batch's columns: the union of its files').
+    // Every row straight into the target (the batch's columns: the union of its files'), the
+    // pages it spills into the file on their way to the disk meanwhile.
+    let writeback = file.map(|f| Writeback::start(&f, WRITEBACK_INTERVAL));
     let staged = match &columns {
         Some(columns) => insert_rows(&tx, batch, files, columns)?,
         None => 0,
     };
+    if let Some(handed) = writeback.map(Writeback::finish) {
+        tracing::debug!(table = %batch.table, handed, "the load's pages handed to the disk early");
+    }
     crash_mid_load_if_asked(&tx);
     tx.execute(
         &format!(
