@@ -28,7 +28,7 @@ use rusqlite::{Connection, params};
 use super::evolve::{Change, ColType, SQLITE_EXACT_DIGITS, reconcile};
 use super::sqlite_cells::Cells;
 use super::sqlite_insert::GroupInsert;
-use super::sqlite_writeback::{INTERVAL as WRITEBACK_INTERVAL, Writeback};
+use super::sqlite_writeback::{INTERVAL as WRITEBACK_INTERVAL, Writeback, open_for_writeback};
 use super::{
     BATCH_COLUMN, LEDGER_TABLE, LoadOutcome, QueryResult, SOURCE_OBJECT_COLUMN,
     SOURCE_OFFSET_COLUMN, Warehouse, format_days, format_decimal, format_micros, quote_ident,
@@ -43,6 +43,9 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 pub struct SqliteWarehouse {
     path: std::path::PathBuf,
     jobs: mpsc::Sender<Job>,
+    /// The file, opened once for the loads' early writeback and closed only after the
+    /// connection (`sqlite_writeback::open_for_writeback` says why).
+    pages: Option<Arc<std::fs::File>>,
 }
 
 pub(super) fn wh_err(e: impl std::fmt::Display) -> BackendError {
@@ -77,6 +80,8 @@ impl SqliteWarehouse {
                files INTEGER NOT NULL, rows_staged INTEGER NOT NULL, loaded_at TEXT NOT NULL)"
         ))
         .map_err(init)?;
+        let pages = open_for_writeback(&path);
+        let kept = pages.clone();
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("warehouse".into())
@@ -85,9 +90,16 @@ impl SqliteWarehouse {
                 for job in rx {
                     job(&mut conn);
                 }
+                // The connection first, then (if no one else holds it) the writeback's descriptor.
+                drop(conn);
+                drop(kept);
             })
             .map_err(|e| BackendError::io("warehouse thread", e))?;
-        Ok(SqliteWarehouse { path, jobs: tx })
+        Ok(SqliteWarehouse {
+            path,
+            jobs: tx,
+            pages,
+        })
     }
 
     async fn call<T: Send + 'static>(
@@ -483,15 +495,14 @@ pub(super) fn merge_rows(
     Ok(staged)
 }
 
+/// Loads `batch` in one transaction; `pages` is the file's descriptor for the early writeback
+/// (`None`: none, the commit writes everything).
 fn load_batch(
     conn: &mut Connection,
     batch: &LoadBatch,
     files: &dyn ObjectStore,
+    pages: Option<&Arc<std::fs::File>>,
 ) -> Result<LoadOutcome> {
-    let file = conn
-        .path()
-        .filter(|p| !p.is_empty())
-        .map(std::path::PathBuf::from);
     let tx = conn.transaction().map_err(wh_err)?;
     let seen: i64 = tx
         .query_row(
@@ -521,7 +532,7 @@ fn load_batch(
     }
     // Every row straight into the target (the batch's columns: the union of its files'), the
     // pages it spills into the file on their way to the disk meanwhile.
-    let writeback = file.map(|f| Writeback::start(&f, WRITEBACK_INTERVAL));
+    let writeback = pages.map(|f| Writeback::start(f, WRITEBACK_INTERVAL));
     let staged = match &columns {
         Some(columns) => insert_rows(&tx, batch, files, columns)?,
         None => 0,
@@ -754,9 +765,10 @@ impl Warehouse for SqliteWarehouse {
 
     async fn load(&self, batch: &LoadBatch, files: Arc<dyn ObjectStore>) -> Result<LoadOutcome> {
         let batch = batch.clone();
+        let pages = self.pages.clone();
         self.call(move |c| {
             // The batch named once, before the warehouse's own message (as PostgreSQL's load).
-            load_batch(c, &batch, &*files).map_err(|e| match e {
+            load_batch(c, &batch, &*files, pages.as_ref()).map_err(|e| match e {
                 BackendError::Warehouse(m) => wh_err(format!("load batch {}: {m}", batch.batch_id)),
                 other => other,
             })

@@ -11,14 +11,20 @@
 //! on a thread of its own, through a descriptor of its own on the same file: the writes overlap
 //! the inserts instead of following them.
 //!
+//! The descriptor is opened once per warehouse ([`open_for_writeback`]) and closed only after
+//! the connection: closing any descriptor of a file drops every POSIX lock the process holds on
+//! it, SQLite's included (SQLite's "how to corrupt" page, 2.2), so one closed in the middle of a
+//! load would let another process read or write the file under it.
+//!
 //! Durability is unchanged: the pages are those SQLite has already written into the file (after
 //! syncing its journal, which is what lets it spill them), which the kernel may write back at
 //! any moment anyway; the commit still syncs the file and the journal before the load is
 //! recorded. Where the call is not available (not Linux, a file system without it), nothing is
 //! done and the commit writes everything, as before.
 
+use std::fs::File;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 /// How often the file's dirty pages are handed to the disk while a load runs.
@@ -31,22 +37,11 @@ pub(super) struct Writeback {
 }
 
 impl Writeback {
-    /// Starts handing `path`'s dirty pages to the disk every `every`. If the file cannot be
-    /// opened or the thread not started, the load goes on without it (said at debug level).
-    pub(super) fn start(path: &Path, every: Duration) -> Writeback {
-        let none = Writeback {
-            stop: None,
-            thread: None,
-        };
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e,
-                    "no early writeback of the warehouse file");
-                return none;
-            }
-        };
+    /// Starts handing `file`'s dirty pages to the disk every `every`. If the thread cannot be
+    /// started, the load goes on without it (said at debug level).
+    pub(super) fn start(file: &Arc<File>, every: Duration) -> Writeback {
         let (stop, stopped) = mpsc::channel::<()>();
+        let file = Arc::clone(file);
         let thread = std::thread::Builder::new()
             .name("warehouse-writeback".into())
             .spawn(move || write_back_until(&file, every, &stopped));
@@ -57,7 +52,10 @@ impl Writeback {
             },
             Err(e) => {
                 tracing::debug!(error = %e, "no early writeback of the warehouse file");
-                none
+                Writeback {
+                    stop: None,
+                    thread: None,
+                }
             }
         }
     }
@@ -81,9 +79,23 @@ impl Drop for Writeback {
     }
 }
 
+/// The warehouse file at `path` opened for [`Writeback`], to be kept open until its connection is
+/// closed (see the module's comment); `None` (said at debug level) if it cannot be opened, as
+/// for an in-memory database.
+pub(crate) fn open_for_writeback(path: &Path) -> Option<Arc<File>> {
+    match File::open(path) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e,
+                "no early writeback of the warehouse file");
+            None
+        }
+    }
+}
+
 /// Starts the write-back of `file`'s dirty pages every `every` until `stopped` says stop (its
 /// sender dropped) or a call fails; the number of calls that succeeded.
-fn write_back_until(file: &std::fs::File, every: Duration, stopped: &mpsc::Receiver<()>) -> u64 {
+fn write_back_until(file: &File, every: Duration, stopped: &mpsc::Receiver<()>) -> u64 {
     let mut done = 0;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
         if let Err(e) = start_writing(file) {
@@ -97,7 +109,7 @@ fn write_back_until(file: &std::fs::File, every: Duration, stopped: &mpsc::Recei
 
 /// Asks the kernel to start writing every dirty page of `file` (without waiting for them).
 #[cfg(target_os = "linux")]
-fn start_writing(file: &std::fs::File) -> std::io::Result<()> {
+fn start_writing(file: &File) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the call (`file` is borrowed); offset 0 and length 0
     // mean the whole file; the call reads and writes no memory of ours.
@@ -110,7 +122,7 @@ fn start_writing(file: &std::fs::File) -> std::io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writing(_: &std::fs::File) -> std::io::Result<()> {
+fn start_writing(_: &File) -> std::io::Result<()> {
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
@@ -123,23 +135,61 @@ mod tests {
     fn a_file_being_written_is_handed_to_the_disk_until_the_writeback_is_finished() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let wb = Writeback::start(&path, Duration::from_millis(5));
+        let mut f = File::create(&path).unwrap();
+        let pages = open_for_writeback(&path).unwrap();
+        let wb = Writeback::start(&pages, Duration::from_millis(5));
         for _ in 0..20 {
             f.write_all(&[7u8; 64 << 10]).unwrap();
             std::thread::sleep(Duration::from_millis(5));
         }
         let calls = wb.finish();
         assert!(calls >= 3, "{calls} calls in ~100 ms at one per 5 ms");
+        assert_eq!(Arc::strong_count(&pages), 1, "the thread's copy is gone");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 20 * (64 << 10));
     }
 
     #[test]
-    fn a_file_that_cannot_be_opened_leaves_the_load_without_writeback() {
+    fn a_file_that_cannot_be_opened_gives_no_writeback() {
         let dir = tempfile::tempdir().unwrap();
-        let wb = Writeback::start(&dir.path().join("missing.db"), Duration::from_millis(1));
-        assert!(wb.thread.is_none());
-        assert_eq!(wb.finish(), 0);
+        assert!(open_for_writeback(&dir.path().join("missing.db")).is_none());
+        assert!(open_for_writeback(Path::new("")).is_none());
+    }
+
+    /// Whether another process can start writing the SQLite file at `path` right now.
+    fn another_process_can_write(path: &Path) -> bool {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n\
+                 try:\n    c.execute('BEGIN IMMEDIATE'); print('wrote')\n\
+                 except sqlite3.OperationalError as e:\n    print(e)",
+            ])
+            .arg(path)
+            .output()
+            .expect("python3 runs");
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(said == "wrote" || said.contains("locked"), "{said:?}");
+        said == "wrote"
+    }
+
+    #[test]
+    fn the_writeback_descriptor_kept_open_keeps_the_loads_lock_for_other_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x); BEGIN IMMEDIATE; INSERT INTO t VALUES (1)")
+            .unwrap();
+        let pages = open_for_writeback(&path).unwrap();
+        Writeback::start(&pages, Duration::from_millis(1)).finish();
+        assert!(!another_process_can_write(&path), "the load's lock held");
+        // What keeping the descriptor avoids: closing it drops SQLite's lock mid-transaction.
+        drop(pages);
+        assert!(
+            another_process_can_write(&path),
+            "a closed descriptor took the lock"
+        );
+        conn.execute_batch("ROLLBACK").unwrap();
     }
 
     #[test]
@@ -151,10 +201,7 @@ mod tests {
         // SAFETY: both descriptors were just opened by pipe() and are owned here.
         let (r, _w) = unsafe {
             use std::os::fd::FromRawFd;
-            (
-                std::fs::File::from_raw_fd(fds[0]),
-                std::fs::File::from_raw_fd(fds[1]),
-            )
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
         };
         let (stop, stopped) = mpsc::channel::<()>();
         // The loop ends at the refusal, long before it is told to stop: were it to go on, the
