@@ -43,8 +43,8 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 pub struct SqliteWarehouse {
     path: std::path::PathBuf,
     jobs: mpsc::Sender<Job>,
-    /// The file, opened once for the loads' early writeback and closed only after the
-    /// connection (`sqlite_writeback::open_for_writeback` says why).
+    /// The file, opened once for the loads' early writeback (and never closed:
+    /// `sqlite_writeback::open_for_writeback` says why).
     pages: Option<Arc<std::fs::File>>,
 }
 
@@ -81,7 +81,6 @@ impl SqliteWarehouse {
         ))
         .map_err(init)?;
         let pages = open_for_writeback(&path);
-        let kept = pages.clone();
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("warehouse".into())
@@ -90,9 +89,6 @@ impl SqliteWarehouse {
                 for job in rx {
                     job(&mut conn);
                 }
-                // The connection first, then (if no one else holds it) the writeback's descriptor.
-                drop(conn);
-                drop(kept);
             })
             .map_err(|e| BackendError::io("warehouse thread", e))?;
         Ok(SqliteWarehouse {

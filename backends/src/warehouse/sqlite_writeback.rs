@@ -11,10 +11,10 @@
 //! on a thread of its own, through a descriptor of its own on the same file: the writes overlap
 //! the inserts instead of following them.
 //!
-//! The descriptor is opened once per warehouse ([`open_for_writeback`]) and closed only after
-//! the connection: closing any descriptor of a file drops every POSIX lock the process holds on
-//! it, SQLite's included (SQLite's "how to corrupt" page, 2.2), so one closed in the middle of a
-//! load would let another process read or write the file under it.
+//! The descriptor is never closed ([`open_for_writeback`] keeps one per file for the process's
+//! life): closing any descriptor of a file drops every POSIX lock the process holds on it,
+//! SQLite's included (SQLite's "how to corrupt" page, 2.2), so one closed while a connection of
+//! this process is in a load would let another process read or write the file under it.
 //!
 //! Durability is unchanged: the pages are those SQLite has already written into the file (after
 //! syncing its journal, which is what lets it spill them), which the kernel may write back at
@@ -79,18 +79,54 @@ impl Drop for Writeback {
     }
 }
 
-/// The warehouse file at `path` opened for [`Writeback`], to be kept open until its connection is
-/// closed (see the module's comment); `None` (said at debug level) if it cannot be opened, as
-/// for an in-memory database.
+/// The warehouse file at `path` opened for [`Writeback`]: one descriptor per file (device and
+/// inode) for the life of the process, never closed (see the module's comment); `None` (said at
+/// debug level) if it cannot be opened, as for an in-memory database, or off Linux.
 pub(crate) fn open_for_writeback(path: &Path) -> Option<Arc<File>> {
-    match File::open(path) {
-        Ok(f) => Some(Arc::new(f)),
+    match kept_open(path) {
+        Ok(f) => Some(f),
         Err(e) => {
             tracing::debug!(path = %path.display(), error = %e,
                 "no early writeback of the warehouse file");
             None
         }
     }
+}
+
+#[cfg(target_os = "linux")]
+fn kept_open(path: &Path) -> std::io::Result<Arc<File>> {
+    use std::collections::BTreeMap;
+    use std::collections::btree_map::Entry;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+    static OPEN: Mutex<BTreeMap<(u64, u64), Arc<File>>> = Mutex::new(BTreeMap::new());
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kept) = open.get(&id(std::fs::metadata(path)?)) {
+        return Ok(Arc::clone(kept));
+    }
+    let file = File::open(path)?;
+    // A descriptor once opened is never closed, not even on these unlikely paths (the file
+    // replaced between the two looks): its close would drop the process's locks on the file.
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => {
+            std::mem::forget(file);
+            return Err(e);
+        }
+    };
+    Ok(match open.entry(id(meta)) {
+        Entry::Occupied(kept) => {
+            std::mem::forget(file);
+            Arc::clone(kept.get())
+        }
+        Entry::Vacant(room) => Arc::clone(room.insert(Arc::new(file))),
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kept_open(_: &Path) -> std::io::Result<Arc<File>> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 /// Starts the write-back of `file`'s dirty pages every `every` until `stopped` says stop (its
@@ -144,7 +180,11 @@ mod tests {
         }
         let calls = wb.finish();
         assert!(calls >= 3, "{calls} calls in ~100 ms at one per 5 ms");
-        assert_eq!(Arc::strong_count(&pages), 1, "the thread's copy is gone");
+        assert_eq!(
+            Arc::strong_count(&pages),
+            2,
+            "the thread's copy is gone, the kept one not"
+        );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 20 * (64 << 10));
     }
 
@@ -174,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn the_writeback_descriptor_kept_open_keeps_the_loads_lock_for_other_processes() {
+    fn the_writeback_descriptor_is_never_closed_so_the_loads_lock_holds_for_other_processes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let conn = rusqlite::Connection::open(&path).unwrap();
@@ -182,14 +222,29 @@ mod tests {
             .unwrap();
         let pages = open_for_writeback(&path).unwrap();
         Writeback::start(&pages, Duration::from_millis(1)).finish();
-        assert!(!another_process_can_write(&path), "the load's lock held");
-        // What keeping the descriptor avoids: closing it drops SQLite's lock mid-transaction.
         drop(pages);
+        let again = open_for_writeback(&path).unwrap();
+        drop(again);
+        assert!(!another_process_can_write(&path), "the load's lock held");
+        // What keeping the descriptor avoids: closing any descriptor of the file drops
+        // SQLite's lock in the middle of its transaction.
+        drop(File::open(&path).unwrap());
         assert!(
             another_process_can_write(&path),
             "a closed descriptor took the lock"
         );
         conn.execute_batch("ROLLBACK").unwrap();
+    }
+
+    #[test]
+    fn one_descriptor_is_kept_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+        File::create(&a).unwrap();
+        File::create(&b).unwrap();
+        let first = open_for_writeback(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &open_for_writeback(&a).unwrap()));
+        assert!(!Arc::ptr_eq(&first, &open_for_writeback(&b).unwrap()));
     }
 
     #[test]
