@@ -82,7 +82,7 @@ impl Drop for Writeback {
 /// The warehouse file at `path` opened for [`Writeback`]: one descriptor per file (device and
 /// inode) for the life of the process, never closed (see the module's comment); `None` (said at
 /// debug level) if it cannot be opened, as for an in-memory database, or off Linux.
-pub(crate) fn open_for_writeback(path: &Path) -> Option<Arc<File>> {
+pub(super) fn open_for_writeback(path: &Path) -> Option<Arc<File>> {
     match kept_open(path) {
         Ok(f) => Some(f),
         Err(e) => {
